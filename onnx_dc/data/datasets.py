@@ -1,0 +1,205 @@
+"""Dataset specs (``mnist:DIR``, ``fashion-mnist:DIR``, ``npz:FILE``, ``digits``) and preprocessing.
+
+Images are held raw (uint8 or the file's dtype) as ``(N, H, W, C)``; :class:`Preprocess`
+turns them into a model's input: ``x = (pixel * scale - mean) / std``, laid out NCHW or
+NHWC, then reshaped to the model input's per-sample shape. How a model wants its input
+is part of the model, so :meth:`Preprocess.to_metadata` / :meth:`Preprocess.from_metadata`
+store it in the ONNX metadata for later commands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onnx_dc.errors import DataError
+
+KINDS = ("mnist", "fashion-mnist", "npz", "digits")
+METADATA_KEY = "onnx_dc.preprocess"
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where data comes from: ``kind`` is one of KINDS, ``path`` a folder or file (None for digits)."""
+
+    kind: str
+    path: str | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.path is None else f"{self.kind}:{self.path}"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How raw pixels become model input: ``(pixel * scale - mean) / std`` in ``layout``."""
+
+    scale: float = 1.0
+    mean: float = 0.0
+    std: float = 1.0
+    layout: str = "nchw"
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("nchw", "nhwc"):
+            raise DataError(f"--layout must be nchw or nhwc, got {self.layout!r}")
+        if not self.std > 0:
+            raise DataError(f"--std must be positive, got {self.std}")
+
+    def to_metadata(self) -> str:
+        """JSON text for the model's metadata_props."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_metadata(cls, text: str) -> Preprocess:
+        """Inverse of :meth:`to_metadata`."""
+        try:
+            fields = json.loads(text)
+            return cls(**{k: fields[k] for k in ("scale", "mean", "std", "layout") if k in fields})
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"model metadata {METADATA_KEY!r} is not valid: {exc}") from None
+
+    def apply(self, images: np.ndarray, sample_shape: tuple[int, ...] | None) -> np.ndarray:
+        """Turn raw ``(N, H, W, C)`` images (or ``(N, F)`` features) into float32 model input.
+
+        Args:
+            images: raw samples.
+            sample_shape: the model input's shape without the batch dimension; None keeps
+                the laid-out shape.
+        """
+        x = images.astype(np.float32) * np.float32(self.scale)
+        if self.mean or self.std != 1.0:
+            x = (x - np.float32(self.mean)) / np.float32(self.std)
+        if x.ndim == 4 and self.layout == "nchw":
+            x = x.transpose(0, 3, 1, 2)
+        if sample_shape is None:
+            return np.ascontiguousarray(x)
+        if int(np.prod(sample_shape)) != int(np.prod(x.shape[1:])):
+            raise DataError(
+                f"a sample of shape {tuple(x.shape[1:])} does not fit the model input {tuple(sample_shape)}; "
+                "check the dataset and the model"
+            )
+        return np.ascontiguousarray(x.reshape((x.shape[0], *sample_shape)))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Raw samples and integer labels of one split."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    name: str
+    default_scale: float = 1.0
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def parse_data_spec(text: str) -> DataSpec:
+    """Parse ``mnist:DIR``, ``fashion-mnist:DIR``, ``npz:FILE`` or ``digits``."""
+    kind, sep, path = text.partition(":")
+    kind = kind.strip().lower()
+    if kind not in KINDS:
+        raise DataError(f"unknown data spec {text!r}: use mnist:DIR, fashion-mnist:DIR, npz:FILE or digits")
+    if kind == "digits":
+        if sep and path:
+            raise DataError("'digits' takes no path (it is scikit-learn's bundled dataset)")
+        return DataSpec("digits")
+    if not path:
+        raise DataError(f"data spec {text!r} needs a path: {kind}:PATH")
+    return DataSpec(kind, path)
+
+
+def load_dataset(spec: DataSpec | str, split: str = "test") -> Dataset:
+    """Load one split (``train`` or ``test``) of a dataset.
+
+    ``digits`` has no official split: the last 30% of scikit-learn's 1,797 samples
+    (fixed order) is ``test``, the rest ``train``. ``npz`` files hold ``x`` and ``y``
+    (or ``x_train`` / ``y_train`` / ``x_test`` / ``y_test``).
+    """
+    if isinstance(spec, str):
+        spec = parse_data_spec(spec)
+    if split not in ("train", "test"):
+        raise DataError(f"split must be train or test, got {split!r}")
+    if spec.kind in ("mnist", "fashion-mnist"):
+        return _load_idx(spec, split)
+    if spec.kind == "npz":
+        return _load_npz(spec, split)
+    return _load_digits(split)
+
+
+def _load_idx(spec: DataSpec, split: str) -> Dataset:
+    folder = Path(spec.path)
+    if not folder.is_dir():
+        raise DataError(f"{spec}: {folder} is not a folder with the four IDX files")
+    img_name, lab_name = _IDX_FILES[split]
+    images = _read_idx(_find(folder, img_name), 3)
+    labels = _read_idx(_find(folder, lab_name), 1)
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(f"{folder}: {images.shape[0]} images but {labels.shape[0]} labels in the {split} split")
+    return Dataset(images[..., None], labels.astype(np.int64), f"{spec.kind}/{split}", 1.0 / 255.0)
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx")):
+        if (folder / name).is_file():
+            return folder / name
+    raise DataError(f"{folder}: missing {stem}.gz (MNIST-style IDX file)")
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read IDX file ({exc})") from None
+    if len(raw) < 4 + 4 * ndim or raw[:2] != b"\0\0" or raw[2] != 0x08 or raw[3] != ndim:
+        raise DataError(f"{path}: not an unsigned-byte IDX file with {ndim} dimension(s)")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path}: header says {dims} but the file holds {body.size} bytes of data")
+    return body.reshape(dims)
+
+
+def _load_npz(spec: DataSpec, split: str) -> Dataset:
+    path = spec.path
+    if not os.path.isfile(path):
+        raise DataError(f"{spec}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            for xk, yk in ((f"x_{split}", f"y_{split}"), ("x", "y")):
+                if xk in keys and yk in keys:
+                    x, y = z[xk], z[yk]
+                    break
+            else:
+                raise DataError(f"{path}: needs arrays x and y (or x_{split} and y_{split}); found {sorted(keys)}")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    if x.shape[0] != y.shape[0]:
+        raise DataError(f"{path}: x has {x.shape[0]} samples but y has {y.shape[0]}")
+    if x.ndim == 3:
+        x = x[..., None]
+    return Dataset(x, y.astype(np.int64).ravel(), f"npz/{split}", 1.0)
+
+
+def _load_digits(split: str) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = bunch.images.astype(np.float32)[..., None]  # (1797, 8, 8, 1), values 0..16
+    y = bunch.target.astype(np.int64)
+    cut = int(round(len(y) * 0.7))
+    sl = slice(0, cut) if split == "train" else slice(cut, None)
+    return Dataset(x[sl], y[sl], f"digits/{split}", 1.0 / 16.0)

@@ -1,0 +1,1 @@
+"""ONNX graph code: loading and saving models, finding weights, the onnx_dc decoder functions."""

@@ -1,0 +1,1 @@
+"""Pure numerics: NumPy only, no ONNX imports (masks, k-means, bit packing, sparse indices, entropy coding)."""
