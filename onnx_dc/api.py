@@ -1,0 +1,123 @@
+"""The public Python API: thin orchestration of load -> inspect -> plan -> passes -> lower -> save."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import onnx
+
+from onnx_dc.config import Config, as_config
+from onnx_dc.data.datasets import METADATA_KEY, Preprocess
+from onnx_dc.errors import ModelError
+from onnx_dc.graph import decoders
+from onnx_dc.graph.io import load_model, same_file, save_model, serialize
+from onnx_dc.graph.normalize import normalize
+from onnx_dc.graph.weights import find_weights
+from onnx_dc.passes.lower import lower, set_metadata
+from onnx_dc.passes.prune import prune
+from onnx_dc.passes.share import share
+from onnx_dc.passes.state import CompressionState
+from onnx_dc.plan import Plan, make_plan
+from onnx_dc.report import Report, make_report
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    """What :func:`compress` produced: the compressed model, its report, and the run's state."""
+
+    model: onnx.ModelProto
+    report: Report
+    state: CompressionState
+
+    @property
+    def layers(self):
+        """Per-layer rows (see :class:`onnx_dc.report.LayerRow`)."""
+        return self.report.layers
+
+
+def prepare(
+    model: onnx.ModelProto | str | os.PathLike | bytes,
+    config: Config | Mapping[str, Any] | str | Path | None = None,
+    **overrides: Any,
+) -> CompressionState:
+    """Load, normalize, find weights and resolve the plan; no tensor is changed yet.
+
+    ``overrides`` are global settings (``sparse_ratio=0.9``, ``class_num=32``, ...)
+    applied over the config's defaults, as the CLI flags are.
+    """
+    name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
+    source_bytes = Path(model).stat().st_size if isinstance(model, (str, os.PathLike)) else None
+    proto = load_model(model)
+    if any(f.domain == decoders.DOMAIN for f in proto.functions):
+        raise ModelError(f"{name}: already compressed by onnx_dc; compress the original model instead")
+    cfg = as_config(config)
+    if overrides:
+        cfg = cfg.with_overrides({k: v for k, v in overrides.items() if v is not None})
+    proto = normalize(proto, name)
+    plan: Plan = make_plan(find_weights(proto), cfg, name)
+    if source_bytes is None:
+        source_bytes = len(serialize(model)) if isinstance(model, onnx.ModelProto) else None
+    return CompressionState.start(proto, plan, source_bytes)
+
+
+def finish(
+    state: CompressionState,
+    output_path: str | os.PathLike | None = None,
+    preprocess: Preprocess | None = None,
+    input_path: str | os.PathLike | None = None,
+) -> CompressResult:
+    """Lower the state to ``*.dc.onnx``, record preprocessing, and write it atomically if asked."""
+    dc = lower(state)
+    if preprocess is not None:
+        set_metadata(dc, {METADATA_KEY: preprocess.to_metadata()})
+    data = serialize(dc)
+    if output_path is not None:
+        if input_path is not None and same_file(input_path, output_path):
+            raise ModelError(f"{output_path}: refusing to overwrite the input model; choose another output path")
+        save_model(dc, output_path)
+    return CompressResult(dc, make_report(dc, file_bytes=len(data)), state)
+
+
+def compress(
+    model: onnx.ModelProto | str | os.PathLike | bytes,
+    output_path: str | os.PathLike | None = None,
+    config: Config | Mapping[str, Any] | str | Path | None = None,
+    *,
+    preprocess: Preprocess | None = None,
+    **overrides: Any,
+) -> CompressResult:
+    """Prune and share the weights of an ONNX model; return (and optionally write) the ``*.dc.onnx``.
+
+    Args:
+        model: a ModelProto (not modified), ONNX bytes, or a path (never overwritten).
+        output_path: where to write the compressed model (atomically); None to only return it.
+        config: a :class:`~onnx_dc.config.Config`, a mapping in the YAML layout, or a YAML path.
+        preprocess: input preprocessing to record in the model's metadata.
+        **overrides: global settings over the config's defaults, e.g. ``sparse_ratio=0.9``.
+
+    Returns:
+        A :class:`CompressResult` with the compressed ModelProto and its per-layer report.
+    """
+    if output_path is not None and isinstance(model, (str, os.PathLike)) and same_file(model, output_path):
+        raise ModelError(f"{output_path}: refusing to overwrite the input model; choose another output path")
+    state = prepare(model, config, **overrides)
+    prune(state)
+    share(state)
+    input_path = model if isinstance(model, (str, os.PathLike)) else None
+    return finish(state, output_path, preprocess, input_path)
+
+
+def report(model: onnx.ModelProto | str | os.PathLike, baseline: str | os.PathLike | None = None) -> Report:
+    """Per-layer report of a ``*.dc.onnx`` or ``.dcz`` file (``baseline``: the original model, for its size)."""
+    from onnx_dc.runtime.session import model_bytes
+
+    data = model_bytes(model)
+    proto = load_model(data, str(model) if not isinstance(model, onnx.ModelProto) else "model")
+    file_bytes = Path(model).stat().st_size if isinstance(model, (str, os.PathLike)) else len(data)
+    baseline_bytes = Path(baseline).stat().st_size if baseline is not None else None
+    if baseline is not None and not Path(baseline).is_file():
+        raise ModelError(f"{baseline}: no such file (the --baseline model)")
+    return make_report(proto, file_bytes=file_bytes, baseline_bytes=baseline_bytes)

@@ -1,0 +1,157 @@
+"""The ``onnx-dc`` command line: thin argument parsing over the Python API.
+
+User errors (:class:`onnx_dc.errors.OnnxDcError`) become one line on stderr and exit
+code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from onnx_dc.errors import OnnxDcError
+
+EXIT_USER_ERROR = 2
+
+
+def _add_preprocess_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input preprocessing: x = (pixel * scale - mean) / std")
+    g.add_argument("--scale", type=float, help="pixel multiplier (default: the model's metadata, else 1/255 for IDX, 1/16 for digits)")
+    g.add_argument("--mean", type=float, help="subtracted after scaling (default 0)")
+    g.add_argument("--std", type=float, help="divided by after the mean (default 1)")
+    g.add_argument("--layout", choices=("nchw", "nhwc"), help="image layout of the model input (default nchw)")
+
+
+def _preprocess_from(args: argparse.Namespace, model=None):
+    """Preprocess from flags; flags not given fall back to the model's stored values."""
+    from onnx_dc.data.datasets import Preprocess
+    from onnx_dc.runtime.evaluate import stored_preprocess
+
+    given = {k: getattr(args, k) for k in ("scale", "mean", "std", "layout") if getattr(args, k, None) is not None}
+    if not given:
+        return None
+    base = (stored_preprocess(model) if model is not None else None) or Preprocess()
+    return Preprocess(**{**vars(base), **given})
+
+
+def _add_settings_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("global settings (override the config's defaults)")
+    g.add_argument("--sparse-ratio", type=float, help="fraction of weights pruned by magnitude, in [0, 1)")
+    g.add_argument("--prune-quality", type=float, help="prune |w| <= quality x std(W) instead of a ratio")
+    g.add_argument("--class-num", type=int, help="shared values per layer (k-means clusters), 2..256")
+    g.add_argument("--no-quantize", action="store_true", help="prune only, keep float32 values (quantize_term: false)")
+    g.add_argument("--centroid-init", choices=("linear", "density", "random", "kmeans++"))
+    g.add_argument("--index-bits", type=int, help="relative index width 1..16 (default: the smallest file)")
+    g.add_argument("--form", choices=("auto", "sparse", "dense"))
+    g.add_argument("--seed", type=int)
+
+
+def _settings_from(args: argparse.Namespace) -> dict:
+    out = {
+        "sparse_ratio": args.sparse_ratio, "prune_quality": args.prune_quality, "class_num": args.class_num,
+        "centroid_init": args.centroid_init, "index_bits": args.index_bits, "form": args.form, "seed": args.seed,
+    }
+    if args.no_quantize:
+        out["quantize_term"] = False
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    import onnx_dc
+    from onnx_dc.graph.io import load_model
+
+    model_arg = args.model
+    prep = _preprocess_from(args, load_model(model_arg))
+    result = onnx_dc.compress(model_arg, args.output, args.config, preprocess=prep, **_settings_from(args))
+    print(result.report.to_json() if args.json else result.report.to_table())
+    if not args.json:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import onnx_dc
+
+    rep = onnx_dc.report(args.model, baseline=args.baseline)
+    print(rep.to_json() if args.json else rep.to_table())
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import onnx_dc
+    from onnx_dc.runtime.session import load_any
+
+    prep = _preprocess_from(args, load_any(args.model))
+    result = onnx_dc.evaluate(args.model, args.data, prep, split=args.split, limit=args.limit)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(f"{args.model}: top-1 accuracy {result.accuracy:.4f} ({result.correct}/{result.n}) on {result.data} "
+              f"[{result.preprocess.layout}, x * {result.preprocess.scale:.6g}]")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from onnx_dc.demo import run_demo
+
+    run_demo(args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``onnx-dc``."""
+    parser = argparse.ArgumentParser(prog="onnx-dc", description="Deep Compression for ONNX models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("compress", help="prune and share weights: model.onnx -> model.dc.onnx")
+    p.add_argument("model", help="input .onnx (never modified)")
+    p.add_argument("-o", "--output", required=True, help="output .dc.onnx (written atomically)")
+    p.add_argument("--config", help="YAML config with per-node settings (docs/CONFIG.md)")
+    _add_settings_args(p)
+    _add_preprocess_args(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("report", help="per-layer table of a .dc.onnx or .dcz")
+    p.add_argument("model")
+    p.add_argument("--baseline", help="the original model, to compare file sizes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("eval", help="top-1 accuracy in onnxruntime")
+    p.add_argument("model", help=".onnx, .dc.onnx or .dcz")
+    p.add_argument("--data", required=True, help="mnist:DIR, fashion-mnist:DIR, npz:FILE or digits")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--limit", type=int, help="evaluate on the first N samples only")
+    _add_preprocess_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="train an MLP on scikit-learn's digits, compress it, compare")
+    p.add_argument("--out", default="out/demo", help="folder for the demo's files (default out/demo)")
+    p.set_defaults(func=cmd_demo)
+
+    for extra in EXTRA_COMMANDS:
+        extra(sub)
+    return parser
+
+
+EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``onnx-dc``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except OnnxDcError as exc:
+        print(f"onnx-dc: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Lowering pass: write each compressed weight as a decoder call (the ``*.dc.onnx`` form).
+
+For a shared layer with codes ``q`` (code bits ``c = ceil(log2(k + 1))``) the candidates are
+
+    dense:   bytes = ceil(n c / 8)
+    sparse:  bytes = ceil(M c / 8) + ceil(M b / 8),  M = kept + fillers(b)   (b minimises bytes)
+
+and for a pruned, unshared layer ``4 M + ceil(M b / 8)``. The smallest wins unless the
+config fixes the form or the index width; a layer whose best form is not smaller than
+float32 stays a float32 initializer holding its pruned / shared values. docs/DCONNX.md
+is the byte layout; onnx_dc/graph/decoders.py the functions that read it back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper as oh
+from onnx import numpy_helper
+
+from onnx_dc.config import Form
+from onnx_dc.graph import decoders
+from onnx_dc.graph.normalize import ai_onnx_opset
+from onnx_dc.graph.weights import Skipped
+from onnx_dc.numerics.bitpack import pack_bits, packed_size
+from onnx_dc.numerics.sparse import best_index_bits, encode_positions, kept_gaps, sparse_bytes
+from onnx_dc.passes.state import CompressionState, LayerState
+
+FORMAT_VERSION = "1"
+META_VERSION = "onnx_dc.version"
+META_SKIPPED = "onnx_dc.skipped"
+META_SOURCE_BYTES = "onnx_dc.source_bytes"
+META_SOURCE_WEIGHT_BYTES = "onnx_dc.source_weight_bytes"
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How one weight is stored: the decoder op (or ``raw``), widths, and its new initializers."""
+
+    op: str  # a decoders.DECODE_* name, or "raw"
+    code_bits: int = 0
+    index_bits: int = 0
+    count: int = 0
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)  # suffix -> array
+    reason: str = ""
+
+
+def encode_layer(layer: LayerState) -> Encoding:
+    """Pick and build the smallest storage of one layer (see the module docstring)."""
+    s = layer.entry.settings
+    n = layer.weights.size
+    raw_bytes = 4 * n
+    if layer.codebook is not None:
+        enc = _encode_shared(layer, s.form, s.index_bits)
+    elif layer.mask is not None:
+        enc = _encode_values(layer, s.index_bits)
+    else:
+        return Encoding("raw", reason="nothing pruned or shared")
+    payload = sum(t.nbytes for t in enc.tensors.values())
+    if payload >= raw_bytes:
+        return Encoding("raw", reason=f"compressed form ({payload} B) is not smaller than float32 ({raw_bytes} B)")
+    return enc
+
+
+def _encode_shared(layer: LayerState, form: Form, fixed_index_bits: int | None) -> Encoding:
+    codes = layer.codes.ravel()
+    code_bits = max(1, math.ceil(math.log2(layer.codebook.size)))
+    dense_bytes = packed_size(codes.size, code_bits)
+    positions = np.flatnonzero(codes)
+    gaps = kept_gaps(positions)
+    index_bits = fixed_index_bits or best_index_bits(gaps, code_bits)
+    use_sparse = form == Form.SPARSE or (form == Form.AUTO and sparse_bytes(gaps, index_bits, code_bits) < dense_bytes)
+    if not use_sparse:
+        return Encoding(decoders.DECODE_DENSE, code_bits, 0, codes.size,
+                        {"codebook": layer.codebook, "codes": pack_bits(codes, code_bits)})
+    entries = encode_positions(positions, index_bits)
+    stored = np.zeros(entries.positions.size, np.uint16)
+    stored[entries.real] = codes[positions]
+    return Encoding(decoders.DECODE_SPARSE, code_bits, index_bits, stored.size, {
+        "codebook": layer.codebook, "codes": pack_bits(stored, code_bits), "gaps": pack_bits(entries.gaps, index_bits),
+    })
+
+
+def _encode_values(layer: LayerState, fixed_index_bits: int | None) -> Encoding:
+    flat = layer.weights.ravel()
+    positions = np.flatnonzero(layer.mask.ravel())
+    index_bits = fixed_index_bits or best_index_bits(kept_gaps(positions), 32)
+    entries = encode_positions(positions, index_bits)
+    values = np.zeros(entries.positions.size, np.float32)
+    values[entries.real] = flat[positions]
+    return Encoding(decoders.DECODE_SPARSE_VALUES, 0, index_bits, values.size,
+                    {"values": values, "gaps": pack_bits(entries.gaps, index_bits)})
+
+
+def _decoder_node(layer: LayerState, enc: Encoding) -> onnx.NodeProto:
+    s = layer.entry.settings
+    name = layer.name
+    inputs = {
+        decoders.DECODE_DENSE: ("codebook", "codes"),
+        decoders.DECODE_SPARSE: ("codebook", "codes", "gaps"),
+        decoders.DECODE_SPARSE_VALUES: ("values", "gaps"),
+    }[enc.op]
+    return oh.make_node(
+        enc.op, [f"{name}/dc/{x}" for x in inputs], [name], name=f"{name}/dc/decode", domain=decoders.DOMAIN,
+        code_bits=enc.code_bits, index_bits=enc.index_bits, count=enc.count, numel=int(layer.weights.size),
+        shape=[int(d) for d in layer.weights.shape],
+        sparse_ratio=float(s.sparse_ratio) if s.prune_quality is None and s.prunes else -1.0,
+        prune_quality=float(s.prune_quality) if s.prune_quality is not None else -1.0,
+        class_num=int(s.class_num) if layer.codebook is not None else 0,
+        quantize_term=int(layer.codebook is not None), centroid_init=s.centroid_init.value,
+    )
+
+
+def lower(state: CompressionState, extra_skipped: tuple[Skipped, ...] = ()) -> onnx.ModelProto:
+    """Build the ``*.dc.onnx`` model from the state (the state is not changed)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(state.model)
+    graph = out.graph
+    skipped = list(state.plan.skipped) + list(extra_skipped)
+    decoder_nodes, new_inits, used_ops = [], [], set()
+    replaced = {}
+    for name, layer in state.layers.items():
+        enc = encode_layer(layer)
+        if enc.op == "raw":
+            replaced[name] = numpy_helper.from_array(layer.weights, name)
+            skipped.append(Skipped(layer.entry.site.node, layer.entry.site.op_type, name, enc.reason))
+            continue
+        replaced[name] = None
+        used_ops.add(enc.op)
+        decoder_nodes.append(_decoder_node(layer, enc))
+        new_inits.extend(numpy_helper.from_array(arr, f"{name}/dc/{suffix}") for suffix, arr in enc.tensors.items())
+    kept_inits = []
+    for init in graph.initializer:
+        if init.name not in replaced:
+            kept_inits.append(init)
+        elif replaced[init.name] is not None:
+            kept_inits.append(replaced[init.name])
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits + new_inits)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(decoder_nodes + nodes)
+    _add_functions(out, used_ops)
+    _set_metadata(out, state, skipped)
+    return out
+
+
+def _add_functions(model: onnx.ModelProto, used_ops: set[str]) -> None:
+    if not used_ops:
+        return
+    for fn in decoders.make_functions(ai_onnx_opset(model)):
+        if fn.name in used_ops:
+            model.functions.append(fn)
+    model.opset_import.append(oh.make_opsetid(decoders.DOMAIN, decoders.DOMAIN_VERSION))
+
+
+def _set_metadata(model: onnx.ModelProto, state: CompressionState, skipped: list[Skipped]) -> None:
+    entries = {
+        META_VERSION: FORMAT_VERSION,
+        META_SKIPPED: json.dumps([[s.node, s.op_type, s.tensor, s.reason] for s in skipped]),
+        META_SOURCE_WEIGHT_BYTES: str(float_parameter_bytes(state.model)),
+    }
+    if state.source_bytes is not None:
+        entries[META_SOURCE_BYTES] = str(state.source_bytes)
+    set_metadata(model, entries)
+
+
+def set_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
+    """Set metadata_props keys (replacing existing ones), keeping the other keys in order."""
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in entries]
+    del model.metadata_props[:]
+    for key, value in kept + sorted(entries.items()):
+        model.metadata_props.add(key=key, value=value)
+
+
+def float_parameter_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of all floating-point initializers stored as float32 (4 bytes per element)."""
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+    return sum(4 * int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer if t.data_type in floats)

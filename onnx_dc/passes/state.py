@@ -1,0 +1,84 @@
+"""The working state of a compression run: the model plus, per planned weight, its arrays.
+
+Passes read and update :class:`LayerState` objects; the model's initializers are only
+rewritten by :func:`CompressionState.dense_model` (the model with current weights, for
+evaluation and fine-tuning) and by the lowering pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnx_dc.plan import Plan, PlanEntry
+
+
+@dataclass
+class LayerState:
+    """Arrays of one weight as the passes go.
+
+    Attributes:
+        weights: float32 current values (pruned and/or shared), original shape.
+        mask: bool keep-mask, or None when nothing was pruned.
+        threshold: magnitude threshold used by pruning (-1.0 when none).
+        codebook: float32 ``[k + 1]`` with ``codebook[0] == 0``, or None before sharing.
+        codes: uint16 per element (0 for pruned weights), or None before sharing.
+    """
+
+    entry: PlanEntry
+    weights: np.ndarray
+    mask: np.ndarray | None = None
+    threshold: float = -1.0
+    codebook: np.ndarray | None = None
+    codes: np.ndarray | None = None
+    inertia: float | None = None
+
+    @property
+    def name(self) -> str:
+        """Initializer name of the weight."""
+        return self.entry.site.name
+
+    def kept(self) -> int:
+        """Number of weights not pruned."""
+        return int(self.mask.sum()) if self.mask is not None else int(self.weights.size)
+
+
+@dataclass
+class CompressionState:
+    """A normalized model, its plan, and one :class:`LayerState` per planned weight."""
+
+    model: onnx.ModelProto
+    plan: Plan
+    layers: dict[str, LayerState] = field(default_factory=dict)
+    source_bytes: int | None = None
+
+    @classmethod
+    def start(cls, model: onnx.ModelProto, plan: Plan, source_bytes: int | None = None) -> CompressionState:
+        """Take each planned weight out of ``model`` as a float32 array."""
+        inits = {t.name: t for t in model.graph.initializer}
+        layers = {
+            e.site.name: LayerState(e, numpy_helper.to_array(inits[e.site.name]).astype(np.float32, copy=True))
+            for e in plan.entries
+        }
+        return cls(model, plan, layers, source_bytes)
+
+    def dense_model(self) -> onnx.ModelProto:
+        """A copy of the model whose planned initializers hold the current weights."""
+        out = onnx.ModelProto()
+        out.CopyFrom(self.model)
+        for init in out.graph.initializer:
+            layer = self.layers.get(init.name)
+            if layer is not None:
+                init.CopyFrom(numpy_helper.from_array(layer.weights, init.name))
+        return out
+
+    def set_weights(self, name: str, values: np.ndarray) -> None:
+        """Replace a weight's values (after fine-tuning), keeping pruned positions at zero."""
+        layer = self.layers[name]
+        values = np.asarray(values, dtype=np.float32).reshape(layer.weights.shape)
+        if layer.mask is not None:
+            values = values * layer.mask
+        layer.weights = values

@@ -1,0 +1,94 @@
+"""Resolve a config against a model into an explicit plan: weight name -> settings.
+
+Validation happens here, once, before any tensor is touched: every pattern that matches
+no compressible node, every shared weight asked to be compressed two ways, and a model
+with nothing to compress are reported together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from onnx_dc.config import Config, Settings
+from onnx_dc.errors import ConfigError, ModelError
+from onnx_dc.graph.weights import Inventory, Skipped, WeightSite
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One weight to compress, its settings, and the config rule that set them."""
+
+    site: WeightSite
+    settings: Settings
+    origin: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The resolved per-weight settings, in graph order, and what is left alone with why."""
+
+    entries: tuple[PlanEntry, ...]
+    skipped: tuple[Skipped, ...]
+
+    def entry(self, weight: str) -> PlanEntry:
+        """The entry of a weight by initializer name."""
+        for e in self.entries:
+            if e.site.name == weight:
+                return e
+        raise KeyError(weight)
+
+
+def make_plan(inventory: Inventory, config: Config, model_name: str = "model") -> Plan:
+    """Resolve ``config`` for every weight site of ``inventory``.
+
+    Raises:
+        ConfigError: listing every problem.
+        ModelError: when the model has no compressible weight at all.
+    """
+    problems: list[str] = []
+    entries: list[PlanEntry] = []
+    skipped = list(inventory.skipped)
+    for site in inventory.sites:
+        resolved = {c.node: config.settings_for(c.node, c.op_type, site.name) for c in site.consumers}
+        settings, origin = resolved[site.node]
+        differing = [n for n, (s, _) in resolved.items() if s != settings]
+        if differing:
+            problems.append(
+                f"weight {site.name!r} is shared by nodes {site.node!r} and {differing[0]!r}, which the config "
+                "gives different settings; give them the same settings (they share one compressed tensor)"
+            )
+            continue
+        if settings.skip:
+            skipped.append(Skipped(site.node, site.op_type, site.name, f"skip: true in the config ({origin})"))
+            continue
+        if not settings.quantize_term and not settings.prunes:
+            skipped.append(Skipped(site.node, site.op_type, site.name,
+                                   "quantize_term is false and nothing is pruned: left as float32"))
+            continue
+        entries.append(PlanEntry(site, settings, origin))
+    names = [(c.node, s.name) for s in inventory.sites for c in s.consumers]
+    for rule in config.nodes:
+        if not any(rule.matches(node, weight) for node, weight in names):
+            other = [s.node for s in inventory.skipped if rule.matches(s.node, s.tensor)]
+            hint = f" (it matches {other[0]!r}, which is not compressed: see the report)" if other else ""
+            known = ", ".join(sorted({n for n, _ in names})[:8])
+            problems.append(f"nodes pattern {rule.match!r} matches no compressible node{hint}; compressible nodes: {known}")
+    if problems:
+        raise ConfigError(f"{config.source}: " + "; ".join(problems))
+    if not inventory.sites:
+        reasons = "; ".join(f"{s.node} ({s.op_type}): {s.reason}" for s in inventory.skipped[:3])
+        raise ModelError(
+            f"{model_name}: no compressible weights (Conv, ConvTranspose, Gemm or MatMul with a float32 "
+            f"initializer weight){': ' + reasons if reasons else ''}"
+        )
+    return Plan(tuple(entries), tuple(skipped))
+
+
+def with_settings(plan: Plan, weight: str, **changes) -> Plan:
+    """A copy of ``plan`` with some settings of one weight changed (schedules use this)."""
+    entries = tuple(
+        dataclasses.replace(e, settings=dataclasses.replace(e.settings, **changes)) if e.site.name == weight else e
+        for e in plan.entries
+    )
+    return dataclasses.replace(plan, entries=entries)

@@ -1,0 +1,221 @@
+"""Where the bytes went: per-layer rows read back from a ``*.dc.onnx`` model.
+
+Everything is derived from the compressed file itself (decoder attributes and
+initializer sizes), so ``onnx-dc report`` needs nothing else; a baseline model, when
+given, adds its file size. Columns follow the paper's Tables 2-5.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnx_dc.graph import decoders
+from onnx_dc.graph.weights import PASS_THROUGH
+from onnx_dc.numerics.bitpack import unpack_bits
+from onnx_dc.passes.lower import META_SKIPPED, META_SOURCE_BYTES, META_SOURCE_WEIGHT_BYTES
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One compressed weight."""
+
+    weight: str
+    nodes: str
+    op_type: str
+    shape: tuple[int, ...]
+    weights: int
+    kept: int
+    form: str
+    class_num: int
+    code_bits: int
+    index_bits: int
+    entries: int
+    codes_bytes: int
+    index_bytes: int
+    codebook_bytes: int
+
+    @property
+    def kept_pct(self) -> float:
+        """Percent of weights kept."""
+        return 100.0 * self.kept / self.weights if self.weights else 0.0
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of this layer's compressed tensors."""
+        return self.codes_bytes + self.index_bytes + self.codebook_bytes
+
+    @property
+    def dense_bytes(self) -> int:
+        """Bytes as float32."""
+        return 4 * self.weights
+
+    @property
+    def ratio(self) -> float:
+        """Dense float32 bytes / compressed bytes."""
+        return self.dense_bytes / self.total_bytes if self.total_bytes else float("inf")
+
+    def to_dict(self) -> dict:
+        """Plain values, derived columns included."""
+        d = asdict(self)
+        d.update(kept_pct=round(self.kept_pct, 3), total_bytes=self.total_bytes, dense_bytes=self.dense_bytes,
+                 ratio=round(self.ratio, 3))
+        return d
+
+
+@dataclass(frozen=True)
+class Report:
+    """Per-layer rows, skipped parameters and totals of a compressed model."""
+
+    layers: tuple[LayerRow, ...]
+    skipped: tuple[tuple[str, str, str, str], ...]
+    file_bytes: int | None
+    dense_weight_bytes: int | None  # all float parameters of the source model, as float32
+    source_file_bytes: int | None
+
+    def totals(self) -> dict:
+        """Sums over compressed layers, and whole-file ratios."""
+        weights = sum(r.weights for r in self.layers)
+        kept = sum(r.kept for r in self.layers)
+        compressed = sum(r.total_bytes for r in self.layers)
+        out = {
+            "layers": len(self.layers),
+            "weights": weights,
+            "kept": kept,
+            "kept_pct": round(100.0 * kept / weights, 3) if weights else 0.0,
+            "compressed_bytes": compressed,
+            "dense_bytes": 4 * weights,
+            "layers_ratio": round(4 * weights / compressed, 3) if compressed else None,
+            "file_bytes": self.file_bytes,
+            "dense_weight_bytes": self.dense_weight_bytes,
+            "source_file_bytes": self.source_file_bytes,
+        }
+        if self.file_bytes:
+            if self.dense_weight_bytes:
+                out["ratio_vs_dense_weights"] = round(self.dense_weight_bytes / self.file_bytes, 3)
+            if self.source_file_bytes:
+                out["ratio_vs_source_file"] = round(self.source_file_bytes / self.file_bytes, 3)
+        return out
+
+    def to_json(self) -> str:
+        """Machine-readable report."""
+        return json.dumps({
+            "layers": [r.to_dict() for r in self.layers],
+            "skipped": [dict(zip(("node", "op_type", "tensor", "reason"), s)) for s in self.skipped],
+            "totals": self.totals(),
+        }, indent=2)
+
+    def to_table(self) -> str:
+        """Human-readable table."""
+        head = ("layer", "op", "shape", "weights", "kept%", "K", "code b", "idx b", "form",
+                "codes B", "index B", "codebook B", "ratio")
+        rows = [head]
+        for r in self.layers:
+            rows.append((r.nodes, r.op_type, "x".join(map(str, r.shape)), str(r.weights), f"{r.kept_pct:.1f}",
+                         str(r.class_num or "-"), str(r.code_bits or "-"), str(r.index_bits or "-"), r.form,
+                         str(r.codes_bytes), str(r.index_bytes), str(r.codebook_bytes), f"{r.ratio:.1f}x"))
+        t = self.totals()
+        rows.append(("total", "", "", str(t["weights"]), f"{t['kept_pct']:.1f}", "", "", "", "",
+                     str(sum(r.codes_bytes for r in self.layers)), str(sum(r.index_bytes for r in self.layers)),
+                     str(sum(r.codebook_bytes for r in self.layers)),
+                     f"{t['layers_ratio']:.1f}x" if t["layers_ratio"] else "-"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w) if i < 3 or i == 8 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                 for row in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.insert(len(lines) - 1, "-" * len(lines[0]))
+        if self.file_bytes:
+            if self.dense_weight_bytes:
+                lines.append(f"file: {self.file_bytes} B; dense float32 weights: {self.dense_weight_bytes} B "
+                             f"({self.dense_weight_bytes / self.file_bytes:.1f}x)")
+            if self.source_file_bytes:
+                lines.append(f"source file: {self.source_file_bytes} B ({self.source_file_bytes / self.file_bytes:.1f}x)")
+        for node, op, tensor, reason in self.skipped:
+            lines.append(f"not compressed: {node} ({op}) {tensor}: {reason}")
+        return "\n".join(lines)
+
+
+def layer_rows(model: onnx.ModelProto) -> tuple[LayerRow, ...]:
+    """One row per decoder node of a compressed model, in graph order."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers = _weight_consumers(graph)
+    rows = []
+    for node in graph.node:
+        if node.domain != decoders.DOMAIN or node.op_type not in decoders.DECODER_OPS:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        size = {i: _nbytes(inits[name]) for i, name in enumerate(node.input)}
+        count = int(attrs["count"])
+        if node.op_type == decoders.DECODE_SPARSE_VALUES:
+            kept = int(np.count_nonzero(numpy_helper.to_array(inits[node.input[0]])))
+            codes_b, index_b, book_b = size[0], size[1], 0
+        else:
+            codes = unpack_bits(numpy_helper.to_array(inits[node.input[1]]), int(attrs["code_bits"]), count)
+            kept = int(np.count_nonzero(codes))
+            codes_b, book_b = size[1], size[0]
+            index_b = size.get(2, 0)
+        used = consumers.get(node.output[0], [])
+        rows.append(LayerRow(
+            weight=node.output[0],
+            nodes=",".join(n for n, _ in used) or node.output[0],
+            op_type=",".join(sorted({op for _, op in used})) or "-",
+            shape=tuple(int(d) for d in attrs["shape"]),
+            weights=int(attrs["numel"]),
+            kept=kept,
+            form={decoders.DECODE_DENSE: "dense", decoders.DECODE_SPARSE: "sparse",
+                  decoders.DECODE_SPARSE_VALUES: "sparse-f32"}[node.op_type],
+            class_num=int(attrs.get("class_num", 0)),
+            code_bits=int(attrs["code_bits"]),
+            index_bits=int(attrs["index_bits"]),
+            entries=count,
+            codes_bytes=codes_b,
+            index_bytes=index_b,
+            codebook_bytes=book_b,
+        ))
+    return tuple(rows)
+
+
+def make_report(model: onnx.ModelProto, file_bytes: int | None = None, baseline_bytes: int | None = None) -> Report:
+    """Build the report of a compressed model; ``baseline_bytes`` overrides the recorded source size."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    skipped = tuple(tuple(s) for s in json.loads(meta.get(META_SKIPPED, "[]")))
+    source = baseline_bytes if baseline_bytes is not None else _int_or_none(meta.get(META_SOURCE_BYTES))
+    return Report(layer_rows(model), skipped, file_bytes, _int_or_none(meta.get(META_SOURCE_WEIGHT_BYTES)), source)
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _nbytes(tensor: onnx.TensorProto) -> int:
+    return int(numpy_helper.to_array(tensor).nbytes)
+
+
+def _weight_consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[str, str]]]:
+    """Weight name -> (node, op_type) of the nodes that read it, looking through pass-through ops."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    out: dict[str, list[tuple[str, str]]] = {}
+    for node in graph.node:
+        if node.domain != decoders.DOMAIN:
+            continue
+        frontier, seen = [node.output[0]], []
+        while frontier:
+            name = frontier.pop(0)
+            for reader in readers.get(name, []):
+                if reader.op_type in PASS_THROUGH:
+                    frontier.append(reader.output[0])
+                else:
+                    seen.append((reader.name, reader.op_type))
+        out[node.output[0]] = seen
+    return out

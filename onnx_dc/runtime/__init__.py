@@ -1,0 +1,1 @@
+"""Running models in onnxruntime: sessions (from .onnx, .dc.onnx or .dcz) and accuracy."""

@@ -1,0 +1,111 @@
+"""Shared fixtures: paths to ../shared/data and small models built with onnx.helper."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+MNIST_DIR = SHARED_DATA / "mnist"
+FASHION_DIR = SHARED_DATA / "fashion-mnist"
+MNIST8 = SHARED_DATA / "onnx" / "mnist-8.onnx"
+
+needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present beside the repo")
+
+
+def finish_model(graph: onnx.GraphProto, opset: int = 17) -> onnx.ModelProto:
+    """Stamp IR 10 and an opset, then check the model."""
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def init(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def mlp_model(seed: int = 0, sizes=(64, 48, 10)) -> onnx.ModelProto:
+    """Gemm(transB) + Relu MLP with a free batch dimension."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, cur = [], [], "x"
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        inits += [init(f"w{i}", rng.normal(0, 0.3, (b, a)).astype(np.float32)),
+                  init(f"b{i}", rng.normal(0, 0.1, b).astype(np.float32))]
+        out = "y" if i == len(sizes) - 2 else f"h{i}"
+        nodes.append(oh.make_node("Gemm", [cur, f"w{i}", f"b{i}"], [out], name=f"fc{i}", transB=1))
+        cur = out
+        if out != "y":
+            nodes.append(oh.make_node("Relu", [cur], [f"{cur}r"], name=f"relu{i}"))
+            cur = f"{cur}r"
+    g = oh.make_graph(nodes, "mlp", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", sizes[0]])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", sizes[-1]])], inits)
+    return finish_model(g)
+
+
+def conv_model(seed: int = 0) -> onnx.ModelProto:
+    """Conv -> Relu -> ConvTranspose -> Reshape -> MatMul(weight via Transpose) with a Constant-node weight."""
+    rng = np.random.default_rng(seed)
+    w_conv = rng.normal(0, 0.3, (6, 1, 3, 3)).astype(np.float32)
+    w_deconv = rng.normal(0, 0.3, (6, 2, 2, 2)).astype(np.float32)
+    w_fc_t = rng.normal(0, 0.3, (5, 2 * 8 * 8)).astype(np.float32)  # stored transposed, used through Transpose
+    nodes = [
+        oh.make_node("Constant", [], ["conv_w"], value=numpy_helper.from_array(w_conv, "conv_w")),
+        oh.make_node("Conv", ["x", "conv_w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        oh.make_node("Relu", ["c"], ["r"], name="relu"),
+        oh.make_node("ConvTranspose", ["r", "deconv_w"], ["d"], name="deconv", strides=[2, 2]),
+        oh.make_node("Reshape", ["d", "flat_shape"], ["f"], name="flatten"),
+        oh.make_node("Transpose", ["fc_wt"], ["fc_w"], name="fc_w_T", perm=[1, 0]),
+        oh.make_node("MatMul", ["f", "fc_w"], ["y"], name="fc"),
+    ]
+    inits = [init("deconv_w", w_deconv), init("fc_wt", w_fc_t), init("flat_shape", np.array([-1, 128], np.int64))]
+    g = oh.make_graph(nodes, "convnet", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    return finish_model(g)
+
+
+def shared_weight_model(seed: int = 0) -> onnx.ModelProto:
+    """One weight read by two MatMuls (tied layers)."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 0.3, (32, 32)).astype(np.float32)
+    nodes = [oh.make_node("MatMul", ["x", "w"], ["h"], name="first"),
+             oh.make_node("Relu", ["h"], ["hr"], name="relu"),
+             oh.make_node("MatMul", ["hr", "w"], ["y"], name="second")]
+    g = oh.make_graph(nodes, "tied", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])], [init("w", w)])
+    return finish_model(g)
+
+
+def fp16_model() -> onnx.ModelProto:
+    """A Gemm with a float16 weight next to a float32 one."""
+    rng = np.random.default_rng(0)
+    nodes = [oh.make_node("Cast", ["x"], ["xh"], to=TensorProto.FLOAT16, name="cast"),
+             oh.make_node("MatMul", ["xh", "wh"], ["yh"], name="half_fc"),
+             oh.make_node("Cast", ["yh"], ["yf"], to=TensorProto.FLOAT, name="back"),
+             oh.make_node("MatMul", ["yf", "wf"], ["y"], name="float_fc")]
+    inits = [init("wh", rng.normal(size=(16, 16)).astype(np.float16)), init("wf", rng.normal(size=(16, 4)).astype(np.float32))]
+    g = oh.make_graph(nodes, "fp16", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    return finish_model(g)
+
+
+def run(model: onnx.ModelProto | bytes | str, feeds: dict) -> list[np.ndarray]:
+    """Outputs of a model in onnxruntime (CPU)."""
+    import onnxruntime as ort
+
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+@pytest.fixture
+def mnist8() -> Path:
+    if not MNIST8.is_file():
+        pytest.skip("../shared/data/onnx/mnist-8.onnx is not present")
+    return MNIST8
