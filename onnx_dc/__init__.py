@@ -8,7 +8,7 @@ Typical use::
     session = onnx_dc.InferenceSession("model.dc.onnx")
 """
 
-from onnx_dc.api import CompressResult, compress, finish, prepare, report
+from onnx_dc.api import CompressResult, compress, finish, import_caffe, pack, prepare, report, unpack
 from onnx_dc.config import CentroidInit, Config, Form, Settings, load_config, parse_config
 from onnx_dc.data.datasets import Preprocess, load_dataset, parse_data_spec
 from onnx_dc.errors import ConfigError, DataError, FormatError, ModelError, OnnxDcError
@@ -20,5 +20,6 @@ __version__ = "0.1.0"
 __all__ = [
     "CentroidInit", "CompressResult", "Config", "ConfigError", "DataError", "EvalResult", "Form", "FormatError",
     "InferenceSession", "ModelError", "OnnxDcError", "Preprocess", "Settings", "compress", "evaluate", "finish",
-    "load_config", "load_dataset", "parse_config", "parse_data_spec", "prepare", "report",
+    "import_caffe", "load_config", "load_dataset", "pack", "parse_config", "parse_data_spec", "prepare", "report",
+    "unpack",
 ]

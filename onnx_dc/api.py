@@ -121,3 +121,45 @@ def report(model: onnx.ModelProto | str | os.PathLike, baseline: str | os.PathLi
     if baseline is not None and not Path(baseline).is_file():
         raise ModelError(f"{baseline}: no such file (the --baseline model)")
     return make_report(proto, file_bytes=file_bytes, baseline_bytes=baseline_bytes)
+
+
+def pack(model_path: str | os.PathLike, output_path: str | os.PathLike, codec: str = "auto") -> int:
+    """Entropy-code a ``*.dc.onnx`` into a ``.dcz`` file (docs/FORMAT.md); returns its size in bytes."""
+    from onnx_dc.formats import dcz
+
+    if same_file(model_path, output_path):
+        raise ModelError(f"{output_path}: refusing to overwrite the input; choose another output path")
+    dcz.pack(model_path, output_path, codec=codec)
+    return Path(output_path).stat().st_size
+
+
+def unpack(packed_path: str | os.PathLike, output_path: str | os.PathLike) -> int:
+    """Restore the ``*.dc.onnx`` a ``.dcz`` was packed from, byte for byte; returns its size in bytes."""
+    from onnx_dc.formats import dcz
+
+    if same_file(packed_path, output_path):
+        raise ModelError(f"{output_path}: refusing to overwrite the input; choose another output path")
+    dcz.unpack(packed_path, output_path)
+    return Path(output_path).stat().st_size
+
+
+def import_caffe(
+    prototxt: str | os.PathLike,
+    caffemodel: str | os.PathLike,
+    output_path: str | os.PathLike | None = None,
+    config_out: str | os.PathLike | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> tuple[onnx.ModelProto, dict]:
+    """Convert a Caffe net (prototxt + caffemodel) to ONNX; its Cmp* fields become a config.
+
+    Returns:
+        The ONNX model and the config mapping (docs/CONFIG.md layout).
+    """
+    from onnx_dc.importers.caffe import import_caffe as _import, write_config_yaml
+
+    model, config = _import(prototxt, caffemodel, input_shape=input_shape)
+    if output_path is not None:
+        save_model(model, output_path)
+    if config_out is not None:
+        write_config_yaml(config, config_out)
+    return model, config

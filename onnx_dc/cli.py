@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Callable, Sequence
 
-from onnx_dc.errors import OnnxDcError
+from onnx_dc.errors import ConfigError, OnnxDcError
 
 EXIT_USER_ERROR = 2
 
@@ -62,9 +62,18 @@ def cmd_compress(args: argparse.Namespace) -> int:
     import onnx_dc
     from onnx_dc.graph.io import load_model
 
-    model_arg = args.model
+    config = args.config
+    if args.caffe:
+        if args.model:
+            raise ConfigError("give either a model file or --caffe PROTOTXT CAFFEMODEL, not both")
+        model_arg, caffe_config = onnx_dc.import_caffe(*args.caffe)
+        config = config or caffe_config  # the Cmp* fields of the prototxt, unless a config file is given
+    elif args.model:
+        model_arg = args.model
+    else:
+        raise ConfigError("give a model file to compress (or --caffe PROTOTXT CAFFEMODEL)")
     prep = _preprocess_from(args, load_model(model_arg))
-    result = onnx_dc.compress(model_arg, args.output, args.config, preprocess=prep, **_settings_from(args))
+    result = onnx_dc.compress(model_arg, args.output, config, preprocess=prep, **_settings_from(args))
     print(result.report.to_json() if args.json else result.report.to_table())
     if not args.json:
         print(f"wrote {args.output}")
@@ -93,6 +102,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    import onnx_dc
+
+    size = onnx_dc.pack(args.model, args.output, codec=args.codec)
+    print(f"wrote {args.output} ({size} B)")
+    return 0
+
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    import onnx_dc
+
+    size = onnx_dc.unpack(args.model, args.output)
+    print(f"wrote {args.output} ({size} B)")
+    return 0
+
+
+def cmd_import_caffe(args: argparse.Namespace) -> int:
+    import onnx_dc
+
+    shape = _parse_shape(args.input_shape) if args.input_shape else None
+    onnx_dc.import_caffe(args.prototxt, args.caffemodel, args.output, args.config_out, input_shape=shape)
+    print(f"wrote {args.output}" + (f" and {args.config_out}" if args.config_out else ""))
+    return 0
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    from onnx_dc.errors import ConversionError
+
+    try:
+        dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise ConversionError(f"--input-shape {text!r}: give integers like 1,1,28,28") from None
+    if not dims or min(dims) < 1:
+        raise ConversionError(f"--input-shape {text!r}: give positive integers like 1,1,28,28")
+    return dims
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from onnx_dc.demo import run_demo
 
@@ -106,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("compress", help="prune and share weights: model.onnx -> model.dc.onnx")
-    p.add_argument("model", help="input .onnx (never modified)")
+    p.add_argument("model", nargs="?", help="input .onnx (never modified)")
     p.add_argument("-o", "--output", required=True, help="output .dc.onnx (written atomically)")
+    p.add_argument("--caffe", nargs=2, metavar=("PROTOTXT", "CAFFEMODEL"),
+                   help="compress a Caffe net; its CmpConvolution / CmpInnerProduct fields become the config")
     p.add_argument("--config", help="YAML config with per-node settings (docs/CONFIG.md)")
     _add_settings_args(p)
     _add_preprocess_args(p)
@@ -128,6 +176,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preprocess_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("pack", help="entropy-code a .dc.onnx into a .dcz (lossless)")
+    p.add_argument("model", help="input .dc.onnx")
+    p.add_argument("-o", "--output", required=True, help="output .dcz")
+    p.add_argument("--codec", choices=("auto", "huffman", "range"), default="auto",
+                   help="auto picks the smaller per stream; huffman reproduces the paper")
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("unpack", help="restore the .dc.onnx from a .dcz, byte for byte")
+    p.add_argument("model", help="input .dcz")
+    p.add_argument("-o", "--output", required=True, help="output .dc.onnx")
+    p.set_defaults(func=cmd_unpack)
+
+    p = sub.add_parser("import-caffe", help="convert a Caffe prototxt + caffemodel to ONNX")
+    p.add_argument("prototxt")
+    p.add_argument("caffemodel")
+    p.add_argument("-o", "--output", required=True, help="output .onnx")
+    p.add_argument("--config-out", help="write the Cmp* layer settings as a YAML config")
+    p.add_argument("--input-shape", help="input shape when the net gives none, e.g. 1,1,28,28")
+    p.set_defaults(func=cmd_import_caffe)
 
     p = sub.add_parser("demo", help="train an MLP on scikit-learn's digits, compress it, compare")
     p.add_argument("--out", default="out/demo", help="folder for the demo's files (default out/demo)")
