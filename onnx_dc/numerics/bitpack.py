@@ -34,10 +34,22 @@ def pack_bits(symbols: np.ndarray, bits: int) -> np.ndarray:
         raise ValueError(f"symbols must lie in [0, {1 << bits}) for {bits}-bit packing")
     if bits == 8:
         return sym.astype(np.uint8)
-    # Spread each symbol into its bits (LSB first), then let packbits do the rest.
-    shifts = np.arange(bits, dtype=np.uint32)
-    bitmat = ((sym.astype(np.uint32)[:, None] >> shifts) & 1).astype(np.uint8)
-    return np.packbits(bitmat.ravel(), bitorder="little")
+    # Eight symbols fill exactly ``bits`` bytes: build them in two little-endian 64-bit words.
+    groups = np.zeros((-(-sym.size // 8), 8), np.uint64)
+    groups.ravel()[: sym.size] = sym
+    lo = np.zeros(groups.shape[0], np.uint64)
+    hi = np.zeros(groups.shape[0], np.uint64)
+    for j in range(8):
+        offset = j * bits
+        col = groups[:, j]
+        if offset < 64:
+            lo |= col << np.uint64(offset)
+            if offset + bits > 64:
+                hi |= col >> np.uint64(64 - offset)
+        else:
+            hi |= col << np.uint64(offset - 64)
+    words = np.stack([lo, hi], axis=1).astype("<u8").view(np.uint8)
+    return np.ascontiguousarray(words[:, :bits]).ravel()[: packed_size(sym.size, bits)]
 
 
 def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
@@ -52,9 +64,26 @@ def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
         raise ValueError(f"{buf.size} bytes cannot hold {count} symbols of {bits} bits")
     if bits == 8:
         return buf[:count].astype(np.uint16)
-    flat = np.unpackbits(buf, bitorder="little", count=count * bits)
-    weights = (1 << np.arange(bits, dtype=np.uint32)).astype(np.uint32)
-    return (flat.reshape(count, bits).astype(np.uint32) @ weights).astype(np.uint16)
+    n_groups = -(-count // 8)
+    block = np.zeros((n_groups, 16), np.uint8)
+    usable = min(buf.size, n_groups * bits)
+    flat = np.zeros(n_groups * bits, np.uint8)
+    flat[:usable] = buf[:usable]
+    block[:, :bits] = flat.reshape(n_groups, bits)
+    words = block.view("<u8").astype(np.uint64)
+    lo, hi = words[:, 0], words[:, 1]
+    mask = np.uint64((1 << bits) - 1)
+    out = np.empty((n_groups, 8), np.uint16)
+    for j in range(8):
+        offset = j * bits
+        if offset < 64:
+            val = lo >> np.uint64(offset)
+            if offset + bits > 64:
+                val |= hi << np.uint64(64 - offset)
+        else:
+            val = hi >> np.uint64(offset - 64)
+        out[:, j] = val & mask
+    return out.ravel()[:count]
 
 
 def _check_bits(bits: int) -> None:

@@ -56,9 +56,11 @@ def kmeans_1d(
     if flat.size == 0:
         return KMeansResult(np.zeros(0), np.zeros(0, np.int64), 0.0, 0)
     xs = np.sort(flat.astype(np.float32, copy=False) if flat.dtype == np.float32 else flat).astype(np.float64)
-    distinct = np.unique(xs)
-    if distinct.size <= k:
-        centroids, iterations = distinct, 0
+    is_new = np.empty(xs.size, bool)
+    is_new[0] = True
+    np.not_equal(xs[1:], xs[:-1], out=is_new[1:])
+    if np.count_nonzero(is_new) <= k:  # few distinct values: each is its own centroid
+        centroids, iterations = xs[is_new], 0
     else:
         centroids = _initial_centroids(flat, xs, k, init, seed)
         centroids, iterations = _lloyd_sorted(xs, centroids, max_iter, tol)
