@@ -66,7 +66,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if args.caffe:
         if args.model:
             raise ConfigError("give either a model file or --caffe PROTOTXT CAFFEMODEL, not both")
-        model_arg, caffe_config = onnx_dc.import_caffe(*args.caffe)
+        shape = _parse_shape(args.input_shape) if args.input_shape else None
+        model_arg, caffe_config = onnx_dc.import_caffe(*args.caffe, input_shape=shape)
         config = config or caffe_config  # the Cmp* fields of the prototxt, unless a config file is given
     elif args.model:
         model_arg = args.model
@@ -133,9 +134,9 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
     except ValueError:
-        raise ConversionError(f"--input-shape {text!r}: give integers like 1,1,28,28") from None
+        raise ConversionError(f"--input-shape {text!r}: give integers like 1,28,28 (no batch dimension)") from None
     if not dims or min(dims) < 1:
-        raise ConversionError(f"--input-shape {text!r}: give positive integers like 1,1,28,28")
+        raise ConversionError(f"--input-shape {text!r}: give positive integers like 1,28,28 (no batch dimension)")
     return dims
 
 
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .dc.onnx (written atomically)")
     p.add_argument("--caffe", nargs=2, metavar=("PROTOTXT", "CAFFEMODEL"),
                    help="compress a Caffe net; its CmpConvolution / CmpInnerProduct fields become the config")
+    p.add_argument("--input-shape", help="with --caffe: per-sample input shape (no batch), e.g. 1,28,28")
     p.add_argument("--config", help="YAML config with per-node settings (docs/CONFIG.md)")
     _add_settings_args(p)
     _add_preprocess_args(p)
@@ -194,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("caffemodel")
     p.add_argument("-o", "--output", required=True, help="output .onnx")
     p.add_argument("--config-out", help="write the Cmp* layer settings as a YAML config")
-    p.add_argument("--input-shape", help="input shape when the net gives none, e.g. 1,1,28,28")
+    p.add_argument("--input-shape", help="per-sample input shape when the net gives none (no batch), e.g. 1,28,28")
     p.set_defaults(func=cmd_import_caffe)
 
     p = sub.add_parser("demo", help="train an MLP on scikit-learn's digits, compress it, compare")
