@@ -7,6 +7,7 @@ given, adds its file size. Columns follow the paper's Tables 2-5.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
 
@@ -38,6 +39,25 @@ class LayerRow:
     codes_bytes: int
     index_bytes: int
     codebook_bytes: int
+    coded_codes_bytes: int | None = None  # after entropy coding (.dcz), P+Q+H
+    coded_index_bytes: int | None = None
+    codecs: str | None = None
+
+    @property
+    def coded(self) -> bool:
+        """Whether entropy-coded sizes are known (the row comes from a .dcz)."""
+        return self.coded_codes_bytes is not None
+
+    @property
+    def coded_total_bytes(self) -> int | None:
+        """Bytes of this layer in the packed file: coded streams plus the codebook (P+Q+H)."""
+        if not self.coded:
+            return None
+        return self.coded_codes_bytes + (self.coded_index_bytes or 0) + self.codebook_bytes
+
+    def bits_per_entry(self, nbytes: int | None) -> float | None:
+        """Average bits per stored entry of a stream of ``nbytes``."""
+        return None if nbytes is None or not self.entries else 8.0 * nbytes / self.entries
 
     @property
     def kept_pct(self) -> float:
@@ -64,6 +84,12 @@ class LayerRow:
         d = asdict(self)
         d.update(kept_pct=round(self.kept_pct, 3), total_bytes=self.total_bytes, dense_bytes=self.dense_bytes,
                  ratio=round(self.ratio, 3))
+        if self.coded:
+            d.update(coded_total_bytes=self.coded_total_bytes,
+                     coded_ratio=round(self.dense_bytes / self.coded_total_bytes, 3),
+                     weight_bits_pq=self.code_bits or 32, index_bits_pq=self.index_bits,
+                     weight_bits_pqh=round(self.bits_per_entry(self.coded_codes_bytes), 3),
+                     index_bits_pqh=round(self.bits_per_entry(self.coded_index_bytes), 3) if self.index_bits else 0)
         return d
 
 
@@ -94,6 +120,10 @@ class Report:
             "dense_weight_bytes": self.dense_weight_bytes,
             "source_file_bytes": self.source_file_bytes,
         }
+        if self.layers and all(r.coded for r in self.layers):
+            coded = sum(r.coded_total_bytes for r in self.layers)
+            out["coded_bytes"] = coded
+            out["layers_ratio_coded"] = round(4 * weights / coded, 3) if coded else None
         if self.file_bytes:
             if self.dense_weight_bytes:
                 out["ratio_vs_dense_weights"] = round(self.dense_weight_bytes / self.file_bytes, 3)
@@ -111,20 +141,31 @@ class Report:
 
     def to_table(self) -> str:
         """Human-readable table."""
+        coded = bool(self.layers) and all(r.coded for r in self.layers)
         head = ("layer", "op", "shape", "weights", "kept%", "K", "code b", "idx b", "form",
                 "codes B", "index B", "codebook B", "ratio")
+        if coded:
+            head += ("w bits P+Q+H", "idx bits P+Q+H", "ratio P+Q+H")
         rows = [head]
         for r in self.layers:
-            rows.append((r.nodes, r.op_type, "x".join(map(str, r.shape)), str(r.weights), f"{r.kept_pct:.1f}",
-                         str(r.class_num or "-"), str(r.code_bits or "-"), str(r.index_bits or "-"), r.form,
-                         str(r.codes_bytes), str(r.index_bytes), str(r.codebook_bytes), f"{r.ratio:.1f}x"))
+            row = (r.nodes, r.op_type, "x".join(map(str, r.shape)), str(r.weights), f"{r.kept_pct:.1f}",
+                   str(r.class_num or "-"), str(r.code_bits or "-"), str(r.index_bits or "-"), r.form,
+                   str(r.codes_bytes), str(r.index_bytes), str(r.codebook_bytes), f"{r.ratio:.1f}x")
+            if coded:
+                idx = r.bits_per_entry(r.coded_index_bytes) if r.index_bits else None
+                row += (f"{r.bits_per_entry(r.coded_codes_bytes):.2f}", f"{idx:.2f}" if idx is not None else "-",
+                        f"{r.dense_bytes / r.coded_total_bytes:.1f}x")
+            rows.append(row)
         t = self.totals()
-        rows.append(("total", "", "", str(t["weights"]), f"{t['kept_pct']:.1f}", "", "", "", "",
-                     str(sum(r.codes_bytes for r in self.layers)), str(sum(r.index_bytes for r in self.layers)),
-                     str(sum(r.codebook_bytes for r in self.layers)),
-                     f"{t['layers_ratio']:.1f}x" if t["layers_ratio"] else "-"))
+        total = ("total", "", "", str(t["weights"]), f"{t['kept_pct']:.1f}", "", "", "", "",
+                 str(sum(r.codes_bytes for r in self.layers)), str(sum(r.index_bytes for r in self.layers)),
+                 str(sum(r.codebook_bytes for r in self.layers)),
+                 f"{t['layers_ratio']:.1f}x" if t["layers_ratio"] else "-")
+        if coded:
+            total += ("", "", f"{t['layers_ratio_coded']:.1f}x" if t.get("layers_ratio_coded") else "-")
+        rows.append(total)
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) if i < 3 or i == 8 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        lines = ["  ".join(c.ljust(w) if i in (0, 1, 2, 8) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
                  for row in rows]
         lines.insert(1, "-" * len(lines[0]))
         lines.insert(len(lines) - 1, "-" * len(lines[0]))
@@ -180,12 +221,43 @@ def layer_rows(model: onnx.ModelProto) -> tuple[LayerRow, ...]:
     return tuple(rows)
 
 
-def make_report(model: onnx.ModelProto, file_bytes: int | None = None, baseline_bytes: int | None = None) -> Report:
-    """Build the report of a compressed model; ``baseline_bytes`` overrides the recorded source size."""
+def make_report(
+    model: onnx.ModelProto,
+    file_bytes: int | None = None,
+    baseline_bytes: int | None = None,
+    streams: list[dict] | None = None,
+) -> Report:
+    """Build the report of a compressed model.
+
+    Args:
+        model: the ``*.dc.onnx`` model.
+        file_bytes: size of the file reported on (``.dc.onnx`` or ``.dcz``).
+        baseline_bytes: size of the original model; overrides the size recorded at compression.
+        streams: ``onnx_dc.formats.dcz.stream_report`` rows of a ``.dcz``, for the P+Q+H columns.
+    """
     meta = {p.key: p.value for p in model.metadata_props}
     skipped = tuple(tuple(s) for s in json.loads(meta.get(META_SKIPPED, "[]")))
     source = baseline_bytes if baseline_bytes is not None else _int_or_none(meta.get(META_SOURCE_BYTES))
-    return Report(layer_rows(model), skipped, file_bytes, _int_or_none(meta.get(META_SOURCE_WEIGHT_BYTES)), source)
+    rows = layer_rows(model)
+    if streams is not None:
+        by_name = {s["name"]: s for s in streams}
+        rows = tuple(_with_coded(r, by_name.get(r.weight)) for r in rows)
+    return Report(rows, skipped, file_bytes, _int_or_none(meta.get(META_SOURCE_WEIGHT_BYTES)), source)
+
+
+def _with_coded(row: LayerRow, stream: dict | None) -> LayerRow:
+    """A row with its entropy-coded stream sizes (streams the packer left as they were keep their size)."""
+    if row.form == "sparse-f32":
+        codes = row.codes_bytes  # float values are not entropy-coded
+        index = stream["gaps_coded_bytes"] if stream else row.index_bytes
+        codecs = f"values=raw gaps={stream['gaps_codec'] if stream else 'stored'}"
+    else:
+        codes = stream["codes_coded_bytes"] if stream else row.codes_bytes
+        index = (stream["gaps_coded_bytes"] if stream else row.index_bytes) if row.index_bits else 0
+        codecs = f"codes={stream['codes_codec'] if stream else 'stored'}"
+        if row.index_bits:
+            codecs += f" gaps={stream['gaps_codec'] if stream else 'stored'}"
+    return dataclasses.replace(row, coded_codes_bytes=codes, coded_index_bytes=index, codecs=codecs)
 
 
 def _int_or_none(text: str | None) -> int | None:

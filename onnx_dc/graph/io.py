@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from onnx_dc.errors import ModelError
+from onnx_dc.errors import ModelError, OnnxDcError
 
 MAX_IR_VERSION = 10  # onnxruntime 1.19 loads IR <= 10
 MAX_OPSET = 21  # and ai.onnx opsets <= 21
@@ -70,19 +70,42 @@ def serialize(model: onnx.ModelProto) -> bytes:
 
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    A reader never sees a half-written file, and a failed write leaves no temporary file.
+    An existing file keeps its permissions; a new one gets 0o666 minus the umask
+    (``mkstemp`` alone would make it private).
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
-        raise ModelError(f"{path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        raise OnnxDcError(f"{target}: folder {folder} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as err:
+        raise OnnxDcError(f"cannot write {target}: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.replace(tmp, path)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _new_file_mode(target))
+        os.replace(tmp, target)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise OnnxDcError(f"cannot write {target}: {err.strerror or err}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _new_file_mode(target: Path) -> int:
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:

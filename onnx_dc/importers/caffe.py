@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_dc.data.datasets import METADATA_KEY, Preprocess
 from onnx_dc.errors import ConversionError
+from onnx_dc.graph.io import write_bytes_atomic
 from onnx_dc.importers import caffe_schema as schema
 
 OPSET = 17
@@ -210,16 +210,7 @@ def write_config_yaml(config: Mapping[str, Any], path: str | os.PathLike) -> Non
 
     path = Path(path)
     text = yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a config is not
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(text.encode("utf-8"), path)
 
 
 # ----------------------------------------------------------------------------- reading the net

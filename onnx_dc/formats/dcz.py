@@ -1,0 +1,672 @@
+"""The packed file ``*.dcz``: a ``*.dc.onnx`` whose codes and gaps streams are entropy-coded.
+
+This is the paper's "P+Q+H" storage. Packing is lossless at the byte level:
+
+    file      = remainder pieces interleaved with the stream spans, in file order
+    stream    = raw_data bytes of a codes / gaps initializer of a decoder node (docs/DCONNX.md),
+                i.e. pack_bits(symbols, width) with ``count`` symbols
+    .dcz      = header | section table | remainder compressed (zlib or xz)
+                | per stream: entropy_code(unpack_bits(stream, width, count))
+    unpack    = remainder with every stream re-inserted as pack_bits(decode(...), width)
+
+A stream whose bytes would not come back identical from ``pack_bits`` (non-zero padding
+bits, odd sizes) is stored verbatim, and pack checks ``unpack(pack(x)) == x`` before it
+returns. Every section carries a CRC-32, the header and section table one more, and the
+reconstructed file its SHA-256; declared sizes are checked against the file size and the
+limits below before anything is allocated. docs/FORMAT.md is the byte-level specification.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import lzma
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnx_dc.errors import ConfigError, FormatError, ModelError
+from onnx_dc.graph.io import write_bytes_atomic
+from onnx_dc.numerics import huffman, rangecoder
+from onnx_dc.numerics.bitpack import MAX_BITS, pack_bits, packed_size, unpack_bits
+
+MAGIC = b"\x89DCZ\r\n\x1a\n"
+VERSION = 1
+MAX_OUTPUT_BYTES = (1 << 31) - 1
+"""A ``*.dc.onnx`` is one protobuf message, which cannot exceed 2 GiB."""
+EXPANSION_ALLOWANCE = 64 << 20
+EXPANSION_RATIO = 1024
+"""A ``.dcz`` may declare at most ``EXPANSION_ALLOWANCE + EXPANSION_RATIO * len(dcz)`` output bytes."""
+MAX_SECTIONS = 1 << 20
+MAX_COUNT = (1 << 32) - 1
+
+# Section codecs.
+STORED, ZLIB, XZ, HUFFMAN, RANGE = 0, 1, 2, 3, 4
+CODEC_NAMES = {STORED: "stored", ZLIB: "zlib", XZ: "xz", HUFFMAN: "huffman", RANGE: "range"}
+# Section roles.
+REMAINDER, CODES, GAPS = 0, 1, 2
+ROLE_NAMES = {REMAINDER: "remainder", CODES: "codes", GAPS: "gaps"}
+# Decoder op of a stream's node (0 for the remainder).
+OP_NAMES = {1: "DecodeDense", 2: "DecodeSparse", 3: "DecodeSparseValues"}
+_OP_IDS = {name: op for op, name in OP_NAMES.items()}
+_STREAM_INPUTS = {  # op -> ((input index, role, width attribute), ...)
+    "DecodeDense": ((1, CODES, "code_bits"),),
+    "DecodeSparse": ((1, CODES, "code_bits"), (2, GAPS, "index_bits")),
+    "DecodeSparseValues": ((1, GAPS, "index_bits"),),
+}
+DECODER_DOMAIN = "onnx_dc"
+PACK_CODECS = ("auto", "huffman", "range")
+
+_HEADER = struct.Struct("<8sHHIQ32sII")  # magic, version, flags, sections, size, sha256, table bytes, crc
+# role, codec, width, op, crc, offset, raw_length, count, stored_length, name length, weight length
+_ENTRY = struct.Struct("<BBBBIQQQQHH")
+_CODEC_MODULES = {HUFFMAN: huffman, RANGE: rangecoder}
+_XZ_MAX_INPUT = 16 << 20  # larger remainders use zlib only (xz is slow on float data)
+_XZ_MEMLIMIT = 128 << 20
+
+
+@dataclass(frozen=True)
+class _Section:
+    """A section to write: the fields of its table entry and its stored bytes."""
+
+    role: int
+    codec: int
+    width: int
+    op: int
+    offset: int
+    raw_length: int
+    count: int
+    name: str
+    weight: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A section table entry as read, with where its payload starts in the ``.dcz``."""
+
+    role: int
+    codec: int
+    width: int
+    op: int
+    crc: int
+    offset: int
+    raw_length: int
+    count: int
+    stored_length: int
+    name: str
+    weight: str
+    at: int
+
+    def label(self, index: int) -> str:
+        return f"section {index} ({self.name or 'remainder'})"
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A codes / gaps initializer found in a ``*.dc.onnx``: where its bytes are and how to read them.
+
+    Attributes:
+        name: the initializer; weight: the decoder node's output W; op: decoder op id
+        (``OP_NAMES``); role: CODES or GAPS; width: bits per symbol; count: symbols;
+        offset, length: the byte span of its ``raw_data`` in the file.
+    """
+
+    name: str
+    weight: str
+    op: int
+    role: int
+    width: int
+    count: int
+    offset: int
+    length: int
+
+
+# ============================================================================ finding the streams
+class _WireError(Exception):
+    """The bytes are not protobuf wire format we can walk."""
+
+
+def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < end and shift < 70:
+        byte = buf[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise _WireError
+
+
+def _fields(buf: memoryview, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, wire type, value start, value end) of every field of the message buf[start:end]."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        wire = key & 7
+        if wire == 0:
+            _, stop = _varint(buf, pos, end)
+        elif wire == 1:
+            stop = pos + 8
+        elif wire == 2:
+            length, pos = _varint(buf, pos, end)
+            stop = pos + length
+        elif wire == 5:
+            stop = pos + 4
+        else:
+            raise _WireError
+        if stop > end:
+            raise _WireError
+        yield key >> 3, wire, pos, stop
+        pos = stop
+
+
+def _initializer_spans(data: bytes) -> dict[str, tuple[int, int]]:
+    """Byte span of the ``raw_data`` of every initializer of the main graph, by name.
+
+    ModelProto.graph is field 7, GraphProto.initializer field 5, TensorProto.name field 8 and
+    TensorProto.raw_data field 9. Names seen more than once are left out.
+    """
+    buf = memoryview(data)
+    spans: dict[str, tuple[int, int]] = {}
+    seen: set[str] = set()
+    try:
+        for field, wire, start, stop in _fields(buf, 0, len(buf)):
+            if field != 7 or wire != 2:
+                continue
+            for field2, wire2, start2, stop2 in _fields(buf, start, stop):
+                if field2 == 5 and wire2 == 2:
+                    _add_tensor_span(buf, start2, stop2, spans, seen)
+    except (_WireError, UnicodeDecodeError):
+        return {}
+    return {name: span for name, span in spans.items() if name not in seen}
+
+
+def _add_tensor_span(buf: memoryview, start: int, stop: int, spans: dict, seen: set) -> None:
+    name, raw = None, None
+    for field, wire, begin, end in _fields(buf, start, stop):
+        if field == 8 and wire == 2:
+            name = bytes(buf[begin:end]).decode("utf-8")
+        elif field == 9 and wire == 2:
+            raw = (begin, end - begin)
+    if name is None or raw is None:
+        return
+    if name in spans:
+        seen.add(name)
+    spans[name] = raw
+
+
+def _decoder_streams(model) -> dict[str, tuple[str, int, int, int, int]]:
+    """Initializer name -> (weight name, op id, role, width, count) over the main graph's decoder nodes."""
+    found: dict[str, tuple[str, int, int, int, int]] = {}
+    for node in model.graph.node:
+        if node.domain != DECODER_DOMAIN or node.op_type not in _STREAM_INPUTS or not node.output:
+            continue
+        attrs = {a.name: a.i for a in node.attribute}
+        for index, role, width_attr in _STREAM_INPUTS[node.op_type]:
+            width, count = attrs.get(width_attr, 0), attrs.get("count", -1)
+            if index < len(node.input) and 1 <= width <= MAX_BITS and 0 <= count <= MAX_COUNT:
+                found.setdefault(
+                    node.input[index], (node.output[0], _OP_IDS[node.op_type], role, width, count)
+                )
+    return found
+
+
+def find_streams(data: bytes) -> list[Stream]:
+    """The codes / gaps streams of a serialized ``*.dc.onnx``, in file order.
+
+    Only initializers stored as uint8 ``raw_data`` inside the file, whose size matches the
+    decoder node's ``count`` and width, and whose span was located unambiguously count.
+
+    Raises:
+        ModelError: when ``data`` is not a parseable ONNX model.
+    """
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as err:  # protobuf raises its own DecodeError type
+        raise ModelError(f"not an ONNX model: {err}") from None
+    wanted = _decoder_streams(model)
+    spans = _initializer_spans(data)
+    tensors = {t.name: t for t in model.graph.initializer if t.name in wanted and t.name in spans}
+    streams = []
+    for name, tensor in tensors.items():
+        weight, op, role, width, count = wanted[name]
+        offset, length = spans[name]
+        if tensor.data_type != onnx.TensorProto.UINT8 or length != packed_size(count, width):
+            continue
+        if data[offset : offset + length] != tensor.raw_data:
+            continue
+        streams.append(Stream(name, weight, op, role, width, count, offset, length))
+    return sorted(streams, key=lambda s: s.offset)
+
+
+# ============================================================================ packing
+def pack_bytes(dc_onnx: bytes, codec: str = "auto") -> bytes:
+    """Pack a serialized ``*.dc.onnx`` into ``.dcz`` bytes.
+
+    Args:
+        dc_onnx: the bytes of the compressed ONNX file.
+        codec: entropy codec of the codes / gaps streams: ``"huffman"``, ``"range"`` or
+            ``"auto"`` (per stream the smaller of both). A stream is stored as it is when
+            that is smaller (tiny or incompressible streams) or when re-packing its symbols
+            would not reproduce its bytes.
+
+    Returns:
+        The ``.dcz`` bytes; the same input and codec always give the same bytes, and
+        :func:`unpack_bytes` returns ``dc_onnx`` exactly.
+
+    Raises:
+        ConfigError: on an unknown codec.
+        ModelError: when ``dc_onnx`` is not an ONNX model or exceeds 2 GiB.
+    """
+    if codec not in PACK_CODECS:
+        raise ConfigError(f"unknown codec {codec!r}; choose one of {', '.join(PACK_CODECS)}")
+    data = bytes(dc_onnx)
+    if len(data) > MAX_OUTPUT_BYTES:
+        raise ModelError(f"a .dc.onnx of {len(data)} bytes exceeds the 2 GiB protobuf limit")
+    streams = find_streams(data)
+    packed = _assemble(
+        data, [_remainder_section(data, streams), *(_stream_section(data, s, codec) for s in streams)]
+    )
+    if _within_limits(packed, len(data)) and _round_trips(packed, data):
+        return packed
+    # Only reachable for pathological inputs: store the file as it is, which always fits.
+    stored = _assemble(data, [_Section(REMAINDER, STORED, 0, 0, 0, len(data), 0, "", "", data)])
+    if not _round_trips(stored, data):
+        raise FormatError("internal error: packed file does not reproduce its input")
+    return stored
+
+
+def _remainder_section(data: bytes, streams: list[Stream]) -> _Section:
+    pieces, cursor = [], 0
+    for s in streams:
+        pieces.append(data[cursor : s.offset])
+        cursor = s.offset + s.length
+    pieces.append(data[cursor:])
+    remainder = b"".join(pieces)
+    codec, payload = ZLIB, zlib.compress(remainder, 9)
+    if len(remainder) <= _XZ_MAX_INPUT:
+        xz = lzma.compress(remainder, format=lzma.FORMAT_XZ, check=lzma.CHECK_NONE, preset=6)
+        if len(xz) < len(payload):
+            codec, payload = XZ, xz
+    if len(remainder) <= len(payload):
+        codec, payload = STORED, remainder
+    return _Section(REMAINDER, codec, 0, 0, 0, len(remainder), 0, "", "", payload)
+
+
+def _stream_section(data: bytes, s: Stream, codec: str) -> _Section:
+    raw = data[s.offset : s.offset + s.length]
+    symbols = unpack_bits(np.frombuffer(raw, dtype=np.uint8), s.width, s.count)
+    candidates = [(STORED, raw)]
+    if pack_bits(symbols, s.width).tobytes() == raw:
+        if codec in ("auto", "huffman"):
+            candidates.append((HUFFMAN, huffman.encode(symbols)))
+        if codec in ("auto", "range"):
+            candidates.append((RANGE, rangecoder.encode(symbols)))
+    chosen, payload = min(candidates, key=lambda c: len(c[1]))  # ties: the earlier candidate
+    return _Section(s.role, chosen, s.width, s.op, s.offset, s.length, s.count, s.name, s.weight, payload)
+
+
+def _assemble(data: bytes, sections: list[_Section]) -> bytes:
+    table = b"".join(_entry_bytes(s) for s in sections)
+    head = _HEADER.pack(
+        MAGIC, VERSION, 0, len(sections), len(data), hashlib.sha256(data).digest(), len(table), 0
+    )
+    crc = zlib.crc32(table, zlib.crc32(head[: _HEADER.size - 4]))
+    return b"".join((head[: _HEADER.size - 4], struct.pack("<I", crc), table, *(s.payload for s in sections)))
+
+
+def _entry_bytes(s: _Section) -> bytes:
+    name, weight = s.name.encode("utf-8"), s.weight.encode("utf-8")
+    if len(name) > 0xFFFF or len(weight) > 0xFFFF:
+        raise ModelError(f"tensor name of {max(len(name), len(weight))} bytes is too long to pack")
+    fixed = _ENTRY.pack(
+        s.role,
+        s.codec,
+        s.width,
+        s.op,
+        zlib.crc32(s.payload),
+        s.offset,
+        s.raw_length,
+        s.count,
+        len(s.payload),
+        len(name),
+        len(weight),
+    )
+    return fixed + name + weight
+
+
+def _within_limits(packed: bytes, size: int) -> bool:
+    return size <= EXPANSION_ALLOWANCE + EXPANSION_RATIO * len(packed)
+
+
+def _round_trips(packed: bytes, data: bytes) -> bool:
+    try:
+        return unpack_bytes(packed) == data
+    except FormatError:
+        return False
+
+
+# ============================================================================ reading
+@dataclass(frozen=True)
+class _Header:
+    sections: int
+    size: int
+    digest: bytes
+    table_bytes: int
+
+
+def _read_header(buf: memoryview) -> _Header:
+    if len(buf) < _HEADER.size:
+        raise FormatError(f"not a .dcz file: {len(buf)} bytes is shorter than the {_HEADER.size}-byte header")
+    magic, version, flags, sections, size, digest, table_bytes, crc = _HEADER.unpack_from(buf)
+    if magic != MAGIC:
+        raise FormatError("not a .dcz file (bad magic bytes)")
+    if version != VERSION:
+        raise FormatError(f"unsupported .dcz version {version} (this reader knows version {VERSION})")
+    if table_bytes > len(buf) - _HEADER.size:
+        raise FormatError(f"section table of {table_bytes} bytes runs past the end of the file (truncated?)")
+    table = buf[_HEADER.size : _HEADER.size + table_bytes]
+    if zlib.crc32(table, zlib.crc32(buf[: _HEADER.size - 4])) != crc:
+        raise FormatError("header or section table checksum mismatch (corrupt file)")
+    if flags != 0:
+        raise FormatError(f"unknown header flags {flags:#x}")
+    if not 1 <= sections <= MAX_SECTIONS:
+        raise FormatError(f"section count {sections} is outside 1..{MAX_SECTIONS}")
+    limit = min(MAX_OUTPUT_BYTES, EXPANSION_ALLOWANCE + EXPANSION_RATIO * len(buf))
+    if size > limit:
+        raise FormatError(f"declared output of {size} bytes exceeds the limit of {limit} bytes for this file")
+    return _Header(sections, size, bytes(digest), table_bytes)
+
+
+def _read_table(buf: memoryview, head: _Header) -> list[_Entry]:
+    """The section table, with every payload checked to lie inside the file, back to back."""
+    table = buf[_HEADER.size : _HEADER.size + head.table_bytes]
+    entries, pos = [], 0
+    payload_at = _HEADER.size + head.table_bytes
+    for index in range(head.sections):
+        if len(table) - pos < _ENTRY.size:
+            raise FormatError(f"section table truncated at entry {index}")
+        fields = _ENTRY.unpack_from(table, pos)
+        pos += _ENTRY.size
+        name_len, weight_len = fields[9], fields[10]
+        if len(table) - pos < name_len + weight_len:
+            raise FormatError(f"section table truncated in the names of entry {index}")
+        name = _utf8(table[pos : pos + name_len], index)
+        weight = _utf8(table[pos + name_len : pos + name_len + weight_len], index)
+        pos += name_len + weight_len
+        entry = _Entry(*fields[:9], name, weight, payload_at)
+        if entry.stored_length > len(buf) - payload_at:
+            raise FormatError(f"{entry.label(index)} runs past the end of the file (truncated?)")
+        entries.append(entry)
+        payload_at += entry.stored_length
+    if pos != len(table):
+        raise FormatError("section table has trailing bytes")
+    if payload_at != len(buf):
+        raise FormatError(f"{len(buf) - payload_at} unexpected bytes after the last section")
+    return entries
+
+
+def _utf8(raw: memoryview, index: int) -> str:
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError(f"section {index} has a name that is not UTF-8") from None
+
+
+def _check_entry(e: _Entry, index: int) -> None:
+    if e.role not in ROLE_NAMES:
+        raise FormatError(f"{e.label(index)}: unknown role {e.role}")
+    if e.role == REMAINDER:
+        if index != 0 or e.codec not in (STORED, ZLIB, XZ) or e.width or e.op or e.count or e.offset:
+            raise FormatError(f"{e.label(index)}: malformed remainder entry")
+    else:
+        if index == 0 or e.codec not in (STORED, HUFFMAN, RANGE) or e.op not in OP_NAMES:
+            raise FormatError(f"{e.label(index)}: unknown codec {e.codec} or decoder op {e.op}")
+        if (
+            not 1 <= e.width <= MAX_BITS
+            or e.count > MAX_COUNT
+            or e.raw_length != packed_size(e.count, e.width)
+        ):
+            raise FormatError(
+                f"{e.label(index)}: {e.count} symbols of {e.width} bits do not make {e.raw_length} bytes"
+            )
+    if e.codec == STORED and e.stored_length != e.raw_length:
+        raise FormatError(f"{e.label(index)}: stored {e.stored_length} bytes, expected {e.raw_length}")
+
+
+def _check_layout(entries: list[_Entry], size: int) -> None:
+    """Streams sorted, disjoint and inside the file; the remainder fills exactly the rest."""
+    if entries[0].role != REMAINDER:
+        raise FormatError("the first section must be the remainder")
+    end = 0
+    for index, e in enumerate(entries[1:], start=1):
+        if e.offset < end or e.offset + e.raw_length > size:
+            raise FormatError(f"{e.label(index)} overlaps another stream or lies outside the file")
+        end = e.offset + e.raw_length
+    left = size - sum(e.raw_length for e in entries[1:])
+    if entries[0].raw_length != left:
+        raise FormatError(f"remainder of {entries[0].raw_length} bytes does not fill the {left} bytes left")
+
+
+def _read_sections(buf: memoryview) -> tuple[_Header, list[_Entry]]:
+    head = _read_header(buf)
+    entries = _read_table(buf, head)
+    for index, entry in enumerate(entries):
+        _check_entry(entry, index)
+    _check_layout(entries, head.size)
+    return head, entries
+
+
+def _payload(buf: memoryview, e: _Entry, index: int) -> memoryview:
+    payload = buf[e.at : e.at + e.stored_length]
+    if zlib.crc32(payload) != e.crc:
+        raise FormatError(f"{e.label(index)} checksum mismatch (corrupt file)")
+    return payload
+
+
+# ============================================================================ unpacking
+def unpack_bytes(dcz: bytes) -> bytes:
+    """Restore the exact ``*.dc.onnx`` bytes from ``.dcz`` bytes.
+
+    Raises:
+        FormatError: on any truncated, corrupt, crafted or unsupported input, naming what is wrong.
+    """
+    buf = memoryview(dcz).cast("B")
+    head, entries = _read_sections(buf)
+    out = bytearray(head.size)
+    _fill_remainder(out, _inflate(_payload(buf, entries[0], 0), entries[0]), entries[1:])
+    for index, entry in enumerate(entries[1:], start=1):
+        _fill_stream(out, _payload(buf, entry, index), entry, index)
+    if hashlib.sha256(out).digest() != head.digest:
+        raise FormatError("reconstructed file fails its SHA-256 check (corrupt file)")
+    return bytes(out)
+
+
+def _inflate(payload: memoryview, e: _Entry) -> bytes:
+    if e.codec == STORED:
+        return bytes(payload)
+    try:
+        if e.codec == ZLIB:
+            engine = zlib.decompressobj()
+            data = engine.decompress(payload, e.raw_length)
+            complete = engine.eof and not engine.unconsumed_tail and not engine.unused_data
+        else:
+            engine = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=_XZ_MEMLIMIT)
+            data = engine.decompress(payload, e.raw_length)
+            complete = engine.eof and not engine.unused_data
+    except (zlib.error, lzma.LZMAError) as err:
+        raise FormatError(f"remainder does not decompress: {err}") from None
+    if not complete or len(data) != e.raw_length:
+        raise FormatError(f"remainder does not decompress to exactly {e.raw_length} bytes")
+    return data
+
+
+def _fill_remainder(out: bytearray, remainder: bytes, streams: list[_Entry]) -> None:
+    cursor = taken = 0
+    for e in streams:
+        gap = e.offset - cursor
+        out[cursor : e.offset] = remainder[taken : taken + gap]
+        taken += gap
+        cursor = e.offset + e.raw_length
+    out[cursor:] = remainder[taken:]
+
+
+def _fill_stream(out: bytearray, payload: memoryview, e: _Entry, index: int) -> None:
+    if e.codec == STORED:
+        out[e.offset : e.offset + e.raw_length] = payload
+        return
+    cursor = e.offset
+    try:
+        # Pieces hold a multiple of 8 symbols, so each packs to whole bytes.
+        for piece in _CODEC_MODULES[e.codec].iter_decode(payload, e.count, e.width):
+            chunk = pack_bits(piece, e.width).tobytes()
+            out[cursor : cursor + len(chunk)] = chunk
+            cursor += len(chunk)
+    except FormatError as err:
+        raise FormatError(f"{e.label(index)}: {err}") from None
+    if cursor != e.offset + e.raw_length:
+        raise FormatError(f"{e.label(index)} decoded to {cursor - e.offset} bytes, expected {e.raw_length}")
+
+
+# ============================================================================ report
+def stream_report(dcz: bytes) -> list[dict]:
+    """Per compressed weight: its streams' packed (P+Q) and entropy-coded (P+Q+H) sizes.
+
+    Every stream is decoded (and checksum-verified) to measure its empirical entropy.
+
+    Returns:
+        One dict per weight, in file order, with keys ``name`` (the weight W), ``op``,
+        ``count``, ``code_bits``, ``index_bits``, and for ``codes`` and ``gaps`` each:
+        ``{role}_packed_bytes``, ``{role}_coded_bytes``, ``{role}_codec``,
+        ``{role}_entropy_bits`` (bits/symbol, None when the weight has no such stream);
+        plus ``packed_bytes`` and ``coded_bytes`` summed over both.
+
+    Raises:
+        FormatError: on malformed input.
+    """
+    buf = memoryview(dcz).cast("B")
+    _, entries = _read_sections(buf)
+    rows: dict[str, dict] = {}
+    for index, e in enumerate(entries[1:], start=1):
+        row = rows.setdefault(e.weight, _empty_row(e))
+        role = ROLE_NAMES[e.role]
+        row[f"{role}_packed_bytes"] = e.raw_length
+        row[f"{role}_coded_bytes"] = e.stored_length
+        row[f"{role}_codec"] = CODEC_NAMES[e.codec]
+        row[f"{role}_entropy_bits"] = _entropy_bits(_symbols(_payload(buf, e, index), e, index))
+        row["code_bits" if e.role == CODES else "index_bits"] = e.width
+        row["packed_bytes"] += e.raw_length
+        row["coded_bytes"] += e.stored_length
+    return list(rows.values())
+
+
+def _empty_row(e: _Entry) -> dict:
+    row = {"name": e.weight, "op": OP_NAMES[e.op], "count": e.count, "code_bits": 0, "index_bits": 0}
+    for role in ("codes", "gaps"):
+        row[f"{role}_packed_bytes"] = row[f"{role}_coded_bytes"] = 0
+        row[f"{role}_codec"] = row[f"{role}_entropy_bits"] = None
+    row.update(packed_bytes=0, coded_bytes=0)
+    return row
+
+
+def _symbols(payload: memoryview, e: _Entry, index: int) -> np.ndarray:
+    if e.codec == STORED:
+        return unpack_bits(np.frombuffer(payload, dtype=np.uint8), e.width, e.count)
+    try:
+        return _CODEC_MODULES[e.codec].decode(payload, e.count, e.width)
+    except FormatError as err:
+        raise FormatError(f"{e.label(index)}: {err}") from None
+
+
+def _entropy_bits(symbols: np.ndarray) -> float:
+    if symbols.size == 0:
+        return 0.0
+    p = np.bincount(symbols) / symbols.size
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+# ============================================================================ files
+def is_dcz(data_or_path: bytes | bytearray | memoryview | str | os.PathLike) -> bool:
+    """Whether bytes, or the file at a path, start with the ``.dcz`` magic (False if unreadable)."""
+    if isinstance(data_or_path, (bytes, bytearray, memoryview)):
+        return bytes(data_or_path[: len(MAGIC)]) == MAGIC
+    try:
+        with open(data_or_path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def load_dc_bytes(path: str | os.PathLike) -> bytes:
+    """The ``*.dc.onnx`` bytes of a file that is either a ``.dcz`` or a ``.dc.onnx``.
+
+    Raises:
+        ModelError: when the file cannot be read.
+        FormatError: when a ``.dcz`` file is malformed (the message names the file).
+    """
+    data = _read(path)
+    if not is_dcz(data):
+        return data
+    try:
+        return unpack_bytes(data)
+    except FormatError as err:
+        raise FormatError(f"{path}: {err}") from None
+
+
+def pack(src_path: str | os.PathLike, dst_path: str | os.PathLike, codec: str = "auto") -> None:
+    """Pack the ``*.dc.onnx`` at ``src_path`` into ``dst_path`` (written atomically).
+
+    Raises:
+        ConfigError: on an unknown codec.
+        ModelError: when the input cannot be read or parsed, or ``dst_path`` is the input.
+        OnnxDcError: when the output cannot be written.
+    """
+    _refuse_same_file(src_path, dst_path)
+    data = _read(src_path)
+    try:
+        packed = pack_bytes(data, codec)
+    except ModelError as err:
+        raise ModelError(f"{src_path}: {err}") from None
+    write_bytes_atomic(packed, dst_path)
+
+
+def unpack(src_path: str | os.PathLike, dst_path: str | os.PathLike) -> None:
+    """Unpack the ``.dcz`` at ``src_path`` into the exact ``*.dc.onnx`` at ``dst_path`` (atomically).
+
+    Raises:
+        FormatError: when the input is not a valid ``.dcz`` (the message names the file).
+        ModelError: when the input cannot be read or ``dst_path`` is the input.
+        OnnxDcError: when the output cannot be written.
+    """
+    _refuse_same_file(src_path, dst_path)
+    packed = _read(src_path)
+    try:
+        data = unpack_bytes(packed)
+    except FormatError as err:
+        raise FormatError(f"{src_path}: {err}") from None
+    write_bytes_atomic(data, dst_path)
+
+
+def _read(path: str | os.PathLike) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise ModelError(f"cannot read {path}: {err.strerror or err}") from None
+
+
+def _refuse_same_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    same = Path(src).resolve() == Path(dst).resolve()
+    with contextlib.suppress(OSError):  # a missing output is fine
+        same = same or os.path.samefile(src, dst)
+    if same:
+        raise ModelError(f"refusing to overwrite the input file {src}; choose another output path")
