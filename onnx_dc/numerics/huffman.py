@@ -32,6 +32,21 @@ from collections.abc import Iterator
 import numpy as np
 
 from onnx_dc.errors import FormatError
+from onnx_dc.numerics.symstream import (  # noqa: F401  (pack_fields / unpack_fields re-exported)
+    HEAD,
+    KIND_CODED,
+    KIND_EMPTY,
+    KIND_SINGLE,
+    MAX_ALPHABET,
+    collect,
+    empty_stream,
+    pack_fields,
+    read_head,
+    repeat_pieces,
+    single_stream,
+    single_symbol,
+    unpack_fields,
+)
 
 MAX_CODE_LEN = 16
 """Longest codeword the encoder writes and the decoder accepts (decode table: 2**16 entries)."""
@@ -40,15 +55,10 @@ SYNC_INTERVAL = 1024
 """Default number of symbols between two sync points."""
 
 MAX_SYNC_INTERVAL = 1 << 16
-MAX_ALPHABET = 1 << 16
-"""Symbols are below 2**16: the widest code / index of a ``*.dc.onnx`` file has 16 bits."""
 
-KIND_EMPTY, KIND_SINGLE, KIND_CODED = 0, 1, 2
 LENGTH_FIELD_BITS = 5
 """Width of one stored code length (0..16)."""
 
-_HEAD = struct.Struct("<BII")  # kind, count, alphabet size
-_SINGLE = struct.Struct("<I")  # the one symbol
 _CODED = struct.Struct("<BIB")  # max_len, sync interval, chunk-length field width
 _PIECE_SYMBOLS = 1 << 23  # symbols decoded per lockstep group (bounds scratch memory)
 _LEN_BITS = 5  # an encoder table entry is (reversed code << 5) | length
@@ -184,35 +194,6 @@ def _reverse_bits(codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- fixed-width fields
-def pack_fields(values: np.ndarray, width: int) -> bytes:
-    """Pack non-negative integers below ``2**width`` (width 1..32) LSB-first into bytes.
-
-    Value ``i`` occupies stream bits ``[i*width, (i+1)*width)``, stream bit ``k`` being bit
-    ``k % 8`` of byte ``k // 8``; the last byte is zero-padded.
-    """
-    vals = np.asarray(values, dtype=np.uint64).ravel()
-    shifts = np.arange(width, dtype=np.uint64)
-    bits = ((vals[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
-    return np.packbits(bits.ravel(), bitorder="little").tobytes()
-
-
-def unpack_fields(data: bytes | memoryview, width: int, count: int) -> np.ndarray:
-    """Inverse of :func:`pack_fields`; ``data`` must hold exactly ``ceil(count*width/8)`` bytes.
-
-    Raises:
-        FormatError: when the byte count is wrong or the padding bits are not zero.
-    """
-    nbytes = (count * width + 7) // 8
-    buf = np.frombuffer(data, dtype=np.uint8)
-    if buf.size != nbytes:
-        raise FormatError(f"field table holds {buf.size} bytes, expected {nbytes}")
-    bits = np.unpackbits(buf, bitorder="little")
-    if bits[count * width :].any():
-        raise FormatError("non-zero padding bits after a field table")
-    weights = np.left_shift(np.uint64(1), np.arange(width, dtype=np.uint64))
-    return bits[: count * width].reshape(count, width).astype(np.uint64) @ weights
-
-
 # ----------------------------------------------------------------------------- encoder
 def encode(symbols: np.ndarray, *, max_len: int = MAX_CODE_LEN, sync_interval: int = SYNC_INTERVAL) -> bytes:
     """Huffman-code ``symbols`` into a self-describing stream (docs/FORMAT.md, "Huffman stream").
@@ -232,17 +213,17 @@ def encode(symbols: np.ndarray, *, max_len: int = MAX_CODE_LEN, sync_interval: i
     if not 1 <= sync_interval <= MAX_SYNC_INTERVAL:
         raise ValueError(f"sync_interval must be 1..{MAX_SYNC_INTERVAL}, got {sync_interval}")
     if sym.size == 0:
-        return _HEAD.pack(KIND_EMPTY, 0, 0)
+        return empty_stream()
     alphabet = int(sym.max()) + 1
     counts = np.bincount(sym, minlength=alphabet)
     if np.count_nonzero(counts) == 1:
-        return _HEAD.pack(KIND_SINGLE, sym.size, alphabet) + _SINGLE.pack(alphabet - 1)
+        return single_stream(sym.size, alphabet)
     lengths = code_lengths(counts, max_len)
     payload, chunk_bits = _encode_payload(sym, lengths, sync_interval)
     chunk_width = max(1, int(chunk_bits.max()).bit_length())
     return b"".join(
         (
-            _HEAD.pack(KIND_CODED, sym.size, alphabet),
+            HEAD.pack(KIND_CODED, sym.size, alphabet),
             _CODED.pack(int(lengths.max()), sync_interval, chunk_width),
             pack_fields(lengths, LENGTH_FIELD_BITS),
             pack_fields(chunk_bits, chunk_width),
@@ -325,13 +306,7 @@ def decode(data: bytes | memoryview, count: int, bits: int = 16) -> np.ndarray:
     Raises:
         FormatError: on any malformed, truncated or inconsistent stream.
     """
-    pieces = iter_decode(data, count, bits)  # validates the stream before anything is allocated
-    out = np.empty(count, dtype=np.uint16)
-    done = 0
-    for piece in pieces:
-        out[done : done + piece.size] = piece
-        done += piece.size
-    return out
+    return collect(iter_decode(data, count, bits), count)  # validates the stream before allocating
 
 
 def iter_decode(data: bytes | memoryview, count: int, bits: int = 16) -> Iterator[np.ndarray]:
@@ -341,47 +316,12 @@ def iter_decode(data: bytes | memoryview, count: int, bits: int = 16) -> Iterato
     bytes. The stream is fully validated (header, tables, chunk lengths) before this returns.
     """
     view = memoryview(data).cast("B")
-    kind, alphabet = _read_head(view, count, bits)
+    kind, alphabet = read_head(view, count, bits, "Huffman")
     if kind == KIND_EMPTY:
         return iter(())
     if kind == KIND_SINGLE:
-        return repeat_pieces(_single_symbol(view, alphabet), count, _PIECE_SYMBOLS)
-    return _coded_pieces(_Coded(view[_HEAD.size :], count, alphabet), count)
-
-
-def _read_head(view: memoryview, count: int, bits: int) -> tuple[int, int]:
-    if len(view) < _HEAD.size:
-        raise FormatError(f"Huffman stream of {len(view)} bytes is shorter than its {_HEAD.size}-byte header")
-    kind, declared, alphabet = _HEAD.unpack_from(view)
-    if declared != count:
-        raise FormatError(f"Huffman stream declares {declared} symbols, expected {count}")
-    if kind not in (KIND_EMPTY, KIND_SINGLE, KIND_CODED):
-        raise FormatError(f"unknown Huffman stream kind {kind}")
-    if (kind == KIND_EMPTY) != (count == 0):
-        raise FormatError(f"Huffman stream kind {kind} does not match its symbol count {count}")
-    if kind == KIND_EMPTY and (alphabet != 0 or len(view) != _HEAD.size):
-        raise FormatError("empty Huffman stream carries data")
-    low = 2 if kind == KIND_CODED else 1
-    if kind != KIND_EMPTY and not low <= alphabet <= min(MAX_ALPHABET, 1 << bits):
-        raise FormatError(
-            f"Huffman alphabet size {alphabet} is outside {low}..{min(MAX_ALPHABET, 1 << bits)}"
-        )
-    return kind, alphabet
-
-
-def _single_symbol(view: memoryview, alphabet: int) -> int:
-    if len(view) != _HEAD.size + _SINGLE.size:
-        raise FormatError("single-symbol Huffman stream has the wrong length")
-    (symbol,) = _SINGLE.unpack_from(view, _HEAD.size)
-    if symbol >= alphabet:
-        raise FormatError(f"single-symbol Huffman stream: symbol {symbol} outside its alphabet of {alphabet}")
-    return symbol
-
-
-def repeat_pieces(symbol: int, count: int, piece: int) -> Iterator[np.ndarray]:
-    """``count`` copies of ``symbol`` as uint16 pieces of ``piece`` symbols (the last one shorter)."""
-    for start in range(0, count, piece):
-        yield np.full(min(piece, count - start), symbol, dtype=np.uint16)
+        return repeat_pieces(single_symbol(view, alphabet, "Huffman"), count, _PIECE_SYMBOLS)
+    return _coded_pieces(_Coded(view[HEAD.size :], count, alphabet), count)
 
 
 class _Coded:

@@ -30,21 +30,25 @@ import constriction
 import numpy as np
 
 from onnx_dc.errors import FormatError
-from onnx_dc.numerics.huffman import (
+from onnx_dc.numerics.symstream import (
+    HEAD,
     KIND_CODED,
     KIND_EMPTY,
     KIND_SINGLE,
     MAX_ALPHABET,
+    collect,
+    empty_stream,
     pack_fields,
+    read_head,
     repeat_pieces,
+    single_stream,
+    single_symbol,
     unpack_fields,
 )
 
 PRECISION = 24
 """Probabilities are integers out of ``2**PRECISION``."""
 
-_HEAD = struct.Struct("<BII")  # kind, count, alphabet size
-_SINGLE = struct.Struct("<I")  # the one symbol
 _WIDTH = struct.Struct("<B")  # width of one stored f_s
 _PIECE_SYMBOLS = 1 << 20  # symbols decoded per call (bounds scratch memory)
 
@@ -92,18 +96,18 @@ def encode(symbols: np.ndarray) -> bytes:
     if sym.size >= 1 << 32:
         raise ValueError("at most 2**32 - 1 symbols per stream")
     if sym.size == 0:
-        return _HEAD.pack(KIND_EMPTY, 0, 0)
+        return empty_stream()
     alphabet = int(sym.max()) + 1
     counts = np.bincount(sym, minlength=alphabet)
     if np.count_nonzero(counts) == 1:
-        return _HEAD.pack(KIND_SINGLE, sym.size, alphabet) + _SINGLE.pack(alphabet - 1)
+        return single_stream(sym.size, alphabet)
     f = quantize_counts(counts)
     width = int(f.max()).bit_length()
     encoder = constriction.stream.queue.RangeEncoder()
     encoder.encode(sym.astype(np.int32), _model(f))
     words = encoder.get_compressed().astype("<u4").tobytes()
     return b"".join(
-        (_HEAD.pack(KIND_CODED, sym.size, alphabet), _WIDTH.pack(width), pack_fields(f, width), words)
+        (HEAD.pack(KIND_CODED, sym.size, alphabet), _WIDTH.pack(width), pack_fields(f, width), words)
     )
 
 
@@ -113,7 +117,8 @@ def decode(data: bytes | memoryview, count: int, bits: int = 16) -> np.ndarray:
     Args:
         data: the encoded stream, exactly.
         count: the number of symbols the caller expects; the stream must declare the same.
-        bits: every symbol must be below ``2**bits`` (the alphabet is checked first).
+        bits: every symbol must be below ``2**bits``; the stream's alphabet is checked
+            against it before decoding.
 
     Returns:
         uint16 array of ``count`` symbols.
@@ -121,13 +126,7 @@ def decode(data: bytes | memoryview, count: int, bits: int = 16) -> np.ndarray:
     Raises:
         FormatError: on any malformed, truncated or inconsistent stream.
     """
-    pieces = iter_decode(data, count, bits)  # validates the stream before anything is allocated
-    out = np.empty(count, dtype=np.uint16)
-    done = 0
-    for piece in pieces:
-        out[done : done + piece.size] = piece
-        done += piece.size
-    return out
+    return collect(iter_decode(data, count, bits), count)  # validates the stream before allocating
 
 
 def iter_decode(data: bytes | memoryview, count: int, bits: int = 16) -> Iterator[np.ndarray]:
@@ -137,40 +136,13 @@ def iter_decode(data: bytes | memoryview, count: int, bits: int = 16) -> Iterato
     validated before this returns; the end of the payload after the last piece.
     """
     view = memoryview(data).cast("B")
-    kind, alphabet = _read_head(view, count, bits)
+    kind, alphabet = read_head(view, count, bits, "range")
     if kind == KIND_EMPTY:
         return iter(())
     if kind == KIND_SINGLE:
-        return repeat_pieces(_single_symbol(view, alphabet), count, _PIECE_SYMBOLS)
-    f, payload = _read_model(view[_HEAD.size :], alphabet)
+        return repeat_pieces(single_symbol(view, alphabet, "range"), count, _PIECE_SYMBOLS)
+    f, payload = _read_model(view[HEAD.size :], alphabet)
     return _coded_pieces(f, payload, count)
-
-
-def _read_head(view: memoryview, count: int, bits: int) -> tuple[int, int]:
-    if len(view) < _HEAD.size:
-        raise FormatError(f"range stream of {len(view)} bytes is shorter than its {_HEAD.size}-byte header")
-    kind, declared, alphabet = _HEAD.unpack_from(view)
-    if declared != count:
-        raise FormatError(f"range stream declares {declared} symbols, expected {count}")
-    if kind not in (KIND_EMPTY, KIND_SINGLE, KIND_CODED):
-        raise FormatError(f"unknown range stream kind {kind}")
-    if (kind == KIND_EMPTY) != (count == 0):
-        raise FormatError(f"range stream kind {kind} does not match its symbol count {count}")
-    if kind == KIND_EMPTY and (alphabet != 0 or len(view) != _HEAD.size):
-        raise FormatError("empty range stream carries data")
-    low = 2 if kind == KIND_CODED else 1
-    if kind != KIND_EMPTY and not low <= alphabet <= min(MAX_ALPHABET, 1 << bits):
-        raise FormatError(f"range alphabet size {alphabet} is outside {low}..{min(MAX_ALPHABET, 1 << bits)}")
-    return kind, alphabet
-
-
-def _single_symbol(view: memoryview, alphabet: int) -> int:
-    if len(view) != _HEAD.size + _SINGLE.size:
-        raise FormatError("single-symbol range stream has the wrong length")
-    (symbol,) = _SINGLE.unpack_from(view, _HEAD.size)
-    if symbol >= alphabet:
-        raise FormatError(f"single-symbol range stream: symbol {symbol} outside its alphabet of {alphabet}")
-    return symbol
 
 
 def _read_model(view: memoryview, alphabet: int) -> tuple[np.ndarray, memoryview]:
