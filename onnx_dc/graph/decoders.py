@@ -51,28 +51,28 @@ def _ref(out: str, attr: str, kind: str) -> onnx.NodeProto:
 def _unpack_nodes(packed: str, bits_attr: str, count: str, out: str, p: str) -> list[onnx.NodeProto]:
     """Nodes computing ``out[i]`` = symbol ``i`` of width ``bits_attr`` from uint8 ``packed``."""
     return [
-        _ref(f"{p}bits", bits_attr, "int"),
-        _i64(f"{p}zero2", [0, 0]),
-        oh.make_node("Cast", [f"{p}zero2"], [f"{p}pad"], to=TensorProto.UINT8),
-        oh.make_node("Concat", [packed, f"{p}pad"], [f"{p}padded"], axis=0),
-        oh.make_node("Cast", [f"{p}padded"], [f"{p}b"], to=TensorProto.INT64),
+        _ref(f"{p}n", bits_attr, "int"),
+        _i64(f"{p}z", [0, 0]),
+        oh.make_node("Cast", [f"{p}z"], [f"{p}p"], to=TensorProto.UINT8),
+        oh.make_node("Concat", [packed, f"{p}p"], [f"{p}q"], axis=0),
+        oh.make_node("Cast", [f"{p}q"], [f"{p}b"], to=TensorProto.INT64),
         # win[j] = b[j] + 256 b[j+1] + 65536 b[j+2]: any 16-bit symbol at bit offset < 8 fits.
-        oh.make_node("Slice", [f"{p}b", "c0", "cm2"], [f"{p}b0"]),
+        oh.make_node("Slice", [f"{p}b", "c0", "cm2"], [f"{p}a"]),
         oh.make_node("Slice", [f"{p}b", "c1", "cm1"], [f"{p}b1"]),
         oh.make_node("Slice", [f"{p}b", "c2", "cbig"], [f"{p}b2"]),
-        oh.make_node("Mul", [f"{p}b1", "c256"], [f"{p}b1s"]),
-        oh.make_node("Mul", [f"{p}b2", "c65536"], [f"{p}b2s"]),
-        oh.make_node("Add", [f"{p}b0", f"{p}b1s"], [f"{p}w01"]),
-        oh.make_node("Add", [f"{p}w01", f"{p}b2s"], [f"{p}win"]),
+        oh.make_node("Mul", [f"{p}b1", "c256"], [f"{p}bs"]),
+        oh.make_node("Mul", [f"{p}b2", "c65536"], [f"{p}cs"]),
+        oh.make_node("Add", [f"{p}a", f"{p}bs"], [f"{p}w1"]),
+        oh.make_node("Add", [f"{p}w1", f"{p}cs"], [f"{p}w"]),
         oh.make_node("Range", ["s0", count, "s1"], [f"{p}i"]),
-        oh.make_node("Mul", [f"{p}i", f"{p}bits"], [f"{p}pos"]),
-        oh.make_node("Div", [f"{p}pos", "s8"], [f"{p}q"]),
-        oh.make_node("Mod", [f"{p}pos", "s8"], [f"{p}s"]),
-        oh.make_node("Gather", [f"{p}win", f"{p}q"], [f"{p}wq"], axis=0),
-        oh.make_node("Gather", ["pow2", f"{p}s"], [f"{p}div"], axis=0),
-        oh.make_node("Gather", ["pow2", f"{p}bits"], [f"{p}mod"], axis=0),
-        oh.make_node("Div", [f"{p}wq", f"{p}div"], [f"{p}shifted"]),
-        oh.make_node("Mod", [f"{p}shifted", f"{p}mod"], [out]),
+        oh.make_node("Mul", [f"{p}i", f"{p}n"], [f"{p}o"]),
+        oh.make_node("Div", [f"{p}o", "s8"], [f"{p}d"]),
+        oh.make_node("Mod", [f"{p}o", "s8"], [f"{p}s"]),
+        oh.make_node("Gather", [f"{p}w", f"{p}d"], [f"{p}x"], axis=0),
+        oh.make_node("Gather", ["pow2", f"{p}s"], [f"{p}v"], axis=0),
+        oh.make_node("Gather", ["pow2", f"{p}n"], [f"{p}m"], axis=0),
+        oh.make_node("Div", [f"{p}x", f"{p}v"], [f"{p}h"]),
+        oh.make_node("Mod", [f"{p}h", f"{p}m"], [out]),
     ]
 
 
@@ -115,8 +115,8 @@ def make_functions(opset: int) -> list[FunctionProto]:
     """The three decoder functions, written against ``ai.onnx`` version ``opset``."""
     imports = [oh.make_opsetid("", opset)]
     attrs = ["code_bits", "index_bits", "count", "numel", "shape", *SETTING_ATTRS]
-    codes = _unpack_nodes("codes", "code_bits", "count", "codes_u", "k_")
-    gaps = _unpack_nodes("gaps", "index_bits", "count", "gaps_u", "g_")
+    codes = _unpack_nodes("codes", "code_bits", "count", "codes_u", "k")
+    gaps = _unpack_nodes("gaps", "index_bits", "count", "gaps_u", "g")
     lookup = oh.make_node("Gather", ["codebook", "codes_u"], ["vals"], axis=0)
     dense = oh.make_function(
         DOMAIN, DECODE_DENSE, ["codebook", "codes"], ["W"],
