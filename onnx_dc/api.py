@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import onnx
 
 from onnx_dc.config import Config, as_config
-from onnx_dc.data.datasets import METADATA_KEY, Preprocess
-from onnx_dc.errors import ModelError
+from onnx_dc.data.datasets import METADATA_KEY, DataSpec, Preprocess
+from onnx_dc.errors import ConfigError, ModelError
 from onnx_dc.graph import decoders
 from onnx_dc.graph.io import load_model, same_file, save_model, serialize
 from onnx_dc.graph.normalize import normalize
@@ -87,6 +87,10 @@ def compress(
     config: Config | Mapping[str, Any] | str | Path | None = None,
     *,
     preprocess: Preprocess | None = None,
+    data: DataSpec | str | None = None,
+    schedule: Mapping[str, Any] | None = None,
+    epochs: int | None = None,
+    echo: Callable[[str], None] | None = None,
     **overrides: Any,
 ) -> CompressResult:
     """Prune and share the weights of an ONNX model; return (and optionally write) the ``*.dc.onnx``.
@@ -96,31 +100,101 @@ def compress(
         output_path: where to write the compressed model (atomically); None to only return it.
         config: a :class:`~onnx_dc.config.Config`, a mapping in the YAML layout, or a YAML path.
         preprocess: input preprocessing to record in the model's metadata.
+        data: training data (``mnist:DIR``, ``npz:FILE``, ``digits``, ...). When given, the
+            fine-tuning schedule runs: prune (in steps) and retrain, share, train the codebooks.
+        schedule: overrides of the config's ``train:`` section, in the same layout
+            (``{"epochs": 2, "retrain": {"lr": 0.01}}``; see :mod:`onnx_dc.train.settings`).
+        epochs: epochs of every training stage (over config and ``schedule``).
+        echo: where fine-tuning prints its progress (None: silent).
         **overrides: global settings over the config's defaults, e.g. ``sparse_ratio=0.9``.
 
     Returns:
         A :class:`CompressResult` with the compressed ModelProto and its per-layer report.
+
+    Raises:
+        TrainingUnavailable: when ``data`` is given and onnxruntime-training cannot be imported.
     """
     if output_path is not None and isinstance(model, (str, os.PathLike)) and same_file(model, output_path):
         raise ModelError(f"{output_path}: refusing to overwrite the input model; choose another output path")
     state = prepare(model, config, **overrides)
-    prune(state)
-    share(state)
     input_path = model if isinstance(model, (str, os.PathLike)) else None
-    return finish(state, output_path, preprocess, input_path)
+    if data is None:
+        if schedule is not None or epochs is not None:
+            raise ConfigError("a fine-tuning schedule or epochs were given without data; pass data=... to fine-tune")
+        prune(state)
+        share(state)
+        return finish(state, output_path, preprocess, input_path)
+    from onnx_dc.train.schedule import run_schedule
+    from onnx_dc.train.settings import resolve_train_settings
+
+    cfg = as_config(config)
+    seed = {"seed": overrides["seed"]} if overrides.get("seed") is not None else None
+    settings = resolve_train_settings(cfg.train, seed, schedule, {"epochs": epochs} if epochs is not None else None,
+                                      source=f"{cfg.source}: train")
+    trained = run_schedule(state, data, settings, preprocess, echo=echo)
+    return finish(state, output_path, trained.preprocess, input_path)
+
+
+def finetune(
+    model: str | os.PathLike | onnx.ModelProto | bytes,
+    output_path: str | os.PathLike | None,
+    data: DataSpec | str,
+    *,
+    schedule: Mapping[str, Any] | None = None,
+    epochs: int | None = None,
+    preprocess: Preprocess | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> CompressResult:
+    """Fine-tune the codebooks and biases of a compressed ``*.dc.onnx`` model on data.
+
+    Codes and pruned positions stay as they are; the result has the same layout, with new
+    codebook values (and biases).
+
+    Args:
+        model: a ``*.dc.onnx`` path (never overwritten), bytes or ModelProto.
+        output_path: where to write the fine-tuned model; None to only return it.
+        data: training data spec (its ``train`` split is used).
+        schedule: settings in the ``train:`` layout; only ``codebook``, the stage shorthands,
+            ``batch_size``, ``seed`` and ``threads`` matter here.
+        epochs: epochs of the codebook stage (over ``schedule``).
+        preprocess: input preprocessing (default: the model's metadata, else the dataset's scale).
+        echo: where to print progress (None: silent).
+
+    Raises:
+        TrainingUnavailable: when onnxruntime-training cannot be imported.
+    """
+    from onnx_dc.runtime.session import load_any
+    from onnx_dc.train.ort_training import training_modules
+    from onnx_dc.train.restore import state_from_dc
+    from onnx_dc.train.schedule import finetune_codebooks
+    from onnx_dc.train.settings import resolve_train_settings
+
+    training_modules()
+    if output_path is not None and isinstance(model, (str, os.PathLike)) and same_file(model, output_path):
+        raise ModelError(f"{output_path}: refusing to overwrite the input model; choose another output path")
+    name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
+    state = state_from_dc(load_any(model), name)
+    settings = resolve_train_settings(schedule, {"epochs": epochs} if epochs is not None else None)
+    trained = finetune_codebooks(state, data, settings, preprocess, echo=echo)
+    input_path = model if isinstance(model, (str, os.PathLike)) else None
+    return finish(state, output_path, trained.preprocess, input_path)
 
 
 def report(model: onnx.ModelProto | str | os.PathLike, baseline: str | os.PathLike | None = None) -> Report:
     """Per-layer report of a ``*.dc.onnx`` or ``.dcz`` file (``baseline``: the original model, for its size)."""
+    from onnx_dc.formats import dcz
     from onnx_dc.runtime.session import model_bytes
 
     data = model_bytes(model)
     proto = load_model(data, str(model) if not isinstance(model, onnx.ModelProto) else "model")
     file_bytes = Path(model).stat().st_size if isinstance(model, (str, os.PathLike)) else len(data)
-    baseline_bytes = Path(baseline).stat().st_size if baseline is not None else None
     if baseline is not None and not Path(baseline).is_file():
         raise ModelError(f"{baseline}: no such file (the --baseline model)")
-    return make_report(proto, file_bytes=file_bytes, baseline_bytes=baseline_bytes)
+    baseline_bytes = Path(baseline).stat().st_size if baseline is not None else None
+    streams = None
+    if isinstance(model, (str, os.PathLike)) and dcz.is_dcz(model):
+        streams = dcz.stream_report(Path(model).read_bytes())
+    return make_report(proto, file_bytes=file_bytes, baseline_bytes=baseline_bytes, streams=streams)
 
 
 def pack(model_path: str | os.PathLike, output_path: str | os.PathLike, codec: str = "auto") -> int:

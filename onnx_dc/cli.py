@@ -58,6 +58,50 @@ def _settings_from(args: argparse.Namespace) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def _add_training_args(p: argparse.ArgumentParser, lr_stage: str) -> None:
+    g = p.add_argument_group("fine-tuning (onnxruntime-training; over the config's train: section)")
+    g.add_argument("--epochs", type=int, help="epochs of every training stage")
+    g.add_argument("--batch-size", type=int, help="samples per step (default 64)")
+    g.add_argument("--lr", type=float, help=f"learning rate of the {lr_stage} stage")
+    if lr_stage != "codebook":
+        g.add_argument("--codebook-lr", type=float, help="learning rate of the codebook stage")
+    g.add_argument("--optimizer", choices=("sgd", "adamw"), help="optimizer of every stage")
+
+
+def _training_from(args: argparse.Namespace, lr_stage: str) -> dict:
+    """Keyword arguments of compress / finetune for the training flags (none without --data)."""
+    schedule: dict = {}
+    if args.batch_size is not None:
+        schedule["batch_size"] = args.batch_size
+    if args.optimizer is not None:
+        schedule["optimizer"] = args.optimizer
+    if args.lr is not None:
+        schedule.setdefault(lr_stage, {})["lr"] = args.lr
+    if getattr(args, "codebook_lr", None) is not None:
+        schedule.setdefault("codebook", {})["lr"] = args.codebook_lr
+    if lr_stage == "codebook" and args.seed is not None:
+        schedule["seed"] = args.seed
+    if args.data is None:
+        if schedule or args.epochs is not None:
+            raise ConfigError("--epochs, --batch-size, --lr, --codebook-lr and --optimizer need --data")
+        return {}
+    return {"data": args.data, "schedule": schedule or None, "epochs": args.epochs,
+            "echo": lambda line: print(line, file=sys.stderr)}
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import onnx_dc
+    from onnx_dc.runtime.session import load_any
+
+    prep = _preprocess_from(args, load_any(args.model))
+    kwargs = _training_from(args, "codebook")
+    result = onnx_dc.finetune(args.model, args.output, kwargs.pop("data"), preprocess=prep, **kwargs)
+    print(result.report.to_json() if args.json else result.report.to_table())
+    if not args.json:
+        print(f"wrote {args.output}")
+    return 0
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     import onnx_dc
     from onnx_dc.graph.io import load_model
@@ -74,7 +118,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("give a model file to compress (or --caffe PROTOTXT CAFFEMODEL)")
     prep = _preprocess_from(args, load_model(model_arg))
-    result = onnx_dc.compress(model_arg, args.output, config, preprocess=prep, **_settings_from(args))
+    result = onnx_dc.compress(model_arg, args.output, config, preprocess=prep, **_settings_from(args),
+                              **_training_from(args, "retrain"))
     print(result.report.to_json() if args.json else result.report.to_table())
     if not args.json:
         print(f"wrote {args.output}")
@@ -160,9 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", help="with --caffe: per-sample input shape (no batch), e.g. 1,28,28")
     p.add_argument("--config", help="YAML config with per-node settings (docs/CONFIG.md)")
     _add_settings_args(p)
+    p.add_argument("--data", help="fine-tune on this data while compressing: mnist:DIR, fashion-mnist:DIR, npz:FILE, digits")
+    _add_training_args(p, "retrain")
     _add_preprocess_args(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("finetune", help="train the codebooks and biases of a .dc.onnx on data")
+    p.add_argument("model", help="input .dc.onnx or .dcz (never modified)")
+    p.add_argument("-o", "--output", required=True, help="output .dc.onnx (written atomically)")
+    p.add_argument("--data", required=True, help="mnist:DIR, fashion-mnist:DIR, npz:FILE or digits")
+    _add_training_args(p, "codebook")
+    p.add_argument("--seed", type=int, help="shuffling seed (default 0)")
+    _add_preprocess_args(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("report", help="per-layer table of a .dc.onnx or .dcz")
     p.add_argument("model")
@@ -221,6 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped early (`| head`)
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

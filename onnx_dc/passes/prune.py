@@ -16,13 +16,19 @@ from onnx_dc.numerics.prune import magnitude_mask, quality_threshold, ratio_thre
 from onnx_dc.passes.state import CompressionState, LayerState
 
 
-def prune_layer(layer: LayerState) -> bool:
-    """Prune one layer by its settings; returns whether anything was pruned."""
+def prune_layer(layer: LayerState, sparse_ratio: float | None = None, prune_quality: float | None = None) -> bool:
+    """Prune one layer by its settings; returns whether anything was pruned.
+
+    ``sparse_ratio`` / ``prune_quality`` override the planned setting for this call (the
+    intermediate steps of a layer-wise or iterative pruning schedule).
+    """
     s = layer.entry.settings
-    if not s.prunes:
-        return False
+    if sparse_ratio is None and prune_quality is None:
+        if not s.prunes:
+            return False
+        sparse_ratio, prune_quality = s.sparse_ratio, s.prune_quality
     w = layer.weights
-    t = quality_threshold(w, s.prune_quality) if s.prune_quality is not None else ratio_threshold(w, s.sparse_ratio)
+    t = quality_threshold(w, prune_quality) if prune_quality is not None else ratio_threshold(w, sparse_ratio)
     if t < 0:
         return False
     mask = magnitude_mask(w, t)

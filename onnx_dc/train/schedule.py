@@ -1,0 +1,183 @@
+"""The compression schedule with fine-tuning, between ``prepare`` and ``finish``:
+
+    for each pruning step s:  prune the step's layers to their step ratio;  retrain (masked form)
+    share weights (k-means);  train the codebooks and biases (shared form)
+
+Pruning steps are layer-wise (``prune_steps: [[conv1], [conv2], ...]``, as the Caffe
+fork's LeNet demo: conv1 -> conv2 -> fc1 -> fc2, retraining after each) or iterative
+(``prune_steps: N``: every layer at ``r * i / N`` in step ``i``). Layers that prune but
+are named in no step are pruned in a last step of their own.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from onnx_dc.data.datasets import DataSpec, Preprocess, load_dataset
+from onnx_dc.errors import ConfigError
+from onnx_dc.passes.prune import prune_layer
+from onnx_dc.passes.share import share
+from onnx_dc.passes.state import CompressionState, LayerState
+from onnx_dc.runtime.evaluate import resolve_preprocess
+from onnx_dc.train.forms import TrainForm, model_input
+from onnx_dc.train.loop import fit
+from onnx_dc.train.settings import StageRecord, TrainSettings
+
+# One pruning step: weight name -> (sparse_ratio, prune_quality) to prune it to.
+PruneStep = dict[str, tuple[float | None, float | None]]
+
+
+@dataclass
+class ScheduleResult:
+    """What the schedule did, stage by stage."""
+
+    settings: TrainSettings
+    preprocess: Preprocess
+    steps: list[PruneStep] = field(default_factory=list)
+    records: list[StageRecord] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """Plain values, for JSON."""
+        return {"settings": self.settings.to_dict(), "preprocess": vars(self.preprocess).copy(),
+                "prune_steps": [{w: list(v) for w, v in s.items()} for s in self.steps],
+                "stages": [r.to_dict() for r in self.records], "seconds": round(self.seconds, 3)}
+
+
+def _layer_matches(layer: LayerState, pattern: str) -> bool:
+    names = [layer.name, *(c.node for c in layer.entry.site.consumers)]
+    return any(fnmatch.fnmatchcase(n, pattern) for n in names)
+
+
+def prune_steps(state: CompressionState, settings: TrainSettings) -> list[PruneStep]:
+    """Resolve ``settings.prune_steps`` against the state's layers.
+
+    Raises:
+        ConfigError: for patterns that match no pruning layer and layers named twice.
+    """
+    pruning = [layer for layer in state.layers.values() if layer.entry.settings.prunes]
+    if isinstance(settings.prune_steps, int):
+        n = settings.prune_steps
+        out = []
+        for i in range(1, n + 1):
+            step: PruneStep = {}
+            for layer in pruning:
+                s = layer.entry.settings
+                if s.prune_quality is not None:
+                    step[layer.name] = (None, s.prune_quality * i / n)
+                else:
+                    step[layer.name] = (s.sparse_ratio * i / n, None)
+            out.append(step)
+        return out
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    out = []
+    for i, patterns in enumerate(settings.prune_steps):
+        step = {}
+        for pattern in patterns:
+            hits = [layer for layer in pruning if _layer_matches(layer, pattern)]
+            if not hits:
+                known = ", ".join(sorted(c.node for layer in pruning for c in layer.entry.site.consumers)[:8])
+                problems.append(f"prune_steps[{i}]: {pattern!r} matches no layer that prunes (pruning layers: {known})")
+            for layer in hits:
+                if layer.name in seen and seen[layer.name] != i:
+                    problems.append(f"prune_steps: layer {layer.name!r} is named in steps {seen[layer.name]} and {i}")
+                seen[layer.name] = i
+                s = layer.entry.settings
+                step[layer.name] = (None if s.prune_quality is not None else s.sparse_ratio, s.prune_quality)
+        out.append(step)
+    if problems:
+        raise ConfigError("train: " + "; ".join(problems))
+    rest = {layer.name: (None if layer.entry.settings.prune_quality is not None else layer.entry.settings.sparse_ratio,
+                         layer.entry.settings.prune_quality)
+            for layer in pruning if layer.name not in seen}
+    if rest:
+        out.append(rest)
+    return out
+
+
+def training_data(state: CompressionState, data: DataSpec | str, preprocess: Preprocess | None,
+                  split: str = "train") -> tuple[np.ndarray, np.ndarray, Preprocess]:
+    """Model input and labels of a dataset split, preprocessed as the model wants."""
+    dataset = load_dataset(data, split)
+    prep = resolve_preprocess(state.model, dataset, preprocess)
+    _, sample_shape = model_input(state.model)
+    return prep.apply(dataset.images, sample_shape), dataset.labels.astype(np.int64), prep
+
+
+def run_schedule(
+    state: CompressionState,
+    data: DataSpec | str,
+    settings: TrainSettings,
+    preprocess: Preprocess | None = None,
+    *,
+    evaluate: Callable[[onnx.ModelProto], float] | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> ScheduleResult:
+    """Prune (in steps, retraining after each), share, and train the codebooks; updates ``state``.
+
+    Args:
+        state: from :func:`onnx_dc.api.prepare`; pass it to :func:`onnx_dc.api.finish` afterwards.
+        data: training data spec (its ``train`` split is used).
+        settings: the schedule (:func:`~onnx_dc.train.settings.resolve_train_settings`).
+        preprocess: input preprocessing (default: the model's metadata, else the dataset's scale).
+        evaluate: optional accuracy function of a model, recorded after every stage.
+        echo: where to print progress (None: silent).
+    """
+    from onnx_dc.train.ort_training import training_modules
+
+    training_modules()  # fail early, in one line, where training is unavailable
+    start = time.perf_counter()
+    steps = prune_steps(state, settings)
+    x, y, prep = training_data(state, data, preprocess)
+    result = ScheduleResult(settings, prep, steps)
+    common = {"batch_size": settings.batch_size, "threads": settings.threads, "echo": echo}
+
+    def record(rec: StageRecord) -> None:
+        if evaluate is not None:
+            rec.accuracy = evaluate(state.dense_model())
+        result.records.append(rec)
+        if echo is not None:
+            acc = f", accuracy {rec.accuracy:.4f}" if rec.accuracy is not None else ""
+            echo(f"{rec.name}: {rec.steps} steps in {rec.seconds:.1f} s{acc}")
+
+    for i, step in enumerate(steps):
+        changed = [prune_layer(state.layers[w], sparse_ratio=r, prune_quality=q) for w, (r, q) in step.items()]
+        if echo is not None:
+            desc = ", ".join(f"{w} {100.0 * state.layers[w].kept() / state.layers[w].weights.size:.1f}% kept"
+                             for w in step)
+            echo(f"prune step {i + 1}/{len(steps)}: {desc}")
+        if any(changed):
+            record(fit(state, TrainForm.MASKED, x, y, settings.retrain, seed=settings.seed + i,
+                       name=f"retrain {i + 1}", **common))
+    share(state)
+    if evaluate is not None:
+        record(StageRecord("share", "shared", 0))
+    record(fit(state, TrainForm.SHARED, x, y, settings.codebook, seed=settings.seed + len(steps),
+               name="codebook", **common))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def finetune_codebooks(
+    state: CompressionState,
+    data: DataSpec | str,
+    settings: TrainSettings,
+    preprocess: Preprocess | None = None,
+    *,
+    echo: Callable[[str], None] | None = None,
+) -> ScheduleResult:
+    """Train the codebooks and biases of an already-shared state (the ``codebook`` stage only)."""
+    start = time.perf_counter()
+    x, y, prep = training_data(state, data, preprocess)
+    result = ScheduleResult(settings, prep)
+    result.records.append(fit(state, TrainForm.SHARED, x, y, settings.codebook, batch_size=settings.batch_size,
+                              seed=settings.seed, name="codebook", threads=settings.threads, echo=echo))
+    result.seconds = time.perf_counter() - start
+    return result
