@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnx_dc.errors import FormatError
-from onnx_dc.numerics import huffman
+from onnx_dc.numerics import huffman, rangecoder
 
 symbol_arrays = st.one_of(
     st.lists(st.integers(0, 7), max_size=300),
@@ -186,10 +186,11 @@ def test_decode_checks_count_and_width_before_allocating() -> None:
         huffman.decode(bytes(lying), 2**32 - 1)
 
 
-def test_mutated_streams_raise_format_error_only() -> None:
+@pytest.mark.parametrize("codec", [huffman, rangecoder], ids=["huffman", "range"])
+def test_mutated_streams_raise_format_error_only(codec) -> None:
     rng = np.random.default_rng(2)
     symbols = np.minimum(rng.geometric(0.2, size=5000) - 1, 40).astype(np.uint16)
-    blob = huffman.encode(symbols, sync_interval=256)
+    blob = huffman.encode(symbols, sync_interval=256) if codec is huffman else codec.encode(symbols)
     for _ in range(400):
         bad = bytearray(blob)
         op = rng.integers(3)
@@ -201,7 +202,7 @@ def test_mutated_streams_raise_format_error_only() -> None:
             at = rng.integers(len(bad) - 4)
             bad[at : at + 4] = struct.pack("<I", int(rng.integers(2**32)))
         try:
-            out = huffman.decode(bytes(bad), symbols.size)
+            out = codec.decode(bytes(bad), symbols.size)
         except FormatError:
             continue
         # Without a checksum a payload flip may decode to other symbols (the .dcz adds CRCs).

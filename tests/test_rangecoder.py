@@ -110,28 +110,6 @@ def test_decode_checks_count_and_width() -> None:
         rangecoder.decode(blob, 20, bits=8)
 
 
-def test_mutated_streams_raise_format_error_only() -> None:
-    rng = np.random.default_rng(6)
-    symbols = np.minimum(rng.geometric(0.2, size=5000) - 1, 40).astype(np.uint16)
-    blob = rangecoder.encode(symbols)
-    for _ in range(400):
-        bad = bytearray(blob)
-        op = rng.integers(3)
-        if op == 0:
-            bad[rng.integers(len(bad))] ^= 1 << rng.integers(8)
-        elif op == 1:
-            del bad[rng.integers(len(bad)) :]
-        else:
-            at = rng.integers(len(bad) - 4)
-            bad[at : at + 4] = struct.pack("<I", int(rng.integers(2**32)))
-        try:
-            out = rangecoder.decode(bytes(bad), symbols.size)
-        except FormatError:
-            continue
-        # Without a checksum a payload flip may decode to other symbols (the .dcz adds CRCs).
-        assert out.shape == symbols.shape
-
-
 def test_encode_rejects_bad_symbols() -> None:
     with pytest.raises(ValueError):
         rangecoder.encode(np.array([-3]))
