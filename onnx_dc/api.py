@@ -191,6 +191,9 @@ def report(model: onnx.ModelProto | str | os.PathLike, baseline: str | os.PathLi
     if baseline is not None and not Path(baseline).is_file():
         raise ModelError(f"{baseline}: no such file (the --baseline model)")
     baseline_bytes = Path(baseline).stat().st_size if baseline is not None else None
+    if not any(n.domain == decoders.DOMAIN for n in proto.graph.node):
+        name = model if isinstance(model, (str, os.PathLike)) else "model"
+        raise ModelError(f"{name}: not a compressed model (no onnx_dc decoders); run onnx-dc compress on it first")
     streams = None
     if isinstance(model, (str, os.PathLike)) and dcz.is_dcz(model):
         streams = dcz.stream_report(Path(model).read_bytes())

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import pytest
 from conftest import MNIST_DIR, fp16_model, mlp_model
@@ -150,3 +151,10 @@ def test_compressed_file_loads_in_plain_onnxruntime(capsys, mlp_path, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     onnx.checker.check_model(onnx.load(out), full_check=True)
+
+
+def test_report_on_an_uncompressed_model_and_eval_on_mismatched_data(capsys, mlp_path, tmp_path):
+    expect_user_error(capsys, "report", mlp_path, contains="not a compressed model")
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 28, 28), np.uint8), y=np.zeros(4, np.int64))
+    err = expect_user_error(capsys, "eval", mlp_path, "--data", f"npz:{tmp_path / 'd.npz'}", contains="does not fit")
+    assert "mlp.onnx" in err

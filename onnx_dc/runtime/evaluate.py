@@ -95,7 +95,11 @@ def evaluate(
         images, labels = images[:limit], labels[:limit]
     session = InferenceSession(raw)
     start = time.perf_counter()
-    x = prep.apply(images, sample_shape(session))
+    try:
+        x = prep.apply(images, sample_shape(session))
+    except DataError as exc:
+        name = model if isinstance(model, (str, os.PathLike)) else "model"
+        raise DataError(f"{name} on {data}: {exc}") from None
     preds = predict(session, x)
     correct = int((preds == labels).sum())
     return EvalResult(correct / max(len(labels), 1), correct, int(len(labels)), str(data), prep,
