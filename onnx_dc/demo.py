@@ -51,10 +51,10 @@ def run_demo(out_dir: str | Path = "out/demo", echo=print) -> dict:
     save_model(model, src)
     settings, note = DEMO_SETTINGS, "pruned in 3 steps with retraining, shared values trained on digits/train"
     try:
-        result = onnx_dc.compress(src, dc, data="digits", schedule=DEMO_SCHEDULE, **settings)
+        onnx_dc.compress(src, dc, data="digits", schedule=DEMO_SCHEDULE, **settings)
     except TrainingUnavailable as exc:
         settings, note = DEMO_SETTINGS_NO_TRAINING, f"no fine-tuning ({exc})"
-        result = onnx_dc.compress(src, dc, **settings)
+        onnx_dc.compress(src, dc, **settings)
     untrained = onnx_dc.compress(src, **settings)
     figures = {
         "settings": settings,
