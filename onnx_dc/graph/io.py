@@ -14,7 +14,6 @@ from onnx_dc.errors import ModelError, OnnxDcError
 MAX_IR_VERSION = 10  # onnxruntime 1.19 loads IR <= 10
 MAX_OPSET = 21  # and ai.onnx opsets <= 21
 
-ModelLike = "onnx.ModelProto | str | os.PathLike | bytes"
 
 
 def load_model(model: onnx.ModelProto | str | os.PathLike | bytes, what: str | None = None) -> onnx.ModelProto:

@@ -111,13 +111,14 @@ def find_weights(model: onnx.ModelProto) -> Inventory:
             skipped.append(Skipped(node.name, node.op_type, node.input[slots[0]] if len(node.input) > slots[0] else "",
                                    "no constant weight input (it is computed at run time or is a graph input)"))
 
+    # Every other float parameter (more than a scalar) is listed too, so the report accounts for its bytes.
     for node in graph.node:
         for name in node.input:
-            if name in inits and name not in claimed and inits[name].dims and len(inits[name].dims) > 0:
-                if _numel(inits[name]) > 1 and inits[name].data_type in COMPRESSIBLE_DTYPES:
-                    reason = _other_reason(node)
-                    skipped.append(Skipped(node.name, node.op_type, name, reason))
-                    claimed.add(name)
+            tensor = inits.get(name)
+            if tensor is None or name in claimed or tensor.data_type not in COMPRESSIBLE_DTYPES or _numel(tensor) <= 1:
+                continue
+            skipped.append(Skipped(node.name, node.op_type, name, _other_reason(node)))
+            claimed.add(name)
 
     sites = tuple(
         WeightSite(name, tuple(int(d) for d in inits[name].dims), tuple(consumers))
