@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from hypothesis import strategies as st
 from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper
@@ -16,6 +17,14 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 MNIST_DIR = SHARED_DATA / "mnist"
 FASHION_DIR = SHARED_DATA / "fashion-mnist"
 MNIST8 = SHARED_DATA / "onnx" / "mnist-8.onnx"
+
+# Symbol streams for the entropy coders: small and full alphabets, skewed, one repeated symbol.
+symbol_arrays = st.one_of(
+    st.lists(st.integers(0, 7), max_size=300),
+    st.lists(st.integers(0, 2**16 - 1), max_size=300),
+    st.lists(st.sampled_from([0, 1, 5, 40000]), min_size=1, max_size=3000),
+    st.integers(1, 5000).map(lambda n: [3] * n),
+).map(lambda xs: np.array(xs, dtype=np.uint16))
 
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present beside the repo")
 

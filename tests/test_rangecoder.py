@@ -6,24 +6,13 @@ import struct
 
 import numpy as np
 import pytest
+from conftest import symbol_arrays
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnx_dc.errors import FormatError
 from onnx_dc.numerics import rangecoder
-
-symbol_arrays = st.one_of(
-    st.lists(st.integers(0, 7), max_size=300),
-    st.lists(st.integers(0, 2**16 - 1), max_size=300),
-    st.lists(st.sampled_from([0, 1, 5, 40000]), min_size=1, max_size=3000),
-    st.integers(1, 5000).map(lambda n: [3] * n),
-).map(lambda xs: np.array(xs, dtype=np.uint16))
-
-
-def _entropy(symbols: np.ndarray) -> float:
-    p = np.bincount(symbols) / symbols.size
-    p = p[p > 0]
-    return float(-(p * np.log2(p)).sum())
+from onnx_dc.numerics.symstream import entropy_bits as _entropy
 
 
 @settings(max_examples=120, deadline=None)

@@ -35,6 +35,7 @@ from onnx_dc.errors import ConfigError, FormatError, ModelError
 from onnx_dc.graph.io import write_bytes_atomic
 from onnx_dc.numerics import huffman, rangecoder
 from onnx_dc.numerics.bitpack import MAX_BITS, pack_bits, packed_size, unpack_bits
+from onnx_dc.numerics.symstream import entropy_bits
 
 MAGIC = b"\x89DCZ\r\n\x1a\n"
 VERSION = 1
@@ -562,7 +563,7 @@ def stream_report(dcz: bytes) -> list[dict]:
         row[f"{role}_packed_bytes"] = e.raw_length
         row[f"{role}_coded_bytes"] = e.stored_length
         row[f"{role}_codec"] = CODEC_NAMES[e.codec]
-        row[f"{role}_entropy_bits"] = _entropy_bits(_symbols(_payload(buf, e, index), e, index))
+        row[f"{role}_entropy_bits"] = entropy_bits(_symbols(_payload(buf, e, index), e, index))
         row["code_bits" if e.role == CODES else "index_bits"] = e.width
         row["packed_bytes"] += e.raw_length
         row["coded_bytes"] += e.stored_length
@@ -585,14 +586,6 @@ def _symbols(payload: memoryview, e: _Entry, index: int) -> np.ndarray:
         return _CODEC_MODULES[e.codec].decode(payload, e.count, e.width)
     except FormatError as err:
         raise FormatError(f"{e.label(index)}: {err}") from None
-
-
-def _entropy_bits(symbols: np.ndarray) -> float:
-    if symbols.size == 0:
-        return 0.0
-    p = np.bincount(symbols) / symbols.size
-    p = p[p > 0]
-    return float(-(p * np.log2(p)).sum())
 
 
 # ============================================================================ files

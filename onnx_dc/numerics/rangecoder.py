@@ -112,21 +112,8 @@ def encode(symbols: np.ndarray) -> bytes:
 
 
 def decode(data: bytes | memoryview, count: int, bits: int = 16) -> np.ndarray:
-    """Decode a stream written by :func:`encode`.
-
-    Args:
-        data: the encoded stream, exactly.
-        count: the number of symbols the caller expects; the stream must declare the same.
-        bits: every symbol must be below ``2**bits``; the stream's alphabet is checked
-            against it before decoding.
-
-    Returns:
-        uint16 array of ``count`` symbols.
-
-    Raises:
-        FormatError: on any malformed, truncated or inconsistent stream.
-    """
-    return collect(iter_decode(data, count, bits), count)  # validates the stream before allocating
+    """Decode a stream written by :func:`encode`; same contract as :func:`onnx_dc.numerics.huffman.decode`."""
+    return collect(iter_decode(data, count, bits), count)
 
 
 def iter_decode(data: bytes | memoryview, count: int, bits: int = 16) -> Iterator[np.ndarray]:

@@ -106,3 +106,13 @@ def unpack_fields(data: bytes | memoryview, width: int, count: int) -> np.ndarra
         raise FormatError("non-zero padding bits after a field table")
     weights = np.left_shift(np.uint64(1), np.arange(width, dtype=np.uint64))
     return bits[: count * width].reshape(count, width).astype(np.uint64) @ weights
+
+
+def entropy_bits(symbols: np.ndarray) -> float:
+    """Empirical entropy of a symbol array in bits per symbol (0 for an empty array)."""
+    sym = np.asarray(symbols).ravel()
+    if sym.size == 0:
+        return 0.0
+    p = np.bincount(sym) / sym.size
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
