@@ -11,7 +11,7 @@ import onnx
 
 from onnx_dc.config import Config, as_config
 from onnx_dc.data.datasets import METADATA_KEY, DataSpec, Preprocess
-from onnx_dc.errors import ConfigError, ModelError
+from onnx_dc.errors import ConfigError, FormatError, ModelError
 from onnx_dc.graph import decoders
 from onnx_dc.graph.io import load_model, same_file, save_model, serialize
 from onnx_dc.graph.normalize import normalize
@@ -183,20 +183,30 @@ def finetune(
 def report(model: onnx.ModelProto | str | os.PathLike, baseline: str | os.PathLike | None = None) -> Report:
     """Per-layer report of a ``*.dc.onnx`` or ``.dcz`` file (``baseline``: the original model, for its size)."""
     from onnx_dc.formats import dcz
-    from onnx_dc.runtime.session import model_bytes
 
-    data = model_bytes(model)
-    proto = load_model(data, str(model) if not isinstance(model, onnx.ModelProto) else "model")
-    file_bytes = Path(model).stat().st_size if isinstance(model, (str, os.PathLike)) else len(data)
+    name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
     if baseline is not None and not Path(baseline).is_file():
         raise ModelError(f"{baseline}: no such file (the --baseline model)")
     baseline_bytes = Path(baseline).stat().st_size if baseline is not None else None
-    if not any(n.domain == decoders.DOMAIN for n in proto.graph.node):
-        name = model if isinstance(model, (str, os.PathLike)) else "model"
-        raise ModelError(f"{name}: not a compressed model (no onnx_dc decoders); run onnx-dc compress on it first")
+    # Read the file once: a .dcz is both unpacked (for the graph) and measured (P+Q+H) from these bytes.
+    if isinstance(model, onnx.ModelProto):
+        raw = serialize(model)
+    elif Path(model).is_file():
+        raw = dcz.read_file(model)
+    else:
+        raise ModelError(f"{model}: no such file")
     streams = None
-    if isinstance(model, (str, os.PathLike)) and dcz.is_dcz(model):
-        streams = dcz.stream_report(Path(model).read_bytes())
+    data = raw
+    if dcz.is_dcz(raw):
+        try:
+            streams = dcz.stream_report(raw)
+            data = dcz.unpack_bytes(raw)
+        except FormatError as err:
+            raise FormatError(f"{name}: {err}") from None
+    proto = load_model(data, name)
+    file_bytes = len(raw)
+    if not any(n.domain == decoders.DOMAIN for n in proto.graph.node):
+        raise ModelError(f"{name}: not a compressed model (no onnx_dc decoders); run onnx-dc compress on it first")
     return make_report(proto, file_bytes=file_bytes, baseline_bytes=baseline_bytes, streams=streams)
 
 
@@ -204,9 +214,7 @@ def pack(model_path: str | os.PathLike, output_path: str | os.PathLike, codec: s
     """Entropy-code a ``*.dc.onnx`` into a ``.dcz`` file (docs/FORMAT.md); returns its size in bytes."""
     from onnx_dc.formats import dcz
 
-    if same_file(model_path, output_path):
-        raise ModelError(f"{output_path}: refusing to overwrite the input; choose another output path")
-    dcz.pack(model_path, output_path, codec=codec)
+    dcz.pack(model_path, output_path, codec=codec)  # refuses to overwrite its input
     return Path(output_path).stat().st_size
 
 
@@ -214,9 +222,7 @@ def unpack(packed_path: str | os.PathLike, output_path: str | os.PathLike) -> in
     """Restore the ``*.dc.onnx`` a ``.dcz`` was packed from, byte for byte; returns its size in bytes."""
     from onnx_dc.formats import dcz
 
-    if same_file(packed_path, output_path):
-        raise ModelError(f"{output_path}: refusing to overwrite the input; choose another output path")
-    dcz.unpack(packed_path, output_path)
+    dcz.unpack(packed_path, output_path)  # refuses to overwrite its input
     return Path(output_path).stat().st_size
 
 

@@ -607,7 +607,7 @@ def load_dc_bytes(path: str | os.PathLike) -> bytes:
         ModelError: when the file cannot be read.
         FormatError: when a ``.dcz`` file is malformed (the message names the file).
     """
-    data = _read(path)
+    data = read_file(path)
     if not is_dcz(data):
         return data
     try:
@@ -625,7 +625,7 @@ def pack(src_path: str | os.PathLike, dst_path: str | os.PathLike, codec: str = 
         OnnxDcError: when the output cannot be written.
     """
     _refuse_same_file(src_path, dst_path)
-    data = _read(src_path)
+    data = read_file(src_path)
     try:
         packed = pack_bytes(data, codec)
     except ModelError as err:
@@ -642,7 +642,7 @@ def unpack(src_path: str | os.PathLike, dst_path: str | os.PathLike) -> None:
         OnnxDcError: when the output cannot be written.
     """
     _refuse_same_file(src_path, dst_path)
-    packed = _read(src_path)
+    packed = read_file(src_path)
     try:
         data = unpack_bytes(packed)
     except FormatError as err:
@@ -650,7 +650,8 @@ def unpack(src_path: str | os.PathLike, dst_path: str | os.PathLike) -> None:
     write_bytes_atomic(data, dst_path)
 
 
-def _read(path: str | os.PathLike) -> bytes:
+def read_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a file, or a ModelError naming it."""
     try:
         return Path(path).read_bytes()
     except OSError as err:
