@@ -58,6 +58,10 @@ def prepare(
         cfg = cfg.with_overrides({k: v for k, v in overrides.items() if v is not None})
     proto = normalize(proto, name)
     plan: Plan = make_plan(find_weights(proto), cfg, name)
+    if not plan.entries:
+        first = next(s for s in plan.skipped if s.reason.startswith(("skip:", "quantize_term")))
+        raise ConfigError(f"{name}: nothing to compress, every weight is skipped (e.g. {first.tensor}: {first.reason});"
+                          " give settings for them (--sparse-ratio / --class-num, or a config)")
     if source_bytes is None:
         source_bytes = len(serialize(model)) if isinstance(model, onnx.ModelProto) else None
     return CompressionState.start(proto, plan, source_bytes)
@@ -207,7 +211,23 @@ def report(model: onnx.ModelProto | str | os.PathLike, baseline: str | os.PathLi
     file_bytes = len(raw)
     if not any(n.domain == decoders.DOMAIN for n in proto.graph.node):
         raise ModelError(f"{name}: not a compressed model (no onnx_dc decoders); run onnx-dc compress on it first")
-    return make_report(proto, file_bytes=file_bytes, baseline_bytes=baseline_bytes, streams=streams)
+    rep = make_report(proto, file_bytes=file_bytes, baseline_bytes=baseline_bytes, streams=streams)
+    if baseline is not None:
+        _check_baseline(rep, baseline, name)
+    return rep
+
+
+def _check_baseline(rep: Report, baseline: str | os.PathLike, name: str) -> None:
+    """Refuse a baseline that is not the model ``rep`` was compressed from (its weights by name and shape)."""
+    base = normalize(load_model(baseline), str(baseline))
+    shapes = {t.name: tuple(t.dims) for t in base.graph.initializer}
+    for row in rep.layers:
+        if shapes.get(row.weight) != tuple(row.shape):
+            found = "missing" if row.weight not in shapes else "x".join(map(str, shapes[row.weight]))
+            raise ModelError(
+                f"--baseline {baseline}: not the model {name} was compressed from (weight {row.weight!r} is "
+                f"{'x'.join(map(str, row.shape))} there but {found} in the baseline); give the original model"
+            )
 
 
 def pack(model_path: str | os.PathLike, output_path: str | os.PathLike, codec: str = "auto") -> int:
@@ -238,8 +258,12 @@ def import_caffe(
     Returns:
         The ONNX model and the config mapping (docs/CONFIG.md layout).
     """
+    from onnx_dc.argcheck import output_file
     from onnx_dc.importers.caffe import import_caffe as _import, write_config_yaml
 
+    for path, flag in ((output_path, "output_path"), (config_out, "config_out")):
+        if path is not None:  # both checked before either is written
+            output_file(path, flag, inputs=[prototxt, caffemodel])
     model, config = _import(prototxt, caffemodel, input_shape=input_shape)
     if output_path is not None:
         save_model(model, output_path)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Sequence
 
-from onnx_dc.errors import ConfigError, OnnxDcError
+from onnx_dc import argcheck, progress
+from onnx_dc.errors import ArgumentError, ConfigError, OnnxDcError
 
 EXIT_USER_ERROR = 2
 
@@ -32,8 +34,15 @@ def _preprocess_from(args: argparse.Namespace, model=None):
     given = {k: getattr(args, k) for k in ("scale", "mean", "std", "layout") if getattr(args, k, None) is not None}
     if not given:
         return None
-    base = (stored_preprocess(model) if model is not None else None) or Preprocess()
-    return Preprocess(**{**vars(base), **given})
+    base = stored_preprocess(model) if model is not None else None
+    if base is None and "scale" not in given:
+        # A flag changes one field; the others are the model's, or the data's natural ones (pixels / 255).
+        if getattr(args, "data", None) is None:
+            flags = ", ".join(f"--{k}" for k in given)
+            raise ArgumentError(f"{flags} without --scale: the model stores no preprocessing and no --data says "
+                                "the pixel scale; add --scale (e.g. 0.00392157 for pixels / 255)")
+        base = Preprocess(scale=argcheck.data_spec(args.data).natural_scale)
+    return Preprocess(**{**vars(base or Preprocess()), **given})
 
 
 def _add_settings_args(p: argparse.ArgumentParser) -> None:
@@ -59,7 +68,8 @@ def _settings_from(args: argparse.Namespace) -> dict:
 
 
 def _add_training_args(p: argparse.ArgumentParser, lr_stage: str) -> None:
-    g = p.add_argument_group("fine-tuning (onnxruntime-training; over the config's train: section)")
+    title = "fine-tuning (onnxruntime-training" + ("; over the config's train: section)" if lr_stage != "codebook" else ")")
+    g = p.add_argument_group(title)
     g.add_argument("--epochs", type=int, help="epochs of every training stage")
     g.add_argument("--batch-size", type=int, help="samples per step (default 64)")
     g.add_argument("--lr", type=float, help=f"learning rate of the {lr_stage} stage")
@@ -85,20 +95,46 @@ def _training_from(args: argparse.Namespace, lr_stage: str) -> dict:
         if schedule or args.epochs is not None:
             raise ConfigError("--epochs, --batch-size, --lr, --codebook-lr and --optimizer need --data")
         return {}
-    return {"data": args.data, "schedule": schedule or None, "epochs": args.epochs,
-            "echo": lambda line: print(line, file=sys.stderr)}
+    return {"data": args.data, "schedule": schedule or None, "epochs": args.epochs, "echo": progress.note}
+
+
+def _check_training_args(args: argparse.Namespace) -> None:
+    """Check --data and the training numbers before any work."""
+    if args.data is not None:
+        argcheck.data_spec(args.data, split="train")
+    argcheck.count(args.epochs, "--epochs", minimum=0)
+    argcheck.count(args.batch_size, "--batch-size")
+    for flag in ("lr", "codebook_lr"):
+        value = getattr(args, flag, None)
+        if value is not None and not value > 0:
+            raise ArgumentError(f"--{flag.replace('_', '-')} {value}: give a positive learning rate")
+
+
+def _say(text: str) -> None:
+    """Print a command's human-readable output on stdout, unless --quiet."""
+    if progress.level() > progress.Level.QUIET:
+        print(text)
+
+
+def _print_json(fields: dict) -> None:
+    print(json.dumps(fields))
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     import onnx_dc
     from onnx_dc.runtime.session import load_any
 
+    argcheck.input_file(args.model)
+    argcheck.output_file(args.output, inputs=[args.model])
+    _check_training_args(args)
     prep = _preprocess_from(args, load_any(args.model))
     kwargs = _training_from(args, "codebook")
     result = onnx_dc.finetune(args.model, args.output, kwargs.pop("data"), preprocess=prep, **kwargs)
-    print(result.report.to_json() if args.json else result.report.to_table())
-    if not args.json:
-        print(f"wrote {args.output}")
+    if args.json:
+        print(result.report.to_json())
+    else:
+        _say(result.report.to_table(verbose=progress.verbose()))
+        _say(f"wrote {args.output}")
     return 0
 
 
@@ -107,11 +143,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from onnx_dc.graph.io import load_model
 
     config = args.config
+    _check_compress_args(args)
     if args.caffe:
         if args.model:
             raise ConfigError("give either a model file or --caffe PROTOTXT CAFFEMODEL, not both")
-        shape = _parse_shape(args.input_shape) if args.input_shape else None
+        shape = argcheck.shape(args.input_shape)
         model_arg, caffe_config = onnx_dc.import_caffe(*args.caffe, input_shape=shape)
+        if config is None and _settings_from(args):
+            caffe_config = _unskip_plain_layers(caffe_config)
         config = config or caffe_config  # the Cmp* fields of the prototxt, unless a config file is given
     elif args.model:
         model_arg = args.model
@@ -120,17 +159,53 @@ def cmd_compress(args: argparse.Namespace) -> int:
     prep = _preprocess_from(args, load_model(model_arg))
     result = onnx_dc.compress(model_arg, args.output, config, preprocess=prep, **_settings_from(args),
                               **_training_from(args, "retrain"))
-    print(result.report.to_json() if args.json else result.report.to_table())
-    if not args.json:
-        print(f"wrote {args.output}")
+    if args.json:
+        print(result.report.to_json())
+    else:
+        _say(result.report.to_table(verbose=progress.verbose()))
+        _say(f"wrote {args.output}")
+    if args.data is None:
+        source = args.model or "the source model"
+        progress.note(f"warning: accuracy not checked (no --data); compare onnx-dc eval {args.output} --data SPEC "
+                      f"with onnx-dc eval {source} --data SPEC, or compress with --data to fine-tune")
     return 0
+
+
+def _check_compress_args(args: argparse.Namespace) -> None:
+    """Every check of compress's arguments that needs no model."""
+    if args.caffe:
+        for path in args.caffe:
+            argcheck.input_file(path, "--caffe")
+        argcheck.shape(args.input_shape)
+    elif args.input_shape is not None:
+        raise ArgumentError("--input-shape applies only with --caffe (an ONNX model states its input shape)")
+    if args.model:
+        argcheck.unpacked_model(args.model)
+    argcheck.output_file(args.output, inputs=[args.model, *(args.caffe or ())])
+    if args.config is not None:
+        argcheck.config_file(args.config)
+    _check_training_args(args)
+
+
+def _unskip_plain_layers(caffe_config: dict) -> dict:
+    """The imported config without its ``skip: true`` entries for plain Convolution / InnerProduct layers.
+
+    Caffe never compresses a plain layer, so the importer skips them; a user who gives
+    --sparse-ratio / --class-num on the command line asks for exactly that, for every layer
+    whose prototxt says nothing (Cmp* layers keep their own fields).
+    """
+    nodes = [n for n in caffe_config.get("nodes", []) if not n.get("skip")]
+    return {**caffe_config, "nodes": nodes}
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     import onnx_dc
 
+    argcheck.input_file(args.model)
+    if args.baseline is not None:
+        argcheck.input_file(args.baseline, "--baseline")
     rep = onnx_dc.report(args.model, baseline=args.baseline)
-    print(rep.to_json() if args.json else rep.to_table())
+    print(rep.to_json() if args.json else rep.to_table(verbose=progress.verbose()))
     return 0
 
 
@@ -138,6 +213,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import onnx_dc
     from onnx_dc.runtime.session import load_any
 
+    argcheck.input_file(args.model)
+    argcheck.data_spec(args.data, split=args.split)
+    argcheck.count(args.limit, "--limit")
     prep = _preprocess_from(args, load_any(args.model))
     result = onnx_dc.evaluate(args.model, args.data, prep, split=args.split, limit=args.limit)
     if args.json:
@@ -151,38 +229,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_pack(args: argparse.Namespace) -> int:
     import onnx_dc
 
+    argcheck.input_file(args.model)
+    argcheck.output_file(args.output, inputs=[args.model])
     size = onnx_dc.pack(args.model, args.output, codec=args.codec)
-    print(f"wrote {args.output} ({size} B)")
+    if args.json:
+        _print_json({"output": args.output, "bytes": size, "input": args.model,
+                     "input_bytes": os.path.getsize(args.model), "codec": args.codec})
+    else:
+        _say(f"wrote {args.output} ({size} B)")
     return 0
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
     import onnx_dc
 
+    argcheck.input_file(args.model)
+    argcheck.output_file(args.output, inputs=[args.model])
     size = onnx_dc.unpack(args.model, args.output)
-    print(f"wrote {args.output} ({size} B)")
+    if args.json:
+        _print_json({"output": args.output, "bytes": size, "input": args.model,
+                     "input_bytes": os.path.getsize(args.model)})
+    else:
+        _say(f"wrote {args.output} ({size} B)")
     return 0
 
 
 def cmd_import_caffe(args: argparse.Namespace) -> int:
     import onnx_dc
 
-    shape = _parse_shape(args.input_shape) if args.input_shape else None
-    onnx_dc.import_caffe(args.prototxt, args.caffemodel, args.output, args.config_out, input_shape=shape)
-    print(f"wrote {args.output}" + (f" and {args.config_out}" if args.config_out else ""))
+    for path in (args.prototxt, args.caffemodel):
+        argcheck.input_file(path, "import-caffe")
+    argcheck.output_file(args.output, inputs=[args.prototxt, args.caffemodel])
+    if args.config_out is not None:
+        argcheck.output_file(args.config_out, "--config-out", inputs=[args.prototxt, args.caffemodel, args.output])
+    shape = argcheck.shape(args.input_shape)
+    model, config = onnx_dc.import_caffe(args.prototxt, args.caffemodel, args.output, args.config_out,
+                                         input_shape=shape)
+    if args.json:
+        _print_json({"output": args.output, "bytes": os.path.getsize(args.output), "config_out": args.config_out,
+                     "inputs": {i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim]
+                                for i in model.graph.input},
+                     "config_nodes": config["nodes"]})
+    else:
+        _say(f"wrote {args.output}" + (f" and {args.config_out}" if args.config_out else ""))
     return 0
-
-
-def _parse_shape(text: str) -> tuple[int, ...]:
-    from onnx_dc.errors import ConversionError
-
-    try:
-        dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
-    except ValueError:
-        raise ConversionError(f"--input-shape {text!r}: give integers like 1,28,28 (no batch dimension)") from None
-    if not dims or min(dims) < 1:
-        raise ConversionError(f"--input-shape {text!r}: give positive integers like 1,28,28 (no batch dimension)")
-    return dims
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -201,8 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="input .onnx (never modified)")
     p.add_argument("-o", "--output", required=True, help="output .dc.onnx (written atomically)")
     p.add_argument("--caffe", nargs=2, metavar=("PROTOTXT", "CAFFEMODEL"),
-                   help="compress a Caffe net; its CmpConvolution / CmpInnerProduct fields become the config")
-    p.add_argument("--input-shape", help="with --caffe: per-sample input shape (no batch), e.g. 1,28,28")
+                   help="compress a Caffe net; its CmpConvolution / CmpInnerProduct fields become the config, "
+                        "and the settings flags apply to its plain Convolution / InnerProduct layers")
+    p.add_argument("--input-shape", help="with --caffe: per-sample input shape C,H,W (no batch), e.g. 1,28,28")
     p.add_argument("--config", help="YAML config with per-node settings (docs/CONFIG.md)")
     _add_settings_args(p)
     p.add_argument("--data", help="fine-tune on this data while compressing: mnist:DIR, fashion-mnist:DIR, npz:FILE, digits")
@@ -241,11 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .dcz")
     p.add_argument("--codec", choices=("auto", "huffman", "range"), default="auto",
                    help="auto picks the smaller per stream; huffman reproduces the paper")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("unpack", help="restore the .dc.onnx from a .dcz, byte for byte")
     p.add_argument("model", help="input .dcz")
     p.add_argument("-o", "--output", required=True, help="output .dc.onnx")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(func=cmd_unpack)
 
     p = sub.add_parser("import-caffe", help="convert a Caffe prototxt + caffemodel to ONNX")
@@ -253,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("caffemodel")
     p.add_argument("-o", "--output", required=True, help="output .onnx")
     p.add_argument("--config-out", help="write the Cmp* layer settings as a YAML config")
-    p.add_argument("--input-shape", help="per-sample input shape when the net gives none (no batch), e.g. 1,28,28")
+    p.add_argument("--input-shape", help="per-sample input shape C,H,W when the net gives none (no batch), e.g. 1,28,28")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(func=cmd_import_caffe)
 
     p = sub.add_parser("demo", help="train an MLP on scikit-learn's digits, compress it, compare")
@@ -262,7 +356,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     for extra in EXTRA_COMMANDS:
         extra(sub)
+    _add_common_args(parser, sub)
     return parser
+
+
+def _add_common_args(parser: argparse.ArgumentParser, sub: argparse._SubParsersAction) -> None:
+    """--version on the command; --quiet / --verbose on every subcommand (the extra ones included)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        text = version("onnx_dc")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        text = "unknown"
+    parser.add_argument("--version", action="version", version=f"onnx-dc {text}")
+    for p in sub.choices.values():
+        g = p.add_argument_group("output")
+        level = g.add_mutually_exclusive_group()
+        level.add_argument("-q", "--quiet", action="store_const", dest="level", const=progress.Level.QUIET,
+                           default=progress.Level.NORMAL,
+                           help="print only errors (and what was asked for: eval's accuracy, report, --json)")
+        level.add_argument("-v", "--verbose", action="store_const", dest="level", const=progress.Level.VERBOSE,
+                           help="list every tensor that is not compressed")
 
 
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
@@ -271,6 +385,7 @@ EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``onnx-dc``; returns the exit code."""
     args = build_parser().parse_args(argv)
+    progress.set_level(args.level)
     try:
         return args.func(args)
     except OnnxDcError as exc:
@@ -281,6 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into a reader that stopped early (`| head`)
         sys.stderr.close()
         return 0
+    finally:
+        progress.set_level(progress.Level.NORMAL)  # main() may be called again in the same process (tests)
 
 
 if __name__ == "__main__":  # pragma: no cover

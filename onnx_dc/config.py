@@ -243,6 +243,9 @@ def load_config(path: str | Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML text file (binary data, e.g. a model); give the .yaml config "
+                          "(docs/CONFIG.md)") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

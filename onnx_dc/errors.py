@@ -34,3 +34,7 @@ class ConversionError(OnnxDcError):
 
 class TrainingUnavailable(OnnxDcError):
     """Fine-tuning was asked for but onnxruntime-training is not installed."""
+
+
+class ArgumentError(OnnxDcError):
+    """A command-line argument (path, number, shape) is invalid; found before any work is done."""

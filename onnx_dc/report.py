@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -139,8 +141,8 @@ class Report:
             "totals": self.totals(),
         }, indent=2)
 
-    def to_table(self) -> str:
-        """Human-readable table."""
+    def to_table(self, verbose: bool = False) -> str:
+        """Human-readable table; skipped tensors grouped by reason, or one line each when ``verbose``."""
         coded = bool(self.layers) and all(r.coded for r in self.layers)
         head = ("layer", "op", "shape", "weights", "kept%", "K", "code b", "idx b", "form",
                 "codes B", "index B", "codebook B", "ratio")
@@ -175,9 +177,35 @@ class Report:
                              f"({self.dense_weight_bytes / self.file_bytes:.1f}x)")
             if self.source_file_bytes:
                 lines.append(f"source file: {self.source_file_bytes} B ({self.source_file_bytes / self.file_bytes:.1f}x)")
-        for node, op, tensor, reason in self.skipped:
-            lines.append(f"not compressed: {node} ({op}) {tensor}: {reason}")
+        lines += skipped_lines(self.skipped, verbose)
         return "\n".join(lines)
+
+
+# The config rule that skipped a tensor, e.g. " (nodes[conv1])": one group for all such tensors.
+_ORIGIN = re.compile(r" \((?:nodes\[.*\]|by_op_type\.[^)]*|defaults)\)$")
+
+
+def skipped_lines(skipped: Sequence[tuple[str, str, str, str]], verbose: bool = False, names: int = 3) -> list[str]:
+    """"not compressed" lines: one per reason with a count and the first ``names`` tensors, or one per tensor.
+
+    A reason that only one tensor has keeps the one-tensor line.
+    """
+    if verbose:
+        return [f"not compressed: {node} ({op}) {tensor}: {reason}" for node, op, tensor, reason in skipped]
+    groups: dict[str, list[tuple[str, str, str, str]]] = {}
+    for item in skipped:
+        groups.setdefault(_ORIGIN.sub("", item[3]), []).append(item)
+    lines = []
+    for reason, items in groups.items():
+        if len(items) == 1:
+            node, op, tensor, full = items[0]
+            lines.append(f"not compressed: {node} ({op}) {tensor}: {full}")
+            continue
+        shown = ", ".join(t for _, _, t, _ in items[:names]) + (", ..." if len(items) > names else "")
+        lines.append(f"not compressed: {len(items)} tensors, {reason}: {shown}")
+    if any(len(items) > 1 and len(items) > names for items in groups.values()):
+        lines.append("(--verbose lists every tensor)")
+    return lines
 
 
 def layer_rows(model: onnx.ModelProto) -> tuple[LayerRow, ...]:

@@ -554,7 +554,7 @@ def test_phase_rules_data_layer_and_config(tmp_path):
 
 
 def test_data_layer_needs_input_shape(tmp_path):
-    with pytest.raises(ConversionError, match="input blob 'data'.*pass input_shape"):
+    with pytest.raises(ConversionError, match="input blob .data.*--input-shape 1,28,28"):
         convert(tmp_path, LENET_LIKE, lenet_like_weights())
 
 

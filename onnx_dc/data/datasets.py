@@ -21,6 +21,8 @@ import numpy as np
 from onnx_dc.errors import DataError
 
 KINDS = ("mnist", "fashion-mnist", "npz", "digits")
+# The scale that makes each kind's raw pixels model input when neither a flag nor the model says otherwise.
+NATURAL_SCALES = {"mnist": 1.0 / 255.0, "fashion-mnist": 1.0 / 255.0, "npz": 1.0, "digits": 1.0 / 16.0}
 METADATA_KEY = "onnx_dc.preprocess"
 
 _IDX_FILES = {
@@ -38,6 +40,11 @@ class DataSpec:
 
     def __str__(self) -> str:
         return self.kind if self.path is None else f"{self.kind}:{self.path}"
+
+    @property
+    def natural_scale(self) -> float:
+        """The pixel scale this kind of data is used with by default (1/255 for IDX, 1/16 for digits)."""
+        return NATURAL_SCALES[self.kind]
 
 
 @dataclass(frozen=True)
@@ -83,12 +90,28 @@ class Preprocess:
             x = x.transpose(0, 3, 1, 2)
         if sample_shape is None:
             return np.ascontiguousarray(x)
-        if int(np.prod(sample_shape)) != int(np.prod(x.shape[1:])):
+        if not _fits(tuple(x.shape[1:]), tuple(sample_shape)):
             raise DataError(
-                f"a sample of shape {tuple(x.shape[1:])} does not fit the model input {tuple(sample_shape)}; "
-                "check the dataset and the model"
+                f"a sample of shape {tuple(x.shape[1:])} ({self.layout}) does not fit the model input "
+                f"{tuple(sample_shape)}; check the dataset, the model and --layout"
             )
         return np.ascontiguousarray(x.reshape((x.shape[0], *sample_shape)))
+
+
+def _fits(laid_out: tuple[int, ...], wanted: tuple[int, ...]) -> bool:
+    """Whether samples of shape ``laid_out`` are the model's ``wanted`` input, not only as many numbers.
+
+    Same rank: the shapes must be equal (an NCHW image read as NHWC has the right count and
+    the wrong shape). A flat side (features, or a model that takes flat input) needs only
+    the count; otherwise extra or missing size-1 axes are allowed.
+    """
+    if int(np.prod(laid_out)) != int(np.prod(wanted)):
+        return False
+    if len(laid_out) <= 1 or len(wanted) <= 1:
+        return True
+    if len(laid_out) == len(wanted):
+        return laid_out == wanted
+    return [d for d in laid_out if d != 1] == [d for d in wanted if d != 1]
 
 
 @dataclass(frozen=True)
@@ -119,6 +142,26 @@ def parse_data_spec(text: str) -> DataSpec:
     return DataSpec(kind, path)
 
 
+def check_data_spec(spec: DataSpec | str, split: str = "test") -> DataSpec:
+    """Parse a spec and check that its files are there, without reading them (a check before long work).
+
+    Raises:
+        DataError: naming the spec and the missing folder or file.
+    """
+    if isinstance(spec, str):
+        spec = parse_data_spec(spec)
+    if spec.kind in ("mnist", "fashion-mnist"):
+        folder = Path(spec.path)
+        if not folder.is_dir():
+            raise DataError(f"{spec}: {folder} is not a folder with the four IDX files")
+        for stem in _IDX_FILES[split]:
+            _find(folder, stem)
+    elif spec.kind == "npz" and not os.path.isfile(spec.path):
+        kind = "a folder, not a file" if os.path.isdir(spec.path) else "no such file"
+        raise DataError(f"{spec}: {kind}")
+    return spec
+
+
 def load_dataset(spec: DataSpec | str, split: str = "test") -> Dataset:
     """Load one split (``train`` or ``test``) of a dataset.
 
@@ -146,7 +189,7 @@ def _load_idx(spec: DataSpec, split: str) -> Dataset:
     labels = _read_idx(_find(folder, lab_name), 1)
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{folder}: {images.shape[0]} images but {labels.shape[0]} labels in the {split} split")
-    return Dataset(images[..., None], labels.astype(np.int64), f"{spec.kind}/{split}", 1.0 / 255.0)
+    return Dataset(images[..., None], labels.astype(np.int64), f"{spec.kind}/{split}", spec.natural_scale)
 
 
 def _find(folder: Path, stem: str) -> Path:
@@ -191,7 +234,9 @@ def _load_npz(spec: DataSpec, split: str) -> Dataset:
         raise DataError(f"{path}: x has {x.shape[0]} samples but y has {y.shape[0]}")
     if x.ndim == 3:
         x = x[..., None]
-    return Dataset(x, y.astype(np.int64).ravel(), f"npz/{split}", 1.0)
+    elif x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[3] not in (1, 3):
+        x = x.transpose(0, 2, 3, 1)  # channels first (N, C, H, W): held as (N, H, W, C) like every dataset
+    return Dataset(x, y.astype(np.int64).ravel(), f"npz/{split}", NATURAL_SCALES["npz"])
 
 
 def _load_digits(split: str) -> Dataset:
@@ -202,4 +247,4 @@ def _load_digits(split: str) -> Dataset:
     y = bunch.target.astype(np.int64)
     cut = int(round(len(y) * 0.7))
     sl = slice(0, cut) if split == "train" else slice(cut, None)
-    return Dataset(x[sl], y[sl], f"digits/{split}", 1.0 / 16.0)
+    return Dataset(x[sl], y[sl], f"digits/{split}", NATURAL_SCALES["digits"])

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnx_dc import progress
 from onnx_dc.errors import ConfigError, FormatError, ModelError
 from onnx_dc.graph.io import write_bytes_atomic
 from onnx_dc.numerics import huffman, rangecoder
@@ -274,9 +275,8 @@ def pack_bytes(dc_onnx: bytes, codec: str = "auto") -> bytes:
     if len(data) > MAX_OUTPUT_BYTES:
         raise ModelError(f"a .dc.onnx of {len(data)} bytes exceeds the 2 GiB protobuf limit")
     streams = find_streams(data)
-    packed = _assemble(
-        data, [_remainder_section(data, streams), *(_stream_section(data, s, codec) for s in streams)]
-    )
+    coded = [_stream_section(data, s, codec) for s in progress.bar(streams, desc="pack", unit="stream")]
+    packed = _assemble(data, [_remainder_section(data, streams), *coded])
     if _within_limits(packed, len(data)) and _round_trips(packed, data):
         return packed
     # Only reachable for pathological inputs: store the file as it is, which always fits.
@@ -626,7 +626,12 @@ def pack(src_path: str | os.PathLike, dst_path: str | os.PathLike, codec: str = 
     """
     _refuse_same_file(src_path, dst_path)
     data = read_file(src_path)
+    if is_dcz(data):
+        raise ModelError(f"{src_path}: already a packed .dcz")
     try:
+        if not find_streams(data):  # the format packs any ONNX bytes; a user packing a plain model is mistaken
+            raise ModelError("not a compressed model (no onnx_dc decoders); run onnx-dc compress on it first, "
+                             "then pack the .dc.onnx")
         packed = pack_bytes(data, codec)
     except ModelError as err:
         raise ModelError(f"{src_path}: {err}") from None

@@ -391,7 +391,8 @@ class _Builder:
         if shape is None:
             raise ConversionError(
                 f"the shape of input blob {blob!r} (from layer {spec.layer!r}, read by "
-                f"{reader.name!r}) is not in the net; pass input_shape, e.g. (1, 28, 28)"
+                f"{reader.name!r}) is not in the net; give it without the batch dimension: "
+                "--input-shape 1,28,28 (input_shape=(1, 28, 28) in Python)"
             )
         self.used_overrides.add(key)
         full: Shape = (BATCH, *shape)
@@ -570,6 +571,12 @@ def _blob_array(layer: _Layer, index: int, expected: tuple[int, ...]) -> np.ndar
     else:  # legacy 4-D num/channels/height/width, left-padded with ones
         stated = (blob.num, blob.channels, blob.height, blob.width)
         fits = len(expected) <= 4 and stated == (1,) * (4 - len(expected)) + expected
+    if not fits and blob.HasField("shape") and len(stated) != len(expected):
+        raise layer.fail(
+            f"weight blob {index} has shape {stated} in the caffemodel but the input gives it "
+            f"{len(expected)} dimensions, {expected}; check the input shape: it lists channels, height "
+            "and width, e.g. --input-shape 1,28,28 (input_shape=(1, 28, 28) in Python)"
+        )
     if not fits:
         raise layer.fail(
             f"weight blob {index} has shape {stated} in the caffemodel but the net expects "

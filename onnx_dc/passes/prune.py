@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnx_dc import progress
 from onnx_dc.numerics.prune import magnitude_mask, quality_threshold, ratio_threshold
 from onnx_dc.passes.state import CompressionState, LayerState
 
@@ -42,4 +43,5 @@ def prune_layer(layer: LayerState, sparse_ratio: float | None = None, prune_qual
 
 def prune(state: CompressionState, only: set[str] | None = None) -> int:
     """Prune every planned layer (or only those named in ``only``); returns how many changed."""
-    return sum(prune_layer(layer) for name, layer in state.layers.items() if only is None or name in only)
+    layers = [layer for name, layer in state.layers.items() if only is None or name in only]
+    return sum(prune_layer(layer) for layer in progress.bar(layers, desc="prune", unit="layer"))

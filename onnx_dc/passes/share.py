@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnx_dc import progress
 from onnx_dc.numerics.kmeans import kmeans_1d
 from onnx_dc.passes.state import CompressionState, LayerState
 
@@ -37,7 +38,8 @@ def share_layer(layer: LayerState) -> bool:
 
 def share(state: CompressionState) -> int:
     """Share weights in every planned layer; returns how many layers were clustered."""
-    return sum(share_layer(layer) for layer in state.layers.values())
+    layers = progress.bar(state.layers.values(), total=len(state.layers), desc="share", unit="layer")
+    return sum(share_layer(layer) for layer in layers)
 
 
 def set_codebook(layer: LayerState, codebook: np.ndarray) -> None:

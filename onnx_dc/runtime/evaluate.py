@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from onnx_dc import progress
 from onnx_dc.data.datasets import METADATA_KEY, Dataset, DataSpec, Preprocess, load_dataset
 from onnx_dc.errors import DataError
 from onnx_dc.runtime.session import InferenceSession, model_bytes
@@ -58,7 +59,7 @@ def predict(session, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
     if fixed is not None and x.shape[0] % fixed:
         raise DataError(f"the model's batch size is fixed at {fixed}; {x.shape[0]} samples do not divide into it")
     preds = []
-    for i in range(0, x.shape[0], step):
+    for i in progress.bar(range(0, x.shape[0], step), desc="eval", unit="batch"):
         out = session.run(None, {inp.name: x[i : i + step]})[0]
         preds.append(np.asarray(out).reshape(out.shape[0], -1).argmax(axis=1))
     return np.concatenate(preds) if preds else np.zeros(0, np.int64)
@@ -86,6 +87,8 @@ def evaluate(
         split: ``test`` or ``train``.
         limit: evaluate on the first ``limit`` samples only.
     """
+    if limit is not None and limit < 1:
+        raise DataError(f"limit {limit}: give a positive number of samples")
     raw = model_bytes(model)
     proto = onnx.load_model_from_string(raw)
     dataset = load_dataset(data, split)

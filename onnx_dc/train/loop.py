@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnx_dc import progress
 from onnx_dc.errors import ModelError
 from onnx_dc.graph.io import MAX_IR_VERSION
 from onnx_dc.passes.share import set_codebook
@@ -222,18 +223,25 @@ def fit(
     opt = Optimizer(stage, stage.epochs * steps_per_epoch)
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
+    bar = progress.bar(total=stage.epochs * steps_per_epoch, desc=name, unit="step")
     try:
         for epoch in range(stage.epochs):
             total, count = 0.0, 0
+            first_lr = opt.lr()
             for idx in batches(len(y), batch_size, rng):
                 total += trainer.step(x[idx], y[idx], opt) * len(idx)
                 count += len(idx)
                 record.steps += 1
+                bar.update()
+                bar.set_postfix(epoch=f"{epoch + 1}/{stage.epochs}", loss=f"{total / count:.4f}", refresh=False)
             record.losses.append(total / count)
             if echo is not None:
-                echo(f"  {name}: epoch {epoch + 1}/{stage.epochs} loss {total / count:.4f} lr {opt.lr():.3g}")
+                # The learning rate the epoch's steps used (a cosine schedule ends at 0 after the last step).
+                echo(f"  {name}: epoch {epoch + 1}/{stage.epochs} loss {total / count:.4f} "
+                     f"lr {first_lr:.3g} -> {opt.last_lr:.3g}")
         trainer.commit()
     finally:
+        bar.close()
         trainer.close()
     record.seconds = time.perf_counter() - start
     return record

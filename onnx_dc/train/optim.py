@@ -31,6 +31,7 @@ class Optimizer:
         self.betas = betas
         self.eps = eps
         self.t = 0
+        self.last_lr = self.lr()  # the rate of the last step taken (for progress lines)
         self._slots: dict[str, tuple[np.ndarray, ...]] = {}
 
     def lr(self) -> float:
@@ -44,6 +45,7 @@ class Optimizer:
         """Advance the step counter; returns the learning rate to use."""
         lr = self.lr()
         self.t += 1
+        self.last_lr = lr
         return lr
 
     def update(self, name: str, w: np.ndarray, g: np.ndarray, lr: float, decay: bool = True) -> None:

@@ -1,0 +1,95 @@
+"""Checks of command-line arguments that run before any work, one function per kind of argument.
+
+A command checks everything it can (input and output paths, data specs, configs, numbers,
+shapes) before it loads a model or trains, so that a typo costs a second, not an epoch.
+Each function raises a typed error whose one-line message names the flag and says what to
+do, and returns the checked (parsed) value. The API checks the same things later; these
+only move the failure to the front.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+from onnx_dc.errors import ArgumentError, ModelError
+
+
+def input_file(path: str | os.PathLike, flag: str = "model") -> Path:
+    """An existing, readable file (not a folder)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ModelError(f"{p}: is a folder; give a model file ({flag})")
+    if not p.is_file():
+        raise ModelError(f"{p}: no such file ({flag})")
+    if not os.access(p, os.R_OK):
+        raise ModelError(f"{p}: not readable ({flag})")
+    return p
+
+
+def unpacked_model(path: str | os.PathLike, flag: str = "model") -> Path:
+    """An existing file that is not a packed ``.dcz`` (commands that edit the graph need the ONNX)."""
+    from onnx_dc.formats.dcz import is_dcz
+
+    p = input_file(path, flag)
+    if is_dcz(p):
+        raise ModelError(f"{p}: a packed .dcz (already compressed); compress the original .onnx, or restore "
+                         f"the .dc.onnx first: onnx-dc unpack {p} -o {p.with_suffix('.dc.onnx').name}")
+    return p
+
+
+def output_file(path: str | os.PathLike, flag: str = "-o", inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """A file path that can be written: not a folder, in an existing writable folder, not an input."""
+    from onnx_dc.graph.io import same_file
+
+    p = Path(path)
+    if p.is_dir():
+        raise ArgumentError(f"{flag} {p}: is a folder; give a file name, e.g. {p / 'model.dc.onnx'}")
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.is_dir():
+        raise ArgumentError(f"{flag} {p}: folder {folder} does not exist; create it first (mkdir -p {folder})")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ArgumentError(f"{flag} {p}: folder {folder} is not writable")
+    for other in inputs:
+        if other is not None and same_file(other, p):
+            raise ArgumentError(f"{flag} {p}: refusing to overwrite the input {other}; choose another output path")
+    return p
+
+
+def data_spec(text: str, flag: str = "--data", split: str = "test"):
+    """A data spec whose folder or file is there (``mnist:DIR``, ``npz:FILE``, ``digits``, ...)."""
+    from onnx_dc.data.datasets import check_data_spec
+    from onnx_dc.errors import DataError
+
+    try:
+        return check_data_spec(text, split)
+    except DataError as err:
+        raise DataError(f"{flag}: {err}") from None
+
+
+def config_file(path: str | os.PathLike, flag: str = "--config"):
+    """A readable, valid YAML config (keys and values checked; patterns are checked against the model later)."""
+    from onnx_dc.config import load_config
+
+    input_file(path, flag)
+    return load_config(path)
+
+
+def count(value: int | None, flag: str, minimum: int = 1) -> int | None:
+    """An integer flag that must be at least ``minimum`` (None: not given)."""
+    if value is not None and value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ArgumentError(f"{flag} {value}: give {what}")
+    return value
+
+
+def shape(text: str | None, flag: str = "--input-shape") -> tuple[int, ...] | None:
+    """A per-sample shape such as ``1,28,28`` (no batch dimension); None when not given."""
+    if text is None:
+        return None
+    parts = [d.strip() for d in text.split(",")]
+    if not all(d.isdigit() and int(d) > 0 for d in parts):
+        raise ArgumentError(f"{flag} {text!r}: give positive integers separated by commas, like 1,28,28 "
+                            "(channels, height, width; no batch dimension)")
+    return tuple(int(d) for d in parts)
