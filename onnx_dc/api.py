@@ -223,10 +223,10 @@ def _check_baseline(rep: Report, baseline: str | os.PathLike, name: str) -> None
     shapes = {t.name: tuple(t.dims) for t in base.graph.initializer}
     for row in rep.layers:
         if shapes.get(row.weight) != tuple(row.shape):
-            found = "missing" if row.weight not in shapes else "x".join(map(str, shapes[row.weight]))
+            found = "has no such weight" if row.weight not in shapes else f"has {'x'.join(map(str, shapes[row.weight]))}"
             raise ModelError(
-                f"--baseline {baseline}: not the model {name} was compressed from (weight {row.weight!r} is "
-                f"{'x'.join(map(str, row.shape))} there but {found} in the baseline); give the original model"
+                f"--baseline {baseline}: not the model {name} was compressed from (its weight {row.weight!r}, "
+                f"{'x'.join(map(str, row.shape))}: the baseline {found}); give the original model"
             )
 
 

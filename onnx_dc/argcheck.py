@@ -16,19 +16,20 @@ from typing import Iterable
 from onnx_dc.errors import ArgumentError, ModelError
 
 
-def input_file(path: str | os.PathLike, flag: str = "model") -> Path:
-    """An existing, readable file (not a folder)."""
+def input_file(path: str | os.PathLike, flag: str | None = None) -> Path:
+    """An existing, readable file (not a folder); ``flag`` names the option it was given to."""
     p = Path(path)
+    where = f" ({flag})" if flag else ""
     if p.is_dir():
-        raise ModelError(f"{p}: is a folder; give a model file ({flag})")
+        raise ModelError(f"{p}: is a folder, not a file{where}")
     if not p.is_file():
-        raise ModelError(f"{p}: no such file ({flag})")
+        raise ModelError(f"{p}: no such file{where}")
     if not os.access(p, os.R_OK):
-        raise ModelError(f"{p}: not readable ({flag})")
+        raise ModelError(f"{p}: not readable{where}")
     return p
 
 
-def unpacked_model(path: str | os.PathLike, flag: str = "model") -> Path:
+def unpacked_model(path: str | os.PathLike, flag: str | None = None) -> Path:
     """An existing file that is not a packed ``.dcz`` (commands that edit the graph need the ONNX)."""
     from onnx_dc.formats.dcz import is_dcz
 

@@ -165,9 +165,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
         _say(result.report.to_table(verbose=progress.verbose()))
         _say(f"wrote {args.output}")
     if args.data is None:
-        source = args.model or "the source model"
-        progress.note(f"warning: accuracy not checked (no --data); compare onnx-dc eval {args.output} --data SPEC "
-                      f"with onnx-dc eval {source} --data SPEC, or compress with --data to fine-tune")
+        original = f" and compare with onnx-dc eval {args.model} --data SPEC" if args.model else ""
+        progress.note(f"warning: accuracy not checked (compressed without --data): run onnx-dc eval "
+                      f"{args.output} --data SPEC{original}; give --data to fine-tune while compressing")
     return 0
 
 

@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import yaml
+from conftest import shared_path
 
 from onnx_dc.config import parse_config
 from onnx_dc.data import Preprocess, load_dataset
@@ -743,9 +744,13 @@ def test_importer_modules_do_not_import_onnxruntime():
 
 # ----------------------------------------------------------------------------- the real LeNet
 
-needs_data = pytest.mark.skipif(
-    not CAFFE.is_dir() or not (DATA / "mnist").is_dir(), reason=f"shared data folder {DATA} is absent"
-)
+@pytest.fixture
+def caffe_and_mnist():
+    shared_path(CAFFE)
+    shared_path(DATA / "mnist")
+
+
+needs_data = pytest.mark.usefixtures("caffe_and_mnist")
 
 STAGES = {  # layer -> sparse_ratio per stage (README's schedule); stage 5 also sets quantize_term
     1: {"conv1": 0.33, "conv2": 0.0, "fc1": 0.0, "fc2": 0.0},
@@ -758,7 +763,7 @@ STAGES = {  # layer -> sparse_ratio per stage (README's schedule); stage 5 also 
 
 @pytest.fixture(scope="module")
 def mnist_test():
-    dataset = load_dataset(f"mnist:{DATA / 'mnist'}")
+    dataset = load_dataset(f"mnist:{shared_path(DATA / 'mnist')}")
     return Preprocess(scale=1 / 256).apply(dataset.images, (1, 28, 28)), dataset.labels
 
 

@@ -164,8 +164,7 @@ def test_mnist8_reshaped_fc_weight_and_opset_upgrade(mnist8, tmp_path):
     assert totals["file_bytes"] == (tmp_path / "m.dc.onnx").stat().st_size < 26454 / 2
 
 
-@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="../shared/data/mnist is not present")
-def test_mnist8_accuracy_survives_quantization(mnist8):
+def test_mnist8_accuracy_survives_quantization(mnist8, mnist_dir):
     dense = onnx_dc.evaluate(mnist8, f"mnist:{MNIST_DIR}")
     assert dense.correct == 9890  # the zoo model's documented 98.90%
     shared = onnx_dc.compress(mnist8, class_num=16)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import MNIST_DIR, mlp_model
+from conftest import mlp_model
 
 import onnx_dc
 from onnx_dc.cli import main
 from onnx_dc.graph.io import save_model
 
 
-def test_pack_unpack_report_eval_on_mnist8(tmp_path, capsys, mnist8):
+def test_pack_unpack_report_eval_on_mnist8(tmp_path, capsys, mnist8, mnist_dir):
     dc, dcz, back = tmp_path / "m.dc.onnx", tmp_path / "m.dcz", tmp_path / "back.dc.onnx"
     onnx_dc.compress(mnist8, dc, sparse_ratio=0.5, class_num=32)
     assert main(["pack", str(dc), "-o", str(dcz), "--codec", "huffman"]) == 0
@@ -28,10 +28,9 @@ def test_pack_unpack_report_eval_on_mnist8(tmp_path, capsys, mnist8):
         assert row["weight_bits_pqh"] <= row["code_bits"]
     assert rep["totals"]["file_bytes"] == dcz.stat().st_size
     assert rep["totals"]["layers_ratio_coded"] >= rep["totals"]["layers_ratio"]
-    if MNIST_DIR.is_dir():
-        a = onnx_dc.evaluate(dc, f"mnist:{MNIST_DIR}", limit=1000)
-        b = onnx_dc.evaluate(dcz, f"mnist:{MNIST_DIR}", limit=1000)
-        assert a.correct == b.correct
+    a = onnx_dc.evaluate(dc, f"mnist:{mnist_dir}", limit=1000)
+    b = onnx_dc.evaluate(dcz, f"mnist:{mnist_dir}", limit=1000)
+    assert a.n == b.n == 1000 and a.correct == b.correct
 
 
 def test_inference_session_on_dcz(tmp_path):
