@@ -70,7 +70,8 @@ def _settings_from(args: argparse.Namespace) -> dict:
 def _add_training_args(p: argparse.ArgumentParser, lr_stage: str) -> None:
     title = "fine-tuning (onnxruntime-training" + ("; over the config's train: section)" if lr_stage != "codebook" else ")")
     g = p.add_argument_group(title)
-    g.add_argument("--epochs", type=int, help="epochs of every training stage")
+    g.add_argument("--epochs", type=int, help="epochs of " + ("the codebook stage" if lr_stage == "codebook"
+                                                           else "every training stage"))
     g.add_argument("--batch-size", type=int, help="samples per step (default 64)")
     g.add_argument("--lr", type=float, help=f"learning rate of the {lr_stage} stage")
     if lr_stage != "codebook":

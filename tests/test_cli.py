@@ -84,12 +84,6 @@ def test_eval_json_and_stored_preprocessing(capsys, mnist8, mnist_dir, tmp_path)
     assert json.loads(text)["preprocess"]["scale"] == 0.5  # recorded at compress time, reused
 
 
-def test_demo_prints_accuracy_and_sizes(capsys, tmp_path):
-    code, text, _ = cli(capsys, "demo", "--out", tmp_path)
-    assert code == 0
-    assert "accuracy" in text and "digits_mlp.dc.onnx" in text and "digits_mlp.dcz" in text and "total" in text
-
-
 def test_not_onnx_truncated_and_missing(capsys, tmp_path, mnist8):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00\x01garbage" * 10)
