@@ -102,9 +102,25 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metadata_only(args: argparse.Namespace, model):
+    """The model, for its stored preprocessing, only when a preprocessing flag is given.
+
+    Read without checking and without external data: compress reads and checks the model
+    itself, once; a file it cannot read is reported there.
+    """
+    import onnx
+
+    if isinstance(model, onnx.ModelProto) or not any(
+            getattr(args, k, None) is not None for k in ("scale", "mean", "std", "layout")):
+        return model if isinstance(model, onnx.ModelProto) else None
+    try:
+        return onnx.load_model(model, load_external_data=False)
+    except Exception:  # unreadable or not ONNX: compress names the problem
+        return None
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     import onnx_dc
-    from onnx_dc.graph.io import load_model
 
     config = args.config
     if args.caffe:
@@ -117,12 +133,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
         model_arg = args.model
     else:
         raise ConfigError("give a model file to compress (or --caffe PROTOTXT CAFFEMODEL)")
-    prep = _preprocess_from(args, load_model(model_arg))
+    prep = _preprocess_from(args, _metadata_only(args, model_arg))
     result = onnx_dc.compress(model_arg, args.output, config, preprocess=prep, **_settings_from(args),
                               **_training_from(args, "retrain"))
     print(result.report.to_json() if args.json else result.report.to_table())
     if not args.json:
-        print(f"wrote {args.output}")
+        extra = f" (over 2 GB: its large tensors are in {result.external_data} beside it)" if result.external_data else ""
+        print(f"wrote {args.output}{extra}")
     return 0
 
 

@@ -16,9 +16,10 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_dc.graph import decoders
+from onnx_dc.graph.walk import all_nodes
 from onnx_dc.graph.weights import PASS_THROUGH
 from onnx_dc.numerics.bitpack import unpack_bits
-from onnx_dc.passes.lower import META_SKIPPED, META_SOURCE_BYTES, META_SOURCE_WEIGHT_BYTES
+from onnx_dc.passes.lower import META_NOTES, META_SKIPPED, META_SOURCE_BYTES, META_SOURCE_WEIGHT_BYTES
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class Report:
     file_bytes: int | None
     dense_weight_bytes: int | None  # all float parameters of the source model, as float32
     source_file_bytes: int | None
+    notes: tuple[str, ...] = ()
 
     def totals(self) -> dict:
         """Sums over compressed layers, and whole-file ratios."""
@@ -136,6 +138,7 @@ class Report:
         return json.dumps({
             "layers": [r.to_dict() for r in self.layers],
             "skipped": [dict(zip(("node", "op_type", "tensor", "reason"), s)) for s in self.skipped],
+            "notes": list(self.notes),
             "totals": self.totals(),
         }, indent=2)
 
@@ -175,6 +178,7 @@ class Report:
                              f"({self.dense_weight_bytes / self.file_bytes:.1f}x)")
             if self.source_file_bytes:
                 lines.append(f"source file: {self.source_file_bytes} B ({self.source_file_bytes / self.file_bytes:.1f}x)")
+        lines.extend(self.notes)
         for node, op, tensor, reason in self.skipped:
             lines.append(f"not compressed: {node} ({op}) {tensor}: {reason}")
         return "\n".join(lines)
@@ -242,7 +246,8 @@ def make_report(
     if streams is not None:
         by_name = {s["name"]: s for s in streams}
         rows = tuple(_with_coded(r, by_name.get(r.weight)) for r in rows)
-    return Report(rows, skipped, file_bytes, _int_or_none(meta.get(META_SOURCE_WEIGHT_BYTES)), source)
+    notes = tuple(json.loads(meta.get(META_NOTES, "[]")))
+    return Report(rows, skipped, file_bytes, _int_or_none(meta.get(META_SOURCE_WEIGHT_BYTES)), source, notes)
 
 
 def _with_coded(row: LayerRow, stream: dict | None) -> LayerRow:
@@ -274,20 +279,22 @@ def _nbytes(tensor: onnx.TensorProto) -> int:
 def _weight_consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[str, str]]]:
     """Weight name -> (node, op_type) of the nodes that read it, looking through pass-through ops."""
     readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
+    for node in all_nodes(graph):  # subgraphs read weights from the outer scope
         for name in node.input:
             readers.setdefault(name, []).append(node)
     out: dict[str, list[tuple[str, str]]] = {}
     for node in graph.node:
         if node.domain != decoders.DOMAIN:
             continue
-        frontier, seen = [node.output[0]], []
+        frontier, seen, visited = [node.output[0]], [], set()
         while frontier:
             name = frontier.pop(0)
             for reader in readers.get(name, []):
-                if reader.op_type in PASS_THROUGH:
-                    frontier.append(reader.output[0])
-                else:
+                if reader.op_type in PASS_THROUGH + ("Slice", "Concat"):  # Slice / Concat: gate reordering
+                    if reader.output[0] not in visited:
+                        visited.add(reader.output[0])
+                        frontier.append(reader.output[0])
+                elif (reader.name, reader.op_type) not in seen:
                     seen.append((reader.name, reader.op_type))
         out[node.output[0]] = seen
     return out

@@ -35,6 +35,7 @@ META_VERSION = "onnx_dc.version"
 META_SKIPPED = "onnx_dc.skipped"
 META_SOURCE_BYTES = "onnx_dc.source_bytes"
 META_SOURCE_WEIGHT_BYTES = "onnx_dc.source_weight_bytes"
+META_NOTES = "onnx_dc.notes"
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,8 @@ def _set_metadata(model: onnx.ModelProto, state: CompressionState, skipped: list
     }
     if state.source_bytes is not None:
         entries[META_SOURCE_BYTES] = str(state.source_bytes)
+    if state.plan.notes:
+        entries[META_NOTES] = json.dumps(list(state.plan.notes))
     set_metadata(model, entries)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnx_dc.graph import external
 from onnx_dc.plan import Plan, PlanEntry
 
 
@@ -57,12 +58,18 @@ class CompressionState:
 
     @classmethod
     def start(cls, model: onnx.ModelProto, plan: Plan, source_bytes: int | None = None) -> CompressionState:
-        """Take each planned weight out of ``model`` as a float32 array."""
+        """Take each planned weight out of ``model`` as a float32 array.
+
+        The weight's bytes then live in the state only: the initializer in ``model`` keeps its
+        name, type and shape but no data (so a model's weights are held once, not twice).
+        :meth:`dense_model` and the lowering pass write them back.
+        """
         inits = {t.name: t for t in model.graph.initializer}
-        layers = {
-            e.site.name: LayerState(e, numpy_helper.to_array(inits[e.site.name]).astype(np.float32, copy=True))
-            for e in plan.entries
-        }
+        layers = {}
+        for e in plan.entries:
+            tensor = inits[e.site.name]
+            layers[e.site.name] = LayerState(e, external.to_array(tensor).astype(np.float32, copy=True))
+            _drop_data(tensor)
         return cls(model, plan, layers, source_bytes)
 
     def dense_model(self) -> onnx.ModelProto:
@@ -82,3 +89,9 @@ class CompressionState:
         if layer.mask is not None:
             values = values * layer.mask
         layer.weights = values
+
+
+def _drop_data(tensor: onnx.TensorProto) -> None:
+    for name in ("raw_data", "float_data", "double_data", "int32_data", "external_data"):
+        tensor.ClearField(name)
+    tensor.data_location = onnx.TensorProto.DEFAULT
