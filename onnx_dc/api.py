@@ -13,7 +13,7 @@ import onnx
 from onnx_dc.config import Config, as_config
 from onnx_dc.data.datasets import METADATA_KEY, DataSpec, Preprocess
 from onnx_dc.errors import ConfigError, FormatError, ModelError
-from onnx_dc.graph import decoders
+from onnx_dc.graph import decoders, external
 from onnx_dc.graph.io import load_model, read_model, same_file, save_model, serialize, write_model
 from onnx_dc.graph.normalize import normalize
 from onnx_dc.graph.weights import find_weights
@@ -53,7 +53,7 @@ def prepare(
     name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
     source_bytes = None
     if isinstance(model, (str, os.PathLike)):
-        proto, source_bytes = read_model(model)  # read and checked once; the size counts external data
+        proto, source_bytes = read_model(model, lazy=True)  # read and checked once; weights stay in the file
     else:
         proto = load_model(model)
     if any(f.domain == decoders.DOMAIN for f in proto.functions):
@@ -80,6 +80,9 @@ def finish(
         set_metadata(dc, {METADATA_KEY: preprocess.to_metadata()})
     report = make_report(dc)  # before writing: a model too big for one file moves its tensors out
     file_bytes, data_file = dc.ByteSize(), None
+    if output_path is None and external.fits(dc):
+        external.embed_all(dc)  # tensors still mapped from the input file join the returned proto
+        file_bytes = dc.ByteSize()
     if output_path is not None:
         if input_path is not None and same_file(input_path, output_path):
             raise ModelError(f"{output_path}: refusing to overwrite the input model; choose another output path")

@@ -136,3 +136,28 @@ def test_absolute_external_path_is_refused(tmp_path):
     _set_location(path, str(src / "mlp.data"))
     with pytest.raises(ModelError, match="is absolute"):
         compress(path, sparse_ratio=0.5)
+
+
+def test_weights_embedded_in_the_model_file_are_mapped_not_copied(tmp_path):
+    from onnx_dc.graph.io import read_model
+    from onnx_dc.graph.wire import split_model_bytes
+
+    model = mlp_model(seed=7)
+    path = tmp_path / "mlp.onnx"
+    path.write_bytes(model.SerializeToString())
+    before = digest(tmp_path)
+    stub = onnx.ModelProto()
+    stub.ParseFromString(split_model_bytes(path.read_bytes(), "mlp.onnx", 1024))
+    moved = {t.name for t in stub.graph.initializer if external.is_external(t)}
+    assert moved == {t.name for t in model.graph.initializer if len(t.raw_data) >= 1024} and moved
+    lazy, size = read_model(path, lazy=True)
+    assert size == path.stat().st_size, "the model file is counted once"
+    for tensor, original in zip(lazy.graph.initializer, model.graph.initializer):
+        np.testing.assert_array_equal(external.to_array(tensor), onnx.numpy_helper.to_array(original))
+    writable = external.to_array(lazy.graph.initializer[0], writable=True)
+    writable[...] = 0.0  # copy-on-write: this process only
+    result = compress(path, tmp_path / "mlp.dc.onnx", sparse_ratio=0.5, class_num=8)
+    assert digest(tmp_path) == {**before, "mlp.dc.onnx": digest(tmp_path)["mlp.dc.onnx"]}
+    eager, _ = read_model(path)
+    assert not any(external.is_external(t) for t in eager.graph.initializer)
+    assert result.report.source_file_bytes == path.stat().st_size

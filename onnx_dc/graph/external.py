@@ -87,12 +87,17 @@ def resolve(tensor: onnx.TensorProto, base_dir: Path, model_name: str) -> tuple[
     return path, offset, length
 
 
-def check_external(model: onnx.ModelProto, base_dir: Path, model_name: str) -> int:
-    """Check every external tensor of ``model``; returns the bytes of the distinct data files used."""
+def check_external(model: onnx.ModelProto, base_dir: Path, model_name: str, model_path: Path | None = None) -> int:
+    """Check every external tensor of ``model``; returns the bytes of the distinct data files used.
+
+    ``model_path``, the model file itself, is not counted (tensors left in it by
+    :func:`onnx_dc.graph.wire.split_model_bytes` point there).
+    """
     files: set[Path] = set()
     for tensor in initializers(model):
         if is_external(tensor):
             files.add(resolve(tensor, base_dir, model_name)[0])
+    files.discard(model_path.resolve() if model_path is not None else None)
     return sum(p.stat().st_size for p in files)
 
 
@@ -119,22 +124,33 @@ def _pinned(tensor: onnx.TensorProto) -> tuple[str, int, int]:
     return info["location"], int(info.get("offset", 0) or 0), int(info["length"])
 
 
-def read_bytes(tensor: onnx.TensorProto) -> memoryview:
-    """The raw bytes of a pinned external tensor, through a read-only memory map (no copy)."""
+def read_bytes(tensor: onnx.TensorProto, writable: bool = False) -> memoryview:
+    """The raw bytes of a pinned external tensor, through a memory map (no copy).
+
+    ``writable`` maps copy-on-write: writes stay in this process, the file never changes.
+    Pages are read when touched, so a pass that works layer by layer holds one layer at a time.
+    """
     location, offset, length = _pinned(tensor)
     if length == 0:
-        return memoryview(b"")
+        return memoryview(bytearray() if writable else b"")
     with open(location, "rb") as fh:
-        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY if writable else mmap.ACCESS_READ)
     return memoryview(mapped)[offset : offset + length]
 
 
-def to_array(tensor: onnx.TensorProto) -> np.ndarray:
-    """A tensor's values as a NumPy array; pinned external tensors are memory-mapped, read-only."""
+def to_array(tensor: onnx.TensorProto, writable: bool = False) -> np.ndarray:
+    """A tensor's values as a NumPy array; pinned external tensors are memory-mapped (see :func:`read_bytes`)."""
     if not is_external(tensor):
         return onnx.numpy_helper.to_array(tensor)
     dtype = oh.tensor_dtype_to_np_dtype(tensor.data_type)
-    return np.frombuffer(read_bytes(tensor), dtype=dtype).reshape(tuple(tensor.dims))
+    return np.frombuffer(read_bytes(tensor, writable), dtype=dtype).reshape(tuple(tensor.dims))
+
+
+def embed_all(model: onnx.ModelProto) -> None:
+    """Move every pinned external tensor's bytes into the proto (for a model that fits in one protobuf)."""
+    for tensor in initializers(model):
+        if is_external(tensor):
+            embed(tensor)
 
 
 def embed(tensor: onnx.TensorProto) -> None:
@@ -150,6 +166,11 @@ def external_bytes(model: onnx.ModelProto) -> int:
     return sum(_pinned(t)[2] for t in initializers(model) if is_external(t))
 
 
+def fits(model: onnx.ModelProto) -> bool:
+    """Whether the model, its external tensors embedded, can be one protobuf."""
+    return model.ByteSize() + external_bytes(model) < MAX_PROTO_BYTES
+
+
 def write_model(model: onnx.ModelProto, path: str | os.PathLike, write_atomic) -> tuple[int, str | None]:
     """Write ``model`` to ``path``: one file when it fits in a protobuf, else with ``<name>.data`` beside it.
 
@@ -161,10 +182,8 @@ def write_model(model: onnx.ModelProto, path: str | os.PathLike, write_atomic) -
         (total bytes written, data file name or None).
     """
     target = Path(path)
-    if model.ByteSize() + external_bytes(model) < MAX_PROTO_BYTES:
-        for tensor in initializers(model):
-            if is_external(tensor):
-                embed(tensor)
+    if fits(model):
+        embed_all(model)
         data = model.SerializeToString(deterministic=True)
         write_atomic(data, target)
         return len(data), None

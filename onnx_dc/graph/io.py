@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import tempfile
 from pathlib import Path
@@ -11,7 +12,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from onnx_dc.errors import ModelError, OnnxDcError
-from onnx_dc.graph import external
+from onnx_dc.graph import external, wire
 from onnx_dc.graph.walk import sort_graph
 
 MAX_IR_VERSION = 10  # onnxruntime 1.19 loads IR <= 10
@@ -34,36 +35,56 @@ def load_model(model: onnx.ModelProto | str | os.PathLike | bytes, what: str | N
     return read_model(model)[0]
 
 
-def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, int]:
+def read_model(path: str | os.PathLike, lazy: bool = False) -> tuple[onnx.ModelProto, int]:
     """Read, sort and check a model file once; returns the model and its size with its external data.
 
     The checker reads the file by path (it never re-serializes the proto, and a model with
     external data over 2 GB can only be checked that way). External data is checked first
-    (:func:`onnx_dc.graph.external.resolve`); it is loaded into the proto when the whole
-    model fits in one protobuf, else it stays in its files, memory-mapped when read.
-    An unsorted graph (onnxruntime accepts those) is sorted, then checked in memory.
+    (:func:`onnx_dc.graph.external.resolve`). An unsorted graph (onnxruntime accepts those)
+    is sorted, then checked in memory without its tensor data.
+
+    Args:
+        path: the ``.onnx`` file.
+        lazy: leave every large tensor in its file, memory-mapped when read (tensors embedded
+            in the model file too, see :mod:`onnx_dc.graph.wire`): the proto holds no weight
+            bytes. Otherwise external data is loaded into the proto when the model fits in one
+            protobuf, and stays mapped only when it does not.
     """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such file")
     problem = _check_path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read ({exc.strerror})") from None
-    model = _parse(data, str(path))
-    del data
-    source_bytes = path.stat().st_size + external.check_external(model, path.parent, str(path))
+    model = _read_lazy(path) if lazy else _read(path)
+    source_bytes = path.stat().st_size + external.check_external(model, path.parent, str(path), path)
     external.pin_locations(model, path.parent, str(path))
     if problem is not None and sort_graph(model.graph):
         problem = _check_skeleton(model)
     if problem is not None:
         raise ModelError(f"{path}: not a valid ONNX model ({problem})")
-    if model.ByteSize() + external.external_bytes(model) < external.MAX_PROTO_BYTES:
-        for tensor in external.initializers(model):
-            if external.is_external(tensor):
-                external.embed(tensor)
+    if not lazy and external.fits(model):
+        external.embed_all(model)
     return model, source_bytes
+
+
+def _read(path: Path) -> onnx.ModelProto:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({exc.strerror})") from None
+    return _parse(data, str(path))
+
+
+def _read_lazy(path: Path) -> onnx.ModelProto:
+    try:
+        with open(path, "rb") as fh:
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # ValueError: an empty file cannot be mapped
+        return _read(path)
+    try:
+        data = wire.split_model_bytes(memoryview(mapped), path.name, external.EXTERNAL_MIN_BYTES)
+    except (ValueError, IndexError):  # not a protobuf message: let the parser name the problem
+        data = path.read_bytes()
+    return _parse(data, str(path))
 
 
 def _first_line(exc: Exception) -> str:

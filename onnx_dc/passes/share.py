@@ -23,13 +23,17 @@ def share_layer(layer: LayerState) -> bool:
     kept = w if layer.mask is None else w[layer.mask.ravel()]
     result = kmeans_1d(kept, s.class_num, s.centroid_init.value, seed=s.seed)
     codebook = np.concatenate(([0.0], result.centroids)).astype(np.float32)
-    codes = np.zeros(w.size, np.uint16)
+    # uint8 when the codebook allows (class_num <= 255): half the memory of the largest per-weight array
+    codes = np.zeros(w.size, np.uint8 if codebook.size <= 256 else np.uint16)
     if layer.mask is None:
         codes[:] = result.labels + 1
     else:
         codes[layer.mask.ravel()] = result.labels + 1
+    shape = layer.weights.shape
+    del w, kept
+    layer.weights = None  # freed before its shared values are built: one float copy of the layer at a time
     layer.codebook = codebook
-    layer.codes = codes.reshape(layer.weights.shape)
+    layer.codes = codes.reshape(shape)
     layer.weights = codebook[layer.codes]
     layer.inertia = result.inertia
     return True

@@ -26,7 +26,8 @@ class LayerState:
         mask: bool keep-mask, or None when nothing was pruned.
         threshold: magnitude threshold used by pruning (-1.0 when none).
         codebook: float32 ``[k + 1]`` with ``codebook[0] == 0``, or None before sharing.
-        codes: uint16 per element (0 for pruned weights), or None before sharing.
+        codes: uint8 (codebook of <= 256 entries) or uint16 per element (0 for pruned weights), or None
+            before sharing.
     """
 
     entry: PlanEntry
@@ -68,7 +69,9 @@ class CompressionState:
         layers = {}
         for e in plan.entries:
             tensor = inits[e.site.name]
-            layers[e.site.name] = LayerState(e, external.to_array(tensor).astype(np.float32, copy=True))
+            # a copy-on-write map of the file: no copy, and pages are read when a pass reaches the layer
+            weights = np.asarray(external.to_array(tensor, writable=True), dtype=np.float32)
+            layers[e.site.name] = LayerState(e, weights if weights.flags.writeable else weights.copy())
             _drop_data(tensor)
         return cls(model, plan, layers, source_bytes)
 
@@ -80,6 +83,7 @@ class CompressionState:
             layer = self.layers.get(init.name)
             if layer is not None:
                 init.CopyFrom(numpy_helper.from_array(layer.weights, init.name))
+        external.embed_all(out)  # a session or a training graph needs every byte in the proto
         return out
 
     def set_weights(self, name: str, values: np.ndarray) -> None:
