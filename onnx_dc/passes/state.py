@@ -24,7 +24,7 @@ class LayerState:
         weights: float32 current values (pruned and/or shared), original shape.
         mask: bool keep-mask, or None when nothing was pruned.
         threshold: magnitude threshold used by pruning (-1.0 when none).
-        codebook: float32 ``[k + 1]`` with ``codebook[0] == 0``, or None before sharing.
+        codebook: float32 ``[k + 1]`` with ``codebook[0] == 0`` when pruned, else ``[k]``; None before sharing.
         codes: uint16 per element (0 for pruned weights), or None before sharing.
     """
 
