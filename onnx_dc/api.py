@@ -13,7 +13,7 @@ import onnx
 from onnx_dc.config import Config, as_config
 from onnx_dc.data.datasets import METADATA_KEY, DataSpec, Preprocess
 from onnx_dc.errors import ConfigError, FormatError, ModelError
-from onnx_dc.graph import decoders, external
+from onnx_dc.graph import external, layout
 from onnx_dc.graph.io import load_model, read_model, same_file, save_model, serialize, write_model
 from onnx_dc.graph.normalize import normalize
 from onnx_dc.graph.weights import find_weights
@@ -56,7 +56,7 @@ def prepare(
         proto, source_bytes = read_model(model, lazy=True)  # read and checked once; weights stay in the file
     else:
         proto = load_model(model)
-    if any(f.domain == decoders.DOMAIN for f in proto.functions):
+    if any(f.domain == layout.DOMAIN for f in proto.functions):
         raise ModelError(f"{name}: already compressed by onnx_dc; compress the original model instead")
     cfg = as_config(config)
     if overrides:
@@ -214,7 +214,7 @@ def report(model: onnx.ModelProto | str | os.PathLike, baseline: str | os.PathLi
             raise FormatError(f"{name}: {err}") from None
     proto = load_model(data, name)
     file_bytes = len(raw)
-    if not any(n.domain == decoders.DOMAIN for n in proto.graph.node):
+    if not any(n.domain == layout.DOMAIN for n in proto.graph.node):
         raise ModelError(f"{name}: not a compressed model (no onnx_dc decoders); run onnx-dc compress on it first")
     return make_report(proto, file_bytes=file_bytes, baseline_bytes=baseline_bytes, streams=streams)
 

@@ -15,11 +15,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_dc.graph import decoders
+from onnx_dc.graph import layout
+from onnx_dc.graph.layout import META_NOTES, META_SOURCE_BYTES, META_SOURCE_WEIGHT_BYTES
 from onnx_dc.graph.walk import all_nodes
 from onnx_dc.graph.weights import PASS_THROUGH
 from onnx_dc.numerics.bitpack import unpack_bits
-from onnx_dc.passes.lower import META_NOTES, META_SKIPPED, META_SOURCE_BYTES, META_SOURCE_WEIGHT_BYTES
 
 
 @dataclass(frozen=True)
@@ -190,36 +190,31 @@ def layer_rows(model: onnx.ModelProto) -> tuple[LayerRow, ...]:
     inits = {t.name: t for t in graph.initializer}
     consumers = _weight_consumers(graph)
     rows = []
-    for node in graph.node:
-        if node.domain != decoders.DOMAIN or node.op_type not in decoders.DECODER_OPS:
-            continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        size = {i: _nbytes(inits[name]) for i, name in enumerate(node.input)}
-        count = int(attrs["count"])
-        if node.op_type == decoders.DECODE_SPARSE_VALUES:
-            kept = int(np.count_nonzero(numpy_helper.to_array(inits[node.input[0]])))
-            codes_b, index_b, book_b = size[0], size[1], 0
+    for node in layout.decoder_nodes(graph):
+        dec = layout.read_decoder(node)
+        size = {role: _nbytes(inits[name]) for role, name in dec.inputs.items()}
+        if dec.kind == layout.SPARSE_VALUES:
+            kept = int(np.count_nonzero(numpy_helper.to_array(inits[dec.inputs["values"]])))
+            codes_b, book_b = size["values"], 0
         else:
-            codes = unpack_bits(numpy_helper.to_array(inits[node.input[1]]), int(attrs["code_bits"]), count)
-            kept = int(np.count_nonzero(codes))
-            codes_b, book_b = size[1], size[0]
-            index_b = size.get(2, 0)
-        used = consumers.get(node.output[0], [])
+            codes = unpack_bits(numpy_helper.to_array(inits[dec.inputs[layout.CODES]]), dec.code_bits, dec.count)
+            kept = int(np.count_nonzero(codes)) if dec.reserves_zero else dec.count
+            codes_b, book_b = size[layout.CODES], size["codebook"]
+        used = consumers.get(dec.weight, [])
         rows.append(LayerRow(
-            weight=node.output[0],
-            nodes=",".join(n for n, _ in used) or node.output[0],
+            weight=dec.weight,
+            nodes=",".join(n for n, _ in used) or dec.weight,
             op_type=",".join(sorted({op for _, op in used})) or "-",
-            shape=tuple(int(d) for d in attrs["shape"]),
-            weights=int(attrs["numel"]),
+            shape=dec.shape,
+            weights=dec.numel,
             kept=kept,
-            form={decoders.DECODE_DENSE: "dense", decoders.DECODE_SPARSE: "sparse",
-                  decoders.DECODE_SPARSE_VALUES: "sparse-f32"}[node.op_type],
-            class_num=int(attrs.get("class_num", 0)),
-            code_bits=int(attrs["code_bits"]),
-            index_bits=int(attrs["index_bits"]),
-            entries=count,
+            form=layout.FORM_NAMES[dec.kind],
+            class_num=dec.settings.class_num if dec.settings.quantize_term else 0,
+            code_bits=dec.code_bits,
+            index_bits=dec.index_bits,
+            entries=dec.count,
             codes_bytes=codes_b,
-            index_bytes=index_b,
+            index_bytes=size.get(layout.GAPS, 0),
             codebook_bytes=book_b,
         ))
     return tuple(rows)
@@ -239,8 +234,8 @@ def make_report(
         baseline_bytes: size of the original model; overrides the size recorded at compression.
         streams: ``onnx_dc.formats.dcz.stream_report`` rows of a ``.dcz``, for the P+Q+H columns.
     """
-    meta = {p.key: p.value for p in model.metadata_props}
-    skipped = tuple(tuple(s) for s in json.loads(meta.get(META_SKIPPED, "[]")))
+    meta = layout.metadata(model)
+    skipped = tuple(tuple(s) for s in layout.skipped_entries(meta))
     source = baseline_bytes if baseline_bytes is not None else _int_or_none(meta.get(META_SOURCE_BYTES))
     rows = layer_rows(model)
     if streams is not None:
@@ -283,9 +278,7 @@ def _weight_consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[str, str]]
         for name in node.input:
             readers.setdefault(name, []).append(node)
     out: dict[str, list[tuple[str, str]]] = {}
-    for node in graph.node:
-        if node.domain != decoders.DOMAIN:
-            continue
+    for node in layout.decoder_nodes(graph):
         frontier, seen, visited = [node.output[0]], [], set()
         while frontier:
             name = frontier.pop(0)

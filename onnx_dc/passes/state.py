@@ -25,7 +25,7 @@ class LayerState:
         weights: float32 current values (pruned and/or shared), original shape.
         mask: bool keep-mask, or None when nothing was pruned.
         threshold: magnitude threshold used by pruning (-1.0 when none).
-        codebook: float32 ``[k + 1]`` with ``codebook[0] == 0``, or None before sharing.
+        codebook: float32 ``[k + 1]`` with ``codebook[0] == 0`` when pruned, else ``[k]``; None before sharing.
         codes: uint8 (codebook of <= 256 entries) or uint16 per element (0 for pruned weights), or None
             before sharing.
     """
