@@ -161,3 +161,14 @@ def test_weights_embedded_in_the_model_file_are_mapped_not_copied(tmp_path):
     eager, _ = read_model(path)
     assert not any(external.is_external(t) for t in eager.graph.initializer)
     assert result.report.source_file_bytes == path.stat().st_size
+
+
+def test_cli_says_when_the_output_has_a_data_file(tmp_path, monkeypatch, capsys):
+    path = save_external(mlp_model(seed=8), tmp_path)
+    monkeypatch.setattr(external, "MAX_PROTO_BYTES", 2000)
+    monkeypatch.setattr(external, "EXTERNAL_MIN_BYTES", 64)
+    out = tmp_path / "o.dc.onnx"
+    assert main(["compress", str(path), "-o", str(out), "--sparse-ratio", "0.5", "--no-quantize"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out} (over 2 GB: its large tensors are in o.dc.onnx.data beside it)" in printed
+    assert (tmp_path / "o.dc.onnx.data").is_file()
