@@ -62,6 +62,24 @@ def test_unsorted_graph_is_sorted_and_compressed():
     assert_same_as_dense(result, {"x": np.random.default_rng(0).normal(size=(3, 64)).astype(np.float32)})
 
 
+def test_unsorted_model_file_is_sorted_then_checked_and_input_left_alone(tmp_path):
+    model = mlp_model(seed=2)
+    nodes = list(model.graph.node)[::-1]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    path = tmp_path / "unsorted.onnx"
+    path.write_bytes(model.SerializeToString())
+    before = path.read_bytes()
+    result = compress(path, tmp_path / "out.dc.onnx", sparse_ratio=0.5, class_num=8)
+    assert compressed(result) == {"w0", "w1"} and path.read_bytes() == before
+    assert_same_as_dense(result, {"x": np.ones((2, 64), np.float32)})
+    # a graph that sorting cannot fix is still refused, in one line naming the file
+    model.graph.node[0].input[0] = "nowhere"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelError, match=r"unsorted.onnx: not a valid ONNX model"):
+        compress(path, sparse_ratio=0.5)
+
+
 def _branch(name: str, weight: str, act: str) -> onnx.GraphProto:
     nodes = [oh.make_node("MatMul", ["x", weight], [f"{name}_h"], name=f"{name}_mm"),
              oh.make_node(act, [f"{name}_h"], [f"{name}_y"], name=f"{name}_act")]
