@@ -93,13 +93,19 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     import onnx_dc
     from onnx_dc.runtime.session import load_any
 
-    prep = _preprocess_from(args, load_any(args.model))
+    # without preprocessing flags the model is read once, by the API
+    prep = _preprocess_from(args, load_any(args.model) if _preprocess_flags(args) else None)
     kwargs = _training_from(args, "codebook")
     result = onnx_dc.finetune(args.model, args.output, kwargs.pop("data"), preprocess=prep, **kwargs)
     print(result.report.to_json() if args.json else result.report.to_table())
     if not args.json:
         print(f"wrote {args.output}")
     return 0
+
+
+def _preprocess_flags(args: argparse.Namespace) -> bool:
+    """Whether a preprocessing flag is given (only then is the model's stored preprocessing read here)."""
+    return any(getattr(args, k, None) is not None for k in ("scale", "mean", "std", "layout"))
 
 
 def _metadata_only(args: argparse.Namespace, model):
@@ -110,8 +116,7 @@ def _metadata_only(args: argparse.Namespace, model):
     """
     import onnx
 
-    if isinstance(model, onnx.ModelProto) or not any(
-            getattr(args, k, None) is not None for k in ("scale", "mean", "std", "layout")):
+    if isinstance(model, onnx.ModelProto) or not _preprocess_flags(args):
         return model if isinstance(model, onnx.ModelProto) else None
     try:
         return onnx.load_model(model, load_external_data=False)
@@ -155,7 +160,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import onnx_dc
     from onnx_dc.runtime.session import load_any
 
-    prep = _preprocess_from(args, load_any(args.model))
+    # without preprocessing flags the model is read once, by the API
+    prep = _preprocess_from(args, load_any(args.model) if _preprocess_flags(args) else None)
     result = onnx_dc.evaluate(args.model, args.data, prep, split=args.split, limit=args.limit)
     if args.json:
         print(json.dumps(result.to_dict()))

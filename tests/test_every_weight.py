@@ -93,7 +93,8 @@ def if_model() -> onnx.ModelProto:
                           then_branch=_branch("then", "w", "Relu"), else_branch=_branch("else", "w", "Sigmoid"))]
     graph = oh.make_graph(nodes, "if", [oh.make_tensor_value_info("cond", TensorProto.BOOL, []),
                                         oh.make_tensor_value_info("x", F, ["N", 32])],
-                          [oh.make_tensor_value_info("y", F, ["N", 16])], [init("w", rng.normal(size=(32, 16)).astype(np.float32))])
+                          [oh.make_tensor_value_info("y", F, ["N", 16])],
+                          [init("w", rng.normal(size=(32, 16)).astype(np.float32))])
     return finish_model(graph)
 
 
@@ -159,7 +160,8 @@ def test_recurrent_weights_w_and_r_are_compressed_and_bias_stays(op):
              init("B", rng.normal(0, 0.1, (1, 2 * gates * hidden)).astype(np.float32))]
     nodes = [oh.make_node(op, ["x", "W", "R", "B"], ["Y", "Y_h"], name="rnn", hidden_size=hidden)]
     graph = oh.make_graph(nodes, "rnn", [oh.make_tensor_value_info("x", F, [5, 2, size])],
-                          [oh.make_tensor_value_info("Y", F, [5, 1, 2, hidden]), oh.make_tensor_value_info("Y_h", F, [1, 2, hidden])], inits)
+                          [oh.make_tensor_value_info("Y", F, [5, 1, 2, hidden]),
+                           oh.make_tensor_value_info("Y_h", F, [1, 2, hidden])], inits)
     result = compress(finish_model(graph), sparse_ratio=0.5, class_num=16)
     assert compressed(result) == {"W", "R"}
     assert skipped(result)["B"] == "bias (biases stay float32)"
@@ -300,6 +302,8 @@ def test_real_silero_vad_lstm_inside_if_is_compressed():
     assert {"model.decoder.rnn.weight_ih", "model.decoder.rnn.weight_hh"} <= compressed(result)
     lstm_rows = [r for r in result.layers if r.weight.startswith("model.decoder.rnn.weight")]
     assert all(r.op_type == "LSTM" for r in lstm_rows)
+    for bias in ("model.decoder.rnn.bias_ih", "model.decoder.rnn.bias_hh"):  # B = Concat(slices of both)
+        assert skipped(result)[bias] == "bias (biases stay float32)"
     feeds = {"input": np.random.default_rng(0).normal(0, 0.1, (1, 576)).astype(np.float32),
              "state": np.zeros((2, 1, 128), np.float32), "sr": np.array(16000, np.int64)}
     assert_same_as_dense(result, feeds)

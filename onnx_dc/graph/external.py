@@ -66,7 +66,8 @@ def resolve(tensor: onnx.TensorProto, base_dir: Path, model_name: str) -> tuple[
     if not location:
         raise ModelError(f"{where} has external data without a location; re-save the model")
     if os.path.isabs(location):
-        raise ModelError(f"{where}: external data path {location!r} is absolute; it must be relative to the model's folder")
+        raise ModelError(f"{where}: external data path {location!r} is absolute; "
+                         "it must be relative to the model's folder")
     base = base_dir.resolve()
     path = (base / location).resolve()
     if base not in path.parents:

@@ -77,7 +77,8 @@ def hoist_subgraph_initializers(model: onnx.ModelProto) -> int:
 
 
 def _defined(graph: onnx.GraphProto) -> list[str]:
-    return [t.name for t in graph.initializer] + [i.name for i in graph.input] + [o for n in graph.node for o in n.output]
+    names = [t.name for t in graph.initializer] + [i.name for i in graph.input]
+    return names + [o for n in graph.node for o in n.output]
 
 
 def _hoist(graph: onnx.GraphProto, main: onnx.GraphProto, defined: Counter) -> int:

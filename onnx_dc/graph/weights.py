@@ -152,9 +152,24 @@ class _Scan:
             hit = True
             if node.op_type not in EVERY_SLOT:
                 break
+        if node.op_type in EVERY_SLOT and len(node.input) > 3 and node.input[3]:
+            self.recurrent_bias(node, node.input[3], producer)
         if not hit and node.op_type != "Gather":
-            self.skipped.append(Skipped(node.name, node.op_type, node.input[slots[0]] if len(node.input) > slots[0] else "",
+            first = node.input[slots[0]] if len(node.input) > slots[0] else ""
+            self.skipped.append(Skipped(node.name, node.op_type, first,
                                         "no constant weight input (it is computed at run time or is a graph input)"))
+
+    def recurrent_bias(self, node: onnx.NodeProto, name: str, producer: ChainMap) -> None:
+        """List the initializers a recurrent op's B is built from (PyTorch: Concat of slices of two biases)."""
+        frontier = [name]
+        while frontier:
+            name = frontier.pop()
+            if name in self.inits and name not in self.claimed:
+                self.skipped.append(Skipped(node.name, node.op_type, name, "bias (biases stay float32)"))
+                self.claimed.add(name)
+            elif name in producer and producer[name].op_type in PASS_THROUGH + ("Slice", "Concat"):
+                src = producer[name]
+                frontier.extend(src.input if src.op_type == "Concat" else src.input[:1])
 
     def is_table(self, node: onnx.NodeProto, table: onnx.TensorProto, producer: ChainMap) -> bool:
         """A Gather reads an embedding table: rank-2 float data, computed indices."""
@@ -167,8 +182,8 @@ class _Scan:
         tensor = self.inits[source]
         if tensor.data_type not in COMPRESSIBLE_DTYPES:
             dtype = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
-            self.skipped.append(Skipped(node.name, node.op_type, source,
-                                        f"{dtype} weight is not compressed (convert the model to float32 to compress it)"))
+            reason = f"{dtype} weight is not compressed (convert the model to float32 to compress it)"
+            self.skipped.append(Skipped(node.name, node.op_type, source, reason))
         else:
             self.found.setdefault(source, []).append(Consumer(node.name, node.op_type, idx, via))
         self.claimed.add(source)
