@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +13,8 @@ import onnx
 from onnx_dc.config import Config, as_config
 from onnx_dc.data.datasets import METADATA_KEY, DataSpec, Preprocess
 from onnx_dc.errors import ConfigError, FormatError, ModelError
-from onnx_dc.graph import decoders
-from onnx_dc.graph.io import load_model, same_file, save_model, serialize
+from onnx_dc.graph import external, layout
+from onnx_dc.graph.io import load_model, read_model, same_file, save_model, serialize, write_model
 from onnx_dc.graph.normalize import normalize
 from onnx_dc.graph.weights import find_weights
 from onnx_dc.passes.lower import lower, set_metadata
@@ -31,6 +32,7 @@ class CompressResult:
     model: onnx.ModelProto
     report: Report
     state: CompressionState
+    external_data: str | None = None  # data file beside the output, when the model did not fit in one file
 
     @property
     def layers(self):
@@ -49,21 +51,24 @@ def prepare(
     applied over the config's defaults, as the CLI flags are.
     """
     name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
-    source_bytes = Path(model).stat().st_size if isinstance(model, (str, os.PathLike)) else None
-    proto = load_model(model)
-    if any(f.domain == decoders.DOMAIN for f in proto.functions):
+    source_bytes = None
+    if isinstance(model, (str, os.PathLike)):
+        proto, source_bytes = read_model(model, lazy=True)  # read and checked once; weights stay in the file
+    else:
+        proto = load_model(model)
+    if any(f.domain == layout.DOMAIN for f in proto.functions):
         raise ModelError(f"{name}: already compressed by onnx_dc; compress the original model instead")
     cfg = as_config(config)
     if overrides:
         cfg = cfg.with_overrides({k: v for k, v in overrides.items() if v is not None})
-    proto = normalize(proto, name)
+    if source_bytes is None and isinstance(model, onnx.ModelProto):
+        source_bytes = model.ByteSize()
+    proto = normalize(proto, name, copy=False)  # proto is this call's own copy
     plan: Plan = make_plan(find_weights(proto), cfg, name)
     if not plan.entries:
         first = next(s for s in plan.skipped if s.reason.startswith(("skip:", "quantize_term")))
         raise ConfigError(f"{name}: nothing to compress, every weight is skipped (e.g. {first.tensor}: {first.reason});"
                           " give settings for them (--sparse-ratio / --class-num, or a config)")
-    if source_bytes is None:
-        source_bytes = len(serialize(model)) if isinstance(model, onnx.ModelProto) else None
     return CompressionState.start(proto, plan, source_bytes)
 
 
@@ -77,12 +82,16 @@ def finish(
     dc = lower(state)
     if preprocess is not None:
         set_metadata(dc, {METADATA_KEY: preprocess.to_metadata()})
-    data = serialize(dc)
+    report = make_report(dc)  # before writing: a model too big for one file moves its tensors out
+    file_bytes, data_file = dc.ByteSize(), None
+    if output_path is None and external.fits(dc):
+        external.embed_all(dc)  # tensors still mapped from the input file join the returned proto
+        file_bytes = dc.ByteSize()
     if output_path is not None:
         if input_path is not None and same_file(input_path, output_path):
             raise ModelError(f"{output_path}: refusing to overwrite the input model; choose another output path")
-        save_model(dc, output_path)
-    return CompressResult(dc, make_report(dc, file_bytes=len(data)), state)
+        file_bytes, data_file = write_model(dc, output_path)
+    return CompressResult(dc, dataclasses.replace(report, file_bytes=file_bytes), state, data_file)
 
 
 def compress(
@@ -209,7 +218,7 @@ def report(model: onnx.ModelProto | str | os.PathLike, baseline: str | os.PathLi
             raise FormatError(f"{name}: {err}") from None
     proto = load_model(data, name)
     file_bytes = len(raw)
-    if not any(n.domain == decoders.DOMAIN for n in proto.graph.node):
+    if not any(n.domain == layout.DOMAIN for n in proto.graph.node):
         raise ModelError(f"{name}: not a compressed model (no onnx_dc decoders); run onnx-dc compress on it first")
     rep = make_report(proto, file_bytes=file_bytes, baseline_bytes=baseline_bytes, streams=streams)
     if baseline is not None:

@@ -128,7 +128,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     argcheck.input_file(args.model)
     argcheck.output_file(args.output, inputs=[args.model])
     _check_training_args(args)
-    prep = _preprocess_from(args, load_any(args.model))
+    # without preprocessing flags the model is read once, by the API
+    prep = _preprocess_from(args, load_any(args.model) if _preprocess_flags(args) else None)
     kwargs = _training_from(args, "codebook")
     result = onnx_dc.finetune(args.model, args.output, kwargs.pop("data"), preprocess=prep, **kwargs)
     if args.json:
@@ -139,9 +140,29 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preprocess_flags(args: argparse.Namespace) -> bool:
+    """Whether a preprocessing flag is given (only then is the model's stored preprocessing read here)."""
+    return any(getattr(args, k, None) is not None for k in ("scale", "mean", "std", "layout"))
+
+
+def _metadata_only(args: argparse.Namespace, model):
+    """The model, for its stored preprocessing, only when a preprocessing flag is given.
+
+    Read without checking and without external data: compress reads and checks the model
+    itself, once; a file it cannot read is reported there.
+    """
+    import onnx
+
+    if isinstance(model, onnx.ModelProto) or not _preprocess_flags(args):
+        return model if isinstance(model, onnx.ModelProto) else None
+    try:
+        return onnx.load_model(model, load_external_data=False)
+    except Exception:  # unreadable or not ONNX: compress names the problem
+        return None
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     import onnx_dc
-    from onnx_dc.graph.io import load_model
 
     config = args.config
     _check_compress_args(args)
@@ -157,14 +178,15 @@ def cmd_compress(args: argparse.Namespace) -> int:
         model_arg = args.model
     else:
         raise ConfigError("give a model file to compress (or --caffe PROTOTXT CAFFEMODEL)")
-    prep = _preprocess_from(args, load_model(model_arg))
+    prep = _preprocess_from(args, _metadata_only(args, model_arg))
     result = onnx_dc.compress(model_arg, args.output, config, preprocess=prep, **_settings_from(args),
                               **_training_from(args, "retrain"))
     if args.json:
         print(result.report.to_json())
     else:
         _say(result.report.to_table(verbose=progress.verbose()))
-        _say(f"wrote {args.output}")
+        extra = f" (over 2 GB: its large tensors are in {result.external_data} beside it)" if result.external_data else ""
+        _say(f"wrote {args.output}{extra}")
     if args.data is None:
         original = f" and compare with onnx-dc eval {args.model} --data SPEC" if args.model else ""
         progress.note(f"warning: accuracy not checked (compressed without --data): run onnx-dc eval "
@@ -217,7 +239,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     argcheck.input_file(args.model)
     argcheck.data_spec(args.data, split=args.split)
     argcheck.count(args.limit, "--limit")
-    prep = _preprocess_from(args, load_any(args.model))
+    # without preprocessing flags the model is read once, by the API
+    prep = _preprocess_from(args, load_any(args.model) if _preprocess_flags(args) else None)
     result = onnx_dc.evaluate(args.model, args.data, prep, split=args.split, limit=args.limit)
     if args.json:
         print(json.dumps(result.to_dict()))

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from onnx_dc.errors import ConfigError
 
 CONFIG_VERSION = 1
-COMPRESSIBLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+COMPRESSIBLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Gather")
 
 
 class CentroidInit(str, enum.Enum):

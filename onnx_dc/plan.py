@@ -30,6 +30,7 @@ class Plan:
 
     entries: tuple[PlanEntry, ...]
     skipped: tuple[Skipped, ...]
+    notes: tuple[str, ...] = ()  # whole-model remarks (an already-quantized model)
 
     def entry(self, weight: str) -> PlanEntry:
         """The entry of a weight by initializer name."""
@@ -76,13 +77,15 @@ def make_plan(inventory: Inventory, config: Config, model_name: str = "model") -
             problems.append(f"nodes pattern {rule.match!r} matches no compressible node{hint}; compressible nodes: {known}")
     if problems:
         raise ConfigError(f"{config.source}: " + "; ".join(problems))
+    if not inventory.sites and inventory.notes:
+        raise ModelError(f"{model_name}: {inventory.notes[0].split(';')[0]}, and it has no float weight to compress")
     if not inventory.sites:
         reasons = "; ".join(f"{s.node} ({s.op_type}): {s.reason}" for s in inventory.skipped[:3])
         raise ModelError(
-            f"{model_name}: no compressible weights (Conv, ConvTranspose, Gemm or MatMul with a float32 "
-            f"initializer weight){': ' + reasons if reasons else ''}"
+            f"{model_name}: no compressible weights (Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU, RNN or "
+            f"Gather with a float32 initializer weight){': ' + reasons if reasons else ''}"
         )
-    return Plan(tuple(entries), tuple(skipped))
+    return Plan(tuple(entries), tuple(skipped), inventory.notes)
 
 
 def with_settings(plan: Plan, weight: str, **changes) -> Plan:

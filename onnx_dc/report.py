@@ -17,10 +17,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_dc.graph import decoders
+from onnx_dc.graph import layout
+from onnx_dc.graph.layout import META_NOTES, META_SOURCE_BYTES, META_SOURCE_WEIGHT_BYTES
+from onnx_dc.graph.walk import all_nodes
 from onnx_dc.graph.weights import PASS_THROUGH
 from onnx_dc.numerics.bitpack import unpack_bits
-from onnx_dc.passes.lower import META_SKIPPED, META_SOURCE_BYTES, META_SOURCE_WEIGHT_BYTES
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class Report:
     file_bytes: int | None
     dense_weight_bytes: int | None  # all float parameters of the source model, as float32
     source_file_bytes: int | None
+    notes: tuple[str, ...] = ()
 
     def totals(self) -> dict:
         """Sums over compressed layers, and whole-file ratios."""
@@ -138,6 +140,7 @@ class Report:
         return json.dumps({
             "layers": [r.to_dict() for r in self.layers],
             "skipped": [dict(zip(("node", "op_type", "tensor", "reason"), s)) for s in self.skipped],
+            "notes": list(self.notes),
             "totals": self.totals(),
         }, indent=2)
 
@@ -177,6 +180,7 @@ class Report:
                              f"({self.dense_weight_bytes / self.file_bytes:.1f}x)")
             if self.source_file_bytes:
                 lines.append(f"source file: {self.source_file_bytes} B ({self.source_file_bytes / self.file_bytes:.1f}x)")
+        lines.extend(self.notes)
         lines += skipped_lines(self.skipped, verbose)
         return "\n".join(lines)
 
@@ -214,36 +218,31 @@ def layer_rows(model: onnx.ModelProto) -> tuple[LayerRow, ...]:
     inits = {t.name: t for t in graph.initializer}
     consumers = _weight_consumers(graph)
     rows = []
-    for node in graph.node:
-        if node.domain != decoders.DOMAIN or node.op_type not in decoders.DECODER_OPS:
-            continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        size = {i: _nbytes(inits[name]) for i, name in enumerate(node.input)}
-        count = int(attrs["count"])
-        if node.op_type == decoders.DECODE_SPARSE_VALUES:
-            kept = int(np.count_nonzero(numpy_helper.to_array(inits[node.input[0]])))
-            codes_b, index_b, book_b = size[0], size[1], 0
+    for node in layout.decoder_nodes(graph):
+        dec = layout.read_decoder(node)
+        size = {role: _nbytes(inits[name]) for role, name in dec.inputs.items()}
+        if dec.kind == layout.SPARSE_VALUES:
+            kept = int(np.count_nonzero(numpy_helper.to_array(inits[dec.inputs["values"]])))
+            codes_b, book_b = size["values"], 0
         else:
-            codes = unpack_bits(numpy_helper.to_array(inits[node.input[1]]), int(attrs["code_bits"]), count)
-            kept = int(np.count_nonzero(codes))
-            codes_b, book_b = size[1], size[0]
-            index_b = size.get(2, 0)
-        used = consumers.get(node.output[0], [])
+            codes = unpack_bits(numpy_helper.to_array(inits[dec.inputs[layout.CODES]]), dec.code_bits, dec.count)
+            kept = int(np.count_nonzero(codes)) if dec.reserves_zero else dec.count
+            codes_b, book_b = size[layout.CODES], size["codebook"]
+        used = consumers.get(dec.weight, [])
         rows.append(LayerRow(
-            weight=node.output[0],
-            nodes=",".join(n for n, _ in used) or node.output[0],
+            weight=dec.weight,
+            nodes=",".join(n for n, _ in used) or dec.weight,
             op_type=",".join(sorted({op for _, op in used})) or "-",
-            shape=tuple(int(d) for d in attrs["shape"]),
-            weights=int(attrs["numel"]),
+            shape=dec.shape,
+            weights=dec.numel,
             kept=kept,
-            form={decoders.DECODE_DENSE: "dense", decoders.DECODE_SPARSE: "sparse",
-                  decoders.DECODE_SPARSE_VALUES: "sparse-f32"}[node.op_type],
-            class_num=int(attrs.get("class_num", 0)),
-            code_bits=int(attrs["code_bits"]),
-            index_bits=int(attrs["index_bits"]),
-            entries=count,
+            form=layout.FORM_NAMES[dec.kind],
+            class_num=dec.settings.class_num if dec.settings.quantize_term else 0,
+            code_bits=dec.code_bits,
+            index_bits=dec.index_bits,
+            entries=dec.count,
             codes_bytes=codes_b,
-            index_bytes=index_b,
+            index_bytes=size.get(layout.GAPS, 0),
             codebook_bytes=book_b,
         ))
     return tuple(rows)
@@ -263,14 +262,15 @@ def make_report(
         baseline_bytes: size of the original model; overrides the size recorded at compression.
         streams: ``onnx_dc.formats.dcz.stream_report`` rows of a ``.dcz``, for the P+Q+H columns.
     """
-    meta = {p.key: p.value for p in model.metadata_props}
-    skipped = tuple(tuple(s) for s in json.loads(meta.get(META_SKIPPED, "[]")))
+    meta = layout.metadata(model)
+    skipped = tuple(tuple(s) for s in layout.skipped_entries(meta))
     source = baseline_bytes if baseline_bytes is not None else _int_or_none(meta.get(META_SOURCE_BYTES))
     rows = layer_rows(model)
     if streams is not None:
         by_name = {s["name"]: s for s in streams}
         rows = tuple(_with_coded(r, by_name.get(r.weight)) for r in rows)
-    return Report(rows, skipped, file_bytes, _int_or_none(meta.get(META_SOURCE_WEIGHT_BYTES)), source)
+    notes = tuple(json.loads(meta.get(META_NOTES, "[]")))
+    return Report(rows, skipped, file_bytes, _int_or_none(meta.get(META_SOURCE_WEIGHT_BYTES)), source, notes)
 
 
 def _with_coded(row: LayerRow, stream: dict | None) -> LayerRow:
@@ -302,20 +302,20 @@ def _nbytes(tensor: onnx.TensorProto) -> int:
 def _weight_consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[str, str]]]:
     """Weight name -> (node, op_type) of the nodes that read it, looking through pass-through ops."""
     readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
+    for node in all_nodes(graph):  # subgraphs read weights from the outer scope
         for name in node.input:
             readers.setdefault(name, []).append(node)
     out: dict[str, list[tuple[str, str]]] = {}
-    for node in graph.node:
-        if node.domain != decoders.DOMAIN:
-            continue
-        frontier, seen = [node.output[0]], []
+    for node in layout.decoder_nodes(graph):
+        frontier, seen, visited = [node.output[0]], [], set()
         while frontier:
             name = frontier.pop(0)
             for reader in readers.get(name, []):
-                if reader.op_type in PASS_THROUGH:
-                    frontier.append(reader.output[0])
-                else:
+                if reader.op_type in PASS_THROUGH + ("Slice", "Concat"):  # Slice / Concat: gate reordering
+                    if reader.output[0] not in visited:
+                        visited.add(reader.output[0])
+                        frontier.append(reader.output[0])
+                elif (reader.name, reader.op_type) not in seen:
                     seen.append((reader.name, reader.op_type))
         out[node.output[0]] = seen
     return out

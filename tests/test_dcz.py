@@ -19,7 +19,7 @@ from onnx import numpy_helper as nh
 
 from onnx_dc.errors import ConfigError, FormatError, ModelError
 from onnx_dc.formats import dcz
-from onnx_dc.graph import decoders
+from onnx_dc.graph import decoders, layout
 from onnx_dc.numerics.bitpack import pack_bits
 
 OPSET = 18
@@ -65,11 +65,11 @@ def _layer(
             nh.from_array(pack_bits(codes, code_bits), f"{name}/dc/codes"),
         ]
         node = oh.make_node(
-            decoders.DECODE_DENSE,
+            layout.op_type(layout.DENSE, code_bits, 0),
             [i.name for i in inits],
             [name],
             f"{name}/dc/decode",
-            domain=decoders.DOMAIN,
+            domain=layout.DOMAIN,
             code_bits=code_bits,
             index_bits=0,
             count=numel,
@@ -90,11 +90,11 @@ def _layer(
             gaps_init,
         ]
         node = oh.make_node(
-            decoders.DECODE_SPARSE,
+            layout.op_type(layout.SPARSE, code_bits, index_bits),
             [i.name for i in inits],
             [name],
             f"{name}/dc/decode",
-            domain=decoders.DOMAIN,
+            domain=layout.DOMAIN,
             code_bits=code_bits,
             **common,
         )
@@ -103,11 +103,11 @@ def _layer(
         dense[positions] = values
         inits = [nh.from_array(values, f"{name}/dc/values"), gaps_init]
         node = oh.make_node(
-            decoders.DECODE_SPARSE_VALUES,
+            layout.op_type(layout.SPARSE_VALUES, 0, index_bits),
             [i.name for i in inits],
             [name],
             f"{name}/dc/decode",
-            domain=decoders.DOMAIN,
+            domain=layout.DOMAIN,
             code_bits=0,
             **common,
         )
@@ -141,8 +141,8 @@ def build_model(
     )
     model = oh.make_model(
         graph,
-        opset_imports=[oh.make_opsetid("", OPSET), oh.make_opsetid(decoders.DOMAIN, 1)],
-        functions=decoders.make_functions(OPSET),
+        opset_imports=[oh.make_opsetid("", OPSET), oh.make_opsetid(layout.DOMAIN, 1)],
+        functions=decoders.make_functions(OPSET, {n.op_type for n in nodes if n.domain == layout.DOMAIN}),
     )
     model.ir_version = 10
     onnx.checker.check_model(model, full_check=True)

@@ -33,6 +33,7 @@ import onnx
 
 from onnx_dc import progress
 from onnx_dc.errors import ConfigError, FormatError, ModelError
+from onnx_dc.graph import layout
 from onnx_dc.graph.io import write_bytes_atomic
 from onnx_dc.numerics import huffman, rangecoder
 from onnx_dc.numerics.bitpack import MAX_BITS, pack_bits, packed_size, unpack_bits
@@ -54,15 +55,10 @@ CODEC_NAMES = {STORED: "stored", ZLIB: "zlib", XZ: "xz", HUFFMAN: "huffman", RAN
 # Section roles.
 REMAINDER, CODES, GAPS = 0, 1, 2
 ROLE_NAMES = {REMAINDER: "remainder", CODES: "codes", GAPS: "gaps"}
-# Decoder op of a stream's node (0 for the remainder).
-OP_NAMES = {1: "DecodeDense", 2: "DecodeSparse", 3: "DecodeSparseValues"}
+# Decoder kind of a stream's node (0 for the remainder); the layout is onnx_dc/graph/layout.py.
+OP_NAMES = {1: layout.DENSE, 2: layout.SPARSE, 3: layout.SPARSE_VALUES}
 _OP_IDS = {name: op for op, name in OP_NAMES.items()}
-_STREAM_INPUTS = {  # op -> ((input index, role, width attribute), ...)
-    "DecodeDense": ((1, CODES, "code_bits"),),
-    "DecodeSparse": ((1, CODES, "code_bits"), (2, GAPS, "index_bits")),
-    "DecodeSparseValues": ((1, GAPS, "index_bits"),),
-}
-DECODER_DOMAIN = "onnx_dc"
+_ROLES = {layout.CODES: CODES, layout.GAPS: GAPS}
 PACK_CODECS = ("auto", "huffman", "range")
 
 _HEADER = struct.Struct("<8sHHIQ32sII")  # magic, version, flags, sections, size, sha256, table bytes, crc
@@ -208,16 +204,12 @@ def _add_tensor_span(buf: memoryview, start: int, stop: int, spans: dict, seen: 
 def _decoder_streams(model) -> dict[str, tuple[str, int, int, int, int]]:
     """Initializer name -> (weight name, op id, role, width, count) over the main graph's decoder nodes."""
     found: dict[str, tuple[str, int, int, int, int]] = {}
-    for node in model.graph.node:
-        if node.domain != DECODER_DOMAIN or node.op_type not in _STREAM_INPUTS or not node.output:
-            continue
-        attrs = {a.name: a.i for a in node.attribute}
-        for index, role, width_attr in _STREAM_INPUTS[node.op_type]:
-            width, count = attrs.get(width_attr, 0), attrs.get("count", -1)
-            if index < len(node.input) and 1 <= width <= MAX_BITS and 0 <= count <= MAX_COUNT:
-                found.setdefault(
-                    node.input[index], (node.output[0], _OP_IDS[node.op_type], role, width, count)
-                )
+    for node in layout.decoder_nodes(model.graph):
+        dec = layout.read_decoder(node)
+        for role, name in dec.inputs.items():
+            width = {layout.CODES: dec.code_bits, layout.GAPS: dec.index_bits}.get(role, 0)
+            if role in _ROLES and 1 <= width <= MAX_BITS and 0 <= dec.count <= MAX_COUNT:
+                found.setdefault(name, (dec.weight, _OP_IDS[dec.kind], _ROLES[role], width, dec.count))
     return found
 
 

@@ -2,42 +2,45 @@
 
 These are the "layer plugin" of a ``*.dc.onnx`` file, written with standard ops only so
 that stock onnxruntime runs the file and folds every decoder into a dense constant at
-session creation. The math (docs/DCONNX.md has the byte layout):
+session creation. onnxruntime keeps every folded intermediate until the folding pass
+ends, so each body is specialised to its widths (the op name carries them, see
+onnx_dc/graph/layout.py) and works in the narrowest integer type. Symbol ``i`` of width
+``b`` is bits ``[i b, i b + b)`` of the little-endian stream (docs/DCONNX.md):
 
-    unpack(bytes, b, n)[i] = floor(win[q_i] / 2**s_i) mod 2**b,   p_i = i*b, q_i = p_i div 8, s_i = p_i mod 8
-        where win[j] = bytes[j] + 256*bytes[j+1] + 65536*bytes[j+2]   (bytes zero-padded by 2)
-    DecodeDense:        W = reshape(codebook[unpack(codes, code_bits, count)], shape)
-    DecodeSparse:       pos = cumsum(unpack(gaps, index_bits, count) + 1) - 1
-                        W = reshape(scatter(zeros(numel), pos, codebook[unpack(codes, code_bits, count)]), shape)
+    b = 8:        sym = bytes
+    b in 1, 2, 4: sym[j*(8/b) + k] = (bytes[j] << (8 - b - k b)) >> (8 - b)           (uint8)
+    other b:      groups of 8 symbols fill b bytes: B = int32(reshape(pad(bytes), [G, b])), and
+                  with q_k = (k b) div 8, s_k = (k b) mod 8,
+                  win_k = B[:, q_k] + 256 B[:, q_k+1] [+ 65536 B[:, q_k+2] when b > 9]
+                  sym[g*8 + k] = (win_k div 2**s_k) mod 2**b                         (int32)
+                  (column indices past the group are clamped: those bits are shifted out)
+    DecodeDense:        W = codebook[reshape(sym_codes, shape)]
+    DecodeSparse:       pos = cumsum(int32(sym_gaps) + 1) - 1;  W = reshape(scatter(zeros(numel), pos, codebook[sym_codes]), shape)
     DecodeSparseValues: the same with the float32 ``values`` in place of codebook[codes]
 
-Integer work is int64 Div/Mod rather than BitShift/BitwiseAnd so that the body is valid
-from opset 13 on (a function must use the model's own opset version). Every attribute the
-body needs (widths, count, shape) is read through attribute references, so one function
-definition serves every layer.
+BitShift runs on uint8 only (onnxruntime has no uint16 kernel, nor Add on unsigned
+types), the other widths use int32 Mul / Div / Mod: every body is valid from opset 13 on
+(a function must use the model's own opset), with no BitwiseAnd (opset 18) needed.
+Positions are int32: a weight has fewer than 2**31 elements.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import AttributeProto, FunctionProto, TensorProto
 from onnx import helper as oh
+from onnx import numpy_helper
 
-DOMAIN = "onnx_dc"
-DOMAIN_VERSION = 1
+from onnx_dc.graph import layout
+
 MIN_OPSET = 13
-
-DECODE_DENSE = "DecodeDense"
-DECODE_SPARSE = "DecodeSparse"
-DECODE_SPARSE_VALUES = "DecodeSparseValues"
-DECODER_OPS = (DECODE_DENSE, DECODE_SPARSE, DECODE_SPARSE_VALUES)
-
-# Settings carried for the record (the report and re-compression read them back).
-SETTING_ATTRS = ("sparse_ratio", "prune_quality", "class_num", "quantize_term", "centroid_init")
+MAX_NUMEL = 2**31 - 1
+BYTE_ALIGNED = (1, 2, 4, 8)  # widths unpacked in uint8
 
 
-def _i64(name: str, values: list[int]) -> onnx.NodeProto:
-    return oh.make_node("Constant", [], [name], value=oh.make_tensor(name, TensorProto.INT64, [len(values)], values))
+def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
+    return oh.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value), name))
 
 
 def _ref(out: str, attr: str, kind: str) -> onnx.NodeProto:
@@ -48,89 +51,135 @@ def _ref(out: str, attr: str, kind: str) -> onnx.NodeProto:
     return node
 
 
-def _unpack_nodes(packed: str, bits_attr: str, count: str, out: str, p: str) -> list[onnx.NodeProto]:
-    """Nodes computing ``out[i]`` = symbol ``i`` of width ``bits_attr`` from uint8 ``packed``."""
+def _count_nodes(p: str) -> list[onnx.NodeProto]:
+    """``{p}cnt`` = [count] (int64, 1-D), from the node's ``count`` attribute."""
+    return [_ref(f"{p}c", "count", "int"), _const(f"{p}one", np.array([1], np.int64)),
+            oh.make_node("Reshape", [f"{p}c", f"{p}one"], [f"{p}cnt"])]
+
+
+def _unpack_nibbles(packed: str, bits: int, out: str, p: str) -> list[onnx.NodeProto]:
+    per = 8 // bits
+    left = np.array([8 - bits - k * bits for k in range(per)], np.uint8)
     return [
-        _ref(f"{p}n", bits_attr, "int"),
-        _i64(f"{p}z", [0, 0]),
-        oh.make_node("Cast", [f"{p}z"], [f"{p}p"], to=TensorProto.UINT8),
-        oh.make_node("Concat", [packed, f"{p}p"], [f"{p}q"], axis=0),
-        oh.make_node("Cast", [f"{p}q"], [f"{p}b"], to=TensorProto.INT64),
-        # win[j] = b[j] + 256 b[j+1] + 65536 b[j+2]: any 16-bit symbol at bit offset < 8 fits.
-        oh.make_node("Slice", [f"{p}b", "c0", "cm2"], [f"{p}a"]),
-        oh.make_node("Slice", [f"{p}b", "c1", "cm1"], [f"{p}b1"]),
-        oh.make_node("Slice", [f"{p}b", "c2", "cbig"], [f"{p}b2"]),
-        oh.make_node("Mul", [f"{p}b1", "c256"], [f"{p}bs"]),
-        oh.make_node("Mul", [f"{p}b2", "c65536"], [f"{p}cs"]),
-        oh.make_node("Add", [f"{p}a", f"{p}bs"], [f"{p}w1"]),
-        oh.make_node("Add", [f"{p}w1", f"{p}cs"], [f"{p}w"]),
-        oh.make_node("Range", ["s0", count, "s1"], [f"{p}i"]),
-        oh.make_node("Mul", [f"{p}i", f"{p}n"], [f"{p}o"]),
-        oh.make_node("Div", [f"{p}o", "s8"], [f"{p}d"]),
-        oh.make_node("Mod", [f"{p}o", "s8"], [f"{p}s"]),
-        oh.make_node("Gather", [f"{p}w", f"{p}d"], [f"{p}x"], axis=0),
-        oh.make_node("Gather", ["pow2", f"{p}s"], [f"{p}v"], axis=0),
-        oh.make_node("Gather", ["pow2", f"{p}n"], [f"{p}m"], axis=0),
-        oh.make_node("Div", [f"{p}x", f"{p}v"], [f"{p}h"]),
-        oh.make_node("Mod", [f"{p}h", f"{p}m"], [out]),
+        *_count_nodes(p),
+        _const(f"{p}ax", np.array([1], np.int64)),
+        oh.make_node("Unsqueeze", [packed, f"{p}ax"], [f"{p}u"]),
+        _const(f"{p}l", left),
+        _const(f"{p}r", np.array(8 - bits, np.uint8)),
+        oh.make_node("BitShift", [f"{p}u", f"{p}l"], [f"{p}sl"], direction="LEFT"),
+        oh.make_node("BitShift", [f"{p}sl", f"{p}r"], [f"{p}sr"], direction="RIGHT"),
+        _const(f"{p}flat", np.array([-1], np.int64)),
+        oh.make_node("Reshape", [f"{p}sr", f"{p}flat"], [f"{p}f"]),
+        _const(f"{p}z", np.array([0], np.int64)),
+        oh.make_node("Slice", [f"{p}f", f"{p}z", f"{p}cnt"], [out]),
     ]
 
 
-def _shared_constants() -> list[onnx.NodeProto]:
-    scalar = lambda name, v: oh.make_node(  # noqa: E731
-        "Constant", [], [name], value=oh.make_tensor(name, TensorProto.INT64, [], [v])
-    )
-    return [
-        _i64("c0", [0]),
-        _i64("c1", [1]),
-        _i64("c2", [2]),
-        _i64("cm1", [-1]),
-        _i64("cm2", [-2]),
-        _i64("cbig", [2**62]),
-        _i64("c256", [256]),
-        _i64("c65536", [65536]),
-        scalar("s0", 0),
-        scalar("s1", 1),
-        scalar("s8", 8),
-        _i64("pow2", [1 << k for k in range(17)]),
-        _ref("count", "count", "int"),
-        _ref("shape", "shape", "ints"),
+def _unpack_groups(packed: str, bits: int, out: str, p: str) -> list[onnx.NodeProto]:
+    k = np.arange(8) * bits
+    q, s = k // 8, k % 8
+    spans = 2 if bits <= 9 else 3  # bytes a symbol can touch: s + bits <= 7 + bits
+    nodes = [
+        *_count_nodes(p),
+        # G = ceil(count / 8) groups of ``bits`` bytes; the packed stream is shorter by < bits bytes.
+        _const(f"{p}7", np.array([7], np.int64)),
+        _const(f"{p}8", np.array([8], np.int64)),
+        _const(f"{p}b", np.array([bits], np.int64)),
+        oh.make_node("Add", [f"{p}cnt", f"{p}7"], [f"{p}c7"]),
+        oh.make_node("Div", [f"{p}c7", f"{p}8"], [f"{p}g"]),
+        oh.make_node("Mul", [f"{p}g", f"{p}b"], [f"{p}gb"]),
+        oh.make_node("Shape", [packed], [f"{p}n"]),
+        oh.make_node("Sub", [f"{p}gb", f"{p}n"], [f"{p}pad"]),
+        oh.make_node("ConstantOfShape", [f"{p}pad"], [f"{p}zp"], value=oh.make_tensor("v", TensorProto.UINT8, [1], [0])),
+        oh.make_node("Concat", [packed, f"{p}zp"], [f"{p}full"], axis=0),
+        oh.make_node("Concat", [f"{p}g", f"{p}b"], [f"{p}gs"], axis=0),
+        oh.make_node("Reshape", [f"{p}full", f"{p}gs"], [f"{p}grp"]),
+        oh.make_node("Cast", [f"{p}grp"], [f"{p}w"], to=TensorProto.INT32),
     ]
+    acc = None
+    for j in range(spans):
+        cols = np.minimum(q + j, bits - 1).astype(np.int64)  # bytes past the group only feed bits dropped below
+        nodes += [_const(f"{p}q{j}", cols), oh.make_node("Gather", [f"{p}w", f"{p}q{j}"], [f"{p}v{j}"], axis=1)]
+        term = f"{p}v{j}"
+        if j:
+            nodes += [_const(f"{p}m{j}", np.array(1 << (8 * j), np.int32)),
+                      oh.make_node("Mul", [term, f"{p}m{j}"], [f"{p}h{j}"])]
+            term = f"{p}h{j}"
+            nodes.append(oh.make_node("Add", [acc, term], [f"{p}a{j}"]))
+            term = f"{p}a{j}"
+        acc = term
+    nodes += [
+        _const(f"{p}d", (1 << s).astype(np.int32)),
+        _const(f"{p}md", np.array(1 << bits, np.int32)),
+        oh.make_node("Div", [acc, f"{p}d"], [f"{p}sh"]),
+        oh.make_node("Mod", [f"{p}sh", f"{p}md"], [f"{p}sym"]),
+        _const(f"{p}flat", np.array([-1], np.int64)),
+        oh.make_node("Reshape", [f"{p}sym", f"{p}flat"], [f"{p}f"]),
+        _const(f"{p}z", np.array([0], np.int64)),
+        oh.make_node("Slice", [f"{p}f", f"{p}z", f"{p}cnt"], [out]),
+    ]
+    return nodes
 
 
-def _scatter_nodes(values: str) -> list[onnx.NodeProto]:
+def unpack_nodes(packed: str, bits: int, out: str, p: str) -> list[onnx.NodeProto]:
+    """Nodes computing ``out`` = the ``count`` symbols of width ``bits`` in uint8 ``packed`` (uint8 or int32)."""
+    if bits == 8:
+        return [oh.make_node("Identity", [packed], [out])]
+    if bits in BYTE_ALIGNED:
+        return _unpack_nibbles(packed, bits, out, p)
+    return _unpack_groups(packed, bits, out, p)
+
+
+def _as_int32(name: str, bits: int, out: str) -> onnx.NodeProto:
+    """``out`` = int32(name); the unpacked symbols are uint8 only at the byte-aligned widths."""
+    if bits in BYTE_ALIGNED:
+        return oh.make_node("Cast", [name], [out], to=TensorProto.INT32)
+    return oh.make_node("Identity", [name], [out])
+
+
+def _lookup(codes: str, bits: int, out: str, shaped: bool) -> list[onnx.NodeProto]:
+    """``out`` = codebook[codes], reshaped to the weight's shape first when ``shaped`` (in the narrow type)."""
+    nodes = []
+    if shaped:
+        nodes += [_ref("shape", "shape", "ints"), oh.make_node("Reshape", [codes, "shape"], ["cs"])]
+        codes = "cs"
+    return nodes + [_as_int32(codes, bits, "ci"), oh.make_node("Gather", ["codebook", "ci"], [out], axis=0)]
+
+
+def _scatter(values: str, index_bits: int) -> list[onnx.NodeProto]:
     return [
-        oh.make_node("Add", ["gaps_u", "s1"], ["steps"]),
-        oh.make_node("CumSum", ["steps", "s0"], ["pos1"]),
-        oh.make_node("Sub", ["pos1", "s1"], ["pos"]),
+        _as_int32("gaps_u", index_bits, "g32"),
+        _const("one32", np.array(1, np.int32)),
+        _const("ax0", np.array(0, np.int32)),
+        oh.make_node("Add", ["g32", "one32"], ["steps"]),
+        oh.make_node("CumSum", ["steps", "ax0"], ["pos1"]),
+        oh.make_node("Sub", ["pos1", "one32"], ["pos"]),
         _ref("numel", "numel", "int"),
-        oh.make_node("Reshape", ["numel", "c1"], ["numel1"]),
+        _const("one64", np.array([1], np.int64)),
+        oh.make_node("Reshape", ["numel", "one64"], ["numel1"]),
         oh.make_node("ConstantOfShape", ["numel1"], ["zeros"], value=oh.make_tensor("z", TensorProto.FLOAT, [1], [0.0])),
         oh.make_node("ScatterElements", ["zeros", "pos", values], ["flat"], axis=0),
+        _ref("shape", "shape", "ints"),
         oh.make_node("Reshape", ["flat", "shape"], ["W"]),
     ]
 
 
-def make_functions(opset: int) -> list[FunctionProto]:
-    """The three decoder functions, written against ``ai.onnx`` version ``opset``."""
-    imports = [oh.make_opsetid("", opset)]
-    attrs = ["code_bits", "index_bits", "count", "numel", "shape", *SETTING_ATTRS]
-    codes = _unpack_nodes("codes", "code_bits", "count", "codes_u", "k")
-    gaps = _unpack_nodes("gaps", "index_bits", "count", "gaps_u", "g")
-    lookup = oh.make_node("Gather", ["codebook", "codes_u"], ["vals"], axis=0)
-    dense = oh.make_function(
-        DOMAIN, DECODE_DENSE, ["codebook", "codes"], ["W"],
-        [*_shared_constants(), *codes, lookup, oh.make_node("Reshape", ["vals", "shape"], ["W"])],
-        imports, attrs,
-    )
-    sparse = oh.make_function(
-        DOMAIN, DECODE_SPARSE, ["codebook", "codes", "gaps"], ["W"],
-        [*_shared_constants(), *codes, lookup, *gaps, *_scatter_nodes("vals")],
-        imports, attrs,
-    )
-    values = oh.make_function(
-        DOMAIN, DECODE_SPARSE_VALUES, ["values", "gaps"], ["W"],
-        [*_shared_constants(), *gaps, *_scatter_nodes("values")],
-        imports, attrs,
-    )
-    return [dense, sparse, values]
+def make_function(op_type: str, opset: int) -> FunctionProto:
+    """The decoder function named ``op_type`` (see :func:`onnx_dc.graph.layout.op_type`) at ai.onnx ``opset``."""
+    kind, *widths = op_type.split("_")
+    bits = {w[0]: int(w[1:]) for w in widths}
+    if kind == layout.DENSE:
+        body = [*unpack_nodes("codes", bits["c"], "codes_u", "k"), *_lookup("codes_u", bits["c"], "W", shaped=True)]
+    elif kind == layout.SPARSE:
+        body = [*unpack_nodes("codes", bits["c"], "codes_u", "k"), *_lookup("codes_u", bits["c"], "vals", shaped=False),
+                *unpack_nodes("gaps", bits["i"], "gaps_u", "g"), *_scatter("vals", bits["i"])]
+    else:
+        body = [*unpack_nodes("gaps", bits["i"], "gaps_u", "g"), *_scatter("values", bits["i"])]
+    attrs = list(layout.ATTRIBUTES)
+    return oh.make_function(layout.DOMAIN, op_type, list(layout.INPUTS[kind]), ["W"], body,
+                            [oh.make_opsetid("", opset)], attrs)
+
+
+def make_functions(opset: int, op_types: set[str] | list[str]) -> list[FunctionProto]:
+    """The decoder functions for the given op types, sorted by name (same input, same bytes)."""
+    return [make_function(op, opset) for op in sorted(set(op_types))]

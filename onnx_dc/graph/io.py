@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import onnx
 from google.protobuf.message import DecodeError
 
 from onnx_dc.errors import ModelError, OnnxDcError
+from onnx_dc.graph import external, wire
+from onnx_dc.graph.walk import sort_graph
 
 MAX_IR_VERSION = 10  # onnxruntime 1.19 loads IR <= 10
 MAX_OPSET = 21  # and ai.onnx opsets <= 21
@@ -19,26 +23,112 @@ MAX_OPSET = 21  # and ai.onnx opsets <= 21
 def load_model(model: onnx.ModelProto | str | os.PathLike | bytes, what: str | None = None) -> onnx.ModelProto:
     """Load an ONNX model from a path, bytes or a ModelProto (which is copied, never mutated).
 
-    External data next to a model file is loaded. Raises :class:`ModelError` naming the
-    file when it is missing, not ONNX, truncated or invalid.
+    External data next to a model file is loaded (see :func:`read_model`). Raises
+    :class:`ModelError` naming the file when it is missing, not ONNX, truncated or invalid.
     """
     if isinstance(model, onnx.ModelProto):
         out = onnx.ModelProto()
         out.CopyFrom(model)
         return out
     if isinstance(model, (bytes, bytearray, memoryview)):
-        return _parse(bytes(model), what or "<bytes>", None)
-    path = Path(model)
+        return _parse_checked(bytes(model), what or "<bytes>")
+    return read_model(model)[0]
+
+
+def read_model(path: str | os.PathLike, lazy: bool = False) -> tuple[onnx.ModelProto, int]:
+    """Read, sort and check a model file once; returns the model and its size with its external data.
+
+    The checker reads the file by path (it never re-serializes the proto, and a model with
+    external data over 2 GB can only be checked that way). External data is checked first
+    (:func:`onnx_dc.graph.external.resolve`). An unsorted graph (onnxruntime accepts those)
+    is sorted, then checked in memory without its tensor data.
+
+    Args:
+        path: the ``.onnx`` file.
+        lazy: leave every large tensor in its file, memory-mapped when read (tensors embedded
+            in the model file too, see :mod:`onnx_dc.graph.wire`): the proto holds no weight
+            bytes. Otherwise external data is loaded into the proto when the model fits in one
+            protobuf, and stays mapped only when it does not.
+    """
+    path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such file")
+    problem = _check_path(path)
+    model = _read_lazy(path) if lazy else _read(path)
+    source_bytes = path.stat().st_size + external.check_external(model, path.parent, str(path), path)
+    external.pin_locations(model, path.parent, str(path))
+    if problem is not None and sort_graph(model.graph):
+        problem = _check_skeleton(model)
+    if problem is not None:
+        raise ModelError(f"{path}: not a valid ONNX model ({problem})")
+    if not lazy and external.fits(model):
+        external.embed_all(model)
+    return model, source_bytes
+
+
+def _read(path: Path) -> onnx.ModelProto:
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ModelError(f"{path}: cannot read ({exc.strerror})") from None
-    return _parse(data, str(path), path.parent)
+    return _parse(data, str(path))
 
 
-def _parse(data: bytes, name: str, base_dir: Path | None) -> onnx.ModelProto:
+def _read_lazy(path: Path) -> onnx.ModelProto:
+    try:
+        with open(path, "rb") as fh:
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # ValueError: an empty file cannot be mapped
+        return _read(path)
+    try:
+        data = wire.split_model_bytes(memoryview(mapped), path.name, external.EXTERNAL_MIN_BYTES)
+    except (ValueError, IndexError):  # not a protobuf message: let the parser name the problem
+        data = path.read_bytes()
+    return _parse(data, str(path))
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _check_path(path: Path) -> str | None:
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # ValidationError, or parse errors of several types that _parse names better
+        return _first_line(exc)
+    return None
+
+
+def _check_skeleton(model: onnx.ModelProto) -> str | None:
+    """Check the graph structure with every initializer's data left out (cheap at any model size)."""
+    saved = list(model.graph.initializer)
+    del model.graph.initializer[:]
+    skeleton = onnx.ModelProto()
+    try:
+        skeleton.CopyFrom(model)
+    finally:
+        model.graph.initializer.extend(saved)
+    for tensor in saved:
+        skeleton.graph.initializer.add(name=tensor.name, data_type=tensor.data_type)
+    for tensor in external.initializers(skeleton):
+        _empty(tensor)
+    try:
+        onnx.checker.check_model(skeleton)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        return _first_line(exc)
+    return None
+
+
+def _empty(tensor: onnx.TensorProto) -> None:
+    for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+        tensor.ClearField(field)
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.DEFAULT
+    del tensor.dims[:]
+    tensor.dims.append(0)
+
+
+def _parse(data: bytes, name: str) -> onnx.ModelProto:
     if not data:
         raise ModelError(f"{name}: empty file, not an ONNX model")
     model = onnx.ModelProto()
@@ -48,18 +138,18 @@ def _parse(data: bytes, name: str, base_dir: Path | None) -> onnx.ModelProto:
         raise ModelError(f"{name}: not an ONNX model, or the file is truncated (protobuf cannot parse it)") from None
     if not model.HasField("graph") or not model.graph.node:
         raise ModelError(f"{name}: not an ONNX model, or the file is truncated (no graph nodes)")
-    if base_dir is not None and any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer
-    ):
-        try:
-            onnx.external_data_helper.load_external_data_for_model(model, str(base_dir))
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"{name}: cannot load its external data ({exc})") from None
+    return model
+
+
+def _parse_checked(data: bytes, name: str) -> onnx.ModelProto:
+    model = _parse(data, name)
+    if any(external.is_external(t) for t in external.initializers(model)):
+        raise ModelError(f"{name}: the model has external data; give its file path, not its bytes")
+    sort_graph(model.graph)
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{name}: not a valid ONNX model ({first})") from None
+        raise ModelError(f"{name}: not a valid ONNX model ({_first_line(exc)})") from None
     return model
 
 
@@ -68,8 +158,11 @@ def serialize(model: onnx.ModelProto) -> bytes:
     return model.SerializeToString(deterministic=True)
 
 
-def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+def write_bytes_atomic(data: bytes | Callable[[BinaryIO], int], path: str | os.PathLike) -> int:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename; returns its size.
+
+    ``data`` may be a function that writes to the open file and returns the bytes it wrote
+    (for files too large to hold in memory at once).
 
     A reader never sees a half-written file, and a failed write leaves no temporary file.
     An existing file keeps its permissions; a new one gets 0o666 minus the umask
@@ -85,11 +178,12 @@ def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
         raise OnnxDcError(f"cannot write {target}: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            size = data(fh) if callable(data) else fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, _new_file_mode(target))
         os.replace(tmp, target)
+        return size
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
         raise OnnxDcError(f"cannot write {target}: {err.strerror or err}") from None
@@ -108,10 +202,22 @@ def _new_file_mode(target: Path) -> int:
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
-    """Write a model atomically; returns the number of bytes written."""
-    data = serialize(model)
-    write_bytes_atomic(data, path)
-    return len(data)
+    """Write a model atomically; returns the number of bytes written (its external data included).
+
+    A model over 2 GB keeps its large tensors in ``<path>.data`` (see :func:`write_model`).
+    """
+    return write_model(model, path)[0]
+
+
+def write_model(model: onnx.ModelProto, path: str | os.PathLike) -> tuple[int, str | None]:
+    """Write a model atomically as one file, or with external data when it does not fit in one protobuf.
+
+    ``model`` may change in place (its tensors embedded or moved to the data file).
+
+    Returns:
+        (bytes written, the external data file name or None).
+    """
+    return external.write_model(model, path, write_bytes_atomic)
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

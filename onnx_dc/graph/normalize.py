@@ -5,11 +5,18 @@
   fold it.
 * ``ai.onnx`` opset < 13 is converted to 13 (the decoder functions must share the
   model's opset and need opset 13 ops); opset > 21 is refused (onnxruntime 1.19 cannot run it).
-* IR version is set to 10; unnamed nodes get stable names ``{op_type}_{index}``.
+* IR version is set to 10; unnamed nodes get stable names ``{op_type}_{index}``; an
+  unsorted graph is sorted topologically (:mod:`onnx_dc.graph.walk`).
 * Constant nodes that hold a weight become initializers, so every weight is an initializer.
+* Initializers of subgraphs (If / Loop / Scan bodies) move to the main graph, renamed when
+  their name is taken, and the subgraph reads them from the outer scope (as exporters that
+  share weights between branches already do). Every weight then sits in the main graph,
+  where it is compressed and rebuilt once, and onnxruntime folds it once, not per branch.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import onnx
 from onnx import numpy_helper
@@ -17,6 +24,7 @@ from onnx import numpy_helper
 from onnx_dc.errors import ModelError
 from onnx_dc.graph.decoders import MIN_OPSET
 from onnx_dc.graph.io import MAX_IR_VERSION, MAX_OPSET
+from onnx_dc.graph.walk import all_graphs, node_subgraphs, sort_graph
 
 
 def ai_onnx_opset(model: onnx.ModelProto) -> int:
@@ -27,10 +35,12 @@ def ai_onnx_opset(model: onnx.ModelProto) -> int:
     raise ModelError("the model imports no ai.onnx opset")
 
 
-def normalize(model: onnx.ModelProto, name: str = "model") -> onnx.ModelProto:
-    """Return a normalized copy of ``model`` (see module docstring)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+def normalize(model: onnx.ModelProto, name: str = "model", copy: bool = True) -> onnx.ModelProto:
+    """Return a normalized copy of ``model`` (see module docstring); ``copy=False`` works in place."""
+    out = model
+    if copy:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     if out.ir_version < 4:
         inits = {t.name for t in out.graph.initializer}
         keep = [i for i in out.graph.input if i.name not in inits]
@@ -46,8 +56,62 @@ def normalize(model: onnx.ModelProto, name: str = "model") -> onnx.ModelProto:
     for i, node in enumerate(out.graph.node):
         if not node.name:
             node.name = f"{node.op_type}_{i}"
+    sort_graph(out.graph)
     constants_to_initializers(out)
+    hoist_subgraph_initializers(out)
     return out
+
+
+def hoist_subgraph_initializers(model: onnx.ModelProto) -> int:
+    """Move subgraph initializers and float Constant nodes to the main graph (in place).
+
+    Returns the number moved. A subgraph initializer that is also a subgraph input
+    (overridable) stays where it is.
+    """
+    defined = Counter(name for g in all_graphs(model.graph) for name in _defined(g))
+    moved = 0
+    for node in model.graph.node:
+        for sub in node_subgraphs(node):
+            moved += _hoist(sub, model.graph, defined)
+    return moved
+
+
+def _defined(graph: onnx.GraphProto) -> list[str]:
+    names = [t.name for t in graph.initializer] + [i.name for i in graph.input]
+    return names + [o for n in graph.node for o in n.output]
+
+
+def _hoist(graph: onnx.GraphProto, main: onnx.GraphProto, defined: Counter) -> int:
+    moved = sum(_hoist(sub, main, defined) for node in graph.node for sub in node_subgraphs(node))
+    _constants_to_initializers(graph)
+    inputs = {i.name for i in graph.input}
+    keep = [t for t in graph.initializer if t.name in inputs]
+    for tensor in graph.initializer:
+        if tensor.name in inputs:
+            continue
+        name = tensor.name
+        if defined[name] > 1:  # defined elsewhere too: give the hoisted weight a fresh name
+            name = next(f"{tensor.name}__{i}" for i in range(1, 1 << 30) if f"{tensor.name}__{i}" not in defined)
+            _rename_reads(graph, tensor.name, name)
+            defined[name] += 1
+        hoisted = main.initializer.add()
+        hoisted.CopyFrom(tensor)
+        hoisted.name = name
+        moved += 1
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    return moved
+
+
+def _rename_reads(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for g in all_graphs(graph):
+        for node in g.node:
+            for i, name in enumerate(node.input):
+                if name == old:
+                    node.input[i] = new
+        for out in g.output:
+            if out.name == old:
+                out.name = new
 
 
 def _convert_opset(model: onnx.ModelProto, name: str, opset: int) -> onnx.ModelProto:
@@ -69,7 +133,10 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
     Returns the number converted. Only float tensors of rank >= 1 are touched: those
     are the weights; shape constants and scalars stay as they are.
     """
-    graph = model.graph
+    return _constants_to_initializers(model.graph)
+
+
+def _constants_to_initializers(graph: onnx.GraphProto) -> int:
     keep, moved = [], 0
     for node in graph.node:
         tensor = _float_constant(node)

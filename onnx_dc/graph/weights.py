@@ -5,14 +5,26 @@ directly or through a chain of Reshape / Transpose / Identity / Squeeze / Unsque
 (the ONNX zoo MNIST model reshapes its fc weight before MatMul). Compressing the
 initializer itself keeps every such chain intact. A weight shared by several nodes is
 one site with several consumers, compressed once.
+
+Nodes inside If / Loop / Scan bodies are searched too (normalize moved every subgraph
+weight to the main graph, so a body reads its weights from the outer scope). A recurrent
+op (LSTM / GRU / RNN) has two weights, ``W`` and ``R``, each its own site; its bias ``B``
+stays float32. A Gather reads an embedding table when its data input is a rank-2 float
+initializer and its indices are computed (constant indices are a fixed selection, folded
+by onnxruntime, and left alone). Integer weights of an already-quantized model are listed
+with the quantized op types; its float weights are still found.
 """
 
 from __future__ import annotations
 
+from collections import ChainMap
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 import onnx
+
+from onnx_dc.graph.walk import node_subgraphs
 
 # op type -> indices of inputs that may carry a weight
 WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
@@ -20,7 +32,16 @@ WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
     "ConvTranspose": (1,),
     "Gemm": (1, 0),
     "MatMul": (1, 0),
+    "LSTM": (1, 2),
+    "GRU": (1, 2),
+    "RNN": (1, 2),
+    "Gather": (0,),
 }
+# ops whose every listed input is a weight of its own (the others take the first constant one)
+EVERY_SLOT = ("LSTM", "GRU", "RNN")
+QUANTIZED_OPS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM", "QGemm", "DequantizeLinear")
+INTEGER_DTYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4,
+                  onnx.TensorProto.INT16, onnx.TensorProto.UINT16)
 PASS_THROUGH = ("Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze")
 COMPRESSIBLE_DTYPES = (onnx.TensorProto.FLOAT,)
 
@@ -75,63 +96,147 @@ class Inventory:
 
     sites: tuple[WeightSite, ...]
     skipped: tuple[Skipped, ...]
+    notes: tuple[str, ...] = ()
 
 
 def find_weights(model: onnx.ModelProto) -> Inventory:
-    """Find weight sites and skipped parameters of a (normalized) model's main graph."""
+    """Find weight sites and skipped parameters of a (normalized) model, subgraphs included."""
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    graph_inputs = {i.name for i in graph.input}
-    producer = {out: node for node in graph.node for out in node.output}
-    found: dict[str, list[Consumer]] = {}
-    skipped: list[Skipped] = []
-    claimed: set[str] = set()
+    inits = {t.name: t for t in graph.initializer if t.name not in {i.name for i in graph.input}}
+    scan = _Scan(inits)
+    scan.graph(graph, ChainMap())
+    for g in scan.graphs:  # after every weight is claimed, so a weight read elsewhere too is not listed twice
+        scan.others(g)
+    sites = tuple(
+        WeightSite(name, tuple(int(d) for d in inits[name].dims), tuple(consumers))
+        for name, consumers in scan.found.items()
+    )
+    return Inventory(sites, tuple(scan.skipped), _quantized_note(scan.quantized))
 
-    for node in graph.node:
-        slots = WEIGHT_INPUTS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        if slots is None:
-            continue
+
+class _Scan:
+    """One walk over the graph and its subgraphs, collecting sites and skipped parameters."""
+
+    def __init__(self, inits: dict[str, onnx.TensorProto]):
+        self.inits = inits
+        self.found: dict[str, list[Consumer]] = {}
+        self.skipped: list[Skipped] = []
+        self.claimed: set[str] = set()
+        self.quantized: dict[str, list[str]] = {}  # quantized op type -> integer weights
+        self.graphs: list[onnx.GraphProto] = []
+
+    def graph(self, graph: onnx.GraphProto, outer: ChainMap) -> None:
+        self.graphs.append(graph)
+        producer = outer.new_child({out: node for node in graph.node for out in node.output})
+        for node in graph.node:
+            if node.domain in ("", "ai.onnx", "com.microsoft") and (node.op_type in QUANTIZED_OPS
+                                                                     or node.op_type.startswith("QLinear")):
+                self.quantized_node(node)
+            elif node.domain in ("", "ai.onnx") and node.op_type in WEIGHT_INPUTS:
+                self.node(node, producer)
+            for sub in node_subgraphs(node):
+                self.graph(sub, producer)
+
+    def node(self, node: onnx.NodeProto, producer: ChainMap) -> None:
+        slots = WEIGHT_INPUTS[node.op_type]
         hit = False
         for idx in slots:
             if idx >= len(node.input) or not node.input[idx]:
                 continue
             source, via = _trace(node.input[idx], producer)
-            if source in inits and source not in graph_inputs:
-                tensor = inits[source]
-                if tensor.data_type not in COMPRESSIBLE_DTYPES:
-                    dtype = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
-                    skipped.append(Skipped(node.name, node.op_type, source,
-                                           f"{dtype} weight is not compressed (convert the model to float32 to compress it)"))
-                else:
-                    found.setdefault(source, []).append(Consumer(node.name, node.op_type, idx, via))
-                claimed.add(source)
-                hit = True
-                break
-        if not hit:
-            skipped.append(Skipped(node.name, node.op_type, node.input[slots[0]] if len(node.input) > slots[0] else "",
-                                   "no constant weight input (it is computed at run time or is a graph input)"))
-
-    # Every other float parameter (more than a scalar) is listed too, so the report accounts for its bytes.
-    for node in graph.node:
-        for name in node.input:
-            tensor = inits.get(name)
-            if tensor is None or name in claimed or tensor.data_type not in COMPRESSIBLE_DTYPES or _numel(tensor) <= 1:
+            if source not in self.inits:
                 continue
-            skipped.append(Skipped(node.name, node.op_type, name, _other_reason(node)))
-            claimed.add(name)
+            if node.op_type == "Gather" and not self.is_table(node, self.inits[source], producer):
+                return
+            self.claim(node, idx, source, via)
+            hit = True
+            if node.op_type not in EVERY_SLOT:
+                break
+        if node.op_type in EVERY_SLOT and len(node.input) > 3 and node.input[3]:
+            self.recurrent_bias(node, node.input[3], producer)
+        if not hit and node.op_type != "Gather":
+            first = node.input[slots[0]] if len(node.input) > slots[0] else ""
+            self.skipped.append(Skipped(node.name, node.op_type, first,
+                                        "no constant weight input (it is computed at run time or is a graph input)"))
 
-    sites = tuple(
-        WeightSite(name, tuple(int(d) for d in inits[name].dims), tuple(consumers))
-        for name, consumers in found.items()
-    )
-    return Inventory(sites, tuple(skipped))
+    def recurrent_bias(self, node: onnx.NodeProto, name: str, producer: ChainMap) -> None:
+        """List the initializers a recurrent op's B is built from (PyTorch: Concat of slices of two biases)."""
+        frontier = [name]
+        while frontier:
+            name = frontier.pop()
+            if name in self.inits and name not in self.claimed:
+                self.skipped.append(Skipped(node.name, node.op_type, name, "bias (biases stay float32)"))
+                self.claimed.add(name)
+            elif name in producer and producer[name].op_type in PASS_THROUGH + ("Slice", "Concat"):
+                src = producer[name]
+                frontier.extend(src.input if src.op_type == "Concat" else src.input[:1])
+
+    def is_table(self, node: onnx.NodeProto, table: onnx.TensorProto, producer: ChainMap) -> bool:
+        """A Gather reads an embedding table: rank-2 float data, computed indices."""
+        if table.data_type not in COMPRESSIBLE_DTYPES or len(table.dims) != 2 or len(node.input) < 2:
+            return False
+        indices = _trace(node.input[1], producer)[0]
+        return indices not in self.inits and not (indices in producer and producer[indices].op_type == "Constant")
+
+    def claim(self, node: onnx.NodeProto, idx: int, source: str, via: tuple[str, ...]) -> None:
+        tensor = self.inits[source]
+        if tensor.data_type not in COMPRESSIBLE_DTYPES:
+            dtype = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
+            reason = f"{dtype} weight is not compressed (convert the model to float32 to compress it)"
+            self.skipped.append(Skipped(node.name, node.op_type, source, reason))
+        else:
+            self.found.setdefault(source, []).append(Consumer(node.name, node.op_type, idx, via))
+        self.claimed.add(source)
+
+    def quantized_node(self, node: onnx.NodeProto) -> None:
+        for name in node.input:
+            tensor = self.inits.get(name)
+            if tensor is None or tensor.data_type not in INTEGER_DTYPES or _numel(tensor) <= 1 or name in self.claimed:
+                continue
+            self.quantized.setdefault(node.op_type, []).append(name)
+            dtype = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
+            self.skipped.append(Skipped(node.name, node.op_type, name,
+                                        f"{dtype} weight of an already-quantized model, left as it is"))
+            self.claimed.add(name)
+
+    def others(self, graph: onnx.GraphProto) -> None:
+        """Every other float parameter (more than a scalar), so the report accounts for its bytes."""
+        for node in graph.node:
+            for name in node.input:
+                tensor = self.inits.get(name)
+                if (tensor is None or name in self.claimed or tensor.data_type not in COMPRESSIBLE_DTYPES
+                        or _numel(tensor) <= 1):
+                    continue
+                self.skipped.append(Skipped(node.name, node.op_type, name, _other_reason(node)))
+                self.claimed.add(name)
 
 
-def _trace(name: str, producer: dict[str, onnx.NodeProto]) -> tuple[str, tuple[str, ...]]:
+def _quantized_note(quantized: dict[str, list[str]]) -> tuple[str, ...]:
+    if not quantized:
+        return ()
+    ops = ", ".join(f"{op} ({len(ws)} integer weights)" for op, ws in sorted(quantized.items()))
+    return (f"already quantized: {ops} stay as they are; float weights are compressed",)
+
+
+def _trace(name: str, producer: Mapping[str, onnx.NodeProto]) -> tuple[str, tuple[str, ...]]:
+    """Follow a value back through pass-through ops (and Slice / Concat pieces of one tensor) to its source.
+
+    PyTorch exports an LSTM's W as Unsqueeze(Concat(Slice(w, gate i), Slice(w, gate f), ...)) to
+    reorder the gates: every piece comes from one initializer, which is the weight.
+    """
     via: list[str] = []
-    while name in producer and producer[name].op_type in PASS_THROUGH and producer[name].domain in ("", "ai.onnx"):
-        via.append(producer[name].op_type)
-        name = producer[name].input[0]
+    while name in producer and producer[name].domain in ("", "ai.onnx"):
+        node = producer[name]
+        if node.op_type in PASS_THROUGH or node.op_type == "Slice":
+            name = node.input[0]
+        elif node.op_type == "Concat":
+            sources = {_trace(piece, producer)[0] for piece in node.input}
+            if len(sources) != 1:
+                break
+            name = sources.pop()
+        else:
+            break
+        via.append(node.op_type)
     return name, tuple(reversed(via))
 
 
@@ -140,10 +245,12 @@ def _numel(tensor: onnx.TensorProto) -> int:
 
 
 def _other_reason(node: onnx.NodeProto) -> str:
-    if node.op_type in WEIGHT_INPUTS:
+    if node.op_type in WEIGHT_INPUTS and node.op_type != "Gather":
         return "bias (biases stay float32)"
     if node.op_type in ("Add", "Sub", "Mul", "Div", "BatchNormalization", "InstanceNormalization", "LayerNormalization", "PRelu"):
         return f"{node.op_type} parameter (biases, scales and norms stay float32)"
     if node.op_type in PASS_THROUGH:
         return f"shape or constant of {node.op_type}"
-    return f"{node.op_type} is not a compressible op (Conv, ConvTranspose, Gemm, MatMul)"
+    if node.op_type == "Gather":
+        return "Gather with constant indices or a table that is not rank 2 (not an embedding lookup)"
+    return f"{node.op_type} is not a compressible op ({', '.join(WEIGHT_INPUTS)})"

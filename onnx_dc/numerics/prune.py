@@ -22,7 +22,8 @@ def ratio_threshold(weights: np.ndarray, sparse_ratio: float) -> float:
     k = int(np.floor(sparse_ratio * mags.size))
     if k == 0:
         return -1.0
-    return float(np.partition(mags, k - 1)[k - 1])
+    mags.partition(k - 1)  # in place: mags is a temporary, and the layer may be hundreds of MB
+    return float(mags[k - 1])
 
 
 def quality_threshold(weights: np.ndarray, quality: float) -> float:
@@ -34,4 +35,7 @@ def quality_threshold(weights: np.ndarray, quality: float) -> float:
 
 def magnitude_mask(weights: np.ndarray, threshold: float) -> np.ndarray:
     """Boolean mask of the weights to keep: ``|W| > threshold``."""
-    return np.abs(weights) > threshold
+    # Two comparisons need two bool temporaries, |W| a float one four times their size.
+    mask = weights > threshold
+    mask |= weights < -threshold
+    return mask

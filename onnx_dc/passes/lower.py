@@ -1,6 +1,7 @@
 """Lowering pass: write each compressed weight as a decoder call (the ``*.dc.onnx`` form).
 
-For a shared layer with codes ``q`` (code bits ``c = ceil(log2(k + 1))``) the candidates are
+For a shared layer with codes ``q`` (code bits ``c = ceil(log2(codebook size))``: k + 1 when
+pruned, code 0 being the reserved zero, else k) the candidates are
 
     dense:   bytes = ceil(n c / 8)
     sparse:  bytes = ceil(M c / 8) + ceil(M b / 8),  M = kept + fillers(b)   (b minimises bytes)
@@ -8,7 +9,8 @@ For a shared layer with codes ``q`` (code bits ``c = ceil(log2(k + 1))``) the ca
 and for a pruned, unshared layer ``4 M + ceil(M b / 8)``. The smallest wins unless the
 config fixes the form or the index width; a layer whose best form is not smaller than
 float32 stays a float32 initializer holding its pruned / shared values. docs/DCONNX.md
-is the byte layout; onnx_dc/graph/decoders.py the functions that read it back.
+is the byte layout, onnx_dc/graph/layout.py its decoder nodes, onnx_dc/graph/decoders.py
+the functions that read it back.
 """
 
 from __future__ import annotations
@@ -23,25 +25,28 @@ from onnx import helper as oh
 from onnx import numpy_helper
 
 from onnx_dc.config import Form
-from onnx_dc.graph import decoders
+from onnx_dc.errors import ModelError
+from onnx_dc.graph import decoders, layout
+from onnx_dc.graph.layout import (  # noqa: F401  (re-exported: the metadata keys' historical home)
+    FORMAT_VERSION,
+    META_NOTES,
+    META_SKIPPED,
+    META_SOURCE_BYTES,
+    META_SOURCE_WEIGHT_BYTES,
+    META_VERSION,
+)
 from onnx_dc.graph.normalize import ai_onnx_opset
 from onnx_dc.graph.weights import Skipped
 from onnx_dc.numerics.bitpack import pack_bits, packed_size
 from onnx_dc.numerics.sparse import best_index_bits, encode_positions, kept_gaps, sparse_bytes
 from onnx_dc.passes.state import CompressionState, LayerState
 
-FORMAT_VERSION = "1"
-META_VERSION = "onnx_dc.version"
-META_SKIPPED = "onnx_dc.skipped"
-META_SOURCE_BYTES = "onnx_dc.source_bytes"
-META_SOURCE_WEIGHT_BYTES = "onnx_dc.source_weight_bytes"
-
 
 @dataclass(frozen=True)
 class Encoding:
     """How one weight is stored: the decoder op (or ``raw``), widths, and its new initializers."""
 
-    op: str  # a decoders.DECODE_* name, or "raw"
+    op: str  # a layout kind (layout.DENSE, ...), or "raw"
     code_bits: int = 0
     index_bits: int = 0
     count: int = 0
@@ -70,17 +75,17 @@ def _encode_shared(layer: LayerState, form: Form, fixed_index_bits: int | None) 
     codes = layer.codes.ravel()
     code_bits = max(1, math.ceil(math.log2(layer.codebook.size)))
     dense_bytes = packed_size(codes.size, code_bits)
-    positions = np.flatnonzero(codes)
+    positions = np.flatnonzero(layer.mask.ravel()) if layer.mask is not None else np.arange(codes.size)
     gaps = kept_gaps(positions)
     index_bits = fixed_index_bits or best_index_bits(gaps, code_bits)
     use_sparse = form == Form.SPARSE or (form == Form.AUTO and sparse_bytes(gaps, index_bits, code_bits) < dense_bytes)
     if not use_sparse:
-        return Encoding(decoders.DECODE_DENSE, code_bits, 0, codes.size,
+        return Encoding(layout.DENSE, code_bits, 0, codes.size,
                         {"codebook": layer.codebook, "codes": pack_bits(codes, code_bits)})
     entries = encode_positions(positions, index_bits)
     stored = np.zeros(entries.positions.size, np.uint16)
     stored[entries.real] = codes[positions]
-    return Encoding(decoders.DECODE_SPARSE, code_bits, index_bits, stored.size, {
+    return Encoding(layout.SPARSE, code_bits, index_bits, stored.size, {
         "codebook": layer.codebook, "codes": pack_bits(stored, code_bits), "gaps": pack_bits(entries.gaps, index_bits),
     })
 
@@ -92,27 +97,17 @@ def _encode_values(layer: LayerState, fixed_index_bits: int | None) -> Encoding:
     entries = encode_positions(positions, index_bits)
     values = np.zeros(entries.positions.size, np.float32)
     values[entries.real] = flat[positions]
-    return Encoding(decoders.DECODE_SPARSE_VALUES, 0, index_bits, values.size,
+    return Encoding(layout.SPARSE_VALUES, 0, index_bits, values.size,
                     {"values": values, "gaps": pack_bits(entries.gaps, index_bits)})
 
 
 def _decoder_node(layer: LayerState, enc: Encoding) -> onnx.NodeProto:
-    s = layer.entry.settings
-    name = layer.name
-    inputs = {
-        decoders.DECODE_DENSE: ("codebook", "codes"),
-        decoders.DECODE_SPARSE: ("codebook", "codes", "gaps"),
-        decoders.DECODE_SPARSE_VALUES: ("values", "gaps"),
-    }[enc.op]
-    return oh.make_node(
-        enc.op, [f"{name}/dc/{x}" for x in inputs], [name], name=f"{name}/dc/decode", domain=decoders.DOMAIN,
-        code_bits=enc.code_bits, index_bits=enc.index_bits, count=enc.count, numel=int(layer.weights.size),
-        shape=[int(d) for d in layer.weights.shape],
-        sparse_ratio=float(s.sparse_ratio) if s.prune_quality is None and s.prunes else -1.0,
-        prune_quality=float(s.prune_quality) if s.prune_quality is not None else -1.0,
-        class_num=int(s.class_num) if layer.codebook is not None else 0,
-        quantize_term=int(layer.codebook is not None), centroid_init=s.centroid_init.value,
-    )
+    if layer.weights.size > decoders.MAX_NUMEL:
+        raise ModelError(f"{layer.name}: {layer.weights.size} elements; a compressed weight holds at most "
+                         f"{decoders.MAX_NUMEL}; skip this weight in the config")
+    return layout.make_decoder_node(layer.name, enc.op, enc.code_bits, enc.index_bits, enc.count, layer.weights.shape,
+                                    layer.entry.settings, shared=layer.codebook is not None,
+                                    reserves_zero=layer.mask is not None)
 
 
 def lower(state: CompressionState, extra_skipped: tuple[Skipped, ...] = ()) -> onnx.ModelProto:
@@ -130,8 +125,9 @@ def lower(state: CompressionState, extra_skipped: tuple[Skipped, ...] = ()) -> o
             skipped.append(Skipped(layer.entry.site.node, layer.entry.site.op_type, name, enc.reason))
             continue
         replaced[name] = None
-        used_ops.add(enc.op)
-        decoder_nodes.append(_decoder_node(layer, enc))
+        node = _decoder_node(layer, enc)
+        used_ops.add(node.op_type)
+        decoder_nodes.append(node)
         new_inits.extend(numpy_helper.from_array(arr, f"{name}/dc/{suffix}") for suffix, arr in enc.tensors.items())
     kept_inits = []
     for init in graph.initializer:
@@ -152,10 +148,8 @@ def lower(state: CompressionState, extra_skipped: tuple[Skipped, ...] = ()) -> o
 def _add_functions(model: onnx.ModelProto, used_ops: set[str]) -> None:
     if not used_ops:
         return
-    for fn in decoders.make_functions(ai_onnx_opset(model)):
-        if fn.name in used_ops:
-            model.functions.append(fn)
-    model.opset_import.append(oh.make_opsetid(decoders.DOMAIN, decoders.DOMAIN_VERSION))
+    model.functions.extend(decoders.make_functions(ai_onnx_opset(model), used_ops))
+    model.opset_import.append(oh.make_opsetid(layout.DOMAIN, layout.DOMAIN_VERSION))
 
 
 def _set_metadata(model: onnx.ModelProto, state: CompressionState, skipped: list[Skipped]) -> None:
@@ -166,6 +160,8 @@ def _set_metadata(model: onnx.ModelProto, state: CompressionState, skipped: list
     }
     if state.source_bytes is not None:
         entries[META_SOURCE_BYTES] = str(state.source_bytes)
+    if state.plan.notes:
+        entries[META_NOTES] = json.dumps(list(state.plan.notes))
     set_metadata(model, entries)
 
 

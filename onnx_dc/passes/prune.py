@@ -37,7 +37,7 @@ def prune_layer(layer: LayerState, sparse_ratio: float | None = None, prune_qual
         mask &= layer.mask
     layer.mask = mask
     layer.threshold = t
-    layer.weights = np.where(mask, w, np.float32(0.0)).astype(np.float32)
+    layer.weights = np.where(mask, w, np.float32(0.0))
     return True
 
 

@@ -1,9 +1,12 @@
 """Weight-sharing pass: 1-D k-means per layer over the kept weights.
 
-    c_1..c_k = kmeans({W_i : mask_i}, k = class_num),   codebook = [0, c_1, ..., c_k]
-    code_i = 1 + argmin_j |W_i - c_j| if mask_i else 0,    W'_i = codebook[code_i]
+    c_1..c_k = kmeans({W_i : mask_i}, k = class_num)
+    pruned layer:   codebook = [0, c_1, ..., c_k],  code_i = 1 + argmin_j |W_i - c_j| if mask_i else 0
+    unpruned layer: codebook = [c_1, ..., c_k],     code_i = argmin_j |W_i - c_j|
+    W'_i = codebook[code_i]
 
-Code 0 is reserved for 0.0 (pruned weights, and the filler entries of the sparse form).
+Code 0 is reserved for 0.0 (pruned weights, and the filler entries of the sparse form) only
+in layers that are pruned, so that class_num 256 without pruning takes 8-bit codes.
 """
 
 from __future__ import annotations
@@ -23,17 +26,26 @@ def share_layer(layer: LayerState) -> bool:
     w = layer.weights.ravel()
     kept = w if layer.mask is None else w[layer.mask.ravel()]
     result = kmeans_1d(kept, s.class_num, s.centroid_init.value, seed=s.seed)
-    codebook = np.concatenate(([0.0], result.centroids)).astype(np.float32)
-    codes = np.zeros(w.size, np.uint16)
     if layer.mask is None:
-        codes[:] = result.labels + 1
+        codebook = np.asarray(result.centroids, np.float32)
+        codes = result.labels.astype(_code_dtype(codebook))
     else:
+        codebook = np.concatenate(([0.0], result.centroids)).astype(np.float32)
+        codes = np.zeros(w.size, _code_dtype(codebook))
         codes[layer.mask.ravel()] = result.labels + 1
+    shape = layer.weights.shape
+    del w, kept
+    layer.weights = None  # freed before its shared values are built: one float copy of the layer at a time
     layer.codebook = codebook
-    layer.codes = codes.reshape(layer.weights.shape)
+    layer.codes = codes.reshape(shape)
     layer.weights = codebook[layer.codes]
     layer.inertia = result.inertia
     return True
+
+
+def _code_dtype(codebook: np.ndarray) -> type:
+    """uint8 when the codebook allows: half the memory of the largest per-weight array."""
+    return np.uint8 if codebook.size <= 256 else np.uint16
 
 
 def share(state: CompressionState) -> int:
@@ -43,10 +55,11 @@ def share(state: CompressionState) -> int:
 
 
 def set_codebook(layer: LayerState, codebook: np.ndarray) -> None:
-    """Replace a shared layer's codebook (after fine-tuning the centroids); entry 0 stays 0.0."""
+    """Replace a shared layer's codebook (after fine-tuning the centroids); a pruned layer's entry 0 stays 0.0."""
     cb = np.asarray(codebook, dtype=np.float32).ravel().copy()
     if layer.codebook is None or cb.shape != layer.codebook.shape:
         raise ValueError(f"{layer.name}: codebook shape {cb.shape} does not match {getattr(layer.codebook, 'shape', None)}")
-    cb[0] = 0.0
+    if layer.mask is not None:
+        cb[0] = 0.0
     layer.codebook = cb
     layer.weights = cb[layer.codes]

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnx_dc.graph import external
 from onnx_dc.plan import Plan, PlanEntry
 
 
@@ -24,8 +25,9 @@ class LayerState:
         weights: float32 current values (pruned and/or shared), original shape.
         mask: bool keep-mask, or None when nothing was pruned.
         threshold: magnitude threshold used by pruning (-1.0 when none).
-        codebook: float32 ``[k + 1]`` with ``codebook[0] == 0``, or None before sharing.
-        codes: uint16 per element (0 for pruned weights), or None before sharing.
+        codebook: float32 ``[k + 1]`` with ``codebook[0] == 0`` when pruned, else ``[k]``; None before sharing.
+        codes: uint8 (codebook of <= 256 entries) or uint16 per element (0 for pruned weights), or None
+            before sharing.
     """
 
     entry: PlanEntry
@@ -57,12 +59,20 @@ class CompressionState:
 
     @classmethod
     def start(cls, model: onnx.ModelProto, plan: Plan, source_bytes: int | None = None) -> CompressionState:
-        """Take each planned weight out of ``model`` as a float32 array."""
+        """Take each planned weight out of ``model`` as a float32 array.
+
+        The weight's bytes then live in the state only: the initializer in ``model`` keeps its
+        name, type and shape but no data (so a model's weights are held once, not twice).
+        :meth:`dense_model` and the lowering pass write them back.
+        """
         inits = {t.name: t for t in model.graph.initializer}
-        layers = {
-            e.site.name: LayerState(e, numpy_helper.to_array(inits[e.site.name]).astype(np.float32, copy=True))
-            for e in plan.entries
-        }
+        layers = {}
+        for e in plan.entries:
+            tensor = inits[e.site.name]
+            # a copy-on-write map of the file: no copy, and pages are read when a pass reaches the layer
+            weights = np.asarray(external.to_array(tensor, writable=True), dtype=np.float32)
+            layers[e.site.name] = LayerState(e, weights if weights.flags.writeable else weights.copy())
+            _drop_data(tensor)
         return cls(model, plan, layers, source_bytes)
 
     def dense_model(self) -> onnx.ModelProto:
@@ -73,6 +83,7 @@ class CompressionState:
             layer = self.layers.get(init.name)
             if layer is not None:
                 init.CopyFrom(numpy_helper.from_array(layer.weights, init.name))
+        external.embed_all(out)  # a session or a training graph needs every byte in the proto
         return out
 
     def set_weights(self, name: str, values: np.ndarray) -> None:
@@ -82,3 +93,9 @@ class CompressionState:
         if layer.mask is not None:
             values = values * layer.mask
         layer.weights = values
+
+
+def _drop_data(tensor: onnx.TensorProto) -> None:
+    for name in ("raw_data", "float_data", "double_data", "int32_data", "external_data"):
+        tensor.ClearField(name)
+    tensor.data_location = onnx.TensorProto.DEFAULT

@@ -41,7 +41,7 @@ from onnx_dc.train.settings import StageRecord, StageSettings
 class _Shared:
     """NumPy side of one shared layer: its codebook and where its kept weights sit."""
 
-    codebook: np.ndarray  # float32 [k + 1], entry 0 == 0
+    codebook: np.ndarray  # float32 [k + 1] with entry 0 == 0 when pruned, else [k]
     codes: np.ndarray  # intp codes of the kept weights (or of all weights when none is pruned)
     index: np.ndarray | None  # flat positions of the kept weights; None: every weight
     weights: np.ndarray  # float32 dense W = codebook[codes], written to onnxruntime each step
@@ -158,9 +158,11 @@ class Trainer:
             g = g[sh.index]
         # Eq. 3: a centroid's gradient is the sum of the gradients of the weights sharing it.
         cb_grad = np.bincount(sh.codes, weights=g, minlength=sh.codebook.size).astype(np.float32)
-        cb_grad[0] = 0.0
+        if sh.index is not None:  # pruned: entry 0 is the reserved zero
+            cb_grad[0] = 0.0
         opt.update(f"{name}/codebook", sh.codebook, cb_grad, lr, decay=False)
-        sh.codebook[0] = 0.0
+        if sh.index is not None:
+            sh.codebook[0] = 0.0
         flat = sh.weights.reshape(-1)
         if sh.index is not None:
             flat[sh.index] = sh.codebook[sh.codes]

@@ -1,0 +1,231 @@
+"""The ``*.dc.onnx`` layout in one place: decoder op names, their inputs and attributes, metadata keys.
+
+Writers (the lowering pass) build decoder nodes with :func:`make_decoder_node`; readers (the
+report, the fine-tuning restore, the ``.dcz`` packer, ``export-dense``) read them back with
+:func:`read_decoder` and decode them with :func:`decode`. docs/DCONNX.md describes the same
+layout in prose. A decoder node computes
+
+    DecodeDense:        W = reshape(codebook[codes], shape)
+    DecodeSparse:       pos = cumsum(gaps + 1) - 1;  W.flat[pos] = codebook[codes], 0 elsewhere
+    DecodeSparseValues: pos as above;                W.flat[pos] = values, 0 elsewhere
+
+with ``codes`` and ``gaps`` bit-packed at ``code_bits`` / ``index_bits``. The op type names the
+kind and the widths (``DecodeSparse_c5_i5``), so that each width gets a decoder function
+specialised to it (onnx_dc/graph/decoders.py); files of format 1 used the bare kind name
+(``DecodeSparse``) and are still read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper as oh
+from onnx import numpy_helper
+
+from onnx_dc.config import CentroidInit, Form, Settings
+from onnx_dc.numerics.bitpack import unpack_bits
+from onnx_dc.numerics.sparse import decode_positions
+
+DOMAIN = "onnx_dc"
+DOMAIN_VERSION = 1
+FORMAT_VERSION = "2"
+
+DENSE = "DecodeDense"
+SPARSE = "DecodeSparse"
+SPARSE_VALUES = "DecodeSparseValues"
+KINDS = (DENSE, SPARSE, SPARSE_VALUES)
+INPUTS = {DENSE: ("codebook", "codes"), SPARSE: ("codebook", "codes", "gaps"), SPARSE_VALUES: ("values", "gaps")}
+FORM_NAMES = {DENSE: "dense", SPARSE: "sparse", SPARSE_VALUES: "sparse-f32"}
+CODES, GAPS = "codes", "gaps"
+
+# Every attribute a decoder node carries (the functions declare them all).
+ATTRIBUTES = ("code_bits", "index_bits", "count", "numel", "shape", "sparse_ratio", "prune_quality", "class_num",
+              "quantize_term", "centroid_init", "form", "fixed_index_bits", "seed", "reserves_zero")
+
+META_VERSION = "onnx_dc.version"
+META_SKIPPED = "onnx_dc.skipped"
+META_SOURCE_BYTES = "onnx_dc.source_bytes"
+META_SOURCE_WEIGHT_BYTES = "onnx_dc.source_weight_bytes"
+META_NOTES = "onnx_dc.notes"  # whole-model remarks (an already-quantized model), a JSON list
+
+
+def op_type(kind: str, code_bits: int, index_bits: int) -> str:
+    """The op (and function) name of a decoder of ``kind`` at these widths."""
+    parts = [kind]
+    if kind != SPARSE_VALUES:
+        parts.append(f"c{code_bits}")
+    if kind != DENSE:
+        parts.append(f"i{index_bits}")
+    return "_".join(parts)
+
+
+def kind_of(node: onnx.NodeProto) -> str | None:
+    """The decoder kind of a node (format 1 and 2 names), or None when it is not a decoder."""
+    if node.domain != DOMAIN or not node.output:
+        return None
+    kind = node.op_type.split("_", 1)[0]
+    return kind if kind in KINDS else None
+
+
+def decoder_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The decoder nodes of a graph, in order."""
+    return [n for n in graph.node if kind_of(n) is not None]
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """One decoder node read back: where its tensors are, its widths, and the settings it was made with.
+
+    Attributes:
+        kind: DENSE, SPARSE or SPARSE_VALUES.
+        weight: the weight it rebuilds (the node's output).
+        inputs: role ("codebook", "codes", "gaps", "values") -> initializer name.
+        code_bits, index_bits: stored widths (0 when the stream does not exist).
+        count: stored entries (codes, gaps, values); numel, shape: of the weight.
+        settings: the compression settings, every field (form, fixed index bits, seed included).
+        reserves_zero: whether code 0 means a pruned weight (codebook entry 0 is 0.0).
+    """
+
+    kind: str
+    weight: str
+    inputs: dict[str, str]
+    code_bits: int
+    index_bits: int
+    count: int
+    numel: int
+    shape: tuple[int, ...]
+    settings: Settings
+    reserves_zero: bool
+
+
+def make_decoder_node(weight: str, kind: str, code_bits: int, index_bits: int, count: int, shape: tuple[int, ...],
+                      settings: Settings, shared: bool, reserves_zero: bool) -> onnx.NodeProto:
+    """The decoder node rebuilding ``weight`` from initializers ``weight/dc/<role>``."""
+    s = settings
+    return oh.make_node(
+        op_type(kind, code_bits, index_bits), [f"{weight}/dc/{x}" for x in INPUTS[kind]], [weight],
+        name=f"{weight}/dc/decode", domain=DOMAIN,
+        code_bits=code_bits, index_bits=index_bits, count=count, numel=int(np.prod(shape, dtype=np.int64)),
+        shape=[int(d) for d in shape],
+        sparse_ratio=float(s.sparse_ratio) if s.prune_quality is None and s.prunes else -1.0,
+        prune_quality=float(s.prune_quality) if s.prune_quality is not None else -1.0,
+        class_num=int(s.class_num), quantize_term=int(shared), centroid_init=s.centroid_init.value,
+        form=s.form.value, fixed_index_bits=int(s.index_bits or 0), seed=int(s.seed), reserves_zero=int(reserves_zero),
+    )
+
+
+def read_decoder(node: onnx.NodeProto) -> Decoder:
+    """Read a decoder node (see :func:`kind_of`) back into a :class:`Decoder`."""
+    kind = kind_of(node)
+    attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
+    shape = tuple(int(d) for d in attrs.get("shape", ()))
+    # Format 1 files have no reserves_zero: there code 0 was always the reserved zero.
+    reserves = bool(int(attrs.get("reserves_zero", 1)))
+    return Decoder(
+        kind=kind, weight=node.output[0], inputs=dict(zip(INPUTS[kind], node.input)),
+        code_bits=int(attrs.get("code_bits", 0)), index_bits=int(attrs.get("index_bits", 0)),
+        count=int(attrs.get("count", 0)), numel=int(attrs.get("numel", 0)), shape=shape,
+        settings=_settings(attrs), reserves_zero=reserves,
+    )
+
+
+def _text(value, default: str) -> str:
+    if value is None:
+        return default
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _settings(attrs: dict) -> Settings:
+    ratio = float(attrs.get("sparse_ratio", -1.0))
+    quality = float(attrs.get("prune_quality", -1.0))
+    class_num = int(attrs.get("class_num", 0))
+    init = _text(attrs.get("centroid_init"), CentroidInit.LINEAR.value)
+    form = _text(attrs.get("form"), Form.AUTO.value)
+    fixed = int(attrs.get("fixed_index_bits", 0))
+    return Settings(
+        sparse_ratio=ratio if ratio > 0 and quality <= 0 else 0.0,
+        prune_quality=quality if quality > 0 else None,
+        class_num=class_num if 2 <= class_num <= 256 else Settings.class_num,
+        quantize_term=bool(int(attrs.get("quantize_term", 0))),
+        centroid_init=CentroidInit(init) if init in {c.value for c in CentroidInit} else CentroidInit.LINEAR,
+        index_bits=fixed if 1 <= fixed <= 16 else None,
+        form=Form(form) if form in {f.value for f in Form} else Form.AUTO,
+        seed=max(0, int(attrs.get("seed", 0))),
+    )
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoder's weight rebuilt in NumPy, with its codebook, per-element codes and keep-mask."""
+
+    weights: np.ndarray
+    codebook: np.ndarray | None
+    codes: np.ndarray | None
+    mask: np.ndarray | None
+
+
+def decode(dec: Decoder, arrays: dict[str, np.ndarray]) -> Decoded:
+    """Rebuild one weight from its initializer arrays (name -> array), exactly as the ONNX decoder does."""
+    positions = None
+    if dec.kind != DENSE:
+        positions = decode_positions(unpack_bits(arrays[dec.inputs[GAPS]], dec.index_bits, dec.count))
+    if dec.kind == SPARSE_VALUES:
+        values = arrays[dec.inputs["values"]].astype(np.float32).ravel()
+        flat = np.zeros(dec.numel, np.float32)
+        flat[positions] = values
+        mask = np.zeros(dec.numel, bool)
+        mask[positions[values != 0]] = True
+        return Decoded(flat.reshape(dec.shape), None, None, mask.reshape(dec.shape))
+    codebook = arrays[dec.inputs["codebook"]].astype(np.float32).ravel()
+    stored = unpack_bits(arrays[dec.inputs[CODES]], dec.code_bits, dec.count)
+    codes = np.zeros(dec.numel, np.uint16)
+    if positions is None:
+        codes[:] = stored
+    else:
+        codes[positions] = stored
+    codes = codes.reshape(dec.shape)
+    mask = codes != 0 if dec.reserves_zero else None
+    return Decoded(codebook[codes], codebook, codes, mask)
+
+
+def strip_decoders(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, tuple[Decoder, Decoded]]]:
+    """A copy of ``model`` whose decoded weights are float32 initializers again.
+
+    Decoder nodes, their initializers, the decoder functions and the ``onnx_dc`` opset are
+    removed. Returns the plain model and, per weight name, its decoder and decoded arrays.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    nodes = decoder_nodes(graph)
+    decoders = [read_decoder(n) for n in nodes]
+    used = {name for d in decoders for name in d.inputs.values()}
+    arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in used}
+    decoded = {d.weight: (d, decode(d, arrays)) for d in decoders}
+    kept_nodes = [n for n in graph.node if kind_of(n) is None]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    kept = [t for t in graph.initializer if t.name not in used]
+    kept += [numpy_helper.from_array(d.weights, w) for w, (_, d) in decoded.items()]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    functions = [f for f in out.functions if f.domain != DOMAIN]
+    del out.functions[:]
+    out.functions.extend(functions)
+    opsets = [o for o in out.opset_import if o.domain != DOMAIN]
+    del out.opset_import[:]
+    out.opset_import.extend(opsets)
+    return out, decoded
+
+
+def metadata(model: onnx.ModelProto) -> dict[str, str]:
+    """The model's metadata_props as a dict."""
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def skipped_entries(meta: dict[str, str]) -> list[list[str]]:
+    """The recorded skipped parameters: [node, op_type, tensor, reason] each."""
+    return json.loads(meta.get(META_SKIPPED, "[]"))

@@ -1,0 +1,141 @@
+"""The decoder functions in onnxruntime: bit-exact weights at every width, and folded at session creation.
+
+Every code width 1..16 in the dense and sparse forms, and every index width in the sparse
+forms: the weight onnxruntime rebuilds equals codebook[codes] (or the stored values) bit
+for bit, in onnxruntime 1.19 (this environment) and the newest (``.venv-ort-latest``,
+see tests/test_ort_latest.py); and the optimized graph holds no decoder op any more.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from conftest import ROOT
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper as nh
+from test_ort_latest import LATEST_PY
+
+from onnx_dc.config import Settings
+from onnx_dc.graph import decoders, layout
+from onnx_dc.numerics.bitpack import pack_bits
+from onnx_dc.numerics.sparse import encode_positions
+
+SHAPE = (37, 29)  # 1073 elements: not a multiple of 8, so padding and slicing are exercised
+OPSET = 17
+
+RUNNER = """
+import json, sys, numpy as np, onnxruntime as ort
+job = json.load(open(sys.argv[1]))
+out = {"version": ort.__version__, "cases": {}}
+for name, path in job.items():
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = path + ".opt.onnx"
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    x = np.eye(sess.get_inputs()[0].shape[1], dtype=np.float32)
+    np.save(path + ".y.npy", sess.run(None, {"x": x})[0])
+    out["cases"][name] = path + ".y.npy"
+print(json.dumps(out))
+"""
+
+
+def _case(kind: str, code_bits: int, index_bits: int, rng: np.random.Generator) -> tuple[onnx.ModelProto, np.ndarray]:
+    """A model y = x @ W^T with W rebuilt by one decoder; returns it and W as NumPy computes it."""
+    numel = int(np.prod(SHAPE))
+    inits, count = {}, numel
+    if kind == layout.DENSE:
+        codes = rng.integers(0, 1 << code_bits, numel)
+        codebook = rng.normal(size=1 << code_bits).astype(np.float32)
+        inits = {"codebook": codebook, "codes": pack_bits(codes, code_bits)}
+        weight = codebook[codes]
+    else:
+        kept = np.sort(rng.choice(numel, numel // 3, replace=False))
+        entries = encode_positions(kept, index_bits)
+        count = entries.positions.size
+        weight = np.zeros(numel, np.float32)
+        inits["gaps"] = pack_bits(entries.gaps, index_bits)
+        if kind == layout.SPARSE:
+            codebook = rng.normal(size=1 << code_bits).astype(np.float32)
+            codebook[0] = 0.0
+            codes = np.where(entries.real, rng.integers(1, 1 << code_bits, count), 0)
+            inits.update(codebook=codebook, codes=pack_bits(codes, code_bits))
+            weight[entries.positions] = codebook[codes]
+        else:
+            values = np.where(entries.real, rng.normal(size=count), 0.0).astype(np.float32)
+            inits["values"] = values
+            weight[entries.positions] = values
+    node = layout.make_decoder_node("W", kind, code_bits, index_bits, count, SHAPE, Settings(), shared=True,
+                                    reserves_zero=kind != layout.DENSE)
+    tensors = [nh.from_array(np.asarray(inits[role]), f"W/dc/{role}") for role in layout.INPUTS[kind]]
+    graph = oh.make_graph(
+        [node, oh.make_node("Gemm", ["x", "W"], ["y"], transB=1)], "decode",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, [SHAPE[1], SHAPE[1]])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, [SHAPE[1], SHAPE[0]])], tensors,
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", OPSET), oh.make_opsetid(layout.DOMAIN, 1)],
+                          functions=decoders.make_functions(OPSET, {node.op_type}))
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    return model, weight.reshape(SHAPE)
+
+
+def _cases() -> dict[str, tuple[str, int, int]]:
+    out = {}
+    for bits in range(1, 17):
+        out[f"dense_c{bits}"] = (layout.DENSE, bits, 0)
+        out[f"sparse_c{bits}_i{17 - bits}"] = (layout.SPARSE, bits, 17 - bits)
+        out[f"values_i{bits}"] = (layout.SPARSE_VALUES, 0, bits)
+    return out
+
+
+def _run(python: str, tmp_path, name: str) -> tuple[dict, dict]:
+    rng = np.random.default_rng(0)
+    job, expected = {}, {}
+    for case, (kind, code_bits, index_bits) in _cases().items():
+        model, weight = _case(kind, code_bits, index_bits, rng)
+        path = tmp_path / f"{case}.onnx"
+        onnx.save(model, str(path))
+        job[case], expected[case] = str(path), weight
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    (tmp_path / "runner.py").write_text(RUNNER)
+    proc = subprocess.run([python, str(tmp_path / "runner.py"), str(tmp_path / "job.json")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, f"{name}: {proc.stderr[-2000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1]), expected
+
+
+def _check(outputs: dict, expected: dict) -> None:
+    for case, weight in expected.items():
+        y = np.load(outputs["cases"][case])
+        # x is the identity, so y = W^T exactly: each output is one weight times 1.0 plus zeros.
+        assert np.array_equal(y.T.view(np.uint32), weight.view(np.uint32)), case
+        optimized = onnx.load(outputs["cases"][case].replace(".y.npy", ".opt.onnx"))
+        ops = {n.op_type for n in optimized.graph.node}
+        assert not ops & {"Gather", "ScatterElements", "BitShift", "CumSum", "Cast"}, (case, ops)
+        assert not any(n.domain == layout.DOMAIN for n in optimized.graph.node), case
+
+
+def test_every_width_is_bit_exact_and_folded_in_onnxruntime_1_19(tmp_path):
+    outputs, expected = _run(sys.executable, tmp_path, "onnxruntime 1.19")
+    assert outputs["version"].startswith("1.19")
+    _check(outputs, expected)
+
+
+@pytest.mark.skipif(not LATEST_PY.is_file(), reason="no .venv-ort-latest: run `bash scripts/setup_env.sh --test`")
+def test_every_width_is_bit_exact_and_folded_in_newest_onnxruntime(tmp_path):
+    outputs, expected = _run(str(LATEST_PY), tmp_path, "newest onnxruntime")
+    assert tuple(int(v) for v in outputs["version"].split(".")[:2]) > (1, 19)
+    _check(outputs, expected)
+
+
+def test_numpy_decode_matches_the_model_layout():
+    rng = np.random.default_rng(1)
+    for case, (kind, code_bits, index_bits) in _cases().items():
+        model, weight = _case(kind, code_bits, index_bits, rng)
+        _, decoded = layout.strip_decoders(model)
+        assert np.array_equal(decoded["W"][1].weights, weight), case
