@@ -15,7 +15,7 @@ from onnx_dc.data.datasets import METADATA_KEY, DataSpec, Preprocess
 from onnx_dc.errors import ConfigError, FormatError, ModelError
 from onnx_dc.graph import external, layout
 from onnx_dc.graph.io import load_model, read_model, same_file, save_model, serialize, write_model
-from onnx_dc.graph.normalize import normalize
+from onnx_dc.graph.normalize import initializer_inputs, normalize
 from onnx_dc.graph.weights import find_weights
 from onnx_dc.passes.lower import lower, set_metadata
 from onnx_dc.passes.prune import prune
@@ -63,8 +63,13 @@ def prepare(
         cfg = cfg.with_overrides({k: v for k, v in overrides.items() if v is not None})
     if source_bytes is None and isinstance(model, onnx.ModelProto):
         source_bytes = model.ByteSize()
+    as_inputs = initializer_inputs(proto)
     proto = normalize(proto, name, copy=False)  # proto is this call's own copy
     plan: Plan = make_plan(find_weights(proto), cfg, name)
+    if as_inputs:
+        plan = dataclasses.replace(plan, notes=(*plan.notes, (
+            f"{len(as_inputs)} initializers were also listed as graph inputs (e.g. {as_inputs[0]!r}); the "
+            "compressed model no longer takes them as inputs, so onnxruntime folds its weights")))
     if not plan.entries:
         first = next(s for s in plan.skipped if s.reason.startswith(("skip:", "quantize_term")))
         raise ConfigError(f"{name}: nothing to compress, every weight is skipped (e.g. {first.tensor}: {first.reason});"

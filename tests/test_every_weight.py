@@ -7,7 +7,6 @@ rebuild exactly those weights, wherever they are read.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import onnx
@@ -16,7 +15,7 @@ import pytest
 from onnx import TensorProto
 from onnx import helper as oh
 
-from conftest import SHARED_DATA, finish_model, init, mlp_model
+from conftest import SHARED_DATA, finish_model, init, mlp_model, shared_path
 from onnx_dc import compress
 from onnx_dc.errors import ModelError
 from onnx_dc.graph.walk import is_sorted
@@ -251,12 +250,7 @@ REAL = SHARED_DATA / "real"
 
 
 def real_model(relative: str) -> onnx.ModelProto:
-    path = REAL / relative
-    if not path.is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{path} is missing")
-        pytest.skip(f"{path} is not present")
-    return onnx.load(str(path))
+    return onnx.load(str(shared_path(REAL / relative)))
 
 
 def feeds_for(model: onnx.ModelProto, seed: int = 0) -> dict:
@@ -306,4 +300,21 @@ def test_real_silero_vad_lstm_inside_if_is_compressed():
         assert skipped(result)[bias] == "bias (biases stay float32)"
     feeds = {"input": np.random.default_rng(0).normal(0, 0.1, (1, 576)).astype(np.float32),
              "state": np.zeros((2, 1, 128), np.float32), "sr": np.array(16000, np.int64)}
+    assert_same_as_dense(result, feeds)
+
+
+@pytest.mark.parametrize("relative", ["ultraface/version-RFB-320.onnx", "ultraface/version-slim-320.onnx"])
+def test_real_ultraface_weights_listed_as_inputs_are_compressed(relative):
+    """IR 4 export listing every initializer as a graph input too: onnxruntime runs it, so onnx_dc compresses it."""
+    model = real_model(relative)
+    inits = {t.name for t in model.graph.initializer}
+    assert sum(i.name in inits for i in model.graph.input) > 100
+    result = compress(model, sparse_ratio=0.5, class_num=32)
+    assert sum(r.op_type == "Conv" for r in result.layers) >= 40
+    assert not {i.name for i in result.model.graph.input} & inits  # only the image is an input now
+    assert [i.name for i in result.model.graph.input] == ["input"]
+    assert any("listed as graph inputs" in note for note in result.report.notes)
+    # the SSD priors (Constant nodes, not learned) are left as they are
+    assert all(r.weights != 4420 * 2 for r in result.layers)
+    feeds = {"input": np.random.default_rng(0).normal(0, 0.5, (1, 3, 240, 320)).astype(np.float32)}
     assert_same_as_dense(result, feeds)

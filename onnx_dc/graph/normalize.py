@@ -1,8 +1,8 @@
 """Bring any input model into the form the compression passes expect.
 
-* IR < 4 listed initializers as graph inputs too; such inputs are dropped, because
-  onnxruntime treats an initializer that is also an input as overridable and will not
-  fold it.
+* Initializers listed as graph inputs too (IR < 4 required it; older PyTorch exports kept
+  the habit at IR 4-6) are dropped from the inputs: onnxruntime treats such an input as
+  overridable and will not fold it, and a compressed weight is not meant to be overridden.
 * ``ai.onnx`` opset < 13 is converted to 13 (the decoder functions must share the
   model's opset and need opset 13 ops); opset > 21 is refused (onnxruntime 1.19 cannot run it).
 * IR version is set to 10; unnamed nodes get stable names ``{op_type}_{index}``; an
@@ -35,13 +35,19 @@ def ai_onnx_opset(model: onnx.ModelProto) -> int:
     raise ModelError("the model imports no ai.onnx opset")
 
 
+def initializer_inputs(model: onnx.ModelProto) -> list[str]:
+    """Names of the main graph's initializers that are also listed as graph inputs."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name in inits]
+
+
 def normalize(model: onnx.ModelProto, name: str = "model", copy: bool = True) -> onnx.ModelProto:
     """Return a normalized copy of ``model`` (see module docstring); ``copy=False`` works in place."""
     out = model
     if copy:
         out = onnx.ModelProto()
         out.CopyFrom(model)
-    if out.ir_version < 4:
+    if initializer_inputs(out):
         inits = {t.name for t in out.graph.initializer}
         keep = [i for i in out.graph.input if i.name not in inits]
         del out.graph.input[:]
