@@ -7,7 +7,6 @@ rebuild exactly those weights, wherever they are read.
 
 from __future__ import annotations
 
-
 import numpy as np
 import onnx
 import onnxruntime as ort
