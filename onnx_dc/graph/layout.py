@@ -137,9 +137,14 @@ def _text(value, default: str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _decimal(value: float) -> float:
+    """A float attribute (stored as float32) back as the shortest decimal that rounds to it: 0.8, not 0.800000011."""
+    return float(str(np.float32(value)))
+
+
 def _settings(attrs: dict) -> Settings:
-    ratio = float(attrs.get("sparse_ratio", -1.0))
-    quality = float(attrs.get("prune_quality", -1.0))
+    ratio = _decimal(attrs.get("sparse_ratio", -1.0))
+    quality = _decimal(attrs.get("prune_quality", -1.0))
     class_num = int(attrs.get("class_num", 0))
     init = _text(attrs.get("centroid_init"), CentroidInit.LINEAR.value)
     form = _text(attrs.get("form"), Form.AUTO.value)
