@@ -109,3 +109,15 @@ def test_export_dense_refuses_plain_models_and_its_input(capsys, tmp_path, compr
     assert main(["export-dense", str(path), "-o", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "already plain ONNX" in err[0] and "overwrite" in err[1]
+
+
+def test_inference_session_rebuilds_weights_outside_onnxruntime(compressed):
+    import onnxruntime as ort
+
+    path, _ = compressed
+    x = np.random.default_rng(1).normal(size=(3, 64)).astype(np.float32)
+    folded = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    for source in (path, path.read_bytes()):
+        session = onnx_dc.InferenceSession(source)
+        np.testing.assert_array_equal(session.run(None, {"x": x})[0], folded)
+    np.testing.assert_array_equal(onnx_dc.InferenceSession(path, decode=False).run(None, {"x": x})[0], folded)

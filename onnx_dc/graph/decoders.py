@@ -15,7 +15,8 @@ onnx_dc/graph/layout.py) and works in the narrowest integer type. Symbol ``i`` o
                   sym[g*8 + k] = (win_k div 2**s_k) mod 2**b                         (int32)
                   (column indices past the group are clamped: those bits are shifted out)
     DecodeDense:        W = codebook[reshape(sym_codes, shape)]
-    DecodeSparse:       pos = cumsum(int32(sym_gaps) + 1) - 1;  W = reshape(scatter(zeros(numel), pos, codebook[sym_codes]), shape)
+    DecodeSparse:       pos = cumsum(int32(sym_gaps) + 1) - 1
+                        W = reshape(scatter(zeros(numel), pos, codebook[sym_codes]), shape)
     DecodeSparseValues: the same with the float32 ``values`` in place of codebook[codes]
 
 BitShift runs on uint8 only (onnxruntime has no uint16 kernel, nor Add on unsigned
@@ -90,7 +91,8 @@ def _unpack_groups(packed: str, bits: int, out: str, p: str) -> list[onnx.NodePr
         oh.make_node("Mul", [f"{p}g", f"{p}b"], [f"{p}gb"]),
         oh.make_node("Shape", [packed], [f"{p}n"]),
         oh.make_node("Sub", [f"{p}gb", f"{p}n"], [f"{p}pad"]),
-        oh.make_node("ConstantOfShape", [f"{p}pad"], [f"{p}zp"], value=oh.make_tensor("v", TensorProto.UINT8, [1], [0])),
+        oh.make_node("ConstantOfShape", [f"{p}pad"], [f"{p}zp"],
+                     value=oh.make_tensor("v", TensorProto.UINT8, [1], [0])),
         oh.make_node("Concat", [packed, f"{p}zp"], [f"{p}full"], axis=0),
         oh.make_node("Concat", [f"{p}g", f"{p}b"], [f"{p}gs"], axis=0),
         oh.make_node("Reshape", [f"{p}full", f"{p}gs"], [f"{p}grp"]),
@@ -162,7 +164,8 @@ def _scatter(gaps: str, values: str, index_bits: int) -> list[onnx.NodeProto]:
         _ref("numel", "numel", "int"),
         _const("one64", np.array([1], np.int64)),
         oh.make_node("Reshape", ["numel", "one64"], ["numel1"]),
-        oh.make_node("ConstantOfShape", ["numel1"], ["zeros"], value=oh.make_tensor("z", TensorProto.FLOAT, [1], [0.0])),
+        oh.make_node("ConstantOfShape", ["numel1"], ["zeros"],
+                     value=oh.make_tensor("z", TensorProto.FLOAT, [1], [0.0])),
         oh.make_node("ScatterElements", ["zeros", "pos", values], ["flat"], axis=0),
         _ref("shape", "shape", "ints"),
         oh.make_node("Reshape", ["flat", "shape"], ["W"]),
