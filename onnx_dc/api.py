@@ -260,6 +260,35 @@ def unpack(packed_path: str | os.PathLike, output_path: str | os.PathLike) -> in
     return Path(output_path).stat().st_size
 
 
+def export_dense(model: str | os.PathLike | onnx.ModelProto | bytes,
+                 output_path: str | os.PathLike | None = None) -> onnx.ModelProto:
+    """The plain float model of a ``*.dc.onnx`` or ``.dcz``: weights rebuilt, decoders and onnx_dc opset removed.
+
+    For runtimes that do not fold the decoder functions at load time. Other metadata
+    (preprocessing) is kept; the compression records are dropped.
+
+    Raises:
+        ModelError: when the model holds no onnx_dc decoder, or the output would overwrite the input.
+    """
+    from onnx_dc.runtime.session import load_any
+
+    name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
+    if output_path is not None and isinstance(model, (str, os.PathLike)) and same_file(model, output_path):
+        raise ModelError(f"{output_path}: refusing to overwrite the input model; choose another output path")
+    proto = load_any(model)
+    if not layout.decoder_nodes(proto.graph):
+        raise ModelError(f"{name}: not a compressed model (no onnx_dc decoders); it is already plain ONNX")
+    dense, _ = layout.strip_decoders(proto)
+    records = (layout.META_VERSION, layout.META_SKIPPED, layout.META_SOURCE_BYTES, layout.META_SOURCE_WEIGHT_BYTES)
+    kept = [(p.key, p.value) for p in dense.metadata_props if p.key not in records]
+    del dense.metadata_props[:]
+    for key, value in kept:
+        dense.metadata_props.add(key=key, value=value)
+    if output_path is not None:
+        save_model(dense, output_path)
+    return dense
+
+
 def import_caffe(
     prototxt: str | os.PathLike,
     caffemodel: str | os.PathLike,

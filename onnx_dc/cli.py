@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from onnx_dc import argcheck, progress
@@ -278,6 +279,14 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_dense(args: argparse.Namespace) -> int:
+    import onnx_dc
+
+    onnx_dc.export_dense(args.model, args.output)
+    print(f"wrote {args.output} ({Path(args.output).stat().st_size} B)")
+    return 0
+
+
 def cmd_import_caffe(args: argparse.Namespace) -> int:
     import onnx_dc
 
@@ -364,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .dc.onnx")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(func=cmd_unpack)
+
+    p = sub.add_parser("export-dense", help="write the plain float model of a .dc.onnx or .dcz")
+    p.add_argument("model", help="input .dc.onnx or .dcz")
+    p.add_argument("-o", "--output", required=True, help="output .onnx")
+    p.set_defaults(func=cmd_export_dense)
 
     p = sub.add_parser("import-caffe", help="convert a Caffe prototxt + caffemodel to ONNX")
     p.add_argument("prototxt")

@@ -45,6 +45,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHONS = {"1.19": ROOT / ".venv" / "bin" / "python", "latest": ROOT / ".venv-ort-latest" / "bin" / "python"}
+VIAS = ("ort", "onnx_dc")
 
 # Han et al. 2016, Table 4 (AlexNet) and Table 5 (VGG-16): (layer, percent kept, code bits, index bits).
 ALEXNET_PAPER = [
@@ -89,7 +90,8 @@ class _Net:
     def pool(self, name: str, k: int, stride: int):
         from onnx import helper as oh
 
-        self.nodes.append(oh.make_node("MaxPool", [self.x], [name], name=name, kernel_shape=[k, k], strides=[stride, stride]))
+        self.nodes.append(oh.make_node("MaxPool", [self.x], [name], name=name, kernel_shape=[k, k],
+                                       strides=[stride, stride]))
         self.x = name
 
     def flatten(self):
@@ -107,6 +109,14 @@ class _Net:
         if relu:
             self.nodes.append(oh.make_node("Relu", [name], [f"{name}.relu"], name=f"{name}.relu"))
             self.x = f"{name}.relu"
+
+    def classifier(self, fan_in: int, path: Path) -> None:
+        """fc6 / fc7 / fc8 of AlexNet and VGG-16 (4096, 4096, 1000 outputs), then save."""
+        self.flatten()
+        self.fc("fc6", fan_in, 4096)
+        self.fc("fc7", 4096, 4096)
+        self.fc("fc8", 4096, 1000, relu=False)
+        self.save(path, 1000)
 
     def save(self, path: Path, outputs: int) -> None:
         import onnx
@@ -136,11 +146,7 @@ def build_alexnet(path: Path) -> dict:
     n.conv("conv4", 384, 384, 3, pad=1, group=2)
     n.conv("conv5", 384, 256, 3, pad=1, group=2)
     n.pool("pool5", 3, 2)
-    n.flatten()
-    n.fc("fc6", 9216, 4096)
-    n.fc("fc7", 4096, 4096)
-    n.fc("fc8", 4096, 1000, relu=False)
-    n.save(path, 1000)
+    n.classifier(9216, path)
     return _paper_config(ALEXNET_PAPER)
 
 
@@ -153,11 +159,7 @@ def build_vgg16(path: Path) -> dict:
             n.conv(f"conv{block}_{i}", cin, width, 3, pad=1)
             cin = width
         n.pool(f"pool{block}", 2, 2)
-    n.flatten()
-    n.fc("fc6", 25088, 4096)
-    n.fc("fc7", 4096, 4096)
-    n.fc("fc8", 4096, 1000, relu=False)
-    n.save(path, 1000)
+    n.classifier(25088, path)
     return _paper_config(VGG16_PAPER)
 
 
@@ -268,13 +270,19 @@ def stage_unpack(src: str, out: str, original: str) -> dict:
             "identical": Path(out).read_bytes() == Path(original).read_bytes()}
 
 
-def stage_session(path: str, runs: int) -> dict:
-    """onnxruntime session creation (default optimizations: constant folding on), then inference."""
+def stage_session(path: str, runs: int, via: str) -> dict:
+    """Session creation, then inference: ``via`` "ort" is stock onnxruntime (default optimizations, so the
+    decoder functions are folded), "onnx_dc" is onnx_dc.InferenceSession (weights rebuilt in NumPy)."""
     import onnxruntime as ort
 
+    if via == "onnx_dc":
+        import onnx_dc  # imported before the base is read: both models pay for it alike
     base = _peak_mb()
     start = time.perf_counter()
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    if via == "onnx_dc":
+        sess = onnx_dc.InferenceSession(path)
+    else:
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     seconds = time.perf_counter() - start
     peak = _peak_mb()
     inp = sess.get_inputs()[0]
@@ -317,7 +325,8 @@ def run_stage(stage: str, python: Path | str = sys.executable, **kwargs) -> dict
 
 
 # ============================================================================ orchestration
-def run_model(name: str, scratch: Path, orts: list[str], runs: int, echo: Callable[[str], None]) -> dict:
+def run_model(name: str, scratch: Path, pythons: dict[str, dict[str, Path]], runs: int,
+              echo: Callable[[str], None]) -> dict:
     """All stages of one model; files stay in ``scratch``."""
     dense, config = scratch / f"{name}.onnx", scratch / f"{name}.config.json"
     dc, dcz, back = scratch / f"{name}.dc.onnx", scratch / f"{name}.dcz", scratch / f"{name}.unpacked.dc.onnx"
@@ -336,18 +345,19 @@ def run_model(name: str, scratch: Path, orts: list[str], runs: int, echo: Callab
         if "error" in row[stage]:
             return row
     row["sessions"] = {}
-    for ort_key in orts:
-        python = PYTHONS[ort_key]
-        if not python.is_file():
-            row["sessions"][ort_key] = {"error": f"{python} missing"}
-            continue
-        pair = {kind: run_stage("session", python, path=str(path), runs=runs) for kind, path in
-                (("dense", dense), ("dc", dc))}
-        if "error" not in pair["dense"] and "error" not in pair["dc"]:
-            pair["time_ratio"] = round(pair["dc"]["seconds"] / pair["dense"]["seconds"], 2)
-            pair["memory_ratio"] = round(pair["dc"]["peak_mb"] / pair["dense"]["peak_mb"], 2)
-        row["sessions"][ort_key] = pair
-        echo(f"{name} session {ort_key}: {pair}")
+    for via, by_ort in pythons.items():
+        for ort_key, python in by_ort.items():
+            key = f"{ort_key}/{via}"
+            if not python.is_file():
+                row["sessions"][key] = {"error": f"{python} missing"}
+                continue
+            pair = {kind: run_stage("session", python, path=str(path), runs=runs, via=via) for kind, path in
+                    (("dense", dense), ("dc", dc))}
+            if "error" not in pair["dense"] and "error" not in pair["dc"]:
+                pair["time_ratio"] = round(pair["dc"]["seconds"] / pair["dense"]["seconds"], 2)
+                pair["memory_ratio"] = round(pair["dc"]["peak_mb"] / pair["dense"]["peak_mb"], 2)
+            row["sessions"][key] = pair
+            echo(f"{name} session {key}: {pair}")
     row["ratios"] = _ratios(row, MODELS[name].paper)
     return row
 
@@ -370,29 +380,38 @@ def print_table(rows: list[dict]) -> None:
                 print(f"{r['model']:14} {stage:10} {s.get('seconds', s.get('wall_seconds', 0)):>8.2f} "
                       f"{s.get('peak_mb', 0):>8.0f} {s.get('bytes', 0) / 1e6:>9.2f}" + (f"  {s['error']}" if "error" in s else "")
                       + (f"  peak {s['peak_vs_model_bytes']}x the model's bytes" if "peak_vs_model_bytes" in s else ""))
-    print(f"\n{'model':14} {'ort':7} {'dense s':>8} {'dc s':>8} {'x':>6} {'dense MB':>9} {'dc MB':>8} {'x':>6}"
+    print(f"\n{'model':14} {'ort/via':15} {'dense s':>8} {'dc s':>8} {'x':>6} {'dense MB':>9} {'dc MB':>8} {'x':>6}"
           f" {'dense inf s':>11} {'dc inf s':>9}")
     for r in rows:
         for key, p in r.get("sessions", {}).items():
             if "time_ratio" not in p:
-                print(f"{r['model']:14} {key:7} error: {p.get('error') or p.get('dense', {}).get('error') or p['dc'].get('error')}")
+                err = p.get("error") or p.get("dense", {}).get("error") or p["dc"].get("error")
+                print(f"{r['model']:14} {key:15} error: {err}")
                 continue
             d, c = p["dense"], p["dc"]
-            print(f"{r['model']:14} {d['ort']:7} {d['seconds']:>8.2f} {c['seconds']:>8.2f} {p['time_ratio']:>6.2f} "
+            label = f"{d['ort']}/{key.split('/')[1]}"
+            print(f"{r['model']:14} {label:15} {d['seconds']:>8.2f} {c['seconds']:>8.2f} {p['time_ratio']:>6.2f} "
                   f"{d['peak_mb']:>9.0f} {c['peak_mb']:>8.0f} {p['memory_ratio']:>6.2f} "
                   f"{d['infer_seconds'] or 0:>11.3f} {c['infer_seconds'] or 0:>9.3f}")
     print(f"\n{'model':14} {'P+Q x':>7} {'paper':>6} {'P+Q+H x':>8} {'paper':>6}")
     for r in rows:
         q = r.get("ratios")
         if q:
-            print(f"{r['model']:14} {q['pq']:>7.1f} {q.get('paper_pq', '-'):>6} {q['pqh']:>8.1f} {q.get('paper_pqh', '-'):>6}")
+            print(f"{r['model']:14} {q['pq']:>7.1f} {q.get('paper_pq', '-'):>6} {q['pqh']:>8.1f} "
+                  f"{q.get('paper_pqh', '-'):>6}")
     print("(random weights: the ratios are about sizes only)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="alexnet,vgg16,fc4096,over2gb", help=f"comma list of {', '.join([*MODELS, *ALIASES])}")
+    parser.add_argument("--models", default="alexnet,vgg16,fc4096,over2gb",
+                        help=f"comma list of {', '.join([*MODELS, *ALIASES])}")
     parser.add_argument("--ort", default="1.19,latest", help="comma list of 1.19, latest")
+    parser.add_argument("--via", default="ort,onnx_dc",
+                        help="sessions by stock onnxruntime (ort) and/or onnx_dc.InferenceSession (onnx_dc)")
+    parser.add_argument("--latest-dc-python",
+                        help="an interpreter with the newest onnxruntime and onnx (for --via onnx_dc; "
+                             ".venv-ort-latest has no onnx)")
     parser.add_argument("--scratch", help="folder for the models (default: a temporary folder, removed after)")
     parser.add_argument("--json", default=str(ROOT / "out" / "bench_scale.json"))
     parser.add_argument("--infer-runs", type=int, default=3, help="inferences per session (median reported)")
@@ -403,12 +422,19 @@ def main() -> None:
         return
     names = [m for item in args.models.split(",") for m in ALIASES.get(item, [item])]
     unknown = [m for m in names if m not in MODELS] + [o for o in args.ort.split(",") if o not in PYTHONS]
+    unknown += [v for v in args.via.split(",") if v not in VIAS]
     if unknown:
         parser.error(f"unknown model / ort: {', '.join(unknown)}")
     scratch = Path(args.scratch) if args.scratch else Path(tempfile.mkdtemp(prefix="bench_scale_"))
     scratch.mkdir(parents=True, exist_ok=True)
     try:
-        rows = [run_model(m, scratch, args.ort.split(","), args.infer_runs, lambda s: print(s, flush=True)) for m in names]
+        pythons = {via: {o: PYTHONS[o] for o in args.ort.split(",")} for via in args.via.split(",")}
+        if "onnx_dc" in pythons and "latest" in pythons["onnx_dc"]:
+            if args.latest_dc_python:
+                pythons["onnx_dc"]["latest"] = Path(args.latest_dc_python)
+            else:
+                del pythons["onnx_dc"]["latest"]
+        rows = [run_model(m, scratch, pythons, args.infer_runs, lambda s: print(s, flush=True)) for m in names]
     finally:
         if not args.scratch:
             shutil.rmtree(scratch, ignore_errors=True)

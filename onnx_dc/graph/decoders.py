@@ -15,7 +15,8 @@ onnx_dc/graph/layout.py) and works in the narrowest integer type. Symbol ``i`` o
                   sym[g*8 + k] = (win_k div 2**s_k) mod 2**b                         (int32)
                   (column indices past the group are clamped: those bits are shifted out)
     DecodeDense:        W = codebook[reshape(sym_codes, shape)]
-    DecodeSparse:       pos = cumsum(int32(sym_gaps) + 1) - 1;  W = reshape(scatter(zeros(numel), pos, codebook[sym_codes]), shape)
+    DecodeSparse:       pos = cumsum(int32(sym_gaps) + 1) - 1
+                        W = reshape(scatter(zeros(numel), pos, codebook[sym_codes]), shape)
     DecodeSparseValues: the same with the float32 ``values`` in place of codebook[codes]
 
 BitShift runs on uint8 only (onnxruntime has no uint16 kernel, nor Add on unsigned
@@ -90,7 +91,8 @@ def _unpack_groups(packed: str, bits: int, out: str, p: str) -> list[onnx.NodePr
         oh.make_node("Mul", [f"{p}g", f"{p}b"], [f"{p}gb"]),
         oh.make_node("Shape", [packed], [f"{p}n"]),
         oh.make_node("Sub", [f"{p}gb", f"{p}n"], [f"{p}pad"]),
-        oh.make_node("ConstantOfShape", [f"{p}pad"], [f"{p}zp"], value=oh.make_tensor("v", TensorProto.UINT8, [1], [0])),
+        oh.make_node("ConstantOfShape", [f"{p}pad"], [f"{p}zp"],
+                     value=oh.make_tensor("v", TensorProto.UINT8, [1], [0])),
         oh.make_node("Concat", [packed, f"{p}zp"], [f"{p}full"], axis=0),
         oh.make_node("Concat", [f"{p}g", f"{p}b"], [f"{p}gs"], axis=0),
         oh.make_node("Reshape", [f"{p}full", f"{p}gs"], [f"{p}grp"]),
@@ -121,20 +123,23 @@ def _unpack_groups(packed: str, bits: int, out: str, p: str) -> list[onnx.NodePr
     return nodes
 
 
-def unpack_nodes(packed: str, bits: int, out: str, p: str) -> list[onnx.NodeProto]:
-    """Nodes computing ``out`` = the ``count`` symbols of width ``bits`` in uint8 ``packed`` (uint8 or int32)."""
+def unpack_nodes(packed: str, bits: int, out: str, p: str) -> tuple[list[onnx.NodeProto], str]:
+    """Nodes computing the ``count`` symbols of width ``bits`` in uint8 ``packed`` (uint8 or int32), and their name.
+
+    No Identity is used for a no-op: a folded Identity is one more copy of the stream.
+    """
     if bits == 8:
-        return [oh.make_node("Identity", [packed], [out])]
+        return [], packed
     if bits in BYTE_ALIGNED:
-        return _unpack_nibbles(packed, bits, out, p)
-    return _unpack_groups(packed, bits, out, p)
+        return _unpack_nibbles(packed, bits, out, p), out
+    return _unpack_groups(packed, bits, out, p), out
 
 
-def _as_int32(name: str, bits: int, out: str) -> onnx.NodeProto:
-    """``out`` = int32(name); the unpacked symbols are uint8 only at the byte-aligned widths."""
+def _as_int32(name: str, bits: int, out: str) -> tuple[list[onnx.NodeProto], str]:
+    """int32(name) and its name; the unpacked symbols are uint8 only at the byte-aligned widths."""
     if bits in BYTE_ALIGNED:
-        return oh.make_node("Cast", [name], [out], to=TensorProto.INT32)
-    return oh.make_node("Identity", [name], [out])
+        return [oh.make_node("Cast", [name], [out], to=TensorProto.INT32)], out
+    return [], name
 
 
 def _lookup(codes: str, bits: int, out: str, shaped: bool) -> list[onnx.NodeProto]:
@@ -143,21 +148,24 @@ def _lookup(codes: str, bits: int, out: str, shaped: bool) -> list[onnx.NodeProt
     if shaped:
         nodes += [_ref("shape", "shape", "ints"), oh.make_node("Reshape", [codes, "shape"], ["cs"])]
         codes = "cs"
-    return nodes + [_as_int32(codes, bits, "ci"), oh.make_node("Gather", ["codebook", "ci"], [out], axis=0)]
+    cast, index = _as_int32(codes, bits, "ci")
+    return nodes + cast + [oh.make_node("Gather", ["codebook", index], [out], axis=0)]
 
 
-def _scatter(values: str, index_bits: int) -> list[onnx.NodeProto]:
+def _scatter(gaps: str, values: str, index_bits: int) -> list[onnx.NodeProto]:
+    cast, gaps32 = _as_int32(gaps, index_bits, "g32")
     return [
-        _as_int32("gaps_u", index_bits, "g32"),
+        *cast,
         _const("one32", np.array(1, np.int32)),
         _const("ax0", np.array(0, np.int32)),
-        oh.make_node("Add", ["g32", "one32"], ["steps"]),
+        oh.make_node("Add", [gaps32, "one32"], ["steps"]),
         oh.make_node("CumSum", ["steps", "ax0"], ["pos1"]),
         oh.make_node("Sub", ["pos1", "one32"], ["pos"]),
         _ref("numel", "numel", "int"),
         _const("one64", np.array([1], np.int64)),
         oh.make_node("Reshape", ["numel", "one64"], ["numel1"]),
-        oh.make_node("ConstantOfShape", ["numel1"], ["zeros"], value=oh.make_tensor("z", TensorProto.FLOAT, [1], [0.0])),
+        oh.make_node("ConstantOfShape", ["numel1"], ["zeros"],
+                     value=oh.make_tensor("z", TensorProto.FLOAT, [1], [0.0])),
         oh.make_node("ScatterElements", ["zeros", "pos", values], ["flat"], axis=0),
         _ref("shape", "shape", "ints"),
         oh.make_node("Reshape", ["flat", "shape"], ["W"]),
@@ -168,13 +176,13 @@ def make_function(op_type: str, opset: int) -> FunctionProto:
     """The decoder function named ``op_type`` (see :func:`onnx_dc.graph.layout.op_type`) at ai.onnx ``opset``."""
     kind, *widths = op_type.split("_")
     bits = {w[0]: int(w[1:]) for w in widths}
-    if kind == layout.DENSE:
-        body = [*unpack_nodes("codes", bits["c"], "codes_u", "k"), *_lookup("codes_u", bits["c"], "W", shaped=True)]
-    elif kind == layout.SPARSE:
-        body = [*unpack_nodes("codes", bits["c"], "codes_u", "k"), *_lookup("codes_u", bits["c"], "vals", shaped=False),
-                *unpack_nodes("gaps", bits["i"], "gaps_u", "g"), *_scatter("vals", bits["i"])]
-    else:
-        body = [*unpack_nodes("gaps", bits["i"], "gaps_u", "g"), *_scatter("values", bits["i"])]
+    body = []
+    if kind != layout.SPARSE_VALUES:
+        nodes, codes = unpack_nodes("codes", bits["c"], "codes_u", "k")
+        body += nodes + _lookup(codes, bits["c"], "W" if kind == layout.DENSE else "vals", shaped=kind == layout.DENSE)
+    if kind != layout.DENSE:
+        nodes, gaps = unpack_nodes("gaps", bits["i"], "gaps_u", "g")
+        body += nodes + _scatter(gaps, "vals" if kind == layout.SPARSE else "values", bits["i"])
     attrs = list(layout.ATTRIBUTES)
     return oh.make_function(layout.DOMAIN, op_type, list(layout.INPUTS[kind]), ["W"], body,
                             [oh.make_opsetid("", opset)], attrs)

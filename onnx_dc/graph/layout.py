@@ -138,9 +138,14 @@ def _text(value, default: str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _decimal(value: float) -> float:
+    """A float attribute (stored as float32) back as the shortest decimal that rounds to it: 0.8, not 0.800000011."""
+    return float(str(np.float32(value)))
+
+
 def _settings(attrs: dict) -> Settings:
-    ratio = float(attrs.get("sparse_ratio", -1.0))
-    quality = float(attrs.get("prune_quality", -1.0))
+    ratio = _decimal(attrs.get("sparse_ratio", -1.0))
+    quality = _decimal(attrs.get("prune_quality", -1.0))
     class_num = int(attrs.get("class_num", 0))
     init = _text(attrs.get("centroid_init"), CentroidInit.LINEAR.value)
     form = _text(attrs.get("form"), Form.AUTO.value)
@@ -191,25 +196,40 @@ def decode(dec: Decoder, arrays: dict[str, np.ndarray]) -> Decoded:
     return Decoded(codebook[codes], codebook, codes, mask)
 
 
-def strip_decoders(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, tuple[Decoder, Decoded]]]:
-    """A copy of ``model`` whose decoded weights are float32 initializers again.
+def decode_weight(dec: Decoder, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Only the weight of :func:`decode`, without per-element codes and mask (less memory)."""
+    if dec.kind == DENSE:
+        codes = unpack_bits(arrays[dec.inputs[CODES]], dec.code_bits, dec.count)
+        return arrays[dec.inputs["codebook"]].astype(np.float32).ravel()[codes].reshape(dec.shape)
+    positions = decode_positions(unpack_bits(arrays[dec.inputs[GAPS]], dec.index_bits, dec.count))
+    if dec.kind == SPARSE:
+        codes = unpack_bits(arrays[dec.inputs[CODES]], dec.code_bits, dec.count)
+        values = arrays[dec.inputs["codebook"]].astype(np.float32).ravel()[codes]
+    else:
+        values = arrays[dec.inputs["values"]].astype(np.float32).ravel()
+    flat = np.zeros(dec.numel, np.float32)
+    flat[positions] = values
+    return flat.reshape(dec.shape)
 
-    Decoder nodes, their initializers, the decoder functions and the ``onnx_dc`` opset are
-    removed. Returns the plain model and, per weight name, its decoder and decoded arrays.
+
+def remove_decoders(model: onnx.ModelProto, full: bool = True) -> tuple[onnx.ModelProto, dict[str, tuple]]:
+    """A copy of ``model`` without decoder nodes, their initializers, the decoder functions and the ``onnx_dc`` opset.
+
+    Returns it and, per weight name, ``(Decoder, Decoded)`` (``full``) or ``(Decoder, weight array)``.
+    The decoded weights are not in the returned graph.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
-    nodes = decoder_nodes(graph)
-    decoders = [read_decoder(n) for n in nodes]
+    decoders = [read_decoder(n) for n in decoder_nodes(graph)]
     used = {name for d in decoders for name in d.inputs.values()}
     arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in used}
-    decoded = {d.weight: (d, decode(d, arrays)) for d in decoders}
+    rebuild = decode if full else decode_weight
+    decoded = {d.weight: (d, rebuild(d, arrays)) for d in decoders}
     kept_nodes = [n for n in graph.node if kind_of(n) is None]
     del graph.node[:]
     graph.node.extend(kept_nodes)
     kept = [t for t in graph.initializer if t.name not in used]
-    kept += [numpy_helper.from_array(d.weights, w) for w, (_, d) in decoded.items()]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     functions = [f for f in out.functions if f.domain != DOMAIN]
@@ -218,6 +238,16 @@ def strip_decoders(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, t
     opsets = [o for o in out.opset_import if o.domain != DOMAIN]
     del out.opset_import[:]
     out.opset_import.extend(opsets)
+    return out, decoded
+
+
+def strip_decoders(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, tuple[Decoder, Decoded]]]:
+    """A copy of ``model`` whose decoded weights are float32 initializers again (:func:`remove_decoders`).
+
+    Returns the plain model and, per weight name, its decoder and decoded arrays.
+    """
+    out, decoded = remove_decoders(model)
+    out.graph.initializer.extend(numpy_helper.from_array(d.weights, w) for w, (_, d) in decoded.items())
     return out, decoded
 
 
