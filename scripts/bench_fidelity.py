@@ -232,11 +232,19 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", help="model names to run (default: all)")
     ap.add_argument("--limit", type=int, default=256, help="calibration samples (default 256; photos: at most 64)")
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--speed-only", action="store_true", help="only the ~11 MB speed row")
     args = ap.parse_args()
     rows = []
+    out = {"platform": platform.platform(), "python": platform.python_version(), "limit": args.limit,
+           "rows": rows, "speed": None}
+
+    def save() -> None:  # after every row: a long run that stops early still leaves its rows
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        for name, model, calib, labeled in cases(tmp, args.limit):
+        for name, model, calib, labeled in [] if args.speed_only else cases(tmp, args.limit):
             if args.only and name not in args.only:
                 continue
             settings = [(s, k, calib) for s, k in SETTINGS]
@@ -245,11 +253,9 @@ def main() -> int:
             for sparse, k, spec in settings:
                 rows.append(one_row(name, model, spec, labeled, sparse, k, tmp))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
-        speed = None if args.no_speed else speed_row(tmp)
-    out = {"platform": platform.platform(), "python": platform.python_version(), "limit": args.limit,
-           "rows": rows, "speed": speed}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2))
+                save()
+        speed = out["speed"] = None if args.no_speed else speed_row(tmp)
+    save()
     print()
     print(table(rows))
     if speed:
