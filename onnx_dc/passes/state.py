@@ -43,6 +43,11 @@ class LayerState:
         """Initializer name of the weight."""
         return self.entry.site.name
 
+    @property
+    def reserves_zero(self) -> bool:
+        """Whether code 0 is the reserved 0.0 of pruned weights (only pruned layers reserve it)."""
+        return self.mask is not None
+
     def kept(self) -> int:
         """Number of weights not pruned."""
         return int(self.mask.sum()) if self.mask is not None else int(self.weights.size)
@@ -56,6 +61,7 @@ class CompressionState:
     plan: Plan
     layers: dict[str, LayerState] = field(default_factory=dict)
     source_bytes: int | None = None
+    originals_kept: bool = False  # whether model holds the original weights (see keep_originals)
 
     @classmethod
     def start(cls, model: onnx.ModelProto, plan: Plan, source_bytes: int | None = None) -> CompressionState:
@@ -85,6 +91,20 @@ class CompressionState:
                 init.CopyFrom(numpy_helper.from_array(layer.weights, init.name))
         external.embed_all(out)  # a session or a training graph needs every byte in the proto
         return out
+
+    def keep_originals(self) -> None:
+        """Put the original weights back into :attr:`model`, for passes that compare with them.
+
+        The data-aware passes run the original model and measure against its weights; they
+        call this before any pass has changed a weight (it refuses afterwards, since the
+        originals are gone by then). Costs one more copy of the planned weights.
+        """
+        if self.originals_kept:
+            return
+        if any(layer.mask is not None or layer.codebook is not None for layer in self.layers.values()):
+            raise RuntimeError("keep_originals() must run before any pass changes a weight")
+        self.model = self.dense_model()
+        self.originals_kept = True
 
     def set_weights(self, name: str, values: np.ndarray) -> None:
         """Replace a weight's values (after fine-tuning), keeping pruned positions at zero."""

@@ -53,7 +53,7 @@ def _weights_outside(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
     return plain, values
 
 
-def _open_with_weights(plain: onnx.ModelProto, values: dict, threads: int):
+def _open_with_weights(plain: onnx.ModelProto, values: dict, threads: int, spin: bool = True):
     """A session whose weights are ``values``: shared in place where onnxruntime allows it, else copied.
 
     onnxruntime 1.19 takes an initializer declared without data and supplied by
@@ -66,7 +66,7 @@ def _open_with_weights(plain: onnx.ModelProto, values: dict, threads: int):
     with_stubs = onnx.ModelProto()
     with_stubs.CopyFrom(plain)
     with_stubs.graph.initializer.extend(stubs)
-    opts = _options(threads)
+    opts = _options(threads, spin)
     for name, value in values.items():
         opts.add_initializer(name, value)
     try:
@@ -79,22 +79,31 @@ def _open_with_weights(plain: onnx.ModelProto, values: dict, threads: int):
     external = onnx.ModelProto()
     external.CopyFrom(plain)
     external.graph.initializer.extend(stubs)
-    opts = _options(threads)
+    opts = _options(threads, spin)
     opts.add_external_initializers(list(values), list(values.values()))
     return ort.InferenceSession(serialize(external), opts, providers=["CPUExecutionProvider"])
 
 
-def _options(threads: int):
+def _parse(data: bytes) -> onnx.ModelProto:
+    """The model in ``data``, parsed only: onnxruntime checks what it loads itself."""
+    proto = onnx.ModelProto()
+    proto.ParseFromString(data)
+    return proto
+
+
+def _options(threads: int, spin: bool = True):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
 def InferenceSession(  # noqa: N802
-    model: onnx.ModelProto | str | os.PathLike | bytes, threads: int = 0, decode: bool = True
+    model: onnx.ModelProto | str | os.PathLike | bytes, threads: int = 0, decode: bool = True, spin: bool = True
 ):
     """An ``onnxruntime.InferenceSession`` on a model, ``.dc.onnx`` or ``.dcz`` (CPU provider).
 
@@ -104,6 +113,8 @@ def InferenceSession(  # noqa: N802
         decode: rebuild compressed weights in NumPy and give them to onnxruntime as
             initializers (about the dense model's time and memory); False leaves it to
             onnxruntime's folding of the decoder functions, as any stock runtime does.
+        spin: False stops idle worker threads from spinning between runs, for callers that
+            do NumPy work between runs (spinning threads starve it on a small machine).
     """
     import onnxruntime as ort
 
@@ -111,16 +122,16 @@ def InferenceSession(  # noqa: N802
 
     try:
         data = model_bytes(model)
-        proto = load_model(data, str(model) if isinstance(model, (str, os.PathLike)) else "model") if decode else None
+        proto = _parse(data) if decode else None
         if proto is not None and layout.decoder_nodes(proto.graph):
             del data
             plain, values = _weights_outside(proto)
             del proto
-            session = _open_with_weights(plain, values, threads)
+            session = _open_with_weights(plain, values, threads, spin)
             session._onnx_dc_weights = values  # noqa: SLF001  (onnxruntime 1.19 uses their memory in place)
             return session
         del proto
-        return ort.InferenceSession(data, _options(threads), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, _options(threads, spin), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         name = model if isinstance(model, (str, os.PathLike)) else "model"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
