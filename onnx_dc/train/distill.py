@@ -1,0 +1,313 @@
+"""Label-free fine-tuning: the compressed model learns to match the original model's outputs.
+
+The teacher is the original model, run once in onnxruntime on the calibration samples;
+its outputs ``t_o`` are the targets. The student is the compression state in the masked
+(after pruning) or shared (codebook) training form of :mod:`onnx_dc.train.forms`, and the
+loss over the model's float outputs ``o = 1..K`` is
+
+    L = (1 / K) * sum_o L_o
+
+    L_o = mean((s_o - t_o)^2) / m_o,        m_o = mean of t_o^2 over all samples (MSE, normalised)
+    L_o = mean_positions( sum_c p_c * (log p_c - log softmax(z)_c) )        (KL, class scores)
+
+The normalisation by ``m_o`` makes ``L_o`` the squared relative L2 error of output ``o``,
+so outputs of different scale (a probability map and box offsets, a mask and a
+recurrent state) weigh alike. An output is *class scores* when a Softmax (or
+LogSoftmax) produces it: the student's logits ``z`` are that node's input and ``p`` the
+teacher's probabilities over the same axis.
+
+Samples are a mapping ``input name -> array`` whose entry ``i`` is one full model feed.
+When every data input has a free batch dimension, a step concatenates its samples into
+one feed; otherwise (fixed batch size, scalar inputs) a step runs one forward/backward
+per sample and averages the gradients.
+
+Where onnxruntime-training cannot build the gradient graph (an op without a gradient),
+:func:`distill` reports the op in one line and leaves the state un-fine-tuned.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper
+
+from onnx_dc.errors import DataError, ModelError
+from onnx_dc.passes.share import share
+from onnx_dc.passes.state import CompressionState
+from onnx_dc.train.forms import LOSS, LossBuilder, TrainForm
+from onnx_dc.train.loop import Trainer, run_stage
+from onnx_dc.train.optim import Optimizer
+from onnx_dc.train.schedule import prune_steps, run_stages
+from onnx_dc.train.settings import StageRecord, StageSettings, TrainSettings
+
+TARGET = "onnx_dc_train/target/"
+Samples = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    """How one model output enters the distillation loss."""
+
+    output: str  # graph output name
+    kind: str  # "mse" or "kl"
+    student: str  # tensor the loss reads: the output itself, or the logits before its Softmax
+    axis: int = -1  # class axis (kl)
+    scale: float = 1.0  # 1 / m_o (mse)
+
+
+@dataclass
+class DistillResult:
+    """What label-free fine-tuning did, stage by stage; ``skipped`` is the one-line reason it could not train."""
+
+    settings: TrainSettings
+    targets: list[OutputTarget]
+    records: list[StageRecord] = field(default_factory=list)
+    skipped: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """Plain values, for JSON."""
+        return {"settings": self.settings.to_dict(), "skipped": self.skipped, "seconds": round(self.seconds, 3),
+                "losses": {t.output: t.kind for t in self.targets}, "stages": [r.to_dict() for r in self.records]}
+
+
+def data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The graph inputs that are not initializers."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def _float_outputs(model: onnx.ModelProto) -> list[str]:
+    return [o.name for o in model.graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT]
+
+
+def output_targets(model: onnx.ModelProto, teacher: Samples) -> list[OutputTarget]:
+    """Loss kind of every float output (see module docstring); ``teacher`` holds its outputs on the samples."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for name in _float_outputs(model):
+        node = producer.get(name)
+        if node is not None and node.op_type in ("Softmax", "LogSoftmax") and node.domain in ("", "ai.onnx"):
+            axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+            out.append(OutputTarget(name, "kl", node.input[0], axis))
+        else:
+            t = teacher[name].astype(np.float64)
+            out.append(OutputTarget(name, "mse", name, scale=float(1.0 / max(np.mean(t * t), 1e-12))))
+    return out
+
+
+def teacher_targets(targets: Sequence[OutputTarget], producers: Mapping[str, str], teacher: Samples) -> dict:
+    """The arrays fed as targets: teacher outputs (mse) or teacher log-probabilities (kl)."""
+    out = {}
+    for t in targets:
+        y = teacher[t.output]
+        if t.kind == "kl" and producers[t.output] == "Softmax":
+            y = np.log(np.maximum(y.astype(np.float64), 1e-30)).astype(np.float32)
+        out[TARGET + t.output] = np.ascontiguousarray(y, dtype=np.float32)
+    return out
+
+
+def _const(name: str, value: float) -> onnx.NodeProto:
+    return oh.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(np.float32(value)))
+
+
+def distillation_loss(targets: Sequence[OutputTarget]) -> LossBuilder:
+    """A loss builder (see :func:`onnx_dc.train.forms.build_training_graph`) for ``targets``."""
+
+    def build(model: onnx.ModelProto, name: str) -> None:
+        graph = model.graph
+        types = {o.name: o.type for o in graph.output}
+        terms: list[str] = []
+        for i, t in enumerate(targets):
+            p = f"onnx_dc_train/o{i}/"
+            target = TARGET + t.output
+            graph.input.append(onnx.ValueInfoProto(name=target, type=types[t.output]))
+            if t.kind == "kl":
+                nodes = [
+                    oh.make_node("LogSoftmax", [t.student], [p + "ls"], name=p + "ls", axis=t.axis),
+                    oh.make_node("Exp", [target], [p + "pt"], name=p + "pt"),
+                    oh.make_node("Sub", [target, p + "ls"], [p + "d"], name=p + "d"),
+                    oh.make_node("Mul", [p + "pt", p + "d"], [p + "e"], name=p + "e"),
+                    oh.make_node("ReduceMean", [p + "e"], [p + "m"], name=p + "m", keepdims=0),
+                    oh.make_node("Shape", [p + "ls"], [p + "shape"], name=p + "shape"),
+                    # mean over every element times the class count = mean over positions of the per-position KL
+                    oh.make_node("Gather", [p + "shape", p + "axis"], [p + "c"], name=p + "c", axis=0),
+                    oh.make_node("Cast", [p + "c"], [p + "cf"], name=p + "cf", to=TensorProto.FLOAT),
+                    oh.make_node("Mul", [p + "m", p + "cf"], [p + "loss"], name=p + "loss"),
+                ]
+                axis = oh.make_node("Constant", [], [p + "axis"], name=p + "axis",
+                                    value=numpy_helper.from_array(np.int64(t.axis)))
+                graph.node.extend([axis, *nodes])
+            else:
+                graph.node.extend([
+                    oh.make_node("Sub", [t.student, target], [p + "d"], name=p + "d"),
+                    oh.make_node("Mul", [p + "d", p + "d"], [p + "sq"], name=p + "sq"),
+                    oh.make_node("ReduceMean", [p + "sq"], [p + "m"], name=p + "m", keepdims=0),
+                    _const(p + "scale", t.scale),
+                    oh.make_node("Mul", [p + "m", p + "scale"], [p + "loss"], name=p + "loss"),
+                ])
+            terms.append(p + "loss")
+        total = terms[0]
+        for i, term in enumerate(terms[1:]):  # Add, not Sum: onnxruntime-training has no gradient for Sum
+            graph.node.append(oh.make_node("Add", [total, term], [f"onnx_dc_train/sum{i}"], name=f"onnx_dc_train/sum{i}"))
+            total = f"onnx_dc_train/sum{i}"
+        graph.node.extend([
+            _const("onnx_dc_train/inv_k", 1.0 / len(terms)),
+            oh.make_node("Mul", [total, "onnx_dc_train/inv_k"], [LOSS], name="onnx_dc_train/loss"),
+        ])
+        del graph.output[:]
+        graph.output.append(oh.make_tensor_value_info(LOSS, TensorProto.FLOAT, []))
+
+    return build
+
+
+def stack_feeds(feeds: Sequence[Mapping[str, np.ndarray]] | Samples, model: onnx.ModelProto,
+                name: str = "model") -> dict[str, np.ndarray]:
+    """Samples (``input -> array``, entry ``i`` one full feed) from a list of feeds, or checked as given.
+
+    Raises:
+        DataError: when an input has no array, or the feeds disagree in shape.
+    """
+    names = [i.name for i in data_inputs(model)]
+    if isinstance(feeds, Mapping):
+        stacked = dict(feeds)
+    else:
+        if not feeds:
+            raise DataError(f"{name}: no calibration samples to fine-tune on")
+        stacked = {}
+        for n in names:
+            try:
+                stacked[n] = np.stack([np.asarray(f[n]) for f in feeds])
+            except KeyError:
+                raise DataError(f"{name}: a calibration sample has no array for input {n!r}") from None
+            except ValueError:
+                shapes = sorted({tuple(np.shape(f[n])) for f in feeds})[:3]
+                raise DataError(f"{name}: calibration samples for input {n!r} differ in shape ({shapes}); "
+                                "resize them to one shape") from None
+    missing = [n for n in names if n not in stacked]
+    if missing:
+        raise DataError(f"{name}: no calibration array for input(s) {', '.join(missing)}")
+    counts = {len(stacked[n]) for n in names}
+    if len(counts) != 1:
+        raise DataError(f"{name}: calibration arrays hold different sample counts {sorted(counts)}")
+    return {n: stacked[n] for n in names}
+
+
+def batchable(model: onnx.ModelProto, samples: Samples) -> bool:
+    """Whether samples can be concatenated along a free batch dimension of every data input."""
+    for inp in data_inputs(model):
+        dims = inp.type.tensor_type.shape.dim
+        if not dims or (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+            return False
+        if samples[inp.name].ndim != len(dims) + 1:
+            return False
+    return True
+
+
+def run_teacher(model: onnx.ModelProto, samples: Samples, outputs: Sequence[str], threads: int = 0,
+                chunk: int = 256) -> dict[str, np.ndarray]:
+    """The model's ``outputs`` on every sample (entry ``i`` the output of feed ``i``), in onnxruntime."""
+    from onnx_dc.runtime.session import InferenceSession
+
+    session = InferenceSession(model, threads)
+    n = len(next(iter(samples.values())))
+    if batchable(model, samples):
+        parts = {o: [] for o in outputs}
+        for lo in range(0, n, chunk):
+            got = session.run(list(outputs), {k: _join(v[lo:lo + chunk]) for k, v in samples.items()})
+            m = min(chunk, n - lo)
+            for o, g in zip(outputs, got):
+                parts[o].append(g.reshape((m, -1, *g.shape[1:])))  # every sample has the same batch size
+        return {o: np.concatenate(p) for o, p in parts.items()}
+    got = [session.run(list(outputs), {k: np.asarray(v[i]) for k, v in samples.items()}) for i in range(n)]
+    return {o: np.stack([g[j] for g in got]) for j, o in enumerate(outputs)}
+
+
+def _join(stacked: np.ndarray) -> np.ndarray:
+    """Samples ``[n, b, ...]`` as one feed ``[n * b, ...]``."""
+    return stacked.reshape((-1, *stacked.shape[2:]))
+
+
+def _step_fn(samples: dict[str, np.ndarray], joined: bool) -> Callable[[Trainer, np.ndarray, Optimizer], float]:
+    """One optimizer step on a batch of sample indices: one call on the joined feed, or one call per sample."""
+
+    def step(trainer: Trainer, idx: np.ndarray, opt: Optimizer) -> float:
+        names = trainer.module.input_names()
+        if joined:
+            loss = trainer.accumulate(*(_join(samples[n][idx]) for n in names))
+            trainer.apply(opt)
+            return loss
+        total = sum(trainer.accumulate(*(np.asarray(samples[n][i]) for n in names)) for i in idx)
+        trainer.apply(opt, 1.0 / len(idx))
+        return total / len(idx)
+
+    return step
+
+
+def distill(
+    state: CompressionState,
+    samples: Sequence[Mapping[str, np.ndarray]] | Samples,
+    settings: TrainSettings,
+    *,
+    name: str = "model",
+    share_state: Callable[[CompressionState], object] = share,
+    evaluate: Callable[[onnx.ModelProto], float] | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> DistillResult:
+    """Prune in steps and share as :func:`onnx_dc.train.schedule.run_stages`, training against the original model.
+
+    The teacher is ``state``'s model as it is on entry (call this before any pruning).
+    Where onnxruntime-training cannot train the model, one line (``result.skipped``, also
+    echoed) names the op, and the state is pruned and shared without training.
+
+    Args:
+        state: from :func:`onnx_dc.api.prepare`; pass it to :func:`onnx_dc.api.finish` afterwards.
+        samples: calibration feeds: a list of ``{input name: array}`` feeds, or ``{input name: stacked array}``.
+        settings: the schedule (:func:`~onnx_dc.train.settings.resolve_train_settings`).
+        name: the model's name in messages.
+        share_state: the weight-sharing pass.
+        evaluate: optional function of a model, recorded after every stage.
+        echo: where to print progress (None: silent).
+
+    Raises:
+        TrainingUnavailable: when onnxruntime-training cannot be imported.
+        DataError: when the samples do not fit the model's inputs.
+    """
+    from onnx_dc.train.ort_training import training_modules
+
+    training_modules()
+    start = time.perf_counter()
+    teacher_model = state.dense_model()
+    feeds = stack_feeds(samples, teacher_model, name)
+    teacher = run_teacher(teacher_model, feeds, _float_outputs(teacher_model), settings.threads)
+    targets = output_targets(teacher_model, teacher)
+    producers = {o: n.op_type for n in teacher_model.graph.node for o in n.output}
+    arrays = {**feeds, **teacher_targets(targets, producers, teacher)}
+    step = _step_fn(arrays, batchable(teacher_model, feeds))
+    loss = distillation_loss(targets)
+    n = len(next(iter(feeds.values())))
+    result = DistillResult(settings, targets)
+
+    def train(form: TrainForm, stage: StageSettings, seed: int, stage_name: str) -> StageRecord:
+        record = StageRecord(stage_name, form.value, stage.epochs)
+        if result.skipped is not None or stage.epochs == 0:
+            return record
+        try:
+            trainer = Trainer(state, form, settings.threads, name, loss)
+        except ModelError as exc:
+            result.skipped = str(exc)
+            if echo is not None:
+                echo(f"label-free fine-tuning skipped: {exc}; keeping the result without fine-tuning")
+            return record
+        return run_stage(trainer, n, step, stage, record, batch_size=settings.batch_size, seed=seed, echo=echo)
+
+    run_stages(state, settings, prune_steps(state, settings), train, result.records, share_state=share_state,
+               evaluate=evaluate, echo=echo)
+    result.seconds = time.perf_counter() - start
+    return result
