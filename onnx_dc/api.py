@@ -91,6 +91,7 @@ def compress(
     schedule: Mapping[str, Any] | None = None,
     epochs: int | None = None,
     echo: Callable[[str], None] | None = None,
+    calib: Any = None,
     **overrides: Any,
 ) -> CompressResult:
     """Prune and share the weights of an ONNX model; return (and optionally write) the ``*.dc.onnx``.
@@ -106,6 +107,10 @@ def compress(
             (``{"epochs": 2, "retrain": {"lr": 0.01}}``; see :mod:`onnx_dc.train.settings`).
         epochs: epochs of every training stage (over config and ``schedule``).
         echo: where fine-tuning prints its progress (None: silent).
+        calib: unlabeled calibration samples (``images:DIR``, ``npz:FILE``, ... or a
+            :class:`~onnx_dc.data.calib.CalibSpec`). With ``epochs`` and no ``data``: label-free
+            fine-tuning, the compressed model trained to match the original's outputs
+            (:mod:`onnx_dc.train.distill`).
         **overrides: global settings over the config's defaults, e.g. ``sparse_ratio=0.9``.
 
     Returns:
@@ -118,6 +123,9 @@ def compress(
         raise ModelError(f"{output_path}: refusing to overwrite the input model; choose another output path")
     state = prepare(model, config, **overrides)
     input_path = model if isinstance(model, (str, os.PathLike)) else None
+    if calib is not None and data is None and epochs:
+        _distill(state, model, calib, config, schedule, epochs, echo, overrides.get("seed"))
+        return finish(state, output_path, preprocess, input_path)
     if data is None:
         if schedule is not None or epochs is not None:
             raise ConfigError("a fine-tuning schedule or epochs were given without data; pass data=... to fine-tune")
@@ -133,6 +141,20 @@ def compress(
                                       source=f"{cfg.source}: train")
     trained = run_schedule(state, data, settings, preprocess, echo=echo)
     return finish(state, output_path, trained.preprocess, input_path)
+
+
+def _distill(state: CompressionState, model: Any, calib: Any, config: Any, schedule: Mapping[str, Any] | None,
+             epochs: int, echo: Callable[[str], None] | None, seed: int | None) -> None:
+    """Label-free fine-tuning of a prepared state on the calibration part of ``calib``."""
+    from onnx_dc.data.calib import load_calib
+    from onnx_dc.train.distill import DISTILL_DEFAULTS, distill
+    from onnx_dc.train.settings import resolve_train_settings
+
+    cfg = as_config(config)
+    settings = resolve_train_settings(DISTILL_DEFAULTS, cfg.train, {"seed": seed} if seed is not None else None,
+                                      schedule, {"epochs": epochs}, source=f"{cfg.source}: train")
+    name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
+    distill(state, load_calib(calib, state.model).calib, settings, name=name, echo=echo)
 
 
 def finetune(

@@ -81,12 +81,25 @@ def _training_from(args: argparse.Namespace, lr_stage: str) -> dict:
         schedule.setdefault("codebook", {})["lr"] = args.codebook_lr
     if lr_stage == "codebook" and args.seed is not None:
         schedule["seed"] = args.seed
+    if args.data is None and getattr(args, "calib", None) is not None and args.epochs:
+        return {"calib": _calib_from(args), "schedule": schedule or None, "epochs": args.epochs,
+                "echo": lambda line: print(line, file=sys.stderr)}
     if args.data is None:
         if schedule or args.epochs is not None:
-            raise ConfigError("--epochs, --batch-size, --lr, --codebook-lr and --optimizer need --data")
+            raise ConfigError("--epochs, --batch-size, --lr, --codebook-lr and --optimizer need --data "
+                              "(or --calib, for label-free fine-tuning)")
         return {}
     return {"data": args.data, "schedule": schedule or None, "epochs": args.epochs,
             "echo": lambda line: print(line, file=sys.stderr)}
+
+
+def _calib_from(args: argparse.Namespace):
+    """The calibration spec of ``--calib`` and its image options."""
+    from onnx_dc.data.calib import parse_calib_spec
+
+    return parse_calib_spec(args.calib, size=args.size, channels=args.channels, scale=args.scale,
+                            mean=args.mean, std=args.std, layout=args.layout,
+                            limit=args.calib_limit, seed=args.seed)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -206,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config with per-node settings (docs/CONFIG.md)")
     _add_settings_args(p)
     p.add_argument("--data", help="fine-tune on this data while compressing: mnist:DIR, fashion-mnist:DIR, npz:FILE, digits")
+    g = p.add_argument_group("calibration samples (unlabeled); with --epochs: label-free fine-tuning")
+    g.add_argument("--calib", help="images:DIR, npz:FILE, mnist:DIR, fashion-mnist:DIR or digits (labels ignored)")
+    g.add_argument("--calib-limit", type=int, help="calibration samples at most (seeded choice; default 256)")
+    g.add_argument("--size", help="resize images to H,W")
+    g.add_argument("--channels", choices=("rgb", "bgr", "gray"), help="image channel order (default rgb, gray for 1 channel)")
     _add_training_args(p, "retrain")
     _add_preprocess_args(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -16,10 +16,10 @@ recurrent state) weigh alike. An output is *class scores* when a Softmax (or
 LogSoftmax) produces it: the student's logits ``z`` are that node's input and ``p`` the
 teacher's probabilities over the same axis.
 
-Samples are a mapping ``input name -> array`` whose entry ``i`` is one full model feed.
-When every data input has a free batch dimension, a step concatenates its samples into
-one feed; otherwise (fixed batch size, scalar inputs) a step runs one forward/backward
-per sample and averages the gradients.
+Samples are :class:`onnx_dc.data.calib.Samples` (entry ``i`` of each array is one full
+model feed). When they stack (a free batch dimension), a step concatenates its samples
+into one feed; otherwise (fixed batch size) a step runs one forward/backward per sample
+and averages the gradients.
 
 Where onnxruntime-training cannot build the gradient graph (an op without a gradient),
 :func:`distill` reports the op in one line and leaves the state un-fine-tuned.
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -37,7 +37,8 @@ from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper
 
-from onnx_dc.errors import DataError, ModelError
+from onnx_dc.data.calib import Samples
+from onnx_dc.errors import ModelError
 from onnx_dc.passes.share import share
 from onnx_dc.passes.state import CompressionState
 from onnx_dc.train.forms import LOSS, LossBuilder, TrainForm
@@ -47,7 +48,11 @@ from onnx_dc.train.schedule import prune_steps, run_stages
 from onnx_dc.train.settings import StageRecord, StageSettings, TrainSettings
 
 TARGET = "onnx_dc_train/target/"
-Samples = Mapping[str, np.ndarray]
+# Defaults of label-free fine-tuning, under the config's train: section and the caller's
+# settings. Calibration sets are small (256 samples by default), so batches are small too.
+# Measured on the CIFAR-10 ResNet-20 (0.5 / 32, 256 photo crops, 8 epochs): retraining with
+# AdamW 1e-3 reached held-out cosine 0.937 where SGD 0.01 (momentum 0.9) stalled at 0.78.
+DISTILL_DEFAULTS = {"batch_size": 16, "retrain": {"optimizer": "adamw", "lr": 1e-3}}
 
 
 @dataclass(frozen=True)
@@ -77,17 +82,11 @@ class DistillResult:
                 "losses": {t.output: t.kind for t in self.targets}, "stages": [r.to_dict() for r in self.records]}
 
 
-def data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """The graph inputs that are not initializers."""
-    inits = {t.name for t in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in inits]
-
-
 def _float_outputs(model: onnx.ModelProto) -> list[str]:
     return [o.name for o in model.graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT]
 
 
-def output_targets(model: onnx.ModelProto, teacher: Samples) -> list[OutputTarget]:
+def output_targets(model: onnx.ModelProto, teacher: Mapping[str, np.ndarray]) -> list[OutputTarget]:
     """Loss kind of every float output (see module docstring); ``teacher`` holds its outputs on the samples."""
     producer = {o: n for n in model.graph.node for o in n.output}
     out = []
@@ -102,7 +101,8 @@ def output_targets(model: onnx.ModelProto, teacher: Samples) -> list[OutputTarge
     return out
 
 
-def teacher_targets(targets: Sequence[OutputTarget], producers: Mapping[str, str], teacher: Samples) -> dict:
+def teacher_targets(targets: Sequence[OutputTarget], producers: Mapping[str, str],
+                    teacher: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The arrays fed as targets: teacher outputs (mse) or teacher log-probabilities (kl)."""
     out = {}
     for t in targets:
@@ -167,66 +167,17 @@ def distillation_loss(targets: Sequence[OutputTarget]) -> LossBuilder:
     return build
 
 
-def stack_feeds(feeds: Sequence[Mapping[str, np.ndarray]] | Samples, model: onnx.ModelProto,
-                name: str = "model") -> dict[str, np.ndarray]:
-    """Samples (``input -> array``, entry ``i`` one full feed) from a list of feeds, or checked as given.
-
-    Raises:
-        DataError: when an input has no array, or the feeds disagree in shape.
-    """
-    names = [i.name for i in data_inputs(model)]
-    if isinstance(feeds, Mapping):
-        stacked = dict(feeds)
-    else:
-        if not feeds:
-            raise DataError(f"{name}: no calibration samples to fine-tune on")
-        stacked = {}
-        for n in names:
-            try:
-                stacked[n] = np.stack([np.asarray(f[n]) for f in feeds])
-            except KeyError:
-                raise DataError(f"{name}: a calibration sample has no array for input {n!r}") from None
-            except ValueError:
-                shapes = sorted({tuple(np.shape(f[n])) for f in feeds})[:3]
-                raise DataError(f"{name}: calibration samples for input {n!r} differ in shape ({shapes}); "
-                                "resize them to one shape") from None
-    missing = [n for n in names if n not in stacked]
-    if missing:
-        raise DataError(f"{name}: no calibration array for input(s) {', '.join(missing)}")
-    counts = {len(stacked[n]) for n in names}
-    if len(counts) != 1:
-        raise DataError(f"{name}: calibration arrays hold different sample counts {sorted(counts)}")
-    return {n: stacked[n] for n in names}
-
-
-def batchable(model: onnx.ModelProto, samples: Samples) -> bool:
-    """Whether samples can be concatenated along a free batch dimension of every data input."""
-    for inp in data_inputs(model):
-        dims = inp.type.tensor_type.shape.dim
-        if not dims or (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
-            return False
-        if samples[inp.name].ndim != len(dims) + 1:
-            return False
-    return True
-
-
 def run_teacher(model: onnx.ModelProto, samples: Samples, outputs: Sequence[str], threads: int = 0,
                 chunk: int = 256) -> dict[str, np.ndarray]:
-    """The model's ``outputs`` on every sample (entry ``i`` the output of feed ``i``), in onnxruntime."""
+    """The model's ``outputs`` on every sample (entry ``i`` the output of sample ``i``'s feed), in onnxruntime."""
     from onnx_dc.runtime.session import InferenceSession
 
     session = InferenceSession(model, threads)
-    n = len(next(iter(samples.values())))
-    if batchable(model, samples):
-        parts = {o: [] for o in outputs}
-        for lo in range(0, n, chunk):
-            got = session.run(list(outputs), {k: _join(v[lo:lo + chunk]) for k, v in samples.items()})
-            m = min(chunk, n - lo)
-            for o, g in zip(outputs, got):
-                parts[o].append(g.reshape((m, -1, *g.shape[1:])))  # every sample has the same batch size
-        return {o: np.concatenate(p) for o, p in parts.items()}
-    got = [session.run(list(outputs), {k: np.asarray(v[i]) for k, v in samples.items()}) for i in range(n)]
-    return {o: np.stack([g[j] for g in got]) for j, o in enumerate(outputs)}
+    parts: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
+    for feed, m in zip(samples.batches(chunk), samples.batch_sizes(chunk)):
+        for o, y in zip(outputs, session.run(list(outputs), feed)):
+            parts[o].append(y.reshape((m, -1, *y.shape[1:])) if samples.stackable else y[None])
+    return {o: np.concatenate(p) for o, p in parts.items()}
 
 
 def _join(stacked: np.ndarray) -> np.ndarray:
@@ -234,16 +185,24 @@ def _join(stacked: np.ndarray) -> np.ndarray:
     return stacked.reshape((-1, *stacked.shape[2:]))
 
 
-def _step_fn(samples: dict[str, np.ndarray], joined: bool) -> Callable[[Trainer, np.ndarray, Optimizer], float]:
-    """One optimizer step on a batch of sample indices: one call on the joined feed, or one call per sample."""
+def _step_fn(samples: Samples) -> Callable[[Trainer, np.ndarray, Optimizer], float]:
+    """One optimizer step on a batch of sample indices: one call on the joined feed, or one call per sample.
+
+    ``samples.arrays`` holds the model inputs and the targets.
+    """
+
+    def feed(names: Sequence[str], idx) -> list[np.ndarray]:
+        return [np.asarray(samples.constants[n]) if n in samples.constants else
+                _join(samples.arrays[n][idx]) if samples.stackable else np.asarray(samples.arrays[n][idx])
+                for n in names]
 
     def step(trainer: Trainer, idx: np.ndarray, opt: Optimizer) -> float:
         names = trainer.module.input_names()
-        if joined:
-            loss = trainer.accumulate(*(_join(samples[n][idx]) for n in names))
+        if samples.stackable:
+            loss = trainer.accumulate(*feed(names, idx))
             trainer.apply(opt)
             return loss
-        total = sum(trainer.accumulate(*(np.asarray(samples[n][i]) for n in names)) for i in idx)
+        total = sum(trainer.accumulate(*feed(names, i)) for i in idx)
         trainer.apply(opt, 1.0 / len(idx))
         return total / len(idx)
 
@@ -252,7 +211,7 @@ def _step_fn(samples: dict[str, np.ndarray], joined: bool) -> Callable[[Trainer,
 
 def distill(
     state: CompressionState,
-    samples: Sequence[Mapping[str, np.ndarray]] | Samples,
+    samples: Samples,
     settings: TrainSettings,
     *,
     name: str = "model",
@@ -268,7 +227,7 @@ def distill(
 
     Args:
         state: from :func:`onnx_dc.api.prepare`; pass it to :func:`onnx_dc.api.finish` afterwards.
-        samples: calibration feeds: a list of ``{input name: array}`` feeds, or ``{input name: stacked array}``.
+        samples: calibration samples (:func:`onnx_dc.data.calib.load_calib`'s ``calib`` part).
         settings: the schedule (:func:`~onnx_dc.train.settings.resolve_train_settings`).
         name: the model's name in messages.
         share_state: the weight-sharing pass.
@@ -277,21 +236,18 @@ def distill(
 
     Raises:
         TrainingUnavailable: when onnxruntime-training cannot be imported.
-        DataError: when the samples do not fit the model's inputs.
     """
     from onnx_dc.train.ort_training import training_modules
 
     training_modules()
     start = time.perf_counter()
     teacher_model = state.dense_model()
-    feeds = stack_feeds(samples, teacher_model, name)
-    teacher = run_teacher(teacher_model, feeds, _float_outputs(teacher_model), settings.threads)
+    teacher = run_teacher(teacher_model, samples, _float_outputs(teacher_model), settings.threads)
     targets = output_targets(teacher_model, teacher)
     producers = {o: n.op_type for n in teacher_model.graph.node for o in n.output}
-    arrays = {**feeds, **teacher_targets(targets, producers, teacher)}
-    step = _step_fn(arrays, batchable(teacher_model, feeds))
+    step = _step_fn(replace(samples, arrays={**samples.arrays, **teacher_targets(targets, producers, teacher)}))
     loss = distillation_loss(targets)
-    n = len(next(iter(feeds.values())))
+    n = len(samples)
     result = DistillResult(settings, targets)
 
     def train(form: TrainForm, stage: StageSettings, seed: int, stage_name: str) -> StageRecord:

@@ -138,6 +138,7 @@ def build_training_graph(state: CompressionState, form: TrainForm, name: str = "
     """The training model of ``state`` (its current weights) in ``form``, with ``loss`` appended."""
     model = state.dense_model()
     loss(model, name)
+    differentiable_equivalents(model)
     graph = model.graph
     result = TrainingGraph(model)
     for wname, layer in state.layers.items():
@@ -150,6 +151,75 @@ def build_training_graph(state: CompressionState, form: TrainForm, name: str = "
     result.others = _other_parameters(graph, set(state.layers))
     _refuse_control_flow(graph, set(result.requires_grad), name)
     return result
+
+
+def _depth_to_space(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> list[onnx.NodeProto] | None:
+    """DepthToSpace as Reshape -> Transpose -> Reshape (its definition in the ONNX spec)."""
+    shape = shapes.get(node.input[0])
+    if shape is None or len(shape) != 4 or any(d <= 0 for d in shape[1:]):
+        return None
+    attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
+    b = int(attrs["blocksize"])
+    mode = attrs.get("mode", b"DCR")
+    _, c, h, w = shape
+    if mode in (b"CRD", "CRD"):
+        split, perm = [0, c // (b * b), b, b, h, w], [0, 1, 4, 2, 5, 3]
+    else:
+        split, perm = [0, b, b, c // (b * b), h, w], [0, 3, 4, 1, 5, 2]
+    p = f"{node.name}/equiv/"
+    return [
+        oh.make_node("Constant", [], [p + "split"], value=oh.make_tensor(p + "split", TensorProto.INT64, [6], split)),
+        oh.make_node("Reshape", [node.input[0], p + "split"], [p + "r"], name=p + "r"),
+        oh.make_node("Transpose", [p + "r"], [p + "t"], name=p + "t", perm=perm),
+        oh.make_node("Constant", [], [p + "shape"],
+                     value=oh.make_tensor(p + "shape", TensorProto.INT64, [4], [0, c // (b * b), h * b, w * b])),
+        oh.make_node("Reshape", [p + "t", p + "shape"], list(node.output), name=p + "out"),
+    ]
+
+
+def _prelu(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> list[onnx.NodeProto]:
+    """PRelu(x, s) = Relu(x) - s * Relu(-x)."""
+    x, slope = node.input
+    p = f"{node.name}/equiv/"
+    return [
+        oh.make_node("Relu", [x], [p + "pos"], name=p + "pos"),
+        oh.make_node("Neg", [x], [p + "neg"], name=p + "neg"),
+        oh.make_node("Relu", [p + "neg"], [p + "negpart"], name=p + "negpart"),
+        oh.make_node("Mul", [p + "negpart", slope], [p + "scaled"], name=p + "scaled"),
+        oh.make_node("Sub", [p + "pos", p + "scaled"], list(node.output), name=p + "out"),
+    ]
+
+
+# Ops onnxruntime-training 1.19 has no CPU gradient for, written with ops that have one.
+EQUIVALENTS = {"DepthToSpace": _depth_to_space, "PRelu": _prelu}
+
+
+def differentiable_equivalents(model: onnx.ModelProto) -> int:
+    """Replace, in place, nodes without a gradient in onnxruntime-training by equal compositions; returns how many.
+
+    Only the training graph is rewritten: parameters keep their names, so they return
+    to the unchanged inference model.
+    """
+    graph = model.graph
+    if not any(n.op_type in EQUIVALENTS and n.domain in ("", "ai.onnx") for n in graph.node):
+        return 0
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+    nodes, count = [], 0
+    for node in graph.node:
+        rewrite = EQUIVALENTS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        replacement = rewrite(node, shapes) if rewrite else None
+        if replacement is None:
+            nodes.append(node)
+        else:
+            nodes.extend(replacement)
+            count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return count
 
 
 def _subgraph_reads(node: onnx.NodeProto) -> set[str]:

@@ -172,7 +172,7 @@ def run_stages(
         if evaluate is not None:
             rec.accuracy = evaluate(state.dense_model())
         records.append(rec)
-        if echo is not None:
+        if echo is not None and (rec.steps or rec.accuracy is not None):
             acc = f", accuracy {rec.accuracy:.4f}" if rec.accuracy is not None else ""
             echo(f"{rec.name}: {rec.steps} steps in {rec.seconds:.1f} s{acc}")
 
