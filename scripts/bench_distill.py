@@ -13,7 +13,7 @@ shared sample photos (images models), resized as each model's README says; for t
 audio models, the feeds the real streaming loop produces on gtcrn's test_wavs-mix.wav
 (16 kHz noisy speech; recurrent states carried along), every fifth feed held out.
 
-    python scripts/bench_distill.py [--models lenet,superres,...] [--epochs 4] [--json out/bench_distill.json]
+    python scripts/bench_distill.py [--models lenet_300_100,superres,...] [--epochs 4] [--json out/bench_distill.json] [--update]
 """
 
 from __future__ import annotations
@@ -223,8 +223,10 @@ def cases(folder: Path, epochs: int) -> dict:
 
     return {
         "lenet_300_100": lenet,
+        # batch 4: a 16-image batch of 224x224 through 64-channel convs took 6 GB to train
         "superres": lambda: dict(path=REAL / "superres" / "pytorch_super_resolution.onnx",
-                                 spec=image_spec(folder, (224, 224), channels="gray"), settings=real, schedule=sched),
+                                 spec=image_spec(folder, (224, 224), channels="gray"), settings=real,
+                                 schedule={**sched, "batch_size": 4}),
         "cifar10-resnet20": lambda: dict(path=REAL / "cifar10-resnet20" / "resnet20_cifar10_pre.onnx",
                                          spec=image_spec(folder, (32, 32), mean="0.485,0.456,0.406",
                                                          std="0.229,0.224,0.225"), settings=real, schedule=sched),
@@ -267,6 +269,7 @@ def main() -> int:
     parser.add_argument("--models", help="comma-separated subset (default: all)")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per stage for the real models (default 4)")
     parser.add_argument("--json", default=str(ROOT / "out" / "bench_distill.json"))
+    parser.add_argument("--update", action="store_true", help="keep the JSON's rows of models not run now")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_distill_") as tmp:
@@ -279,6 +282,9 @@ def main() -> int:
             except (OnnxDcError, FileNotFoundError) as exc:
                 rows.append({"model": name, "error": str(exc).splitlines()[0][:300]})
                 print(f"    {rows[-1]['error']}", flush=True)
+    if args.update and Path(args.json).is_file():
+        done = {r["model"] for r in rows}
+        rows = [r for r in json.loads(Path(args.json).read_text())["rows"] if r["model"] not in done] + rows
     out = {"machine": platform.platform(), "python": platform.python_version(), "epochs_real": args.epochs,
            "rows": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -38,10 +38,10 @@ from onnx import helper as oh
 from onnx import numpy_helper
 
 from onnx_dc.data.calib import Samples
-from onnx_dc.errors import ModelError
+from onnx_dc.errors import DataError, ModelError
 from onnx_dc.passes.share import share
 from onnx_dc.passes.state import CompressionState
-from onnx_dc.train.forms import LOSS, LossBuilder, TrainForm
+from onnx_dc.train.forms import LOSS, LossBuilder, TrainForm, downstream
 from onnx_dc.train.loop import Trainer, run_stage
 from onnx_dc.train.optim import Optimizer
 from onnx_dc.train.schedule import prune_steps, run_stages
@@ -86,11 +86,18 @@ def _float_outputs(model: onnx.ModelProto) -> list[str]:
     return [o.name for o in model.graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT]
 
 
-def output_targets(model: onnx.ModelProto, teacher: Mapping[str, np.ndarray]) -> list[OutputTarget]:
-    """Loss kind of every float output (see module docstring); ``teacher`` holds its outputs on the samples."""
+def output_targets(model: onnx.ModelProto, teacher: Mapping[str, np.ndarray],
+                   weights: Sequence[str] | None = None) -> list[OutputTarget]:
+    """Loss kind of every float output (see module docstring); ``teacher`` holds its outputs on the samples.
+
+    With ``weights``, outputs that none of them reaches are left out: training cannot move them.
+    """
     producer = {o: n for n in model.graph.node for o in n.output}
+    reached = None if weights is None else {o for n, _ in downstream(model.graph, set(weights)) for o in n.output}
     out = []
     for name in _float_outputs(model):
+        if reached is not None and name not in reached:
+            continue
         node = producer.get(name)
         if node is not None and node.op_type in ("Softmax", "LogSoftmax") and node.domain in ("", "ai.onnx"):
             axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
@@ -240,15 +247,19 @@ def distill(
     from onnx_dc.train.ort_training import training_modules
 
     training_modules()
+    if len(samples) == 0:
+        raise DataError(f"{name}: no calibration samples to fine-tune on")
     start = time.perf_counter()
     teacher_model = state.dense_model()
     teacher = run_teacher(teacher_model, samples, _float_outputs(teacher_model), settings.threads)
-    targets = output_targets(teacher_model, teacher)
+    targets = output_targets(teacher_model, teacher, list(state.layers))
     producers = {o: n.op_type for n in teacher_model.graph.node for o in n.output}
     step = _step_fn(replace(samples, arrays={**samples.arrays, **teacher_targets(targets, producers, teacher)}))
     loss = distillation_loss(targets)
     n = len(samples)
     result = DistillResult(settings, targets)
+    if not targets:
+        result.skipped = f"{name}: no float output depends on a compressed weight"
 
     def train(form: TrainForm, stage: StageSettings, seed: int, stage_name: str) -> StageRecord:
         record = StageRecord(stage_name, form.value, stage.epochs)

@@ -233,6 +233,22 @@ def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def downstream(graph: onnx.GraphProto, sources: set[str]) -> list[tuple[onnx.NodeProto, bool]]:
+    """The nodes that read (directly, or from inside a subgraph) a tensor computed from ``sources``.
+
+    Returns:
+        ``(node, has_subgraph)`` in graph order (the graph is topologically sorted).
+    """
+    reached, out = set(sources), []
+    for node in graph.node:
+        sub = _subgraph_reads(node)
+        if reached.intersection(node.input) or reached & sub:
+            out.append((node, bool(sub) or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                                for a in node.attribute)))
+            reached.update(node.output)
+    return out
+
+
 def _refuse_control_flow(graph: onnx.GraphProto, parameters: set[str], name: str) -> None:
     """Refuse a path from a trained parameter through If / Loop / Scan.
 
@@ -242,15 +258,10 @@ def _refuse_control_flow(graph: onnx.GraphProto, parameters: set[str], name: str
     Raises:
         ModelError: naming the op and node.
     """
-    reached = set(parameters)
-    for node in graph.node:
-        sub = _subgraph_reads(node)
-        if not (reached.intersection(node.input) or reached & sub):
-            continue
-        if sub or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+    for node, has_subgraph in downstream(graph, parameters):
+        if has_subgraph:
             raise ModelError(f"{name}: onnxruntime-training has no gradient for op {node.op_type} (node {node.name}): "
                              "it cannot differentiate through control-flow subgraphs")
-        reached.update(node.output)
 
 
 def _other_parameters(graph: onnx.GraphProto, planned: set[str]) -> list[str]:
