@@ -195,3 +195,30 @@ def test_cli_label_free_end_to_end(tmp_path, capsys):
     state = onnx_dc.train.state_from_dc(onnx.load(out))
     check_compressed(state, 32)
     assert all(abs(layer.kept() / layer.weights.size - 0.1) < 0.01 for layer in state.layers.values())
+
+
+@pytest.mark.parametrize("op,attrs,extra", [
+    ("DepthToSpace", {"blocksize": 2}, []),
+    ("DepthToSpace", {"blocksize": 2, "mode": "CRD"}, []),
+    ("PRelu", {}, ["slope"]),
+    ("Resize", {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+     ["", "scales"]),
+])
+def test_differentiable_equivalents_compute_the_same(op, attrs, extra):
+    """The training-graph rewrites of ops without a CPU gradient give the op's own outputs, exactly."""
+    from onnx_dc.train.forms import differentiable_equivalents
+
+    rng = np.random.default_rng(0)
+    inits = [init("slope", rng.normal(size=(8, 1, 1)).astype(np.float32)),
+             init("scales", np.array([1, 1, 2, 3], np.float32))]
+    g = oh.make_graph([oh.make_node(op, ["x", *extra], ["y"], name="n", **attrs)], "eq",
+                      [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 5, 6])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "c", "h", "w"])],
+                      [t for t in inits if t.name in extra])
+    model = finish_model(g)
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    assert differentiable_equivalents(rewritten) == 1
+    assert op not in [n.op_type for n in rewritten.graph.node]
+    feed = Samples({"x": rng.normal(size=(3, 2, 8, 5, 6)).astype(np.float32)}, stackable=True)
+    np.testing.assert_array_equal(run_teacher(rewritten, feed, ["y"])["y"], run_teacher(model, feed, ["y"])["y"])
