@@ -206,7 +206,7 @@ def test_cli_label_free_end_to_end(tmp_path, capsys):
 ])
 def test_differentiable_equivalents_compute_the_same(op, attrs, extra):
     """The training-graph rewrites of ops without a CPU gradient give the op's own outputs, exactly."""
-    from onnx_dc.train.forms import differentiable_equivalents
+    from onnx_dc.train.equivalents import differentiable_equivalents
 
     rng = np.random.default_rng(0)
     inits = [init("slope", rng.normal(size=(8, 1, 1)).astype(np.float32)),
