@@ -31,6 +31,8 @@ class CompressResult:
     model: onnx.ModelProto
     report: Report
     state: CompressionState
+    fidelity: Any = None  # onnx_dc.runtime.fidelity.Fidelity when held-out samples were given
+    calib: Any = None  # onnx_dc.calibrate.CalibRun when calibration samples were given
 
     @property
     def layers(self):
@@ -107,10 +109,11 @@ def compress(
             (``{"epochs": 2, "retrain": {"lr": 0.01}}``; see :mod:`onnx_dc.train.settings`).
         epochs: epochs of every training stage (over config and ``schedule``).
         echo: where fine-tuning prints its progress (None: silent).
-        calib: unlabeled calibration samples (``images:DIR``, ``npz:FILE``, ... or a
-            :class:`~onnx_dc.data.calib.CalibSpec`). With ``epochs`` and no ``data``: label-free
-            fine-tuning, the compressed model trained to match the original's outputs
-            (:mod:`onnx_dc.train.distill`).
+        calib: unlabeled samples (``images:DIR``, ``npz:FILE``, ... or a
+            :class:`~onnx_dc.data.calib.CalibSpec`): the data-aware passes run (config ``calib:``
+            section) and the result carries its fidelity on the held-out samples. With
+            ``epochs`` and no ``data``, label-free fine-tuning follows: the compressed model is
+            trained to match the original's outputs (:mod:`onnx_dc.train.distill`).
         **overrides: global settings over the config's defaults, e.g. ``sparse_ratio=0.9``.
 
     Returns:
@@ -123,9 +126,9 @@ def compress(
         raise ModelError(f"{output_path}: refusing to overwrite the input model; choose another output path")
     state = prepare(model, config, **overrides)
     input_path = model if isinstance(model, (str, os.PathLike)) else None
-    if calib is not None and data is None and epochs:
-        _distill(state, model, calib, config, schedule, epochs, echo, overrides.get("seed"))
-        return finish(state, output_path, preprocess, input_path)
+    if calib is not None:
+        return _compress_calibrated(model, state, as_config(config), calib, data, preprocess, output_path,
+                                    input_path, schedule, epochs, echo, overrides)
     if data is None:
         if schedule is not None or epochs is not None:
             raise ConfigError("a fine-tuning schedule or epochs were given without data; pass data=... to fine-tune")
@@ -143,18 +146,43 @@ def compress(
     return finish(state, output_path, trained.preprocess, input_path)
 
 
-def _distill(state: CompressionState, model: Any, calib: Any, config: Any, schedule: Mapping[str, Any] | None,
+def _compress_calibrated(model, state, cfg, calib, data, preprocess, output_path, input_path, schedule, epochs,
+                         echo, overrides) -> CompressResult:
+    """compress() with calibration samples: data-aware passes (or the labeled schedule), then fidelity."""
+    from onnx_dc import calibrate
+
+    run = calibrate.start_calib(state, calib, cfg.calib, data, preprocess)
+    if data is None:
+        if schedule is not None and not epochs:
+            raise ConfigError("a fine-tuning schedule was given without epochs; pass epochs=N to fine-tune")
+        run = calibrate.run_calibrated(state, run)
+        if epochs:
+            _distill(model, state, run, cfg, schedule, epochs, echo, overrides.get("seed"))
+        out = finish(state, output_path, preprocess, input_path)
+    else:
+        from onnx_dc.train.schedule import run_schedule
+        from onnx_dc.train.settings import resolve_train_settings
+
+        seed = {"seed": overrides["seed"]} if overrides.get("seed") is not None else None
+        settings = resolve_train_settings(cfg.train, seed, schedule, {"epochs": epochs} if epochs is not None else None,
+                                          source=f"{cfg.source}: train")
+        trained = run_schedule(state, data, settings, preprocess, echo=echo)
+        out = finish(state, output_path, trained.preprocess, input_path)
+    original = load_model(model)
+    fid = calibrate.fidelity_of(original, out.model, state, run)
+    return CompressResult(out.model, out.report, state, fid, run)
+
+
+def _distill(model: Any, state: CompressionState, run: Any, cfg: Config, schedule: Mapping[str, Any] | None,
              epochs: int, echo: Callable[[str], None] | None, seed: int | None) -> None:
-    """Label-free fine-tuning of a prepared state on the calibration part of ``calib``."""
-    from onnx_dc.data.calib import load_calib
-    from onnx_dc.train.distill import DISTILL_DEFAULTS, distill
+    """Label-free fine-tuning of the data-aware result on the calibration part of the samples."""
+    from onnx_dc.train.distill import DISTILL_DEFAULTS, after_data_aware, distill
     from onnx_dc.train.settings import resolve_train_settings
 
-    cfg = as_config(config)
     settings = resolve_train_settings(DISTILL_DEFAULTS, cfg.train, {"seed": seed} if seed is not None else None,
                                       schedule, {"epochs": epochs}, source=f"{cfg.source}: train")
     name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
-    distill(state, load_calib(calib, state.model).calib, settings, name=name, echo=echo)
+    distill(state, run.data.calib, settings, name=name, echo=echo, **after_data_aware(load_model(model), run))
 
 
 def finetune(

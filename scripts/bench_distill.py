@@ -1,19 +1,21 @@
-"""Label-free fine-tuning: fidelity to the original model before and after, per model.
+"""Label-free fine-tuning: fidelity to the original model without and with it, per model.
 
 For LeNet-300-100 (models/, sparse 0.9 / class_num 32, MNIST train images without labels)
-and the real models in ../shared/data/real (sparse 0.5 / class_num 32), compress
-data-free (prune by magnitude, plain k-means), then compress again with label-free
-fine-tuning on the calibration samples (onnx_dc.train.distill), and measure both against
-the original model on held-out samples: relative L2 error and cosine similarity per
-output (MNIST top-1 accuracy on the 10,000 test images for LeNet). Where
-onnxruntime-training cannot build a gradient, the row carries the one-line reason.
+and the real models in ../shared/data/real (sparse 0.5 / class_num 32), four ways:
+data-free (prune by magnitude, plain k-means); data-free + label-free fine-tuning
+(onnx_dc.train.distill: masked retraining, k-means, codebook training, all against the
+original model's outputs); data-aware (compress(calib=...)); data-aware + label-free
+fine-tuning (compress(calib=..., epochs=N)). Each is measured against the original model
+on held-out samples: relative L2 error and cosine similarity per output (and MNIST top-1
+accuracy on the 10,000 test images for LeNet). Where onnxruntime-training cannot build a
+gradient, the row carries the one-line reason.
 
 Calibration samples: random crops and flips of scikit-learn's two bundled photos and the
 shared sample photos (images models), resized as each model's README says; for the
 audio models, the feeds the real streaming loop produces on gtcrn's test_wavs-mix.wav
 (16 kHz noisy speech; recurrent states carried along), every fifth feed held out.
 
-    python scripts/bench_distill.py [--models lenet_300_100,superres,...] [--epochs 4] [--json out/bench_distill.json] [--update]
+    python scripts/bench_distill.py [--models lenet_300_100,superres,...] [--epochs 2] [--limit 64] [--json out/bench_distill.json] [--update]
 """
 
 from __future__ import annotations
@@ -47,10 +49,10 @@ from onnx_dc.train.settings import resolve_train_settings  # noqa: E402
 REAL = ROOT.parent / "shared" / "data" / "real"
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
 WAV = REAL / "gtcrn" / "test_wavs-mix.wav"
-N_IMAGES = 320  # 256 calibration + 64 held out (every fifth)
+N_IMAGES = 160  # 128 candidates for calibration + 32 held out (every fifth)
 
 
-def image_spec(folder: Path, size: tuple[int, int], **options) -> object:
+def _image_spec(folder: Path, size: tuple[int, int], **options) -> object:
     from calib_images import write_folder
 
     path = folder / f"photos_{size[0]}x{size[1]}"
@@ -130,7 +132,7 @@ def silero_feeds(audio: np.ndarray, chunks: int) -> dict:
     return {**{k: np.stack(v) for k, v in feeds.items()}, "sr": sr}
 
 
-def npz_spec(folder: Path, name: str, arrays: dict) -> object:
+def _npz_spec(folder: Path, name: str, arrays: dict) -> object:
     path = folder / f"{name}.npz"
     np.savez(path, **arrays)
     return as_calib_spec(f"npz:{path}")
@@ -165,39 +167,66 @@ def mnist_accuracy(model: onnx.ModelProto) -> float:
     return evaluate(model, f"mnist:{MNIST}", Preprocess(scale=1 / 255)).accuracy
 
 
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, round(time.perf_counter() - start, 2)
+
+
 def bench_model(name: str, path: Path, spec, settings: dict, schedule: dict, accuracy=None, note: str = "") -> dict:
+    """Data-free, data-free + label-free fine-tuning, data-aware, data-aware + label-free fine-tuning."""
+    import onnx_dc
+
     row: dict = {"model": name, "file": str(path.relative_to(ROOT.parent)) if path.is_relative_to(ROOT.parent) else str(path),
-                 "settings": settings, "calib": str(spec), "note": note}
+                 "settings": settings, "calib": str(spec), "limit": spec.limit, "schedule": schedule, "note": note}
     state = prepare(str(path), **settings)
     data = load_calib(spec, state.model)
     row["samples"] = {"calib": len(data.calib), "heldout": len(data.heldout)}
     outputs = [o.name for o in state.model.graph.output if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
     original = state.dense_model()
     teacher = run_teacher(original, data.heldout, outputs)
-    start = time.perf_counter()
-    free = prepare(str(path), **settings)
-    prune(free)
-    share(free)
-    row["data_free"] = {"fidelity": fidelity(free.dense_model(), data, teacher),
-                        "seconds": round(time.perf_counter() - start, 2)}
     if accuracy is not None:
         row["dense_accuracy"] = accuracy(original)
-        row["data_free"]["accuracy"] = accuracy(free.dense_model())
+
+    def measure(key: str, model: onnx.ModelProto, seconds: float, **extra) -> None:
+        row[key] = {"fidelity": fidelity(model, data, teacher), "seconds": seconds, **extra}
+        if accuracy is not None:
+            row[key]["accuracy"] = accuracy(model)
+        print(f"    {key}: worst cosine / rel. L2 {_worst(row[key]['fidelity'])}, {seconds:.0f} s", flush=True)
+
+    def data_free():
+        free = prepare(str(path), **settings)
+        prune(free)
+        share(free)
+        return free.dense_model()
+
+    measure("data_free", *_timed(data_free))
+    echo = lambda line: print(f"      {line}", flush=True)  # noqa: E731
+    result, seconds = _timed(lambda: distill(state, data.calib, resolve_train_settings(DISTILL_DEFAULTS, schedule),
+                                             name=name, echo=echo))
+    measure("data_free_ft", state.dense_model(), seconds, skipped=result.skipped,
+            stages=[r.to_dict() for r in result.records])
+    aware, seconds = _timed(lambda: onnx_dc.compress(str(path), calib=spec, **settings))
+    measure("data_aware", aware.model, seconds, passes=aware.calib.to_dict().get("passes"))
     lines: list[str] = []
-    result = distill(state, data.calib, resolve_train_settings(DISTILL_DEFAULTS, schedule), name=name,
-                     echo=lambda line: (lines.append(line), print(f"    {line}", flush=True)))
-    row["fine_tuned"] = {"fidelity": fidelity(state.dense_model(), data, teacher), "seconds": round(result.seconds, 2),
-                         "skipped": result.skipped, "losses": {t.output: t.kind for t in result.targets},
-                         "stages": [r.to_dict() for r in result.records]}
-    if accuracy is not None:
-        row["fine_tuned"]["accuracy"] = accuracy(state.dense_model())
+    tuned, seconds = _timed(lambda: onnx_dc.compress(str(path), calib=spec, epochs=schedule["epochs"],
+                                                     schedule={k: v for k, v in schedule.items() if k != "epochs"},
+                                                     echo=lambda line: (lines.append(line), echo(line)), **settings))
+    skipped = next((line for line in lines if "fine-tuning skipped" in line), None)
+    measure("data_aware_ft", tuned.model, seconds, skipped=skipped)
     return row
 
 
-def cases(folder: Path, epochs: int) -> dict:
+def cases(folder: Path, epochs: int, limit: int) -> dict:
     """name -> zero-argument function returning bench_model's keyword arguments."""
     real = {"sparse_ratio": 0.5, "class_num": 32}
     sched = {"epochs": epochs}
+
+    def image_spec(size, **options):
+        return replace(_image_spec(folder, size, **options), limit=limit)
+
+    def npz_spec(name, arrays):
+        return replace(_npz_spec(folder, name, arrays), limit=limit)
     audio = read_wav(WAV) if WAV.is_file() else None
 
     def lenet():
@@ -209,7 +238,7 @@ def cases(folder: Path, epochs: int) -> dict:
     def ultraface(variant):
         def make():
             path = strip_initializer_inputs(REAL / "ultraface" / f"version-{variant}-320.onnx", folder)
-            spec = image_spec(folder, (240, 320), scale=1.0, mean="127", std="128", channels="rgb")
+            spec = image_spec((240, 320), scale=1.0, mean="127", std="128", channels="rgb")
             return dict(path=path, spec=spec, settings=real, schedule=sched,
                         note="initializers removed from graph.input first (IR 4 file); otherwise no weight is found")
         return make
@@ -217,29 +246,30 @@ def cases(folder: Path, epochs: int) -> dict:
     def dtln(stage):
         def make():
             feeds = dtln_feeds(audio, 1200)[stage - 1]
-            return dict(path=REAL / "dtln" / f"model_{stage}.onnx", spec=npz_spec(folder, f"dtln{stage}", feeds),
+            return dict(path=REAL / "dtln" / f"model_{stage}.onnx", spec=npz_spec(f"dtln{stage}", feeds),
                         settings=real, schedule=sched)
         return make
 
     return {
         "lenet_300_100": lenet,
-        # batch 4: a 16-image batch of 224x224 through 64-channel convs took 6 GB to train
+        # batch 4, at most 32 samples, one epoch: a 16-image batch of 224x224 through 64-channel convs
+        # took 6 GB to train, and one epoch of 256 images 15 minutes on this (shared) machine
         "superres": lambda: dict(path=REAL / "superres" / "pytorch_super_resolution.onnx",
-                                 spec=image_spec(folder, (224, 224), channels="gray"), settings=real,
-                                 schedule={**sched, "batch_size": 4}),
+                                 spec=replace(image_spec((224, 224), channels="gray"), limit=min(limit, 32)),
+                                 settings=real, schedule={"epochs": 1, "batch_size": 4}),
         "cifar10-resnet20": lambda: dict(path=REAL / "cifar10-resnet20" / "resnet20_cifar10_pre.onnx",
-                                         spec=image_spec(folder, (32, 32), mean="0.485,0.456,0.406",
+                                         spec=image_spec((32, 32), mean="0.485,0.456,0.406",
                                                          std="0.229,0.224,0.225"), settings=real, schedule=sched),
         "ultraface-RFB": ultraface("RFB"),
         "ultraface-slim": ultraface("slim"),
         "fastestdet": lambda: dict(path=REAL / "fastestdet" / "FastestDet.onnx",
-                                   spec=image_spec(folder, (352, 352), channels="bgr"), settings=real, schedule=sched),
+                                   spec=image_spec((352, 352), channels="bgr"), settings=real, schedule=sched),
         "dtln-1": dtln(1),
         "dtln-2": dtln(2),
-        "gtcrn": lambda: dict(path=REAL / "gtcrn" / "gtcrn_simple.onnx", spec=npz_spec(folder, "gtcrn", gtcrn_feeds(audio, 320)),
+        "gtcrn": lambda: dict(path=REAL / "gtcrn" / "gtcrn_simple.onnx", spec=npz_spec("gtcrn", gtcrn_feeds(audio, 320)),
                               settings=real, schedule=sched),
         "silero-vad": lambda: dict(path=REAL / "silero-vad" / "silero_vad_16k_op15.onnx",
-                                   spec=npz_spec(folder, "silero", silero_feeds(audio, 300)), settings=real, schedule=sched),
+                                   spec=npz_spec("silero", silero_feeds(audio, 300)), settings=real, schedule=sched),
     }
 
 
@@ -247,33 +277,41 @@ def _worst(fid: dict) -> str:
     return f"{min(v['cosine'] for v in fid.values()):.4f} / {max(v['rel_l2'] for v in fid.values()):.3f}"
 
 
+METHODS = ("data_free", "data_free_ft", "data_aware", "data_aware_ft")
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| model | settings | outputs | data-free cos / relL2 (worst) | fine-tuned cos / relL2 (worst) | acc free -> tuned | s | not trained because |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    """Worst cosine / worst relative L2 over the outputs per method (MNIST accuracy in brackets), seconds."""
+    head = " | ".join(f"{m} cos / relL2 (s)" for m in METHODS)
+    lines = [f"| model | settings | outputs | {head} | not fine-tuned because |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in METHODS) + " | --- |"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | | | | | | | {r['error']} |")
+            lines.append(f"| {r['model']} | | | " + " | ".join("" for _ in METHODS) + f" | {r['error']} |")
             continue
         s = r["settings"]
-        ft = r["fine_tuned"]
-        acc = (f"{r['data_free']['accuracy']:.4f} -> {ft['accuracy']:.4f} (dense {r['dense_accuracy']:.4f})"
-               if "accuracy" in ft else "")
-        lines.append(f"| {r['model']} | {s['sparse_ratio']}/{s['class_num']} | {len(ft['fidelity'])} | "
-                     f"{_worst(r['data_free']['fidelity'])} | {_worst(ft['fidelity'])} | {acc} | {ft['seconds']:.0f} | "
-                     f"{ft['skipped'] or ''} |")
+        cells = []
+        for m in METHODS:
+            got = r[m]
+            acc = f" [{got['accuracy']:.4f}]" if "accuracy" in got else ""
+            cells.append(f"{_worst(got['fidelity'])}{acc} ({got['seconds']:.0f})")
+        reason = r["data_free_ft"].get("skipped") or ""
+        lines.append(f"| {r['model']} | {s['sparse_ratio']}/{s['class_num']} | {len(r['data_free']['fidelity'])} | "
+                     + " | ".join(cells) + f" | {reason} |")
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", help="comma-separated subset (default: all)")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs per stage for the real models (default 4)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per stage for the real models (default 2)")
+    parser.add_argument("--limit", type=int, default=64, help="calibration samples of the real models (default 64)")
     parser.add_argument("--json", default=str(ROOT / "out" / "bench_distill.json"))
     parser.add_argument("--update", action="store_true", help="keep the JSON's rows of models not run now")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_distill_") as tmp:
-        all_cases = cases(Path(tmp), args.epochs)
+        all_cases = cases(Path(tmp), args.epochs, args.limit)
         names = args.models.split(",") if args.models else list(all_cases)
         for name in names:
             print(f"{name} ...", flush=True)
@@ -285,7 +323,7 @@ def main() -> int:
     if args.update and Path(args.json).is_file():
         done = {r["model"] for r in rows}
         rows = [r for r in json.loads(Path(args.json).read_text())["rows"] if r["model"] not in done] + rows
-    out = {"machine": platform.platform(), "python": platform.python_version(), "epochs_real": args.epochs,
+    out = {"machine": platform.platform(), "python": platform.python_version(), "epochs_real": args.epochs, "limit_real": args.limit,
            "rows": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1))

@@ -44,7 +44,7 @@ from onnx_dc.passes.state import CompressionState
 from onnx_dc.train.forms import LOSS, LossBuilder, TrainForm, downstream
 from onnx_dc.train.loop import Trainer, run_stage
 from onnx_dc.train.optim import Optimizer
-from onnx_dc.train.schedule import prune_steps, run_stages
+from onnx_dc.train.schedule import PruneStepFn, prune_by_magnitude, prune_steps, run_stages
 from onnx_dc.train.settings import StageRecord, StageSettings, TrainSettings
 
 TARGET = "onnx_dc_train/target/"
@@ -222,22 +222,26 @@ def distill(
     settings: TrainSettings,
     *,
     name: str = "model",
+    teacher: onnx.ModelProto | None = None,
+    prune_step: PruneStepFn = prune_by_magnitude,
     share_state: Callable[[CompressionState], object] = share,
     evaluate: Callable[[onnx.ModelProto], float] | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> DistillResult:
     """Prune in steps and share as :func:`onnx_dc.train.schedule.run_stages`, training against the original model.
 
-    The teacher is ``state``'s model as it is on entry (call this before any pruning).
     Where onnxruntime-training cannot train the model, one line (``result.skipped``, also
-    echoed) names the op, and the state is pruned and shared without training.
+    echoed) names the op, and the state is compressed without training; a state that was
+    already shared (by the data-aware passes) is then kept as it is.
 
     Args:
         state: from :func:`onnx_dc.api.prepare`; pass it to :func:`onnx_dc.api.finish` afterwards.
         samples: calibration samples (:func:`onnx_dc.data.calib.load_calib`'s ``calib`` part).
         settings: the schedule (:func:`~onnx_dc.train.settings.resolve_train_settings`).
         name: the model's name in messages.
-        share_state: the weight-sharing pass.
+        teacher: the original model (default: ``state``'s model as it is on entry, before any pruning).
+        prune_step: the pruning pass of one step (default: by magnitude).
+        share_state: the weight-sharing pass; it runs when the layers are not shared yet or were retrained.
         evaluate: optional function of a model, recorded after every stage.
         echo: where to print progress (None: silent).
 
@@ -250,7 +254,7 @@ def distill(
     if len(samples) == 0:
         raise DataError(f"{name}: no calibration samples to fine-tune on")
     start = time.perf_counter()
-    teacher_model = state.dense_model()
+    teacher_model = teacher if teacher is not None else state.dense_model()
     teacher = run_teacher(teacher_model, samples, _float_outputs(teacher_model), settings.threads)
     targets = output_targets(teacher_model, teacher, list(state.layers))
     producers = {o: n.op_type for n in teacher_model.graph.node for o in n.output}
@@ -274,7 +278,30 @@ def distill(
             return record
         return run_stage(trainer, n, step, stage, record, batch_size=settings.batch_size, seed=seed, echo=echo)
 
-    run_stages(state, settings, prune_steps(state, settings), train, result.records, share_state=share_state,
-               evaluate=evaluate, echo=echo)
+    def share_if_needed(s: CompressionState) -> None:
+        if any(r.steps for r in result.records) or any(layer.codebook is None for layer in s.layers.values()):
+            share_state(s)
+
+    run_stages(state, settings, prune_steps(state, settings), train, result.records, prune_step=prune_step,
+               share_state=share_if_needed, evaluate=evaluate, echo=echo)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def after_data_aware(original: onnx.ModelProto, run) -> dict:
+    """Keyword arguments of :func:`distill` for a state the data-aware passes already pruned and shared.
+
+    The masks stay as the data-aware pruning chose them; after the masked stage, the
+    layers are shared again by k-means weighted by their inputs' second moments when the
+    run used weighted k-means (``run``: :class:`onnx_dc.calibrate.CalibRun`).
+    """
+    stats = run.collected.stats if run.collected is not None and run.settings.weighted_kmeans else {}
+
+    def weighted_share(state: CompressionState) -> None:
+        importance = {}
+        for name, st in stats.items():
+            h = st.element_moment(state.layers[name].weights.shape)
+            importance[name] = h + 1e-6 * max(float(h.mean()), 1e-30)
+        share(state, importance)
+
+    return {"teacher": original, "prune_step": lambda state, step: True, "share_state": weighted_share}

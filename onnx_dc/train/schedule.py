@@ -149,6 +149,13 @@ def run_schedule(
 
 # Trains the state in a form for one stage: (form, stage, seed, stage name) -> its record.
 StageFn = Callable[[TrainForm, StageSettings, int, str], StageRecord]
+# Prunes the layers of one step; returns whether any changed.
+PruneStepFn = Callable[[CompressionState, PruneStep], bool]
+
+
+def prune_by_magnitude(state: CompressionState, step: PruneStep) -> bool:
+    """Prune each layer of ``step`` to its step ratio (or quality) by magnitude."""
+    return any([prune_layer(state.layers[w], sparse_ratio=r, prune_quality=q) for w, (r, q) in step.items()])
 
 
 def run_stages(
@@ -158,6 +165,7 @@ def run_stages(
     train: StageFn,
     records: list[StageRecord],
     *,
+    prune_step: PruneStepFn = prune_by_magnitude,
     share_state: Callable[[CompressionState], object] = share,
     evaluate: Callable[[onnx.ModelProto], float] | None = None,
     echo: Callable[[str], None] | None = None,
@@ -165,7 +173,8 @@ def run_stages(
     """Prune in ``steps`` (retraining after each, masked form), share, train the codebooks (shared form).
 
     ``train`` is what a stage trains against (labels, or the original model's outputs);
-    ``share_state`` is the weight-sharing pass. Records are appended to ``records``.
+    ``prune_step`` and ``share_state`` are the pruning and weight-sharing passes. Records
+    are appended to ``records``.
     """
 
     def record(rec: StageRecord) -> None:
@@ -177,12 +186,12 @@ def run_stages(
             echo(f"{rec.name}: {rec.steps} steps in {rec.seconds:.1f} s{acc}")
 
     for i, step in enumerate(steps):
-        changed = [prune_layer(state.layers[w], sparse_ratio=r, prune_quality=q) for w, (r, q) in step.items()]
+        changed = prune_step(state, step)
         if echo is not None:
             desc = ", ".join(f"{w} {100.0 * state.layers[w].kept() / state.layers[w].weights.size:.1f}% kept"
                              for w in step)
             echo(f"prune step {i + 1}/{len(steps)}: {desc}")
-        if any(changed):
+        if changed:
             record(train(TrainForm.MASKED, settings.retrain, settings.seed + i, f"retrain {i + 1}"))
     share_state(state)
     if evaluate is not None:
