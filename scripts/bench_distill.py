@@ -309,7 +309,16 @@ def main() -> int:
     parser.add_argument("--json", default=str(ROOT / "out" / "bench_distill.json"))
     parser.add_argument("--update", action="store_true", help="keep the JSON's rows of models not run now")
     args = parser.parse_args()
-    rows = []
+    old = json.loads(Path(args.json).read_text())["rows"] if args.update and Path(args.json).is_file() else []
+    rows: list[dict] = []
+
+    def write() -> None:  # after every model, so that a long run leaves its results so far
+        done = {r["model"] for r in rows}
+        out = {"machine": platform.platform(), "python": platform.python_version(), "epochs_real": args.epochs,
+               "limit_real": args.limit, "rows": [r for r in old if r["model"] not in done] + rows}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
     with tempfile.TemporaryDirectory(prefix="bench_distill_") as tmp:
         all_cases = cases(Path(tmp), args.epochs, args.limit)
         names = args.models.split(",") if args.models else list(all_cases)
@@ -320,13 +329,8 @@ def main() -> int:
             except (OnnxDcError, FileNotFoundError) as exc:
                 rows.append({"model": name, "error": str(exc).splitlines()[0][:300]})
                 print(f"    {rows[-1]['error']}", flush=True)
-    if args.update and Path(args.json).is_file():
-        done = {r["model"] for r in rows}
-        rows = [r for r in json.loads(Path(args.json).read_text())["rows"] if r["model"] not in done] + rows
-    out = {"machine": platform.platform(), "python": platform.python_version(), "epochs_real": args.epochs, "limit_real": args.limit,
-           "rows": rows}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=1))
+            write()
+    rows = json.loads(Path(args.json).read_text())["rows"]
     print(table(rows))
     print(f"wrote {args.json}")
     return 0

@@ -21,8 +21,10 @@ model feed). When they stack (a free batch dimension), a step concatenates its s
 into one feed; otherwise (fixed batch size) a step runs one forward/backward per sample
 and averages the gradients.
 
-Where onnxruntime-training cannot build the gradient graph (an op without a gradient),
-:func:`distill` reports the op in one line and leaves the state un-fine-tuned.
+A stage is kept only when it lowered the loss over all calibration samples (measured
+before and after it); otherwise it is undone. Where onnxruntime-training cannot build the
+gradient graph (an op without a gradient), :func:`distill` reports the op in one line and
+leaves the state un-fine-tuned.
 """
 
 from __future__ import annotations
@@ -192,8 +194,10 @@ def _join(stacked: np.ndarray) -> np.ndarray:
     return stacked.reshape((-1, *stacked.shape[2:]))
 
 
-def _step_fn(samples: Samples) -> Callable[[Trainer, np.ndarray, Optimizer], float]:
-    """One optimizer step on a batch of sample indices: one call on the joined feed, or one call per sample.
+def _step_fn(samples: Samples) -> tuple[Callable[[Trainer, np.ndarray, Optimizer], float],
+                                        Callable[[Trainer], float]]:
+    """One optimizer step on a batch of sample indices (one call on the joined feed, or one call per
+    sample), and the mean loss over all samples without training.
 
     ``samples.arrays`` holds the model inputs and the targets.
     """
@@ -202,6 +206,13 @@ def _step_fn(samples: Samples) -> Callable[[Trainer, np.ndarray, Optimizer], flo
         return [np.asarray(samples.constants[n]) if n in samples.constants else
                 _join(samples.arrays[n][idx]) if samples.stackable else np.asarray(samples.arrays[n][idx])
                 for n in names]
+
+    def full_loss(trainer: Trainer, chunk: int = 256) -> float:
+        names = trainer.module.input_names()
+        n = len(samples)
+        groups = [np.arange(lo, min(n, lo + chunk)) for lo in range(0, n, chunk)] if samples.stackable else range(n)
+        total = sum(trainer.evaluate(*feed(names, g)) * (len(g) if samples.stackable else 1) for g in groups)
+        return total / n
 
     def step(trainer: Trainer, idx: np.ndarray, opt: Optimizer) -> float:
         names = trainer.module.input_names()
@@ -213,7 +224,7 @@ def _step_fn(samples: Samples) -> Callable[[Trainer, np.ndarray, Optimizer], flo
         trainer.apply(opt, 1.0 / len(idx))
         return total / len(idx)
 
-    return step
+    return step, full_loss
 
 
 def distill(
@@ -258,7 +269,7 @@ def distill(
     teacher = run_teacher(teacher_model, samples, _float_outputs(teacher_model), settings.threads)
     targets = output_targets(teacher_model, teacher, list(state.layers))
     producers = {o: n.op_type for n in teacher_model.graph.node for o in n.output}
-    step = _step_fn(replace(samples, arrays={**samples.arrays, **teacher_targets(targets, producers, teacher)}))
+    step, full_loss = _step_fn(replace(samples, arrays={**samples.arrays, **teacher_targets(targets, producers, teacher)}))
     loss = distillation_loss(targets)
     n = len(samples)
     result = DistillResult(settings, targets)
@@ -276,10 +287,11 @@ def distill(
             if echo is not None:
                 echo(f"label-free fine-tuning skipped: {exc}; keeping the result without fine-tuning")
             return record
-        return run_stage(trainer, n, step, stage, record, batch_size=settings.batch_size, seed=seed, echo=echo)
+        return run_stage(trainer, n, step, stage, record, batch_size=settings.batch_size, seed=seed, echo=echo,
+                         full_loss=full_loss)
 
     def share_if_needed(s: CompressionState) -> None:
-        if any(r.steps for r in result.records) or any(layer.codebook is None for layer in s.layers.values()):
+        if any(r.steps and r.kept for r in result.records) or any(layer.codebook is None for layer in s.layers.values()):
             share_state(s)
 
     run_stages(state, settings, prune_steps(state, settings), train, result.records, prune_step=prune_step,

@@ -171,6 +171,14 @@ class Trainer:
         self.apply(opt)
         return loss
 
+    def evaluate(self, *inputs: np.ndarray) -> float:
+        """The loss on the training model's inputs with the current parameters, without gradients."""
+        self.module.eval()
+        try:
+            return float(self.module(*inputs))
+        finally:
+            self.module.train()
+
     def accumulate(self, *inputs: np.ndarray) -> float:
         """One forward/backward on the training model's inputs, in order; gradients add up until :meth:`apply`."""
         return float(self.module(*inputs))
@@ -277,8 +285,12 @@ def run_stage(
     batch_size: int,
     seed: int,
     echo: Callable[[str], None] | None = None,
+    full_loss: Callable[[Trainer], float] | None = None,
 ) -> StageRecord:
     """Run ``stage.epochs`` shuffled epochs over ``n`` samples, commit to the state and close the trainer.
+
+    With ``full_loss`` (the loss over all samples, without training), the stage is committed
+    only when it lowered that loss; otherwise the state stays as it was (``record.kept``).
 
     Args:
         trainer: the stage's trainer (None: nothing to train, the record is returned as is).
@@ -289,6 +301,7 @@ def run_stage(
         batch_size: samples per step.
         seed: shuffling seed.
         echo: where to print one line per epoch (None: silent).
+        full_loss: see above (None: always commit).
     """
     if trainer is None:
         return record
@@ -296,6 +309,8 @@ def run_stage(
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     try:
+        if full_loss is not None:
+            record.loss_before = full_loss(trainer)
         for epoch in range(stage.epochs):
             total = 0.0
             for idx in batches(n, batch_size, rng):
@@ -304,7 +319,14 @@ def run_stage(
             record.losses.append(total / n)
             if echo is not None:
                 echo(f"  {record.name}: epoch {epoch + 1}/{stage.epochs} loss {total / n:.4g} lr {opt.lr():.3g}")
-        trainer.commit()
+        if full_loss is not None:
+            record.loss_after = full_loss(trainer)
+            record.kept = record.loss_after <= record.loss_before
+        if record.kept:
+            trainer.commit()
+        elif echo is not None:
+            echo(f"  {record.name}: loss on all samples rose from {record.loss_before:.4g} to "
+                 f"{record.loss_after:.4g}; the stage is undone")
     finally:
         trainer.close()
     record.seconds = time.perf_counter() - start
