@@ -5,6 +5,9 @@ Each rewrite is the op's definition in the ONNX spec, in ops that have CPU gradi
     DepthToSpace(x, b), DCR:  Reshape(x, [N, b, b, C/b^2, H, W]) -> Transpose(0,3,4,1,5,2) -> Reshape([N, C/b^2, H b, W b])
                         CRD:  Reshape(x, [N, C/b^2, b, b, H, W]) -> Transpose(0,1,4,2,5,3) -> Reshape(same)
     PRelu(x, s)            =  Relu(x) - s * Relu(-x)
+    BatchNormalization(x, scale, B, mean, var) = x * a + b,  a = scale / sqrt(var + eps),  b = B - mean * a
+        (onnxruntime-training would train it in training mode, on batch statistics: with one
+        sample per call those differ from the model's, and so do the gradients)
     Resize(x, scales=[1, 1, sh, sw]), nearest, asymmetric, floor, whole sh and sw:
                            y[n, c, i, j] = x[n, c, floor(i / sh), floor(j / sw)]
                            =  Reshape(Expand(Reshape(x, [N, C, H, 1, W, 1]), [1, 1, 1, sh, 1, sw]), [N, C, H sh, W sw])
@@ -88,8 +91,30 @@ def _resize_nearest(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: 
     ]
 
 
-# Ops onnxruntime-training 1.19 has no CPU gradient for, written with ops that have one.
-EQUIVALENTS = {"DepthToSpace": _depth_to_space, "PRelu": _prelu, "Resize": _resize_nearest}
+def _batch_norm(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto] | None:
+    """Inference-mode BatchNormalization as x * a + b, a = scale / sqrt(var + eps), b = B - mean * a."""
+    attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
+    arrays = [consts.get(i) for i in node.input[1:5]]
+    rank = len(shapes.get(node.input[0], []))
+    if attrs.get("training_mode", 0) or len(node.output) != 1 or any(a is None for a in arrays) or rank < 2:
+        return None
+    scale, bias, mean, var = (a.astype(np.float64) for a in arrays)
+    a = scale / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
+    b = bias - mean * a
+    shape = (-1,) + (1,) * (rank - 2)
+    p = f"{node.name}/equiv/"
+    return [
+        oh.make_node("Constant", [], [p + "a"], value=numpy_helper.from_array(a.astype(np.float32).reshape(shape), p + "a")),
+        oh.make_node("Constant", [], [p + "b"], value=numpy_helper.from_array(b.astype(np.float32).reshape(shape), p + "b")),
+        oh.make_node("Mul", [node.input[0], p + "a"], [p + "ax"], name=p + "ax"),
+        oh.make_node("Add", [p + "ax", p + "b"], list(node.output), name=p + "out"),
+    ]
+
+
+# Ops onnxruntime-training 1.19 has no CPU gradient for (or, BatchNormalization, trains in
+# training mode: batch statistics), written with ops that have one.
+EQUIVALENTS = {"DepthToSpace": _depth_to_space, "PRelu": _prelu, "Resize": _resize_nearest,
+               "BatchNormalization": _batch_norm}
 
 
 def differentiable_equivalents(model: onnx.ModelProto) -> int:
@@ -107,6 +132,7 @@ def differentiable_equivalents(model: onnx.ModelProto) -> int:
         dims = vi.type.tensor_type.shape.dim
         shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
     wanted = {n.input[2] for n in graph.node if n.op_type == "Resize" and len(n.input) > 2}  # Resize scales
+    wanted |= {i for n in graph.node if n.op_type == "BatchNormalization" for i in n.input[1:5]}
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in wanted}
     nodes, count = [], 0
     for node in graph.node:
