@@ -25,6 +25,7 @@ from onnx_dc.runtime.fidelity import Fidelity, compare_outputs, mean_error, meas
 from onnx_dc.runtime.session import load_any
 
 ATTRIBUTION_SAMPLES = 32
+ATTRIBUTION_LAYERS = 8  # layers measured by putting them back to dense, chosen by their own output error
 NOT_CHECKED = ("accuracy not checked: compress ran without samples; measure it with "
                "`onnx-dc eval {out} --against {model} --calib images:DIR` (or npz:FILE), "
                "or compress with --calib to use the data-aware passes")
@@ -95,9 +96,30 @@ def fidelity_of(original: onnx.ModelProto | bytes, compressed: onnx.ModelProto, 
         return fid
     few = held.take(slice(0, ATTRIBUTION_SAMPLES))
     total = mean_error(compare_outputs(_bytes(original), _bytes(state_model(state, None, run)), few, batch))
-    variants = ((name, state_model(state, name, run)) for name in state.layers)
+    variants = ((name, state_model(state, name, run)) for name in _candidates(state, run))
     culprits = responsible_layers(original, variants, few, total, batch_size=batch)
     return Fidelity(fid.outputs, fid.samples, fid.source, culprits)
+
+
+def _candidates(state: CompressionState, run: CalibRun) -> list[str]:
+    """Layers with the largest relative error at their own output (all layers when few or unmeasured)."""
+    names = list(state.layers)
+    stats = run.collected.stats if run.collected is not None else {}
+    if len(names) <= ATTRIBUTION_LAYERS or not stats:
+        return names
+    from onnx_dc.passes.data_aware import original_weights
+    from onnx_dc.passes.refit import output_error
+
+    def own_error(name: str) -> float:
+        st = stats.get(name)
+        if st is None or st.stats.hessian() is None:
+            return float("inf")  # not measurable here: keep it a candidate
+        w2 = original_weights(state, name).ravel()[st.view.index]
+        wq2 = state.layers[name].weights.ravel()[st.view.index]
+        h, groups = st.stats.hessian(), st.view.group_of_rows()
+        return output_error(w2, wq2, h, groups) / max(output_error(w2, 0 * w2, h, groups), 1e-30)
+
+    return sorted(names, key=own_error, reverse=True)[:ATTRIBUTION_LAYERS]
 
 
 def state_model(state: CompressionState, dense: str | None, run: CalibRun) -> onnx.ModelProto:

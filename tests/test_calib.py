@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from calib_images import SHARED_PHOTOS, require, write_folder
-from conftest import MNIST_DIR, conv_model, finish_model, init, mlp_model
+from conftest import MNIST_DIR, finish_model, init, mlp_model
 from onnx import TensorProto
 from onnx import helper as oh
 

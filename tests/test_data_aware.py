@@ -159,3 +159,18 @@ def test_calib_section_is_validated():
     with pytest.raises(ConfigError) as exc:
         parse_data_aware({"prune_by": "size", "refit": 1, "typo": True})
     assert "prune_by" in str(exc.value) and "refit" in str(exc.value) and "typo" in str(exc.value)
+
+
+def test_gptq_keeps_mask_and_codebook():
+    from onnx_dc.passes.gptq import gptq_layer
+
+    state = prepare(grouped_conv_model(), sparse_ratio=0.5, class_num=4)
+    stats = collect_stats(state, feeds(30, (4, 9, 10))).stats
+    prune(state)
+    share(state)
+    layer = state.layers["w"]
+    mask, codebook = layer.mask.copy(), layer.codebook.copy()
+    assert gptq_layer(layer, original_weights(state, "w"), stats["w"])
+    np.testing.assert_array_equal(layer.codes == 0, ~mask)  # pruned exactly where the mask says
+    np.testing.assert_array_equal(layer.codebook, codebook)
+    np.testing.assert_array_equal(layer.weights, codebook[layer.codes])

@@ -1,7 +1,7 @@
 """Data-aware compression without backprop: settings and the order the passes run in.
 
     prune (by |w| x ||x|| within rows)  ->  reconstruct the kept weights (least squares on E[x x^T])
-      ->  share (k-means weighted by E[x_j^2])
+      ->  share (k-means weighted by E[x_j^2])  ->  [GPTQ-style codes, off by default]
       ->  refit codebooks (K x K least squares on E[x x^T])  ->  correct biases (by (W - W_q) E[x])
 
 Each step can be switched off in the config's ``calib:`` section (docs/CONFIG.md); the
@@ -21,6 +21,7 @@ from onnx import numpy_helper
 
 from onnx_dc.errors import ConfigError
 from onnx_dc.passes.bias_correct import correct_bias
+from onnx_dc.passes.gptq import gptq_layer
 from onnx_dc.passes.prune import prune
 from onnx_dc.passes.prune_activation import prune_by_activation
 from onnx_dc.passes.reconstruct import reconstruct_layer
@@ -46,6 +47,7 @@ class DataAwareSettings:
     weighted_kmeans: bool = True
     refit: bool = True
     bias_correction: bool = True
+    gptq: bool = False
     batch_size: int = 64
     full_hessian_max_dim: int = 4096
 
@@ -91,6 +93,7 @@ class DataAwareResult:
     pruned_by_activation: list[str] = field(default_factory=list)
     reconstructed: list[str] = field(default_factory=list)
     weighted_kmeans: list[str] = field(default_factory=list)
+    gptq: list[str] = field(default_factory=list)
     refit: list[str] = field(default_factory=list)
     bias_corrected: list[str] = field(default_factory=list)
     without_stats: dict[str, str] = field(default_factory=dict)
@@ -99,7 +102,7 @@ class DataAwareResult:
     def passes_ran(self) -> list[str]:
         """Names of the passes that changed at least one layer."""
         named = {"prune_by_activation": self.pruned_by_activation, "reconstruct": self.reconstructed,
-                 "weighted_kmeans": self.weighted_kmeans,
+                 "weighted_kmeans": self.weighted_kmeans, "gptq": self.gptq,
                  "refit": self.refit, "bias_correction": self.bias_corrected}
         return [k for k, v in named.items() if v]
 
@@ -107,7 +110,7 @@ class DataAwareResult:
         """Plain values (layer names per pass)."""
         return {"passes": self.passes_ran(), "prune_by_activation": self.pruned_by_activation,
                 "reconstruct": self.reconstructed,
-                "weighted_kmeans": self.weighted_kmeans, "refit": self.refit,
+                "weighted_kmeans": self.weighted_kmeans, "gptq": self.gptq, "refit": self.refit,
                 "bias_correction": self.bias_corrected, "without_statistics": self.without_stats}
 
 
@@ -137,6 +140,8 @@ def run_data_aware(state: CompressionState, stats: dict[str, WeightStats], setti
     result.weighted_kmeans = [n for n in importance if state.layers[n].codebook is not None]
     for name, st in stats.items():
         original = original_weights(state, name)
+        if settings.gptq and gptq_layer(state.layers[name], original, st):
+            result.gptq.append(name)
         if settings.refit and refit_layer(state.layers[name], original, st):
             result.refit.append(name)
         if settings.bias_correction:

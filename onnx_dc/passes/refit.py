@@ -9,7 +9,7 @@ is quadratic in ``c``; its minimum solves the K x K normal equations
 
     M c = r,   M = sum_i A_i^T H A_i,   r = sum_i A_i^T H w_i.
 
-``M`` is built as ``bincount`` sums of ``H A_i`` (a sparse product), ``r`` from ``W2 H``. A
+``M`` is built from ``H A_i`` on at most 256 rows, ``r`` from ``W2 H``. A
 small ridge towards the k-means codebook keeps unused or collinear codes where they were;
 a refit that does not lower ``L`` on the calibration data is discarded, so the output
 error never rises over plain k-means on the same codes.
@@ -25,24 +25,36 @@ from onnx_dc.passes.stats import WeightStats
 
 _RIDGE = 1e-6
 _CHUNK = 1 << 23  # elements of H A_i built at a time
+MAX_ROWS = 256
 
 
 def output_error(w2: np.ndarray, wq2: np.ndarray, hessian: np.ndarray, groups: np.ndarray) -> float:
     """``sum_i (w_i - wq_i)^T H_g(i) (w_i - wq_i)``: the summed squared output error per input row."""
     d = (w2 - wq2).astype(np.float64)
-    return float(sum(np.einsum("ij,jk,ik->", d[groups == g], hessian[g], d[groups == g]) for g in np.unique(groups)))
+    total = 0.0
+    for g in np.unique(groups):
+        dg = d[groups == g]
+        total += float(np.sum((dg @ hessian[g]) * dg))
+    return total
 
 
 def normal_equations(w2: np.ndarray, q2: np.ndarray, hessian: np.ndarray, groups: np.ndarray, k: int):
-    """``M`` ``[k, k]`` and ``r`` ``[k]`` of the module docstring (codes ``0..k-1``)."""
+    """``M`` ``[k, k]`` and ``r`` ``[k]`` of the module docstring (codes ``0..k-1``).
+
+    ``H A_i`` is a sparse product per chunk of rows; at most ``MAX_ROWS`` rows (a fixed seeded choice) enter the sums: ``M`` and ``r`` scale
+    alike, and K unknowns are well determined by far fewer rows.
+    """
     from scipy import sparse
 
     m = np.zeros((k, k))
     r = np.zeros(k)
-    rows, cols = q2.shape
+    cols = q2.shape[1]
+    rng = np.random.default_rng(0)
     for g in np.unique(groups):
         h = hessian[g]
         sel = np.flatnonzero(groups == g)
+        if sel.size > MAX_ROWS:
+            sel = np.sort(rng.choice(sel, MAX_ROWS, replace=False))
         r += np.bincount(q2[sel].ravel(), weights=(w2[sel].astype(np.float64) @ h).ravel(), minlength=k)
         step = max(1, _CHUNK // max(1, cols * k))
         for s in range(0, sel.size, step):
@@ -53,9 +65,9 @@ def normal_equations(w2: np.ndarray, q2: np.ndarray, hessian: np.ndarray, groups
             col_ids = np.tile(np.arange(cols), n)
             s_t = sparse.csr_matrix((np.ones(row_ids.size), (row_ids, col_ids)), shape=(n * k, cols))
             ha = np.asarray(s_t @ h).reshape(n, k, cols)  # [i, l, j] = (H A_i)[j, l]
-            codes = q2[part]
+            codes = q2[part].ravel()
             for l in range(k):
-                m[:, l] += np.bincount(codes.ravel(), weights=ha[:, l, :].ravel(), minlength=k)
+                m[:, l] += np.bincount(codes, weights=ha[:, l, :].ravel(), minlength=k)
     return m, r
 
 

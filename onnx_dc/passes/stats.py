@@ -45,6 +45,16 @@ class InputStats:
         if group == 0:
             self.count += rows.shape[0]
 
+    def add_groups(self, rows: np.ndarray) -> None:
+        """Accumulate input rows ``[m, g, d]`` of every group at once."""
+        rows = rows.astype(np.float32, copy=False)
+        self.total += rows.sum(axis=0, dtype=np.float64)
+        self.squares += np.square(rows).sum(axis=0, dtype=np.float64)
+        if self.gram is not None:
+            by_group = np.ascontiguousarray(rows.transpose(1, 0, 2))  # [g, m, d]: one BLAS product per group
+            self.gram += np.matmul(by_group.transpose(0, 2, 1), by_group)
+        self.count += rows.shape[0]
+
     def mean(self) -> np.ndarray:
         """``E[x]``, ``[g, d]``."""
         return self.total / max(self.count, 1)

@@ -55,7 +55,7 @@ def collect_stats(state: CompressionState, samples: Samples, batch_size: int = 6
     per_view = {(name, i): _new_stats(v, full_max_dim) for name, vs in views.items() for i, v in enumerate(vs)}
     graph_inputs = {i.name for i in state.model.graph.input}
     wanted = sorted({v.activation for vs in views.values() for v in vs} - graph_inputs)
-    session = InferenceSession(_with_outputs(state.model, wanted), threads=threads)
+    session = InferenceSession(_with_outputs(state.model, wanted), threads=threads, spin=False)
     # Small batches (models with a fixed batch of 1) are pooled before the sums: one large
     # product x^T x runs far faster than many small ones.
     pending: list[dict[str, np.ndarray]] = []
@@ -113,12 +113,11 @@ def _accumulate(view: LayerView, stats: InputStats, x: np.ndarray, rng: np.rando
         return
     geo = view.conv
     pads = same_pads(x.shape[2:], geo) if geo.auto_pad.startswith("SAME") else geo.pads
-    per_group = x.shape[1] // view.groups
     step = max(1, _CHUNK_ELEMENTS // max(1, view.cols * view.groups * MAX_POSITIONS))
     for s in range(0, x.shape[0], step):
         patches = im2col(x[s : s + step], geo.kernel, geo.strides, geo.dilations, pads, MAX_POSITIONS, rng)
-        for g in range(view.groups):  # [n, P, C, *kernel] -> rows [n * P, Cg * prod(kernel)] of group g
-            stats.add(g, patches[:, :, g * per_group : (g + 1) * per_group].reshape(-1, view.cols))
+        # [n, P, C, *kernel] -> rows [n * P, groups, Cg * prod(kernel)]
+        stats.add_groups(patches.reshape(-1, view.groups, view.cols))
 
 
 def _row_chunks(rows: np.ndarray, width: int):

@@ -13,7 +13,9 @@ the last axis are non-negative and sum to 1 (a softmax, e.g. per-anchor or per-s
 
 Fidelity is poor when some output has cosine < 0.99 or top-1 agreement < 0.99; then the
 layers most responsible are found by putting each one back to its original values and
-measuring how much the error falls.
+measuring how much the error falls (on a few held-out samples; in a model with many
+layers, only the candidates with the largest error at their own output, from the
+calibration statistics, are measured).
 """
 
 from __future__ import annotations
@@ -124,8 +126,8 @@ def float_outputs(session) -> list[str]:
 
 def compare_outputs(reference, candidate, samples: Samples, batch_size: int = 64) -> list[OutputFidelity]:
     """Per-output fidelity of ``candidate`` against ``reference`` (sessions or models) on ``samples``."""
-    ref = reference if hasattr(reference, "run") else InferenceSession(reference)
-    cand = candidate if hasattr(candidate, "run") else InferenceSession(candidate)
+    ref = reference if hasattr(reference, "run") else InferenceSession(reference, spin=False)
+    cand = candidate if hasattr(candidate, "run") else InferenceSession(candidate, spin=False)
     names = [n for n in float_outputs(ref) if n in {o.name for o in cand.get_outputs()}]
     sums = {n: _Sums() for n in names}
     for feed in samples.batches(batch_size):
@@ -156,7 +158,7 @@ def responsible_layers(reference: onnx.ModelProto | bytes, variants, samples: Sa
         samples: where to measure (a few dozen held-out samples are enough to rank).
         total: the compressed model's :func:`mean_error` on the same samples.
     """
-    ref = InferenceSession(model_bytes(reference))
+    ref = InferenceSession(model_bytes(reference), spin=False)
     gains = []
     for name, model in variants:
         err = mean_error(compare_outputs(ref, model_bytes(model), samples, batch_size))
