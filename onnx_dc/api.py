@@ -129,7 +129,9 @@ def compress(
         echo: where fine-tuning prints its progress (None: silent).
         calib: unlabeled samples (``images:DIR``, ``npz:FILE``, ... or a
             :class:`~onnx_dc.data.calib.CalibSpec`): the data-aware passes run (config ``calib:``
-            section) and the result carries its fidelity on the held-out samples.
+            section) and the result carries its fidelity on the held-out samples. With
+            ``epochs`` and no ``data``, label-free fine-tuning follows: the compressed model is
+            trained to match the original's outputs (:mod:`onnx_dc.train.distill`).
         **overrides: global settings over the config's defaults, e.g. ``sparse_ratio=0.9``.
 
     Returns:
@@ -169,10 +171,11 @@ def _compress_calibrated(model, state, cfg, calib, data, preprocess, output_path
 
     run = calibrate.start_calib(state, calib, cfg.calib, data, preprocess)
     if data is None:
-        if schedule is not None or epochs is not None:
-            raise ConfigError("label-free fine-tuning (epochs with calib alone) is not available here; "
-                              "pass data=... to fine-tune on labels")
+        if schedule is not None and not epochs:
+            raise ConfigError("a fine-tuning schedule was given without epochs; pass epochs=N to fine-tune")
         run = calibrate.run_calibrated(state, run)
+        if epochs:
+            _distill(model, state, run, cfg, schedule, epochs, echo, overrides.get("seed"))
         out = finish(state, output_path, preprocess, input_path)
     else:
         from onnx_dc.train.schedule import run_schedule
@@ -186,6 +189,18 @@ def _compress_calibrated(model, state, cfg, calib, data, preprocess, output_path
     original = load_model(model)
     fid = calibrate.fidelity_of(original, out.model, state, run)
     return dataclasses.replace(out, fidelity=fid, calib=run)
+
+
+def _distill(model: Any, state: CompressionState, run: Any, cfg: Config, schedule: Mapping[str, Any] | None,
+             epochs: int, echo: Callable[[str], None] | None, seed: int | None) -> None:
+    """Label-free fine-tuning of the data-aware result on the calibration part of the samples."""
+    from onnx_dc.train.distill import DISTILL_DEFAULTS, after_data_aware, distill
+    from onnx_dc.train.settings import resolve_train_settings
+
+    settings = resolve_train_settings(DISTILL_DEFAULTS, cfg.train, {"seed": seed} if seed is not None else None,
+                                      schedule, {"epochs": epochs}, source=f"{cfg.source}: train")
+    name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
+    distill(state, run.data.calib, settings, name=name, echo=echo, **after_data_aware(load_model(model), run))
 
 
 def finetune(

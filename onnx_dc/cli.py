@@ -131,9 +131,13 @@ def _training_from(args: argparse.Namespace, lr_stage: str) -> dict:
         schedule.setdefault("codebook", {})["lr"] = args.codebook_lr
     if lr_stage == "codebook" and args.seed is not None:
         schedule["seed"] = args.seed
+    if args.data is None and getattr(args, "calib", None) is not None and args.epochs:
+        return {"schedule": schedule or None, "epochs": args.epochs,
+                "echo": lambda line: print(line, file=sys.stderr)}
     if args.data is None:
         if schedule or args.epochs is not None:
-            raise ConfigError("--epochs, --batch-size, --lr, --codebook-lr and --optimizer need --data")
+            raise ConfigError("--epochs, --batch-size, --lr, --codebook-lr and --optimizer need --data "
+                              "(or --calib, for label-free fine-tuning)")
         return {}
     return {"data": args.data, "schedule": schedule or None, "epochs": args.epochs, "echo": progress.note}
 

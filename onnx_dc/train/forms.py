@@ -1,10 +1,11 @@
 """Training forms of a compression state: the graph onnxruntime-training differentiates.
 
-Every form appends the loss to the inference graph,
+Every form appends a loss to the inference graph, by default the labeled one
 
     loss = mean_n( -log softmax(z_n)[y_n] ),   z = the logits (the input of a final Softmax),
 
-and differs in how a planned weight ``W`` enters the graph:
+(label-free distillation appends its own, see :mod:`onnx_dc.train.distill`), and the
+forms differ in how a planned weight ``W`` enters the graph:
 
     dense:   W is a trainable parameter.
     masked:  W = P * M with the 0/1 mask M fixed, so dL/dP = dL/dW * M is exactly zero at
@@ -29,6 +30,7 @@ into the inference model by name.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import onnx
@@ -37,6 +39,7 @@ from onnx import helper as oh
 
 from onnx_dc.errors import ModelError
 from onnx_dc.passes.state import CompressionState
+from onnx_dc.train.equivalents import differentiable_equivalents
 
 LABELS = "onnx_dc_train/labels"
 LOSS = "onnx_dc_train/loss"
@@ -66,8 +69,6 @@ class TrainingGraph:
     """The forward + loss model and which of its initializers train."""
 
     model: onnx.ModelProto
-    input_name: str
-    sample_shape: tuple[int, ...] | None
     layers: dict[str, LayerBinding] = field(default_factory=dict)
     others: list[str] = field(default_factory=list)  # biases and other float parameters
     frozen: list[str] = field(default_factory=list)  # parameters kept in the checkpoint without gradients
@@ -114,11 +115,14 @@ def _logits(graph: onnx.GraphProto) -> str:
     return out
 
 
-def build_training_graph(state: CompressionState, form: TrainForm, name: str = "model") -> TrainingGraph:
-    """The training model of ``state`` (its current weights) in ``form``."""
-    model = state.dense_model()
+# Appends a loss to a copy of the inference model (in place); the loss output is LOSS.
+LossBuilder = Callable[[onnx.ModelProto, str], None]
+
+
+def cross_entropy_loss(model: onnx.ModelProto, name: str) -> None:
+    """Append the labeled loss: softmax cross-entropy of the logits against an int64 ``labels`` input."""
     graph = model.graph
-    input_name, sample_shape = model_input(model, name)
+    model_input(model, name)
     logits = _logits(graph)
     del graph.output[:]
     graph.node.extend([
@@ -129,7 +133,15 @@ def build_training_graph(state: CompressionState, form: TrainForm, name: str = "
     graph.input.append(oh.make_tensor_value_info(LABELS, TensorProto.INT64, ["batch"]))
     graph.output.append(oh.make_tensor_value_info(LOSS, TensorProto.FLOAT, []))
 
-    result = TrainingGraph(model, input_name, sample_shape)
+
+def build_training_graph(state: CompressionState, form: TrainForm, name: str = "model",
+                         loss: LossBuilder = cross_entropy_loss) -> TrainingGraph:
+    """The training model of ``state`` (its current weights) in ``form``, with ``loss`` appended."""
+    model = state.dense_model()
+    loss(model, name)
+    differentiable_equivalents(model)
+    graph = model.graph
+    result = TrainingGraph(model)
     for wname, layer in state.layers.items():
         if form == TrainForm.SHARED and layer.codebook is not None:
             result.layers[wname] = LayerBinding(wname, wname, "shared")
@@ -138,7 +150,50 @@ def build_training_graph(state: CompressionState, form: TrainForm, name: str = "
         else:
             result.layers[wname] = LayerBinding(wname, wname, "dense")
     result.others = _other_parameters(graph, set(state.layers))
+    _refuse_control_flow(graph, set(result.requires_grad), name)
     return result
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Every tensor name read inside the node's subgraphs (outer-scope references included)."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            for inner in g.node:
+                names.update(inner.input)
+                names.update(_subgraph_reads(inner))
+    return names
+
+
+def downstream(graph: onnx.GraphProto, sources: set[str]) -> list[tuple[onnx.NodeProto, bool]]:
+    """The nodes that read (directly, or from inside a subgraph) a tensor computed from ``sources``.
+
+    Returns:
+        ``(node, has_subgraph)`` in graph order (the graph is topologically sorted).
+    """
+    reached, out = set(sources), []
+    for node in graph.node:
+        sub = _subgraph_reads(node)
+        if reached.intersection(node.input) or reached & sub:
+            out.append((node, bool(sub) or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                                for a in node.attribute)))
+            reached.update(node.output)
+    return out
+
+
+def _refuse_control_flow(graph: onnx.GraphProto, parameters: set[str], name: str) -> None:
+    """Refuse a path from a trained parameter through If / Loop / Scan.
+
+    onnxruntime-training 1.19's gradient builder aborts the process (a failed C++
+    assertion, no exception) on such subgraphs, so they are caught here first.
+
+    Raises:
+        ModelError: naming the op and node.
+    """
+    for node, has_subgraph in downstream(graph, parameters):
+        if has_subgraph:
+            raise ModelError(f"{name}: onnxruntime-training has no gradient for op {node.op_type} (node {node.name}): "
+                             "it cannot differentiate through control-flow subgraphs")
 
 
 def _other_parameters(graph: onnx.GraphProto, planned: set[str]) -> list[str]:

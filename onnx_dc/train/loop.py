@@ -5,6 +5,10 @@ temporary folder, opens an ``api.Module`` on them, and for each batch
 
     loss, {dL/dp} = Module(x, y);   optimizer step on p (NumPy);   write p back by name.
 
+The module accumulates gradients over calls until they are reset, so a batch may also be
+several calls (micro-batches, for models whose batch size is fixed) followed by one step
+on the averaged gradient.
+
 For masked layers the gradient is multiplied by the mask before the step; for shared
 layers the step is on the codebook (Eq. 3, see :mod:`onnx_dc.train.forms`) and the
 written parameter is ``codebook[codes]``. When a stage ends, :meth:`Trainer.commit`
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 import time
@@ -31,7 +36,7 @@ from onnx_dc.errors import ModelError
 from onnx_dc.graph.io import MAX_IR_VERSION
 from onnx_dc.passes.share import set_codebook
 from onnx_dc.passes.state import CompressionState
-from onnx_dc.train.forms import TrainForm, TrainingGraph, build_training_graph
+from onnx_dc.train.forms import LossBuilder, TrainForm, TrainingGraph, build_training_graph, cross_entropy_loss
 from onnx_dc.train.optim import Optimizer
 from onnx_dc.train.ort_training import training_modules
 from onnx_dc.train.settings import StageRecord, StageSettings
@@ -74,15 +79,40 @@ def _quiet_stderr():
             os.close(saved)
 
 
+# onnxruntime-training 1.19's message for an op without a registered gradient builder.
+_NO_GRADIENT = re.compile(r"gradient builder has not been registered: (\S+) for node (\S+)")
+# ... and for a gradient op that exists but has no CPU kernel ("ResizeGrad" for a node "Resize_7_Grad/...").
+_NO_KERNEL = re.compile(r"Could not find an implementation for (\w+?)Grad\(\d+\) node with name '([^'/]+?)_Grad/")
+# ... and for a kernel that refuses the op's attributes ("LSTM and LSTMGrad only support ...").
+_UNSUPPORTED_ATTR = re.compile(r"(\w+) and \w+Grad only support ([^\n]*?)\.?\s*$", re.M)
+
+
+def gradient_failure(exc: Exception) -> str:
+    """One line on why the gradient graph could not be built, naming the op where onnxruntime does."""
+    text = str(exc).strip()
+    found = _NO_GRADIENT.search(text)
+    if found:
+        return f"onnxruntime-training has no gradient for op {found.group(1)} (node {found.group(2)})"
+    found = _NO_KERNEL.search(text)
+    if found:
+        return f"onnxruntime-training has no CPU gradient kernel for op {found.group(1)} (node {found.group(2)})"
+    found = _UNSUPPORTED_ATTR.search(text)
+    if found:
+        return f"onnxruntime-training's gradient of op {found.group(1)} only supports {found.group(2)}"
+    last = text.splitlines()[-1][:300] if text else type(exc).__name__
+    return f"onnxruntime-training cannot build the gradient graph ({last})"
+
+
 class Trainer:
     """One training stage's onnxruntime session over a compression state."""
 
-    def __init__(self, state: CompressionState, form: TrainForm, threads: int = 0, name: str = "model"):
+    def __init__(self, state: CompressionState, form: TrainForm, threads: int = 0, name: str = "model",
+                 loss: LossBuilder = cross_entropy_loss):
         artifacts, api = training_modules()
         _silence_ort()
         self.state = state
         self.form = form
-        self.graph: TrainingGraph = build_training_graph(state, form, name)
+        self.graph: TrainingGraph = build_training_graph(state, form, name, loss)
         self._tmp = tempfile.TemporaryDirectory(prefix="onnx_dc_train_")
         folder = Path(self._tmp.name)
         try:
@@ -91,8 +121,7 @@ class Trainer:
                                              frozen_params=self.graph.frozen, loss=None, optimizer=None,
                                              artifact_directory=folder)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's gradient builder raises many exception types
-            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{name}: onnxruntime-training cannot build the gradient graph ({first})") from None
+            raise ModelError(f"{name}: {gradient_failure(exc)}") from None
         for path in folder.glob("*.onnx"):
             # generate_artifacts writes at the installed onnx's IR version; ORT 1.19 reads <= 10.
             proto = onnx.load(path)
@@ -105,8 +134,13 @@ class Trainer:
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = threads
         self.checkpoint = api.CheckpointState.load_checkpoint(os.fspath(folder / "checkpoint"))
-        self.module = api.Module(os.fspath(folder / "training_model.onnx"), self.checkpoint,
-                                 os.fspath(folder / "eval_model.onnx"), session_options=options)
+        try:
+            with _quiet_stderr():
+                self.module = api.Module(os.fspath(folder / "training_model.onnx"), self.checkpoint,
+                                         os.fspath(folder / "eval_model.onnx"), session_options=options)
+        except Exception as exc:  # noqa: BLE001 - a gradient op without a CPU kernel fails only here
+            self._tmp.cleanup()
+            raise ModelError(f"{name}: {gradient_failure(exc)}") from None
         self.module.train()
         params = self.checkpoint.parameters
         self._params = {n: params[n] for n in self.graph.requires_grad}
@@ -134,10 +168,27 @@ class Trainer:
 
     def step(self, x: np.ndarray, y: np.ndarray, opt: Optimizer) -> float:
         """One forward/backward in onnxruntime and one optimizer step; returns the batch loss."""
-        loss = self.module(x, y)
+        loss = self.accumulate(x, y)
+        self.apply(opt)
+        return loss
+
+    def evaluate(self, *inputs: np.ndarray) -> float:
+        """The loss on the training model's inputs with the current parameters, without gradients."""
+        self.module.eval()
+        try:
+            return float(self.module(*inputs))
+        finally:
+            self.module.train()
+
+    def accumulate(self, *inputs: np.ndarray) -> float:
+        """One forward/backward on the training model's inputs, in order; gradients add up until :meth:`apply`."""
+        return float(self.module(*inputs))
+
+    def apply(self, opt: Optimizer, grad_scale: float = 1.0) -> None:
+        """One optimizer step on the accumulated gradients (times ``grad_scale``), then reset them."""
         lr = opt.begin_step()
         for name, param in self._params.items():
-            grad = param.grad
+            grad = param.grad if grad_scale == 1.0 else param.grad * np.float32(grad_scale)
             binding = self.graph.layers.get(name)
             if binding is not None and binding.kind == "shared":
                 self._step_shared(name, grad, opt, lr)
@@ -149,7 +200,6 @@ class Trainer:
                 opt.update(name, w, grad, lr, decay=binding is not None)
                 param.data = w
         self.module.lazy_reset_grad()
-        return float(loss)
 
     def _step_shared(self, name: str, grad: np.ndarray, opt: Optimizer, lr: float) -> None:
         sh = self.shared[name]
@@ -217,21 +267,60 @@ def fit(
         threads: onnxruntime intra-op threads (0: its default).
         echo: where to print one line per epoch (None: silent).
     """
-    record = StageRecord(name, form.value, stage.epochs)
-    if stage.epochs == 0 or len(y) == 0:
+    def step(trainer: Trainer, idx: np.ndarray, opt: Optimizer) -> float:
+        return trainer.step(x[idx], y[idx], opt)
+
+    return run_stage(Trainer(state, form, threads) if stage.epochs and len(y) else None, len(y), step, stage,
+                     StageRecord(name, form.value, stage.epochs), batch_size=batch_size, seed=seed, echo=echo)
+
+
+# One optimizer step of a stage on the samples ``idx``; returns their mean loss.
+StepFn = Callable[[Trainer, np.ndarray, Optimizer], float]
+
+
+def run_stage(
+    trainer: Trainer | None,
+    n: int,
+    step: StepFn,
+    stage: StageSettings,
+    record: StageRecord,
+    *,
+    batch_size: int,
+    seed: int,
+    echo: Callable[[str], None] | None = None,
+    full_loss: Callable[[Trainer], float] | None = None,
+) -> StageRecord:
+    """Run ``stage.epochs`` shuffled epochs over ``n`` samples, commit to the state and close the trainer.
+
+    With ``full_loss`` (the loss over all samples, without training), the stage is committed
+    only when it lowered that loss; otherwise the state stays as it was (``record.kept``).
+
+    Args:
+        trainer: the stage's trainer (None: nothing to train, the record is returned as is).
+        n: number of samples.
+        step: trains on one batch of sample indices.
+        stage: epochs, learning rate, optimizer.
+        record: filled with steps, per-epoch mean losses and seconds.
+        batch_size: samples per step.
+        seed: shuffling seed.
+        echo: where to print one line per epoch (None: silent).
+        full_loss: see above (None: always commit).
+    """
+    if trainer is None:
         return record
-    trainer = Trainer(state, form, threads)
-    steps_per_epoch = (len(y) + batch_size - 1) // batch_size
+    steps_per_epoch = (n + batch_size - 1) // batch_size
     opt = Optimizer(stage, stage.epochs * steps_per_epoch)
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
-    bar = progress.bar(total=stage.epochs * steps_per_epoch, desc=name, unit="step")
+    bar = progress.bar(total=stage.epochs * steps_per_epoch, desc=record.name, unit="step")
     try:
+        if full_loss is not None:
+            record.loss_before = full_loss(trainer)
         for epoch in range(stage.epochs):
             total, count = 0.0, 0
             first_lr = opt.lr()
-            for idx in batches(len(y), batch_size, rng):
-                total += trainer.step(x[idx], y[idx], opt) * len(idx)
+            for idx in batches(n, batch_size, rng):
+                total += step(trainer, idx, opt) * len(idx)
                 count += len(idx)
                 record.steps += 1
                 bar.update()
@@ -239,9 +328,16 @@ def fit(
             record.losses.append(total / count)
             if echo is not None:
                 # The learning rate the epoch's steps used (a cosine schedule ends at 0 after the last step).
-                echo(f"  {name}: epoch {epoch + 1}/{stage.epochs} loss {total / count:.4f} "
+                echo(f"  {record.name}: epoch {epoch + 1}/{stage.epochs} loss {total / count:.4g} "
                      f"lr {first_lr:.3g} -> {opt.last_lr:.3g}")
-        trainer.commit()
+        if full_loss is not None:
+            record.loss_after = full_loss(trainer)
+            record.kept = record.loss_after <= record.loss_before
+        if record.kept:
+            trainer.commit()
+        elif echo is not None:
+            echo(f"  {record.name}: loss on all samples rose from {record.loss_before:.4g} to "
+                 f"{record.loss_after:.4g}; the stage is undone")
     finally:
         bar.close()
         trainer.close()

@@ -27,7 +27,7 @@ from onnx_dc.passes.state import CompressionState, LayerState
 from onnx_dc.runtime.evaluate import resolve_preprocess
 from onnx_dc.train.forms import TrainForm, model_input
 from onnx_dc.train.loop import fit
-from onnx_dc.train.settings import StageRecord, TrainSettings
+from onnx_dc.train.settings import StageRecord, StageSettings, TrainSettings
 
 # One pruning step: weight name -> (sparse_ratio, prune_quality) to prune it to.
 PruneStep = dict[str, tuple[float | None, float | None]]
@@ -137,32 +137,66 @@ def run_schedule(
     steps = prune_steps(state, settings)
     x, y, prep = training_data(state, data, preprocess)
     result = ScheduleResult(settings, prep, steps)
-    common = {"batch_size": settings.batch_size, "threads": settings.threads, "echo": echo}
+
+    def train(form: TrainForm, stage: StageSettings, seed: int, name: str) -> StageRecord:
+        return fit(state, form, x, y, stage, batch_size=settings.batch_size, seed=seed, name=name,
+                   threads=settings.threads, echo=echo)
+
+    run_stages(state, settings, steps, train, result.records, evaluate=evaluate, echo=echo)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+# Trains the state in a form for one stage: (form, stage, seed, stage name) -> its record.
+StageFn = Callable[[TrainForm, StageSettings, int, str], StageRecord]
+# Prunes the layers of one step; returns whether any changed.
+PruneStepFn = Callable[[CompressionState, PruneStep], bool]
+
+
+def prune_by_magnitude(state: CompressionState, step: PruneStep) -> bool:
+    """Prune each layer of ``step`` to its step ratio (or quality) by magnitude."""
+    return any([prune_layer(state.layers[w], sparse_ratio=r, prune_quality=q) for w, (r, q) in step.items()])
+
+
+def run_stages(
+    state: CompressionState,
+    settings: TrainSettings,
+    steps: list[PruneStep],
+    train: StageFn,
+    records: list[StageRecord],
+    *,
+    prune_step: PruneStepFn = prune_by_magnitude,
+    share_state: Callable[[CompressionState], object] = share,
+    evaluate: Callable[[onnx.ModelProto], float] | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> None:
+    """Prune in ``steps`` (retraining after each, masked form), share, train the codebooks (shared form).
+
+    ``train`` is what a stage trains against (labels, or the original model's outputs);
+    ``prune_step`` and ``share_state`` are the pruning and weight-sharing passes. Records
+    are appended to ``records``.
+    """
 
     def record(rec: StageRecord) -> None:
         if evaluate is not None:
             rec.accuracy = evaluate(state.dense_model())
-        result.records.append(rec)
-        if echo is not None:
+        records.append(rec)
+        if echo is not None and (rec.steps or rec.accuracy is not None):
             acc = f", accuracy {rec.accuracy:.4f}" if rec.accuracy is not None else ""
             echo(f"{rec.name}: {rec.steps} steps in {rec.seconds:.1f} s{acc}")
 
     for i, step in enumerate(steps):
-        changed = [prune_layer(state.layers[w], sparse_ratio=r, prune_quality=q) for w, (r, q) in step.items()]
+        changed = prune_step(state, step)
         if echo is not None:
             desc = ", ".join(f"{w} {100.0 * state.layers[w].kept() / state.layers[w].weights.size:.1f}% kept"
                              for w in step)
             echo(f"prune step {i + 1}/{len(steps)}: {desc}")
-        if any(changed):
-            record(fit(state, TrainForm.MASKED, x, y, settings.retrain, seed=settings.seed + i,
-                       name=f"retrain {i + 1}", **common))
-    share(state)
+        if changed:
+            record(train(TrainForm.MASKED, settings.retrain, settings.seed + i, f"retrain {i + 1}"))
+    share_state(state)
     if evaluate is not None:
         record(StageRecord("share", "shared", 0))
-    record(fit(state, TrainForm.SHARED, x, y, settings.codebook, seed=settings.seed + len(steps),
-               name="codebook", **common))
-    result.seconds = time.perf_counter() - start
-    return result
+    record(train(TrainForm.SHARED, settings.codebook, settings.seed + len(steps), "codebook"))
 
 
 def finetune_codebooks(

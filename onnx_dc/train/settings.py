@@ -242,6 +242,10 @@ class StageRecord:
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
     accuracy: float | None = None
+    # Loss on all samples before and after the stage, where the stage keeps only an improvement.
+    loss_before: float | None = None
+    loss_after: float | None = None
+    kept: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values."""

@@ -1,0 +1,148 @@
+"""Ops onnxruntime-training 1.19 cannot differentiate on CPU, rewritten in the training graph only.
+
+Each rewrite is the op's definition in the ONNX spec, in ops that have CPU gradients:
+
+    DepthToSpace(x, b), DCR:  Reshape(x, [N, b, b, C/b^2, H, W]) -> Transpose(0,3,4,1,5,2) -> Reshape([N, C/b^2, H b, W b])
+                        CRD:  Reshape(x, [N, C/b^2, b, b, H, W]) -> Transpose(0,1,4,2,5,3) -> Reshape(same)
+    PRelu(x, s)            =  Relu(x) - s * Relu(-x)
+    BatchNormalization(x, scale, B, mean, var) = x * a + b,  a = scale / sqrt(var + eps),  b = B - mean * a
+        (onnxruntime-training would train it in training mode, on batch statistics: with one
+        sample per call those differ from the model's, and so do the gradients)
+    Resize(x, scales=[1, 1, sh, sw]), nearest, asymmetric, floor, whole sh and sw:
+                           y[n, c, i, j] = x[n, c, floor(i / sh), floor(j / sw)]
+                           =  Reshape(Expand(Reshape(x, [N, C, H, 1, W, 1]), [1, 1, 1, sh, 1, sw]), [N, C, H sh, W sw])
+
+A node is rewritten only where its shapes are known (C, H, W static); otherwise it stays
+and the gradient builder names it. Parameters keep their names, so trained values return
+to the unchanged inference model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper
+
+
+def _depth_to_space(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto] | None:
+    """DepthToSpace as Reshape -> Transpose -> Reshape (its definition in the ONNX spec)."""
+    shape = shapes.get(node.input[0])
+    if shape is None or len(shape) != 4 or any(d <= 0 for d in shape[1:]):
+        return None
+    attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
+    b = int(attrs["blocksize"])
+    mode = attrs.get("mode", b"DCR")
+    _, c, h, w = shape
+    if mode in (b"CRD", "CRD"):
+        split, perm = [0, c // (b * b), b, b, h, w], [0, 1, 4, 2, 5, 3]
+    else:
+        split, perm = [0, b, b, c // (b * b), h, w], [0, 3, 4, 1, 5, 2]
+    p = f"{node.name}/equiv/"
+    return [
+        oh.make_node("Constant", [], [p + "split"], value=oh.make_tensor(p + "split", TensorProto.INT64, [6], split)),
+        oh.make_node("Reshape", [node.input[0], p + "split"], [p + "r"], name=p + "r"),
+        oh.make_node("Transpose", [p + "r"], [p + "t"], name=p + "t", perm=perm),
+        oh.make_node("Constant", [], [p + "shape"],
+                     value=oh.make_tensor(p + "shape", TensorProto.INT64, [4], [0, c // (b * b), h * b, w * b])),
+        oh.make_node("Reshape", [p + "t", p + "shape"], list(node.output), name=p + "out"),
+    ]
+
+
+def _prelu(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto]:
+    """PRelu(x, s) = Relu(x) - s * Relu(-x)."""
+    x, slope = node.input
+    p = f"{node.name}/equiv/"
+    return [
+        oh.make_node("Relu", [x], [p + "pos"], name=p + "pos"),
+        oh.make_node("Neg", [x], [p + "neg"], name=p + "neg"),
+        oh.make_node("Relu", [p + "neg"], [p + "negpart"], name=p + "negpart"),
+        oh.make_node("Mul", [p + "negpart", slope], [p + "scaled"], name=p + "scaled"),
+        oh.make_node("Sub", [p + "pos", p + "scaled"], list(node.output), name=p + "out"),
+    ]
+
+
+def _resize_nearest(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto] | None:
+    """Nearest Resize by whole factors (asymmetric, floor) repeats each pixel: Reshape -> Expand -> Reshape."""
+    attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
+    if (attrs.get("mode") != b"nearest" or attrs.get("coordinate_transformation_mode") != b"asymmetric"
+            or attrs.get("nearest_mode", b"round_prefer_floor") != b"floor" or len(node.input) != 3):
+        return None
+    shape, scales = shapes.get(node.input[0]), consts.get(node.input[2])
+    if shape is None or len(shape) != 4 or any(d <= 0 for d in shape[1:]) or scales is None or scales.shape != (4,):
+        return None
+    if not (np.all(scales == np.round(scales)) and scales[0] == 1 and scales[1] == 1):
+        return None
+    _, c, h, w = shape
+    sh, sw = int(scales[2]), int(scales[3])
+    p = f"{node.name}/equiv/"
+
+    def ints(tag: str, values: list[int]) -> onnx.NodeProto:
+        return oh.make_node("Constant", [], [p + tag], value=oh.make_tensor(p + tag, TensorProto.INT64, [len(values)], values))
+
+    return [
+        ints("split", [0, c, h, 1, w, 1]),
+        oh.make_node("Reshape", [node.input[0], p + "split"], [p + "r"], name=p + "r"),
+        ints("reps", [1, 1, 1, sh, 1, sw]),
+        oh.make_node("Expand", [p + "r", p + "reps"], [p + "e"], name=p + "e"),
+        ints("shape", [0, c, h * sh, w * sw]),
+        oh.make_node("Reshape", [p + "e", p + "shape"], list(node.output), name=p + "out"),
+    ]
+
+
+def _batch_norm(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto] | None:
+    """Inference-mode BatchNormalization as x * a + b, a = scale / sqrt(var + eps), b = B - mean * a."""
+    attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
+    arrays = [consts.get(i) for i in node.input[1:5]]
+    rank = len(shapes.get(node.input[0], []))
+    if attrs.get("training_mode", 0) or len(node.output) != 1 or any(a is None for a in arrays) or rank < 2:
+        return None
+    scale, bias, mean, var = (a.astype(np.float64) for a in arrays)
+    a = scale / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
+    b = bias - mean * a
+    shape = (-1,) + (1,) * (rank - 2)
+    p = f"{node.name}/equiv/"
+    return [
+        oh.make_node("Constant", [], [p + "a"], value=numpy_helper.from_array(a.astype(np.float32).reshape(shape), p + "a")),
+        oh.make_node("Constant", [], [p + "b"], value=numpy_helper.from_array(b.astype(np.float32).reshape(shape), p + "b")),
+        oh.make_node("Mul", [node.input[0], p + "a"], [p + "ax"], name=p + "ax"),
+        oh.make_node("Add", [p + "ax", p + "b"], list(node.output), name=p + "out"),
+    ]
+
+
+# Ops onnxruntime-training 1.19 has no CPU gradient for (or, BatchNormalization, trains in
+# training mode: batch statistics), written with ops that have one.
+EQUIVALENTS = {"DepthToSpace": _depth_to_space, "PRelu": _prelu, "Resize": _resize_nearest,
+               "BatchNormalization": _batch_norm}
+
+
+def differentiable_equivalents(model: onnx.ModelProto) -> int:
+    """Replace, in place, nodes without a gradient in onnxruntime-training by equal compositions; returns how many.
+
+    Only the training graph is rewritten: parameters keep their names, so they return
+    to the unchanged inference model.
+    """
+    graph = model.graph
+    if not any(n.op_type in EQUIVALENTS and n.domain in ("", "ai.onnx") for n in graph.node):
+        return 0
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+    wanted = {n.input[2] for n in graph.node if n.op_type == "Resize" and len(n.input) > 2}  # Resize scales
+    wanted |= {i for n in graph.node if n.op_type == "BatchNormalization" for i in n.input[1:5]}
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in wanted}
+    nodes, count = [], 0
+    for node in graph.node:
+        rewrite = EQUIVALENTS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        replacement = rewrite(node, shapes, consts) if rewrite else None
+        if replacement is None:
+            nodes.append(node)
+        else:
+            nodes.extend(replacement)
+            count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return count

@@ -1,0 +1,228 @@
+"""Label-free fine-tuning: the compressed model trained to match the original model's outputs.
+
+Runs real onnxruntime-training sessions on models/ LeNet-300-100 with MNIST images (labels
+unused), on the CIFAR-10 ResNet-20 of ../shared/data/real with photo crops, and on small
+models built with onnx.helper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import pytest
+from calib_images import require, write_folder
+from conftest import MNIST_DIR, ROOT, SHARED_DATA, finish_model, init, mlp_model
+from onnx import TensorProto
+from onnx import helper as oh
+
+import onnx_dc
+from onnx_dc.api import finish, prepare
+from onnx_dc.cli import main
+from onnx_dc.data.calib import Samples, as_calib_spec, load_calib, parse_calib_spec
+from onnx_dc.passes.prune import prune
+from onnx_dc.passes.share import share
+from onnx_dc.train import ort_training
+from onnx_dc.train.distill import distill, distillation_loss, output_targets, run_teacher, teacher_targets
+from onnx_dc.train.forms import TrainForm
+from onnx_dc.train.settings import resolve_train_settings
+
+pytestmark = pytest.mark.skipif(not ort_training.training_available(), reason="onnxruntime-training is not installed")
+
+LENET = ROOT / "models" / "lenet_300_100.onnx"
+RESNET20 = SHARED_DATA / "real" / "cifar10-resnet20" / "resnet20_cifar10_pre.onnx"
+
+
+def rel_l2(state, model_or_heldout, teacher) -> dict[str, float]:
+    """Relative L2 error of each output of the state's current model against the teacher's outputs."""
+    got = run_teacher(state.dense_model(), model_or_heldout, list(teacher))
+    return {k: float(np.linalg.norm(got[k] - t) / np.linalg.norm(t)) for k, t in teacher.items()}
+
+
+def data_free(model, **settings):
+    state = prepare(model, **settings)
+    prune(state)
+    share(state)
+    return state
+
+
+def check_compressed(state, class_num: int) -> None:
+    """Pruned weights exactly zero, at most class_num distinct non-zero values per layer."""
+    for layer in state.layers.values():
+        if layer.mask is not None:
+            assert np.all(layer.weights[~layer.mask] == 0.0)
+        values = np.unique(layer.weights[layer.weights != 0])
+        assert values.size <= class_num
+        np.testing.assert_array_equal(layer.weights, layer.codebook[layer.codes])
+
+
+def test_loss_is_normalised_mse_and_kl():
+    """The graph's loss equals the documented formula in NumPy, for an MSE output and a class-score output."""
+    from onnx_dc.train.loop import Trainer
+
+    model = mlp_model(sizes=(16, 12, 5))
+    model.graph.node.append(oh.make_node("Softmax", ["y"], ["prob"], name="softmax", axis=1))
+    model.graph.output.append(oh.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 5]))
+    onnx.checker.check_model(model)
+    rng = np.random.default_rng(0)
+    samples = Samples({"x": rng.normal(size=(32, 1, 16)).astype(np.float32)}, stackable=True)
+    state = prepare(model)
+    teacher = run_teacher(state.dense_model(), samples, ["y", "prob"])
+    targets = output_targets(state.dense_model(), teacher)
+    assert [(t.output, t.kind, t.student) for t in targets] == [("y", "mse", "y"), ("prob", "kl", "y")]
+    prune(state)
+    share(state)
+    student = run_teacher(state.dense_model(), samples, ["y"])["y"][:, 0].astype(np.float64)
+    t_y = teacher["y"][:, 0].astype(np.float64)
+    mse = np.mean((student - t_y) ** 2) / np.mean(t_y**2)
+    log_s = student - np.log(np.exp(student).sum(1, keepdims=True))
+    p_t = teacher["prob"][:, 0].astype(np.float64)
+    kl = np.mean(np.sum(p_t * (np.log(p_t) - log_s), axis=1))
+    arrays = teacher_targets(targets, {"y": "Gemm", "prob": "Softmax"}, teacher)
+    trainer = Trainer(state, TrainForm.SHARED, loss=distillation_loss(targets))
+    try:
+        feed = {"x": samples.arrays["x"][:, 0], **{k: v[:, 0] for k, v in arrays.items()}}
+        loss = trainer.accumulate(*(feed[n] for n in trainer.module.input_names()))
+    finally:
+        trainer.close()
+    assert loss == pytest.approx((mse + kl) / 2, rel=1e-4)
+
+
+def test_lenet_label_free_lowers_heldout_error_and_keeps_the_compression():
+    require(MNIST_DIR)
+    settings = {"sparse_ratio": 0.9, "class_num": 32}
+    state = prepare(LENET, **settings)
+    data = load_calib(replace(as_calib_spec(f"mnist:{MNIST_DIR}"), limit=3000), state.model)
+    teacher = run_teacher(state.dense_model(), data.heldout, ["prob"])
+    before = rel_l2(data_free(LENET, **settings), data.heldout, teacher)["prob"]
+    result = distill(state, data.calib, resolve_train_settings({"epochs": 2}))
+    after = rel_l2(state, data.heldout, teacher)["prob"]
+    assert result.skipped is None
+    assert [r.steps > 0 for r in result.records] == [True, True]
+    assert after < 0.7 * before, (before, after)
+    check_compressed(state, 32)
+    # the lowered model holds the trained values
+    dc = finish(state).model
+    got = run_teacher(dc, data.heldout, ["prob"])["prob"]
+    np.testing.assert_allclose(got, run_teacher(state.dense_model(), data.heldout, ["prob"])["prob"], atol=1e-5)
+
+
+def test_resnet20_label_free_lowers_heldout_error(tmp_path):
+    """A real CIFAR-10 ResNet-20 (fixed batch 1: micro-batches) on photo crops, at sparse 0.5 / class_num 32."""
+    model = require(RESNET20)
+    folder = write_folder(tmp_path / "imgs", 80, (32, 32))
+    spec = parse_calib_spec(f"images:{folder}", mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
+    settings = {"sparse_ratio": 0.5, "class_num": 32}
+    state = prepare(model, **settings)
+    data = load_calib(spec, state.model)
+    assert not data.calib.stackable
+    teacher = run_teacher(state.dense_model(), data.heldout, ["output"])
+    before = rel_l2(data_free(model, **settings), data.heldout, teacher)["output"]
+    schedule = {"epochs": 2, "batch_size": 8, "retrain": {"optimizer": "adamw", "lr": 1e-3}}
+    result = distill(state, data.calib, resolve_train_settings(schedule))
+    after = rel_l2(state, data.heldout, teacher)["output"]
+    assert result.skipped is None
+    assert after < 0.9 * before, (before, after)
+    check_compressed(state, 32)
+
+
+def _resize_model() -> onnx.ModelProto:
+    """Conv -> nearest Resize x2 (half_pixel: not rewritten) -> Conv: no CPU kernel for Resize's gradient."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        oh.make_node("Conv", ["x", "w0"], ["h"], name="conv0", pads=[1, 1, 1, 1]),
+        oh.make_node("Resize", ["h", "", "scales"], ["u"], name="up", mode="nearest"),
+        oh.make_node("Conv", ["u", "w1"], ["y"], name="conv1"),
+    ]
+    inits = [init("w0", rng.normal(0, 0.3, (8, 1, 3, 3)).astype(np.float32)),
+             init("w1", rng.normal(0, 0.3, (2, 8, 1, 1)).astype(np.float32)),
+             init("scales", np.array([1, 1, 2, 2], np.float32))]
+    g = oh.make_graph(nodes, "resize", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 12, 12])], inits)
+    return finish_model(g)
+
+
+def test_unsupported_op_gives_one_line_and_the_untrained_result(tmp_path):
+    model = _resize_model()
+    x = np.random.default_rng(1).normal(size=(20, 1, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    lines: list[str] = []
+    settings = {"sparse_ratio": 0.5, "class_num": 4}
+    result = onnx_dc.compress(model, tmp_path / "m.dc.onnx", calib=f"npz:{tmp_path / 'calib.npz'}", epochs=1,
+                              echo=lines.append, **settings)
+    skipped = [line for line in lines if "skipped" in line]
+    assert len(skipped) == 1 and "\n" not in skipped[0]
+    assert "op Resize" in skipped[0] and "node up" in skipped[0]
+    onnx.checker.check_model(onnx.load(tmp_path / "m.dc.onnx"))
+    # the data-aware result, kept as it is
+    expected = onnx_dc.compress(model, calib=f"npz:{tmp_path / 'calib.npz'}", **settings).model
+    feed = Samples({"x": x[:, None]}, stackable=True)
+    np.testing.assert_array_equal(run_teacher(result.model, feed, ["y"])["y"], run_teacher(expected, feed, ["y"])["y"])
+
+
+def test_control_flow_is_refused_before_onnxruntime_aborts():
+    """A trained tensor read inside an If branch: refused in one line (onnxruntime-training would abort the process)."""
+    from onnx_dc.errors import ModelError
+    from onnx_dc.train.loop import Trainer
+
+    rng = np.random.default_rng(0)
+
+    def branch(name: str, op: str) -> onnx.GraphProto:
+        return oh.make_graph([oh.make_node(op, ["h"], [f"{name}_y"], name=f"{name}_op")], name, [],
+                             [oh.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, None)])
+
+    nodes = [oh.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             oh.make_node("If", ["flag"], ["y"], name="choose", then_branch=branch("then", "Relu"),
+                          else_branch=branch("else", "Sigmoid"))]
+    g = oh.make_graph(nodes, "if", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                                    oh.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                      [init("w", rng.normal(size=(4, 3)).astype(np.float32))])
+    state = prepare(finish_model(g))
+    targets = output_targets(state.model, {"y": np.ones((2, 2, 3), np.float32)})
+    with pytest.raises(ModelError, match=r"no gradient for op If \(node choose\)"):
+        Trainer(state, TrainForm.MASKED, loss=distillation_loss(targets))
+
+
+def test_cli_label_free_end_to_end(tmp_path, capsys):
+    require(MNIST_DIR)
+    out = tmp_path / "lenet.dc.onnx"
+    code = main(["compress", str(LENET), "-o", str(out), "--sparse-ratio", "0.9", "--class-num", "32",
+                 "--calib", f"mnist:{MNIST_DIR}", "--calib-limit", "256", "--epochs", "1"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "retrain 1:" in err and "codebook:" in err
+    state = onnx_dc.train.state_from_dc(onnx.load(out))
+    check_compressed(state, 32)
+    assert all(abs(layer.kept() / layer.weights.size - 0.1) < 0.01 for layer in state.layers.values())
+
+
+@pytest.mark.parametrize("op,attrs,extra", [
+    ("DepthToSpace", {"blocksize": 2}, []),
+    ("DepthToSpace", {"blocksize": 2, "mode": "CRD"}, []),
+    ("PRelu", {}, ["slope"]),
+    ("Resize", {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+     ["", "scales"]),
+    ("BatchNormalization", {"epsilon": 1e-3}, ["bn_scale", "bn_b", "bn_mean", "bn_var"]),
+])
+def test_differentiable_equivalents_compute_the_same(op, attrs, extra):
+    """The training-graph rewrites give the op's own outputs (exactly, but for BatchNormalization's rounding)."""
+    from onnx_dc.train.equivalents import differentiable_equivalents
+
+    rng = np.random.default_rng(0)
+    inits = [init("slope", rng.normal(size=(8, 1, 1)).astype(np.float32)),
+             init("scales", np.array([1, 1, 2, 3], np.float32)),
+             *(init(f"bn_{k}", rng.uniform(0.5, 1.5, 8).astype(np.float32)) for k in ("scale", "b", "mean", "var"))]
+    g = oh.make_graph([oh.make_node(op, ["x", *extra], ["y"], name="n", **attrs)], "eq",
+                      [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 5, 6])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "c", "h", "w"])],
+                      [t for t in inits if t.name in extra])
+    model = finish_model(g)
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    assert differentiable_equivalents(rewritten) == 1
+    assert op not in [n.op_type for n in rewritten.graph.node]
+    feed = Samples({"x": rng.normal(size=(3, 2, 8, 5, 6)).astype(np.float32)}, stackable=True)
+    np.testing.assert_allclose(run_teacher(rewritten, feed, ["y"])["y"], run_teacher(model, feed, ["y"])["y"],
+                               rtol=1e-5, atol=1e-6)
