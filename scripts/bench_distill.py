@@ -138,18 +138,6 @@ def _npz_spec(folder: Path, name: str, arrays: dict) -> object:
     return as_calib_spec(f"npz:{path}")
 
 
-def strip_initializer_inputs(path: Path, folder: Path) -> Path:
-    """IR 4 models list every initializer as a graph input too; onnx_dc then finds no constant weight."""
-    model = onnx.load(path)
-    inits = {t.name for t in model.graph.initializer}
-    keep = [i for i in model.graph.input if i.name not in inits]
-    del model.graph.input[:]
-    model.graph.input.extend(keep)
-    out = folder / path.name
-    onnx.save(model, out)
-    return out
-
-
 def fidelity(model: onnx.ModelProto, data: CalibData, teacher: dict) -> dict:
     """Relative L2 error and cosine similarity of each output against the original's, on held-out samples."""
     got = run_teacher(model, data.heldout, list(teacher))
@@ -237,10 +225,9 @@ def cases(folder: Path, epochs: int, limit: int) -> dict:
 
     def ultraface(variant):
         def make():
-            path = strip_initializer_inputs(REAL / "ultraface" / f"version-{variant}-320.onnx", folder)
+            path = REAL / "ultraface" / f"version-{variant}-320.onnx"  # IR 4: initializers listed as inputs too
             spec = image_spec((240, 320), scale=1.0, mean="127", std="128", channels="rgb")
-            return dict(path=path, spec=spec, settings=real, schedule=sched,
-                        note="initializers removed from graph.input first (IR 4 file); otherwise no weight is found")
+            return dict(path=path, spec=spec, settings=real, schedule=sched)
         return make
 
     def dtln(stage):

@@ -30,7 +30,6 @@ import wave
 from pathlib import Path
 
 import numpy as np
-import onnx
 from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper

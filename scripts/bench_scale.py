@@ -410,8 +410,8 @@ def main() -> None:
     parser.add_argument("--via", default="ort,onnx_dc",
                         help="sessions by stock onnxruntime (ort) and/or onnx_dc.InferenceSession (onnx_dc)")
     parser.add_argument("--latest-dc-python",
-                        help="an interpreter with the newest onnxruntime and onnx (for --via onnx_dc; "
-                             ".venv-ort-latest has no onnx)")
+                        help="another interpreter with the newest onnxruntime, onnx, tqdm and constriction for "
+                             "--via onnx_dc (default: .venv-ort-latest, which scripts/setup_env.sh --test provides)")
     parser.add_argument("--scratch", help="folder for the models (default: a temporary folder, removed after)")
     parser.add_argument("--json", default=str(ROOT / "out" / "bench_scale.json"))
     parser.add_argument("--infer-runs", type=int, default=3, help="inferences per session (median reported)")
@@ -429,11 +429,8 @@ def main() -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     try:
         pythons = {via: {o: PYTHONS[o] for o in args.ort.split(",")} for via in args.via.split(",")}
-        if "onnx_dc" in pythons and "latest" in pythons["onnx_dc"]:
-            if args.latest_dc_python:
-                pythons["onnx_dc"]["latest"] = Path(args.latest_dc_python)
-            else:
-                del pythons["onnx_dc"]["latest"]
+        if "onnx_dc" in pythons and "latest" in pythons["onnx_dc"] and args.latest_dc_python:
+            pythons["onnx_dc"]["latest"] = Path(args.latest_dc_python)
         rows = [run_model(m, scratch, pythons, args.infer_runs, lambda s: print(s, flush=True)) for m in names]
     finally:
         if not args.scratch:

@@ -12,7 +12,8 @@ PIP_FLAGS=(-q --disable-pip-version-check)
 if [ "${1:-}" = "--test" ]; then
   .venv/bin/pip install "${PIP_FLAGS[@]}" -e ".[dev]"
   [ -x .venv-ort-latest/bin/python ] || "$PY" -m venv .venv-ort-latest
-  .venv-ort-latest/bin/pip install "${PIP_FLAGS[@]}" --upgrade onnxruntime numpy
+  # onnx, tqdm and constriction let the tests open models through onnx_dc (on PYTHONPATH) with this onnxruntime too
+  .venv-ort-latest/bin/pip install "${PIP_FLAGS[@]}" --upgrade onnxruntime numpy onnx tqdm constriction
 else
   .venv/bin/pip install "${PIP_FLAGS[@]}" -e .
 fi

@@ -139,3 +139,35 @@ def test_numpy_decode_matches_the_model_layout():
         model, weight = _case(kind, code_bits, index_bits, rng)
         _, decoded = layout.strip_decoders(model)
         assert np.array_equal(decoded["W"][1].weights, weight), case
+
+
+@pytest.mark.parametrize("settings", [
+    {"class_num": 16},  # dense form, no reserved zero
+    {"sparse_ratio": 0.7, "class_num": 8},  # sparse form
+    {"sparse_ratio": 0.7, "quantize_term": False},  # sparse values form
+])
+def test_onnx_dc_session_rebuilds_weights_as_stock_onnxruntime_folds_them(settings, tmp_path, monkeypatch):
+    """onnx_dc.InferenceSession (weights rebuilt in NumPy into a temporary data file) computes what stock
+    onnxruntime computes by folding the decoders, from a .dc.onnx and from a .dcz, and leaves no file behind."""
+    import tempfile
+
+    from conftest import conv_model, mlp_model
+
+    import onnx_dc
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    opened = []
+    real = tempfile.TemporaryDirectory
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", lambda **kw: opened.append(kw) or real(**kw))
+    for make, shape in ((mlp_model, (5, 64)), (conv_model, (3, 1, 4, 4))):
+        dc = tmp_path / f"{make.__name__}.dc.onnx"
+        onnx_dc.compress(make(), dc, **settings)
+        onnx_dc.pack(dc, tmp_path / f"{make.__name__}.dcz")
+        x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+        stock = onnx_dc.InferenceSession(dc, decode=False).run(None, {"x": x})[0]
+        for source in (dc, tmp_path / f"{make.__name__}.dcz"):
+            session = onnx_dc.InferenceSession(source)
+            np.testing.assert_allclose(session.run(None, {"x": x})[0], stock, rtol=1e-5, atol=1e-6)
+    assert len(opened) == 4  # every decode=True session went through a rebuilt data file
+    assert list((tmp_path / "tmp").iterdir()) == []  # the temporary data files are gone, the sessions still run

@@ -218,14 +218,19 @@ def remove_decoders(model: onnx.ModelProto, full: bool = True) -> tuple[onnx.Mod
     Returns it and, per weight name, ``(Decoder, Decoded)`` (``full``) or ``(Decoder, weight array)``.
     The decoded weights are not in the returned graph.
     """
+    out, decoders, arrays = without_decoders(model)
+    rebuild = decode if full else decode_weight
+    return out, {d.weight: (d, rebuild(d, arrays)) for d in decoders}
+
+
+def without_decoders(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Decoder], dict[str, np.ndarray]]:
+    """Like :func:`remove_decoders`, decoding nothing: the decoders and their input arrays, for decoding one at a time."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     decoders = [read_decoder(n) for n in decoder_nodes(graph)]
     used = {name for d in decoders for name in d.inputs.values()}
     arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in used}
-    rebuild = decode if full else decode_weight
-    decoded = {d.weight: (d, rebuild(d, arrays)) for d in decoders}
     kept_nodes = [n for n in graph.node if kind_of(n) is None]
     del graph.node[:]
     graph.node.extend(kept_nodes)
@@ -238,7 +243,7 @@ def remove_decoders(model: onnx.ModelProto, full: bool = True) -> tuple[onnx.Mod
     opsets = [o for o in out.opset_import if o.domain != DOMAIN]
     del out.opset_import[:]
     out.opset_import.extend(opsets)
-    return out, decoded
+    return out, decoders, arrays
 
 
 def strip_decoders(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, tuple[Decoder, Decoded]]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import onnx
@@ -37,51 +38,47 @@ def load_any(model: onnx.ModelProto | str | os.PathLike | bytes) -> onnx.ModelPr
     return load_model(model)
 
 
-def _weights_outside(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, object]]:
-    """The model without its decoders, and its compressed weights rebuilt in NumPy, as OrtValues.
+def _open_rebuilt(proto: onnx.ModelProto, threads: int, spin: bool):
+    """A session on the plain model, its compressed weights rebuilt one at a time into a temporary data file.
 
     onnxruntime's constant folding keeps every intermediate of the decoder functions until
-    it ends (scripts/bench_scale.py measures it); weights rebuilt in NumPy and handed over
-    cost about what the dense model costs.
+    it ends (scripts/bench_scale.py measures it), and weights handed over as OrtValues stay
+    in this process beside onnxruntime's own copies. A dense model whose weights are
+    external data costs what the dense model costs: each weight is rebuilt in NumPy,
+    appended to the file at a page-aligned offset (so onnxruntime can map it) and freed,
+    so at most one rebuilt layer is held here at a time.
     """
     import onnxruntime as ort
 
     from onnx_dc.graph import layout
 
-    plain, decoded = layout.remove_decoders(proto, full=False)
-    values = {name: ort.OrtValue.ortvalue_from_numpy(weight) for name, (_, weight) in decoded.items()}
-    return plain, values
+    plain, decoders, arrays = layout.without_decoders(proto)
+    with tempfile.TemporaryDirectory(prefix="onnx_dc-", ignore_cleanup_errors=True) as tmp:
+        with open(Path(tmp) / _DATA_FILE, "wb") as fh:
+            for dec in decoders:
+                weight = layout.decode_weight(dec, arrays)
+                fh.write(bytes(-fh.tell() % _ALIGN))
+                offset = fh.tell()
+                weight.tofile(fh)
+                plain.graph.initializer.append(_external_stub(dec.weight, weight.shape, offset, weight.nbytes))
+                del weight
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(serialize(plain))
+        del plain, arrays
+        # onnxruntime has read or mapped the data when the session exists; a mapping outlives the file's name
+        return ort.InferenceSession(str(path), _options(threads, spin), providers=["CPUExecutionProvider"])
 
 
-def _open_with_weights(plain: onnx.ModelProto, values: dict, threads: int, spin: bool = True):
-    """A session whose weights are ``values``: shared in place where onnxruntime allows it, else copied.
+_DATA_FILE = "weights.bin"
+_ALIGN = 4096
 
-    onnxruntime 1.19 takes an initializer declared without data and supplied by
-    ``add_initializer`` (used in place); newer versions validate initializer data at load,
-    so there the weights go in as external initializers (copied once).
-    """
-    import onnxruntime as ort
 
-    stubs = [onnx.TensorProto(name=n, data_type=onnx.TensorProto.FLOAT, dims=v.shape()) for n, v in values.items()]
-    with_stubs = onnx.ModelProto()
-    with_stubs.CopyFrom(plain)
-    with_stubs.graph.initializer.extend(stubs)
-    opts = _options(threads, spin)
-    for name, value in values.items():
-        opts.add_initializer(name, value)
-    try:
-        return ort.InferenceSession(serialize(with_stubs), opts, providers=["CPUExecutionProvider"])
-    except Exception:  # onnxruntime's own exception types: its load-time data validation
-        pass
-    for stub in stubs:
-        stub.data_location = onnx.TensorProto.EXTERNAL
-        stub.external_data.add(key="location", value="onnx_dc-decoded")
-    external = onnx.ModelProto()
-    external.CopyFrom(plain)
-    external.graph.initializer.extend(stubs)
-    opts = _options(threads, spin)
-    opts.add_external_initializers(list(values), list(values.values()))
-    return ort.InferenceSession(serialize(external), opts, providers=["CPUExecutionProvider"])
+def _external_stub(name: str, shape: tuple[int, ...], offset: int, length: int) -> onnx.TensorProto:
+    stub = onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT, dims=shape,
+                            data_location=onnx.TensorProto.EXTERNAL)
+    for key, value in (("location", _DATA_FILE), ("offset", str(offset)), ("length", str(length))):
+        stub.external_data.add(key=key, value=value)
+    return stub
 
 
 def _parse(data: bytes) -> onnx.ModelProto:
@@ -110,8 +107,8 @@ def InferenceSession(  # noqa: N802
     Args:
         model: a ModelProto, ONNX bytes or a path (``.onnx``, ``.dc.onnx``, ``.dcz``).
         threads: onnxruntime intra-op threads (0: its default).
-        decode: rebuild compressed weights in NumPy and give them to onnxruntime as
-            initializers (about the dense model's time and memory); False leaves it to
+        decode: rebuild compressed weights in NumPy, one at a time, into a temporary
+            data file that onnxruntime loads (about the dense model's time and memory); False leaves it to
             onnxruntime's folding of the decoder functions, as any stock runtime does.
         spin: False stops idle worker threads from spinning between runs, for callers that
             do NumPy work between runs (spinning threads starve it on a small machine).
@@ -125,11 +122,7 @@ def InferenceSession(  # noqa: N802
         proto = _parse(data) if decode else None
         if proto is not None and layout.decoder_nodes(proto.graph):
             del data
-            plain, values = _weights_outside(proto)
-            del proto
-            session = _open_with_weights(plain, values, threads, spin)
-            session._onnx_dc_weights = values  # noqa: SLF001  (onnxruntime 1.19 uses their memory in place)
-            return session
+            return _open_rebuilt(proto, threads, spin)
         del proto
         return ort.InferenceSession(data, _options(threads, spin), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
