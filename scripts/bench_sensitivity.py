@@ -42,6 +42,7 @@ def main() -> int:
         reference = reference or sens
         runs.append({"runner": runner.describe(), "seconds": round(seconds, 2), "evaluations": len(sens.points),
                      "per_second": round(len(sens.points) / seconds, 2),
+                     "load_average_1min_after": round(os.getloadavg()[0], 2),  # other work on the machine
                      "identical_to_serial": sens.points == reference.points and sens.baseline == reference.baseline})
         print(f"{runner.describe()}: {seconds:.1f} s", file=sys.stderr, flush=True)
     out = {"model": args.model, "data": args.data, "limit": args.limit, "ratios": list(DEFAULT_RATIOS),
@@ -52,10 +53,10 @@ def main() -> int:
     Path(args.json).write_text(json.dumps(out, indent=1))
     print(f"LeNet-5 sweep: {len(reference.layers)} layers x {len(reference.points) // len(reference.layers)} "
           f"settings, {args.limit} test digits each, {os.cpu_count()} CPUs")
-    print(f"{'runner':<24} {'seconds':>8} {'evals':>6} {'evals/s':>8}  identical")
+    print(f"{'runner':<24} {'seconds':>8} {'evals':>6} {'evals/s':>8}  {'load':>5}  identical")
     for r in runs:
         print(f"{r['runner']:<24} {r['seconds']:8.1f} {r['evaluations']:6d} {r['per_second']:8.2f}  "
-              f"{r['identical_to_serial']}")
+              f"{r['load_average_1min_after']:5.1f}  {r['identical_to_serial']}")
     print(f"wrote {args.json}")
     return 0 if all(r["identical_to_serial"] for r in runs) else 1
 
