@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import multiprocessing
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +29,11 @@ RAY_INSTALL = "pip install 'onnx_dc[ray]'"
 LOCAL_RAY_CPUS = 2
 LOCAL_RAY_STORE_BYTES = 100 * 2**20
 ADDRESS_TIMEOUT_S = 3.0
+PROBE_TIMEOUT_S = 10.0
+# Connecting to an address that is not a Ray cluster makes ray.init retry for 20-40 s and write a
+# line per retry on stderr (from its C++ core); a child process tries instead, silenced and cut short.
+_PROBE = ("import sys, ray; ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, "
+          "logging_level='ERROR'); ray.shutdown()")
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,21 @@ def ray_module():
 
 def check_ray_address(address: str) -> None:
     """Refuse, within seconds, an address where no Ray cluster answers (``local`` is always fine)."""
-    if address in (LOCAL, "auto"):
+    if address == LOCAL:
         return
+    if address != "auto":
+        _check_port(address)
+    try:
+        subprocess.run([sys.executable, "-c", _PROBE, address], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=PROBE_TIMEOUT_S, check=True)
+    except (subprocess.TimeoutExpired, subprocess.CalledProcessError):
+        raise ArgumentError(f"--ray {address}: no Ray cluster accepted a connection there within "
+                            f"{PROBE_TIMEOUT_S:g} s; check the address (ray status on the head node), or give "
+                            "--ray without an address for a local instance") from None
+
+
+def _check_port(address: str) -> None:
+    """Something listens at the address's host and port (a quick refusal for typos and dead hosts)."""
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
@@ -109,8 +129,7 @@ def _ray_call(fn: Callable, context: Any, job: Any) -> Any:
 
 
 def _run_ray(fn: Callable, context: Any, jobs: Sequence[Any], address: str, desc: str) -> list:
-    ray = ray_module()
-    check_ray_address(address)
+    ray = ray_module()  # the CLI checked the address already (check_ray_address), before any work
     started = not ray.is_initialized()
     if started:
         _init_ray(ray, address)

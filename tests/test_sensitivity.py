@@ -123,9 +123,7 @@ def test_target_drop_is_met_and_smaller_than_uniform(capsys, sweep, tmp_path):
 
 
 @needs_shared
-def test_unreachable_target_says_the_best_reachable(capsys, sweep, tmp_path):
-    harsh = tmp_path / "harsh.json"
-    harsh.write_text(json.dumps(sweep.to_dict()))
+def test_unreachable_target_says_the_best_reachable(capsys, tmp_path):
     err = expect_user_error(capsys, "compress", LENET, "-o", tmp_path / "x.dc.onnx", "--data", DATA,
                             "--target-drop", "0", "--limit", "500", "--ratios", "0.95", "--class-nums", "2",
                             contains="best reachable")
