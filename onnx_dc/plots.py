@@ -83,7 +83,8 @@ def plot_histograms(layers: list[tuple[str, np.ndarray, np.ndarray | None, np.nd
     for row, (name, w, mask, decoded, centroids) in zip(axes, layers):
         w = w.ravel()
         kept = w if mask is None else w[mask.ravel()]
-        lo, hi = float(w.min()), float(w.max())
+        spread = [w] + ([centroids] if centroids is not None and len(centroids) else [])
+        lo, hi = min(float(a.min()) for a in spread), max(float(a.max()) for a in spread)
         bins = np.linspace(lo, hi, 101)
         row[0].hist(w, bins=bins, color="tab:blue")
         row[0].set_title(f"{name}: before pruning ({w.size} weights)", fontsize=9)
@@ -92,9 +93,14 @@ def plot_histograms(layers: list[tuple[str, np.ndarray, np.ndarray | None, np.nd
         if decoded is not None and centroids is not None:
             values = decoded.ravel()[decoded.ravel() != 0] if mask is not None else decoded.ravel()
             row[2].hist(values, bins=bins, color="tab:orange")
-            for c in centroids:
-                row[2].axvline(c, color="black", lw=0.6, alpha=0.7)
-            row[2].set_title(f"after sharing: {len(centroids)} centroids (lines)", fontsize=9)
+            if len(centroids) <= 64:
+                for c in centroids:
+                    row[2].axvline(c, color="black", lw=0.6, alpha=0.7)
+                marks = "lines"
+            else:  # full-height lines would hide the histogram: ticks along the axis instead
+                row[2].plot(centroids, np.zeros(len(centroids)), "|", color="black", markersize=12, clip_on=False)
+                marks = "ticks"
+            row[2].set_title(f"after sharing: {len(centroids)} centroids ({marks})", fontsize=9)
         else:
             row[2].text(0.5, 0.5, "not shared", ha="center", va="center", transform=row[2].transAxes)
             row[2].set_title("after sharing", fontsize=9)
@@ -118,7 +124,8 @@ def plot_bytes(rows, path: str | os.PathLike) -> Path:
     left.bar(x + 0.2, [r.total_bytes for r in rows], 0.4, label="after (codes + indices + codebook)", color="tab:blue")
     for i, r in enumerate(rows):
         left.text(i + 0.2, r.total_bytes, f"{r.ratio:.0f}x", ha="center", va="bottom", fontsize=8)
-    left.set(yscale="log", ylabel="bytes", title="bytes per layer, before and after")
+    left.set(yscale="log", ylabel="bytes", title="bytes per layer, before and after",
+             ylim=(None, 30 * max(r.dense_bytes for r in rows)))  # room for the legend above the bars
     bottom = np.zeros(len(rows))
     for label, key, color in (("codes", "codes_bytes", "tab:blue"), ("indices", "index_bytes", "tab:orange"),
                               ("codebook", "codebook_bytes", "tab:green")):
