@@ -9,6 +9,7 @@ Typical use::
 """
 
 from onnx_dc.api import CompressResult, compress, finetune, finish, import_caffe, pack, prepare, report, unpack
+from onnx_dc.calibrate import fidelity
 from onnx_dc.config import CentroidInit, Config, Form, Settings, load_config, parse_config
 from onnx_dc.data.datasets import Preprocess, load_dataset, parse_data_spec
 from onnx_dc.errors import ConfigError, DataError, FormatError, ModelError, OnnxDcError, TrainingUnavailable
@@ -20,7 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CentroidInit", "CompressResult", "Config", "ConfigError", "DataError", "EvalResult", "Form", "FormatError",
     "InferenceSession", "ModelError", "OnnxDcError", "Preprocess", "Settings", "TrainingUnavailable", "compress",
-    "evaluate", "finetune", "finish",
+    "evaluate", "fidelity", "finetune", "finish",
     "import_caffe", "load_config", "load_dataset", "pack", "parse_config", "parse_data_spec", "prepare", "report",
     "unpack",
 ]

@@ -31,6 +31,8 @@ class CompressResult:
     model: onnx.ModelProto
     report: Report
     state: CompressionState
+    fidelity: Any = None  # onnx_dc.runtime.fidelity.Fidelity when held-out samples were given
+    calib: Any = None  # onnx_dc.calibrate.CalibRun when calibration samples were given
 
     @property
     def layers(self):
@@ -95,6 +97,7 @@ def compress(
     schedule: Mapping[str, Any] | None = None,
     epochs: int | None = None,
     echo: Callable[[str], None] | None = None,
+    calib: Any = None,
     **overrides: Any,
 ) -> CompressResult:
     """Prune and share the weights of an ONNX model; return (and optionally write) the ``*.dc.onnx``.
@@ -110,6 +113,9 @@ def compress(
             (``{"epochs": 2, "retrain": {"lr": 0.01}}``; see :mod:`onnx_dc.train.settings`).
         epochs: epochs of every training stage (over config and ``schedule``).
         echo: where fine-tuning prints its progress (None: silent).
+        calib: unlabeled samples (``images:DIR``, ``npz:FILE``, ... or a
+            :class:`~onnx_dc.data.calib.CalibSpec`): the data-aware passes run (config ``calib:``
+            section) and the result carries its fidelity on the held-out samples.
         **overrides: global settings over the config's defaults, e.g. ``sparse_ratio=0.9``.
 
     Returns:
@@ -122,6 +128,9 @@ def compress(
         raise ModelError(f"{output_path}: refusing to overwrite the input model; choose another output path")
     state = prepare(model, config, **overrides)
     input_path = model if isinstance(model, (str, os.PathLike)) else None
+    if calib is not None:
+        return _compress_calibrated(model, state, as_config(config), calib, data, preprocess, output_path,
+                                    input_path, schedule, epochs, echo, overrides)
     if data is None:
         if schedule is not None or epochs is not None:
             raise ConfigError("a fine-tuning schedule or epochs were given without data; pass data=... to fine-tune")
@@ -137,6 +146,32 @@ def compress(
                                       source=f"{cfg.source}: train")
     trained = run_schedule(state, data, settings, preprocess, echo=echo)
     return finish(state, output_path, trained.preprocess, input_path)
+
+
+def _compress_calibrated(model, state, cfg, calib, data, preprocess, output_path, input_path, schedule, epochs,
+                         echo, overrides) -> CompressResult:
+    """compress() with calibration samples: data-aware passes (or the labeled schedule), then fidelity."""
+    from onnx_dc import calibrate
+
+    run = calibrate.start_calib(state, calib, cfg.calib, data, preprocess)
+    if data is None:
+        if schedule is not None or epochs is not None:
+            raise ConfigError("label-free fine-tuning (epochs with calib alone) is not available here; "
+                              "pass data=... to fine-tune on labels")
+        run = calibrate.run_calibrated(state, run)
+        out = finish(state, output_path, preprocess, input_path)
+    else:
+        from onnx_dc.train.schedule import run_schedule
+        from onnx_dc.train.settings import resolve_train_settings
+
+        seed = {"seed": overrides["seed"]} if overrides.get("seed") is not None else None
+        settings = resolve_train_settings(cfg.train, seed, schedule, {"epochs": epochs} if epochs is not None else None,
+                                          source=f"{cfg.source}: train")
+        trained = run_schedule(state, data, settings, preprocess, echo=echo)
+        out = finish(state, output_path, trained.preprocess, input_path)
+    original = load_model(model)
+    fid = calibrate.fidelity_of(original, out.model, state, run)
+    return CompressResult(out.model, out.report, state, fid, run)
 
 
 def finetune(

@@ -21,9 +21,41 @@ EXIT_USER_ERROR = 2
 def _add_preprocess_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input preprocessing: x = (pixel * scale - mean) / std")
     g.add_argument("--scale", type=float, help="pixel multiplier (default: the model's metadata, else 1/255 for IDX, 1/16 for digits)")
-    g.add_argument("--mean", type=float, help="subtracted after scaling (default 0)")
-    g.add_argument("--std", type=float, help="divided by after the mean (default 1)")
+    g.add_argument("--mean", type=_number_or_list, help="subtracted after scaling (default 0); per channel with --calib: 0.485,0.456,0.406")
+    g.add_argument("--std", type=_number_or_list, help="divided by after the mean (default 1); per channel with --calib: 0.229,0.224,0.225")
     g.add_argument("--layout", choices=("nchw", "nhwc"), help="image layout of the model input (default nchw)")
+
+
+def _number_or_list(text: str):
+    """One number, or comma-separated numbers (per-channel --mean / --std)."""
+    parts = [p for p in text.split(",") if p.strip()]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number or numbers like 0.485,0.456,0.406") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number or numbers like 0.485,0.456,0.406")
+    return values[0] if len(values) == 1 else values
+
+
+def _add_calib_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("calibration samples (unlabeled; the preprocessing flags apply to them too)")
+    g.add_argument("--calib", help="images:DIR, npz:FILE (one array per input name), mnist:DIR, fashion-mnist:DIR, digits")
+    g.add_argument("--size", help="resize images to H,W")
+    g.add_argument("--channels", choices=("rgb", "bgr", "gray"), help="image channel order (default: from the model)")
+    g.add_argument("--calib-limit", type=int, help="calibration samples at most (default 256; seeded choice)")
+
+
+def _calib_from(args: argparse.Namespace):
+    """The CalibSpec of the flags, or None without --calib."""
+    if getattr(args, "calib", None) is None:
+        if any(getattr(args, k, None) is not None for k in ("size", "channels", "calib_limit")):
+            raise ConfigError("--size, --channels and --calib-limit need --calib")
+        return None
+    from onnx_dc.data.calib import parse_calib_spec
+
+    return parse_calib_spec(args.calib, size=args.size, channels=args.channels, scale=args.scale, mean=args.mean,
+                            std=args.std, layout=args.layout, limit=args.calib_limit, seed=getattr(args, "seed", None))
 
 
 def _preprocess_from(args: argparse.Namespace, model=None):
@@ -33,6 +65,10 @@ def _preprocess_from(args: argparse.Namespace, model=None):
 
     given = {k: getattr(args, k) for k in ("scale", "mean", "std", "layout") if getattr(args, k, None) is not None}
     if not given:
+        return None
+    if any(isinstance(v, tuple) for v in given.values()):
+        if getattr(args, "data", None) is not None:
+            raise ConfigError("per-channel --mean / --std apply to --calib samples only, not to --data")
         return None
     base = stored_preprocess(model) if model is not None else None
     if base is None and "scale" not in given:
@@ -162,18 +198,35 @@ def cmd_compress(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("give a model file to compress (or --caffe PROTOTXT CAFFEMODEL)")
     prep = _preprocess_from(args, load_model(model_arg))
-    result = onnx_dc.compress(model_arg, args.output, config, preprocess=prep, **_settings_from(args),
+    calib = _calib_from(args)
+    result = onnx_dc.compress(model_arg, args.output, config, preprocess=prep, calib=calib, **_settings_from(args),
                               **_training_from(args, "retrain"))
-    if args.json:
-        print(result.report.to_json())
-    else:
-        _say(result.report.to_table(verbose=progress.verbose()))
-        _say(f"wrote {args.output}")
-    if args.data is None:
-        original = f" and compare with onnx-dc eval {args.model} --data SPEC" if args.model else ""
-        progress.note(f"warning: accuracy not checked (compressed without --data): run onnx-dc eval "
-                      f"{args.output} --data SPEC{original}; give --data to fine-tune while compressing")
+    _print_compressed(args, result, model_arg)
     return 0
+
+
+def _print_compressed(args: argparse.Namespace, result, model_arg) -> None:
+    """The report, then the fidelity table (or the line saying accuracy was not checked)."""
+    from onnx_dc.calibrate import NOT_CHECKED
+
+    unchecked = result.fidelity is None and args.data is None
+    note = NOT_CHECKED.format(out=args.output, model=args.model or "MODEL.onnx") if unchecked else None
+    if args.json:
+        out = json.loads(result.report.to_json())
+        out["fidelity"] = result.fidelity.to_dict() if result.fidelity is not None else None
+        out["data_aware"] = result.calib.to_dict() if result.calib is not None else None
+        out["note"] = note
+        print(json.dumps(out, indent=2))
+        return
+    _say(result.report.to_table(verbose=progress.verbose()))
+    if result.calib is not None:
+        ran = result.calib.to_dict().get("passes")
+        _say(f"data-aware passes: {', '.join(ran) if ran else 'none'} ({result.calib.data.summary()})")
+    if result.fidelity is not None:
+        _say(result.fidelity.to_table())
+    if note:
+        progress.note(note)
+    _say(f"wrote {args.output}")
 
 
 def _check_compress_args(args: argparse.Namespace) -> None:
@@ -219,6 +272,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from onnx_dc.runtime.session import load_any
 
     argcheck.input_file(args.model)
+    if args.against is not None or args.calib is not None:
+        return _eval_against(args)
+    if args.data is None:
+        raise ConfigError("give --data (accuracy on labels) or --against ORIGINAL --calib SPEC (fidelity)")
     argcheck.data_spec(args.data, split=args.split)
     argcheck.count(args.limit, "--limit")
     prep = _preprocess_from(args, load_any(args.model))
@@ -228,6 +285,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"{args.model}: top-1 accuracy {result.accuracy:.4f} ({result.correct}/{result.n}) on {result.data} "
               f"[{result.preprocess.layout}, x * {result.preprocess.scale:.6g}]")
+    return 0
+
+
+def _eval_against(args: argparse.Namespace) -> int:
+    from onnx_dc.calibrate import fidelity
+
+    if args.against is None or args.calib is None or args.data is not None:
+        raise ConfigError("fidelity needs both --against ORIGINAL and --calib SPEC (and no --data)")
+    fid = fidelity(args.model, args.against, _calib_from(args), part="all" if args.all_samples else "heldout")
+    print(json.dumps(fid.to_dict()) if args.json else fid.to_table())
     return 0
 
 
@@ -304,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="fine-tune on this data while compressing: mnist:DIR, fashion-mnist:DIR, npz:FILE, digits")
     _add_training_args(p, "retrain")
     _add_preprocess_args(p)
+    _add_calib_args(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     from onnx_dc.cli_analysis import add_parsers as add_analysis_parsers, add_target_args
 
@@ -326,12 +394,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("eval", help="top-1 accuracy in onnxruntime")
+    p = sub.add_parser("eval", help="top-1 accuracy in onnxruntime, or fidelity against the original model")
     p.add_argument("model", help=".onnx, .dc.onnx or .dcz")
-    p.add_argument("--data", required=True, help="mnist:DIR, fashion-mnist:DIR, npz:FILE or digits")
+    p.add_argument("--data", help="mnist:DIR, fashion-mnist:DIR, npz:FILE or digits")
+    p.add_argument("--against", help="the original model: measure fidelity on --calib samples instead of accuracy")
+    p.add_argument("--all-samples", action="store_true", help="with --against: use every sample, not the held-out part")
+    p.add_argument("--seed", type=int, help="seed of the calibration sample choice")
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--limit", type=int, help="evaluate on the first N samples only")
     _add_preprocess_args(p)
+    _add_calib_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 

@@ -54,23 +54,37 @@ def _grid(args: argparse.Namespace) -> dict:
 
 
 def _metric(args: argparse.Namespace, model: str):
-    """The evaluation function of the flags: accuracy on --data."""
-    from onnx_dc.cli import _preprocess_from
+    """The evaluation function of the flags: accuracy on --data, or fidelity to the original on --calib."""
+    from onnx_dc.cli import _calib_from, _preprocess_from
+    from onnx_dc.graph.io import serialize
     from onnx_dc.runtime.session import load_any
-    from onnx_dc.sensitivity import Accuracy
+    from onnx_dc.sensitivity import Accuracy, Agreement
 
-    if args.data is None:
-        raise ArgumentError("give --data SPEC (labeled data: the score is top-1 accuracy in percent)")
+    if args.calib is not None:
+        return Agreement(_calib_from(args), serialize(load_any(model)))
     return Accuracy(args.data, _preprocess_from(args, load_any(model)), "test", args.limit)
+
+
+def _check_data_args(args: argparse.Namespace) -> None:
+    """Exactly one of --data (labels) and --calib (samples, no labels), and its files there."""
+    if (args.data is None) == (args.calib is None):
+        raise ArgumentError("give --data SPEC (labeled: top-1 accuracy) or --calib SPEC (unlabeled: fidelity to "
+                            "the original model), one of the two")
+    if args.data is not None:
+        argcheck.data_spec(args.data)
+    else:
+        from onnx_dc.cli import _calib_from
+
+        _calib_from(args)
+    if args.calib is not None and args.limit is not None:
+        raise ArgumentError("--limit applies to --data; with --calib give --calib-limit")
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     from onnx_dc.sensitivity import run_sensitivity
 
     argcheck.unpacked_model(args.model)
-    if args.data is None:
-        raise ArgumentError("give --data SPEC (labeled data: the score is top-1 accuracy in percent)")
-    argcheck.data_spec(args.data)
+    _check_data_args(args)
     _check_sweep_args(args)
     argcheck.drop(args.max_drop, "--max-drop")
     outputs = [(args.json, "--json"), (args.plot, "--plot"), (args.config_out, "--config-out")]
@@ -133,7 +147,7 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("settings from a target (instead of --config / --sparse-ratio / --class-num)")
     g.add_argument("--target-drop", type=float, metavar="D",
                    help="per-layer sparse_ratio and class_num with the smallest layers whose accuracy on --data "
-                        "drops by at most D points (a sensitivity sweep, then a knapsack, measured; no retraining)")
+                        "(or fidelity on --calib held-out samples, in percent) drops by at most D points (a sensitivity sweep, then a knapsack, measured; no retraining)")
     g.add_argument("--config-out", help="with --target-drop: write the chosen per-layer settings as YAML")
     g.add_argument("--sensitivity", metavar="JSON", help="with --target-drop: use this sweep (onnx-dc sensitivity "
                    "--json, same model and data) instead of running one")
@@ -156,7 +170,8 @@ def compress_target(args: argparse.Namespace) -> int | None:
         sens = _matching_sweep(args.sensitivity, args.model, metric)
     else:
         sens = run_sensitivity(args.model, metric, runner=_runner(args), **_grid(args))
-    result, chosen = compress_for_target(args.model, args.output, metric, args.target_drop, sens, metric.preprocess)
+    result, chosen = compress_for_target(args.model, args.output, metric, args.target_drop, sens,
+                                         getattr(metric, "preprocess", None))
     if args.config_out is not None:
         from onnx_dc.importers.caffe import write_config_yaml
 
@@ -201,9 +216,7 @@ def _check_target_args(args: argparse.Namespace) -> None:
     argcheck.output_file(args.output, inputs=[args.model])
     if args.config_out is not None:
         argcheck.output_file(args.config_out, "--config-out", inputs=[args.model, args.output])
-    if args.data is None:
-        raise ArgumentError("--target-drop needs --data SPEC to measure the drop on")
-    argcheck.data_spec(args.data)
+    _check_data_args(args)
     _check_sweep_args(args)
     if args.sensitivity is not None:
         argcheck.input_file(args.sensitivity, "--sensitivity")
@@ -211,7 +224,7 @@ def _check_target_args(args: argparse.Namespace) -> None:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The ``sensitivity`` and ``plot`` subcommands."""
-    from onnx_dc.cli import _add_preprocess_args
+    from onnx_dc.cli import _add_calib_args, _add_preprocess_args
     from onnx_dc.sensitivity import DEFAULT_MAX_DROP
 
     p = sub.add_parser("sensitivity", help="per-layer accuracy against pruning ratio and class_num; suggested config")
@@ -224,6 +237,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", metavar="PNG", help="write the curves, one per layer (needs onnx_dc[plot])")
     p.add_argument("--config-out", metavar="YAML", help="write the suggested per-layer settings (docs/CONFIG.md)")
     _add_preprocess_args(p)
+    _add_calib_args(p)
+    p.add_argument("--seed", type=int, help="seed of the calibration sample choice")
     p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("plot", help="weight histograms, bytes and bits per layer of a .dc.onnx (PNGs)")

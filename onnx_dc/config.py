@@ -154,6 +154,7 @@ class Config:
     nodes: tuple[NodeRule, ...] = ()
     train: Mapping[str, Any] | None = None
     source: str = "<config>"
+    calib: Mapping[str, Any] | None = None  # data-aware pass switches (onnx_dc/passes/data_aware.py)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         """A copy whose global defaults are updated by ``overrides`` (validated, e.g. CLI flags)."""
@@ -201,7 +202,7 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: a config must be a mapping with defaults / by_op_type / nodes")
-    known = {"version", "defaults", "by_op_type", "nodes", "train"}
+    known = {"version", "defaults", "by_op_type", "nodes", "train", "calib"}
     for key in raw:
         if key not in known:
             problems.append(f"unknown key {key!r} (known: {', '.join(sorted(known))})")
@@ -229,9 +230,12 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
     train = raw.get("train")
     if train is not None and not isinstance(train, Mapping):
         problems.append("train: expected a mapping")
+    calib = raw.get("calib")
+    if calib is not None and not isinstance(calib, Mapping):
+        problems.append("calib: expected a mapping")
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
-    return Config(defaults, by_op, tuple(rules), train, source)
+    return Config(defaults, by_op, tuple(rules), train, source, calib)
 
 
 def load_config(path: str | Path) -> Config:

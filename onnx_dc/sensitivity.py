@@ -69,6 +69,44 @@ class Accuracy:
 
 
 @dataclass(frozen=True)
+class Agreement:
+    """Evaluation function without labels: agreement with the original model on held-out samples.
+
+    score = 100 x mean over the original's float outputs of the top-1 agreement (outputs that
+    hold class scores) or the cosine similarity (others), from ``runtime.fidelity``; the
+    original model scores 100. One onnxruntime thread, as :class:`Accuracy`.
+    """
+
+    calib: Any  # a CalibSpec or spec text (images:DIR, npz:FILE, mnist:DIR, ...)
+    reference: bytes  # the original model, serialized
+    name: str = "fidelity (top-1 agreement, else cosine)"
+    unit: str = "%"
+
+    def __call__(self, model: onnx.ModelProto) -> float:
+        from onnx_dc.runtime.fidelity import compare_outputs
+        from onnx_dc.runtime.session import InferenceSession
+
+        outputs = compare_outputs(InferenceSession(self.reference, 1), InferenceSession(model, 1), self._heldout())
+        return 100.0 * sum(o.top1 if o.top1 is not None else o.cosine for o in outputs) / max(len(outputs), 1)
+
+    def _heldout(self):
+        key = (str(self.calib), hash(self.reference))
+        if key not in _HELDOUT:  # read once per process, not once per evaluation
+            from onnx_dc.data.calib import load_calib
+
+            data = load_calib(self.calib, onnx.load_model_from_string(self.reference))
+            _HELDOUT[key] = data.heldout if len(data.heldout) else data.calib
+        return _HELDOUT[key]
+
+    def describe(self) -> str:
+        """What is measured, on what."""
+        return f"{self.name} ({self.unit}) on held-out samples of {self.calib}"
+
+
+_HELDOUT: dict = {}
+
+
+@dataclass(frozen=True)
 class Setting:
     """One point of a sweep: prune to ``sparse_ratio``, then share ``class_num`` values (None: not shared)."""
 

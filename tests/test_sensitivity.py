@@ -181,3 +181,22 @@ def test_bad_input_is_one_line(capsys, tmp_path, monkeypatch):
     expect_user_error(capsys, *base, "--plot", tmp_path / "s.png", contains="pip install 'onnx_dc[plot]'")
     expect_user_error(capsys, "plot", model, "--baseline", model, "-o", tmp_path / "p",
                       contains="pip install 'onnx_dc[plot]'")
+
+
+@needs_shared
+def test_fidelity_path_without_labels(capsys, tmp_path):
+    from onnx_dc.graph.io import load_model, serialize
+    from onnx_dc.sensitivity import Agreement
+
+    metric = Agreement(f"mnist:{MNIST_DIR}", serialize(load_model(LENET)))
+    grid = {"ratios": (0.95,), "class_nums": (2,)}
+    serial = run_sensitivity(LENET, metric, **grid)
+    assert serial.baseline == 100.0 and all(p.drop > 0 for p in serial.points)  # 95% pruned or 2 values: changes
+    assert run_sensitivity(LENET, metric, runner=Runner(workers=2), **grid).points == serial.points
+    out = tmp_path / "f.dc.onnx"
+    code, text, err = cli(capsys, "compress", LENET, "-o", out, "--calib", f"mnist:{MNIST_DIR}", "--target-drop", "2",
+                          "--ratios", "0.5,0.9", "--class-nums", "16", "--json")
+    assert code == 0, err
+    measured = json.loads(text)["target"]["rounds"][-1]["measured"]
+    assert measured == 100.0 - metric(load_model(out)) <= 2.0
+    expect_user_error(capsys, "sensitivity", LENET, "--data", DATA, "--calib", DATA, contains="one of the two")

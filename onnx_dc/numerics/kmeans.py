@@ -9,6 +9,10 @@ So one Lloyd step is a ``searchsorted`` of the midpoints plus prefix sums:
 where ``S`` is the prefix sum of ``x``. That is O(n) after one O(n log n) sort, versus
 O(n k) per step for a general k-means; it converges to a local optimum with the same
 fixed-point conditions as scikit-learn's KMeans (the reference in tests).
+
+With per-value weights ``h`` (data-aware sharing: ``h_i = E[x_j^2]`` of the input the weight
+multiplies) the same steps minimise ``sum_i h_i (x_i - c(x_i))^2``: the prefix sums become
+``S = cumsum(h x)`` and ``N = cumsum(h)``, and a centroid is its run's weighted mean.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ class KMeansResult:
 
 
 def kmeans_1d(
-    values: np.ndarray, k: int, init: str = "linear", seed: int = 0, max_iter: int = 300, tol: float = 0.0
+    values: np.ndarray, k: int, init: str = "linear", seed: int = 0, max_iter: int = 300, tol: float = 0.0,
+    weights: np.ndarray | None = None,
 ) -> KMeansResult:
     """Cluster 1-D ``values`` into at most ``k`` groups.
 
@@ -43,6 +48,8 @@ def kmeans_1d(
         seed: seed of the random and k-means++ initialisations.
         max_iter: Lloyd iterations at most.
         tol: stop when no centroid moves more than ``tol`` (0: until assignments are stable).
+        weights: non-negative weight per value (same size), or None for all ones. Initial
+            centroids ignore the weights.
 
     Returns:
         A :class:`KMeansResult`. When there are at most ``k`` distinct values, each is
@@ -55,7 +62,13 @@ def kmeans_1d(
     flat = np.asarray(values).ravel()
     if flat.size == 0:
         return KMeansResult(np.zeros(0), np.zeros(0, np.int64), 0.0, 0)
-    xs = np.sort(flat.astype(np.float32, copy=False) if flat.dtype == np.float32 else flat).astype(np.float64)
+    ws = None
+    if weights is None:
+        xs = np.sort(flat.astype(np.float32, copy=False) if flat.dtype == np.float32 else flat).astype(np.float64)
+    else:
+        order = np.argsort(flat, kind="stable")
+        xs = flat[order].astype(np.float64)
+        ws = np.asarray(weights, dtype=np.float64).ravel()[order]
     is_new = np.empty(xs.size, bool)
     is_new[0] = True
     np.not_equal(xs[1:], xs[:-1], out=is_new[1:])
@@ -63,10 +76,10 @@ def kmeans_1d(
         centroids, iterations = xs[is_new], 0
     else:
         centroids = _initial_centroids(flat, xs, k, init, seed)
-        centroids, iterations = _lloyd_sorted(xs, centroids, max_iter, tol)
+        centroids, iterations = _lloyd_sorted(xs, centroids, max_iter, tol, ws)
     # Labels by binary search of the midpoints: cheaper than keeping an argsort of the input.
     labels = assign(flat, centroids)
-    return KMeansResult(centroids, labels, _inertia(xs, centroids, _splits(xs, centroids)), iterations)
+    return KMeansResult(centroids, labels, _inertia(xs, centroids, _splits(xs, centroids), ws), iterations)
 
 
 def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -82,18 +95,21 @@ def _splits(xs: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.concatenate(([0], inner, [xs.size]))
 
 
-def _lloyd_sorted(xs: np.ndarray, centroids: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, int]:
-    prefix = np.concatenate(([0.0], np.cumsum(xs)))
-    prefix2 = np.concatenate(([0.0], np.cumsum(xs * xs)))
+def _lloyd_sorted(xs: np.ndarray, centroids: np.ndarray, max_iter: int, tol: float,
+                  ws: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    wx = xs if ws is None else ws * xs
+    prefix = np.concatenate(([0.0], np.cumsum(wx)))
+    prefix2 = np.concatenate(([0.0], np.cumsum(wx * xs)))
+    prefix_w = None if ws is None else np.concatenate(([0.0], np.cumsum(ws)))
     splits = _splits(xs, centroids)
     for it in range(1, max_iter + 1):
-        counts = np.diff(splits)
+        counts = np.diff(splits) if prefix_w is None else prefix_w[splits[1:]] - prefix_w[splits[:-1]]
         sums = prefix[splits[1:]] - prefix[splits[:-1]]
         new = centroids.copy()
         nonempty = counts > 0
         new[nonempty] = sums[nonempty] / counts[nonempty]
         if not nonempty.all():
-            new = _reseed_empty(new, nonempty, splits, prefix, prefix2, xs)
+            new = _reseed_empty(new, nonempty, splits, prefix, prefix2, xs, counts)
         moved = float(np.max(np.abs(new - centroids))) if new.size == centroids.size else np.inf
         new_splits = _splits(xs, new)
         centroids = new
@@ -104,7 +120,8 @@ def _lloyd_sorted(xs: np.ndarray, centroids: np.ndarray, max_iter: int, tol: flo
 
 
 def _reseed_empty(
-    centroids: np.ndarray, nonempty: np.ndarray, splits: np.ndarray, prefix: np.ndarray, prefix2: np.ndarray, xs: np.ndarray
+    centroids: np.ndarray, nonempty: np.ndarray, splits: np.ndarray, prefix: np.ndarray, prefix2: np.ndarray,
+    xs: np.ndarray, counts: np.ndarray,
 ) -> np.ndarray:
     """Move each empty cluster's centroid into the cluster with the largest squared error.
 
@@ -112,7 +129,7 @@ def _reseed_empty(
     splits the worst cluster in two (scikit-learn relocates empty clusters the same way,
     to far points); clusters stay sorted and distinct.
     """
-    counts = np.diff(splits).astype(np.float64)
+    counts = counts.astype(np.float64)
     sums = prefix[splits[1:]] - prefix[splits[:-1]]
     sse = prefix2[splits[1:]] - prefix2[splits[:-1]] - np.where(counts > 0, sums * sums / np.maximum(counts, 1), 0)
     kept = list(centroids[nonempty])
@@ -132,13 +149,13 @@ def _reseed_empty(
     return np.unique(np.asarray(kept, dtype=np.float64))
 
 
-def _inertia(xs: np.ndarray, centroids: np.ndarray, splits: np.ndarray) -> float:
+def _inertia(xs: np.ndarray, centroids: np.ndarray, splits: np.ndarray, ws: np.ndarray | None = None) -> float:
     total = 0.0
     for i in range(centroids.size):
         seg = xs[splits[i] : splits[i + 1]]
         if seg.size:
             d = seg - centroids[i]
-            total += float(d @ d)
+            total += float(d @ d) if ws is None else float((ws[splits[i] : splits[i + 1]] * d) @ d)
     return total
 
 

@@ -37,16 +37,21 @@ def load_any(model: onnx.ModelProto | str | os.PathLike | bytes) -> onnx.ModelPr
     return load_model(model)
 
 
-def InferenceSession(model: onnx.ModelProto | str | os.PathLike | bytes, threads: int = 0):  # noqa: N802
+def InferenceSession(model: onnx.ModelProto | str | os.PathLike | bytes, threads: int = 0,  # noqa: N802
+                     spin: bool = True):
     """An ``onnxruntime.InferenceSession`` on a model, ``.dc.onnx`` or ``.dcz`` (CPU provider).
 
     The compressed weights are rebuilt and folded by onnxruntime at session creation.
+    ``spin=False`` stops idle worker threads from spinning between runs, for callers that
+    do NumPy work between runs (spinning threads starve it on a small machine).
     """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(model_bytes(model), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types

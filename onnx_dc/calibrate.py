@@ -1,0 +1,168 @@
+"""Compression with unlabeled samples: load and check them, run the data-aware passes, measure fidelity.
+
+The orchestration behind ``onnx_dc.compress(..., calib=...)`` and ``onnx_dc.fidelity(...)``;
+the passes themselves live in :mod:`onnx_dc.passes` and the measurements in :mod:`onnx_dc.runtime`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnx_dc.data.calib import CalibData, CalibSpec, as_calib_spec, load_calib
+from onnx_dc.data.datasets import DataSpec, Preprocess, load_dataset
+from onnx_dc.errors import DataError
+from onnx_dc.graph.io import load_model
+from onnx_dc.passes.data_aware import DataAwareResult, DataAwareSettings, parse_data_aware, run_data_aware
+from onnx_dc.passes.state import CompressionState
+from onnx_dc.runtime.collect import Collected, collect_stats
+from onnx_dc.runtime.fidelity import Fidelity, compare_outputs, mean_error, measure_fidelity, responsible_layers
+from onnx_dc.runtime.session import load_any
+
+ATTRIBUTION_SAMPLES = 32
+ATTRIBUTION_LAYERS = 8  # layers measured by putting them back to dense, chosen by their own output error
+NOT_CHECKED = ("accuracy not checked: compress ran without samples; measure it with "
+               "`onnx-dc eval {out} --against {model} --calib images:DIR` (or npz:FILE), "
+               "or compress with --calib to use the data-aware passes")
+
+
+@dataclass(frozen=True)
+class CalibRun:
+    """What the data-aware path did."""
+
+    data: CalibData
+    settings: DataAwareSettings
+    collected: Collected | None
+    result: DataAwareResult | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values: the samples, the settings, what each pass changed, collection time."""
+        out = {"calib": self.data.summary(), "settings": self.settings.to_dict()}
+        if self.result is not None:
+            out.update(self.result.to_dict())
+        if self.collected is not None:
+            out["collect_seconds"] = round(self.collected.seconds, 3)
+        return out
+
+
+def start_calib(state: CompressionState, calib: CalibSpec | str, raw_settings: Mapping[str, Any] | None,
+                data: DataSpec | str | None = None, preprocess: Preprocess | None = None) -> CalibRun:
+    """Read the samples and the ``calib:`` settings before any work (bad input fails here)."""
+    settings = parse_data_aware(raw_settings)
+    loaded = load_calib(as_calib_spec(calib), state.model)
+    if data is not None:
+        check_data_agrees(loaded, data, preprocess)
+    return CalibRun(loaded, settings, None, None)
+
+
+def check_data_agrees(calib: CalibData, data: DataSpec | str, preprocess: Preprocess | None) -> None:
+    """``--calib`` and ``--data`` must give samples of one shape for the model's input."""
+    dataset = load_dataset(data, "test")
+    prep = preprocess or Preprocess(scale=dataset.default_scale)
+    laid = prep.apply(dataset.images[:1], None)
+    shapes = calib.sample_shapes()
+    if len(shapes) != 1:
+        raise DataError(f"--data {data} feeds one input but --calib {calib.source} feeds {len(shapes)}")
+    name, shape = next(iter(shapes.items()))
+    if int(np.prod(laid.shape[1:])) != int(np.prod(shape[1:])) or (
+            len(laid.shape) == len(shape) and tuple(laid.shape[1:]) != tuple(shape[1:])):
+        raise DataError(f"--data {data} gives samples of shape {'x'.join(map(str, laid.shape[1:]))} but --calib "
+                        f"{calib.source} gives {'x'.join(map(str, shape[1:]))} for input {name!r}; "
+                        "give both for the same input size")
+
+
+def run_calibrated(state: CompressionState, run: CalibRun) -> CalibRun:
+    """Collect statistics on the calibration part and run the data-aware passes on ``state``."""
+    collected = collect_stats(state, run.data.calib, batch_size=run.settings.batch_size,
+                              full_max_dim=run.settings.full_hessian_max_dim)
+    result = run_data_aware(state, collected.stats, run.settings, collected.unsupported)
+    return CalibRun(run.data, run.settings, collected, result)
+
+
+def fidelity_of(original: onnx.ModelProto | bytes, compressed: onnx.ModelProto, state: CompressionState,
+                run: CalibRun) -> Fidelity | None:
+    """Fidelity on the held-out samples; when poor, with the layers most responsible."""
+    held = run.data.heldout
+    if len(held) == 0:
+        return None
+    batch = run.settings.batch_size
+    fid = measure_fidelity(original, compressed, held, run.data.source, batch)
+    if not fid.poor():
+        return fid
+    few = held.take(slice(0, ATTRIBUTION_SAMPLES))
+    total = mean_error(compare_outputs(_bytes(original), _bytes(state_model(state, None, run)), few, batch))
+    variants = ((name, state_model(state, name, run)) for name in _candidates(state, run))
+    culprits = responsible_layers(original, variants, few, total, batch_size=batch)
+    return Fidelity(fid.outputs, fid.samples, fid.source, culprits)
+
+
+def _candidates(state: CompressionState, run: CalibRun) -> list[str]:
+    """Layers with the largest relative error at their own output (all layers when few or unmeasured)."""
+    names = list(state.layers)
+    stats = run.collected.stats if run.collected is not None else {}
+    if len(names) <= ATTRIBUTION_LAYERS or not stats:
+        return names
+    from onnx_dc.passes.data_aware import original_weights
+    from onnx_dc.passes.refit import output_error
+
+    def own_error(name: str) -> float:
+        st = stats.get(name)
+        if st is None or st.stats.hessian() is None:
+            return float("inf")  # not measurable here: keep it a candidate
+        w2 = original_weights(state, name).ravel()[st.view.index]
+        wq2 = state.layers[name].weights.ravel()[st.view.index]
+        h, groups = st.stats.hessian(), st.view.group_of_rows()
+        return output_error(w2, wq2, h, groups) / max(output_error(w2, 0 * w2, h, groups), 1e-30)
+
+    return sorted(names, key=own_error, reverse=True)[:ATTRIBUTION_LAYERS]
+
+
+def state_model(state: CompressionState, dense: str | None, run: CalibRun) -> onnx.ModelProto:
+    """The state's current weights as a plain model, with layer ``dense`` back to its original values."""
+    model = state.dense_model()
+    if dense is None:
+        return model
+    originals = {dense: next(t for t in state.model.graph.initializer if t.name == dense)}
+    if run.result is not None and dense in run.result.original_biases:
+        bias, values = run.result.original_biases[dense]
+        originals[bias] = numpy_helper.from_array(values, bias)
+    for init in model.graph.initializer:
+        if init.name in originals:
+            init.CopyFrom(originals[init.name])
+    return model
+
+
+def _bytes(model) -> bytes:
+    from onnx_dc.runtime.session import model_bytes
+
+    return model_bytes(model)
+
+
+def fidelity(model: str | os.PathLike | onnx.ModelProto, against: str | os.PathLike | onnx.ModelProto,
+             calib: CalibSpec | str, part: str = "heldout") -> Fidelity:
+    """Fidelity of ``model`` against ``against`` (the original) on calibration samples.
+
+    Args:
+        model: the model to judge (``.onnx``, ``.dc.onnx``, ``.dcz``).
+        against: the reference model.
+        calib: the samples (``images:DIR``, ``npz:FILE``, ...).
+        part: ``heldout`` (the held-out part) or ``all`` (calibration and held-out parts).
+    """
+    reference = load_model(against) if not isinstance(against, onnx.ModelProto) else against
+    candidate = load_any(model)
+    data = load_calib(as_calib_spec(calib), reference)
+    load_calib(as_calib_spec(calib), candidate)  # the candidate must take the same inputs
+    samples = data.heldout if part == "heldout" and len(data.heldout) else _all(data)
+    return measure_fidelity(reference, candidate, samples, data.source)
+
+
+def _all(data: CalibData):
+    from onnx_dc.data.calib import Samples
+
+    arrays = {k: np.concatenate([v, data.heldout.arrays[k]]) for k, v in data.calib.arrays.items()}
+    return Samples(arrays, data.calib.constants, data.calib.stackable)

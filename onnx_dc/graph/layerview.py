@@ -1,0 +1,198 @@
+"""How a compressed weight acts on its layer's input: the matrix view the data-aware passes use.
+
+Every supported consumer computes, per output position, ``y = W2 x (+ b)`` with
+
+* Gemm / MatMul (weight as the second input): ``W2`` is ``[out, in]``, ``x`` a row of the
+  (transposed, for ``transA``) first input;
+* Conv: ``W2 = W.reshape(out, in / group * prod(kernel))`` per group, ``x`` an im2col patch
+  of the input (padding included) for that group.
+
+The view stores, for each element of ``W2``, its index in the initializer's flat array
+(the initializer reaches the node through Reshape / Transpose / Identity / Squeeze /
+Unsqueeze, which only move elements), so statistics over ``W2``'s columns map back to
+the stored weight. Consumers not listed (ConvTranspose, a weight as the first input of
+Gemm / MatMul, Conv over more than 3 spatial dims) have no view: data-aware passes leave
+such weights to the data-free path and say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnx_dc.graph.weights import WeightSite
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Conv attributes in explicit form (pads as ``[begin..., end...]``)."""
+
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads: tuple[int, ...]
+    auto_pad: str
+
+
+@dataclass(frozen=True)
+class LayerView:
+    """One consumer of a weight as ``y = W2 x``.
+
+    Attributes:
+        node: consumer node name.
+        op_type: Conv, Gemm or MatMul.
+        activation: name of the tensor ``x`` is taken from.
+        index: int64 ``[out, in_per_group]``: flat initializer index of each ``W2`` element.
+        groups: Conv groups (1 otherwise); rows ``o`` use group ``o // (out // groups)``.
+        trans_a: Gemm's transA (x is a column of the input).
+        conv: Conv geometry, None for Gemm / MatMul.
+        bias: initializer name of the bias added to ``y`` (Conv / Gemm input, or a following Add), or None.
+        bias_scale: ``alpha / beta`` of Gemm (the bias absorbs ``alpha * dW x`` as ``beta * db``).
+    """
+
+    node: str
+    op_type: str
+    activation: str
+    index: np.ndarray
+    groups: int = 1
+    trans_a: bool = False
+    conv: ConvGeometry | None = None
+    bias: str | None = None
+    bias_scale: float = 1.0
+
+    @property
+    def rows(self) -> int:
+        """Output rows (channels) of ``W2``."""
+        return int(self.index.shape[0])
+
+    @property
+    def cols(self) -> int:
+        """Input columns of ``W2`` per group."""
+        return int(self.index.shape[1])
+
+    def group_of_rows(self) -> np.ndarray:
+        """Group index of every row."""
+        return np.arange(self.rows) // (self.rows // self.groups)
+
+
+def layer_views(model: onnx.ModelProto, site: WeightSite) -> tuple[list[LayerView], str]:
+    """Views of every consumer of ``site``; empty with the reason when one is not supported."""
+    graph = model.graph
+    nodes = {n.name: n for n in graph.node}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers_of = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers_of.setdefault(i, []).append(n)
+    inits = {t.name: t for t in graph.initializer}
+    views = []
+    for c in site.consumers:
+        node = nodes.get(c.node)
+        if node is None:
+            return [], f"consumer {c.node!r} not found"
+        view = _view(node, c.input_index, site, producer, inits, consumers_of)
+        if isinstance(view, str):
+            return [], view
+        views.append(view)
+    return views, ""
+
+
+def _view(node, input_index, site, producer, inits, consumers_of) -> LayerView | str:
+    idx = _traced_index(node.input[input_index], site, producer, inits)
+    if isinstance(idx, str):
+        return idx
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Conv" and input_index == 1:
+        spatial = idx.ndim - 2
+        if not 1 <= spatial <= 3:
+            return f"Conv with {spatial} spatial dims"
+        geo = ConvGeometry(tuple(idx.shape[2:]), tuple(attrs.get("strides", [1] * spatial)),
+                           tuple(attrs.get("dilations", [1] * spatial)), tuple(attrs.get("pads", [0] * 2 * spatial)),
+                           attrs.get("auto_pad", b"NOTSET").decode() if isinstance(attrs.get("auto_pad"), bytes)
+                           else str(attrs.get("auto_pad", "NOTSET")))
+        if geo.auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+            return f"Conv auto_pad {geo.auto_pad}"
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else _following_add(node, inits, consumers_of, idx.shape[0], spatial)
+        return LayerView(node.name, "Conv", node.input[0], idx.reshape(idx.shape[0], -1), int(attrs.get("group", 1)),
+                         conv=geo, bias=bias)
+    if node.op_type == "Gemm" and input_index == 1 and idx.ndim == 2:
+        w2 = idx if attrs.get("transB", 0) else idx.T
+        alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
+        if bias is not None and _numel(inits[bias]) != w2.shape[0]:
+            bias = None
+        return LayerView(node.name, "Gemm", node.input[0], np.ascontiguousarray(w2), trans_a=bool(attrs.get("transA", 0)),
+                         bias=bias, bias_scale=alpha / beta if beta else 0.0)
+    if node.op_type == "MatMul" and input_index == 1 and idx.ndim == 2:
+        return LayerView(node.name, "MatMul", node.input[0], np.ascontiguousarray(idx.T),
+                         bias=_following_add(node, inits, consumers_of, idx.shape[1]))
+    return f"{node.op_type} reading the weight as input {input_index} (rank {idx.ndim}) has no matrix view"
+
+
+def _numel(t: onnx.TensorProto) -> int:
+    return int(np.prod(t.dims, dtype=np.int64))
+
+
+def _following_add(node, inits, consumers_of, out: int, spatial: int = 0) -> str | None:
+    """The initializer added right after ``node`` when it is a per-output-channel bias."""
+    users = consumers_of.get(node.output[0], [])
+    if len(users) != 1 or users[0].op_type != "Add":
+        return None
+    other = [i for i in users[0].input if i != node.output[0]]
+    if len(other) != 1 or other[0] not in inits:
+        return None
+    dims = [d for d in inits[other[0]].dims]
+    if _numel(inits[other[0]]) != out or inits[other[0]].data_type != onnx.TensorProto.FLOAT:
+        return None
+    # a Conv output is [N, C, *spatial]: the bias must broadcast along the channel axis only
+    if node.op_type == "Conv":
+        if len(dims) < spatial + 1 or dims[len(dims) - spatial - 1] != out:
+            return None
+    if node.op_type != "Conv" and dims and dims[-1] != out:
+        return None
+    return other[0]
+
+
+def _traced_index(name, site, producer, inits) -> np.ndarray | str:
+    """Flat initializer indices as the consumer sees the weight (after the pass-through chain)."""
+    chain = []
+    while name != site.name:
+        node = producer.get(name)
+        if node is None:
+            return f"weight path through {name!r} not understood"
+        chain.append(node)
+        name = node.input[0]
+    arr = np.arange(site.numel, dtype=np.int64).reshape(site.shape)
+    for node in reversed(chain):
+        arr = _apply(node, arr, inits)
+        if isinstance(arr, str):
+            return arr
+    return arr
+
+
+def _apply(node, arr: np.ndarray, inits) -> np.ndarray | str:
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Identity":
+        return arr
+    if node.op_type == "Transpose":
+        return np.transpose(arr, attrs.get("perm"))
+    if node.op_type == "Reshape":
+        if len(node.input) < 2 or node.input[1] not in inits:
+            return "Reshape with a computed shape on the weight path"
+        shape = [int(d) for d in numpy_helper.to_array(inits[node.input[1]])]
+        shape = [arr.shape[i] if d == 0 and not attrs.get("allowzero", 0) else d for i, d in enumerate(shape)]
+        return arr.reshape(shape)
+    axes = attrs.get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1] in inits:
+        axes = [int(a) for a in numpy_helper.to_array(inits[node.input[1]])]
+    if node.op_type == "Squeeze":
+        return np.squeeze(arr, tuple(axes) if axes is not None else None)
+    if node.op_type == "Unsqueeze" and axes is not None:
+        out = arr
+        for a in sorted(int(x) % (arr.ndim + len(axes)) for x in axes):
+            out = np.expand_dims(out, a)
+        return out
+    return f"{node.op_type} on the weight path"

@@ -1,0 +1,152 @@
+"""Data-aware compression without backprop: settings and the order the passes run in.
+
+    prune (by |w| x ||x|| within rows)  ->  reconstruct the kept weights (least squares on E[x x^T])
+      ->  share (k-means weighted by E[x_j^2])  ->  [GPTQ-style codes, off by default]
+      ->  refit codebooks (K x K least squares on E[x x^T])  ->  correct biases (by (W - W_q) E[x])
+
+Each step can be switched off in the config's ``calib:`` section (docs/CONFIG.md); the
+statistics come from :mod:`onnx_dc.runtime.collect`. Layers without statistics go the
+data-free way (magnitude pruning, plain k-means) and are listed in the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+from onnx import numpy_helper
+
+from onnx_dc.errors import ConfigError
+from onnx_dc.passes.bias_correct import correct_bias
+from onnx_dc.passes.gptq import gptq_layer
+from onnx_dc.passes.prune import prune
+from onnx_dc.passes.prune_activation import prune_by_activation
+from onnx_dc.passes.reconstruct import reconstruct_layer
+from onnx_dc.passes.refit import refit_layer
+from onnx_dc.passes.share import share
+from onnx_dc.passes.state import CompressionState
+from onnx_dc.passes.stats import WeightStats
+
+
+class PruneBy(str, enum.Enum):
+    """What pruning ranks weights by."""
+
+    MAGNITUDE = "magnitude"  # |w| over the whole layer (the paper)
+    ACTIVATION = "activation"  # |w| x ||x_j|| within each output row (needs samples)
+
+
+@dataclass(frozen=True)
+class DataAwareSettings:
+    """The ``calib:`` section of a config."""
+
+    prune_by: PruneBy = PruneBy.ACTIVATION
+    reconstruct: bool = True
+    weighted_kmeans: bool = True
+    refit: bool = True
+    bias_correction: bool = True
+    gptq: bool = False
+    batch_size: int = 64
+    full_hessian_max_dim: int = 4096
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values."""
+        return {**dataclasses.asdict(self), "prune_by": self.prune_by.value}
+
+
+def parse_data_aware(raw: Mapping[str, Any] | None, source: str = "calib") -> DataAwareSettings:
+    """Validate the ``calib:`` mapping (every problem reported at once)."""
+    if raw is None:
+        return DataAwareSettings()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: expected a mapping")
+    problems, out = [], {}
+    known = {f.name: f for f in dataclasses.fields(DataAwareSettings)}
+    for key, value in raw.items():
+        if key not in known:
+            problems.append(f"unknown key {key!r} (known: {', '.join(known)})")
+        elif key == "prune_by":
+            try:
+                out[key] = PruneBy(value)
+            except ValueError:
+                problems.append(f"prune_by: {value!r} must be magnitude or activation")
+        elif key in ("batch_size", "full_hessian_max_dim"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"{key}: {value!r} must be a positive integer")
+            else:
+                out[key] = value
+        elif not isinstance(value, bool):
+            problems.append(f"{key}: {value!r} must be true or false")
+        else:
+            out[key] = value
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+    return DataAwareSettings(**out)
+
+
+@dataclass
+class DataAwareResult:
+    """What the data-aware passes did: layer names per pass, and biases before correction."""
+
+    pruned_by_activation: list[str] = field(default_factory=list)
+    reconstructed: list[str] = field(default_factory=list)
+    weighted_kmeans: list[str] = field(default_factory=list)
+    gptq: list[str] = field(default_factory=list)
+    refit: list[str] = field(default_factory=list)
+    bias_corrected: list[str] = field(default_factory=list)
+    without_stats: dict[str, str] = field(default_factory=dict)
+    original_biases: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
+
+    def passes_ran(self) -> list[str]:
+        """Names of the passes that changed at least one layer."""
+        named = {"prune_by_activation": self.pruned_by_activation, "reconstruct": self.reconstructed,
+                 "weighted_kmeans": self.weighted_kmeans, "gptq": self.gptq,
+                 "refit": self.refit, "bias_correction": self.bias_corrected}
+        return [k for k, v in named.items() if v]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (layer names per pass)."""
+        return {"passes": self.passes_ran(), "prune_by_activation": self.pruned_by_activation,
+                "reconstruct": self.reconstructed,
+                "weighted_kmeans": self.weighted_kmeans, "gptq": self.gptq, "refit": self.refit,
+                "bias_correction": self.bias_corrected, "without_statistics": self.without_stats}
+
+
+def original_weights(state: CompressionState, name: str) -> np.ndarray:
+    """The uncompressed values of a planned weight (``state.model`` keeps them)."""
+    init = next(t for t in state.model.graph.initializer if t.name == name)
+    return numpy_helper.to_array(init).astype(np.float32)
+
+
+def run_data_aware(state: CompressionState, stats: dict[str, WeightStats], settings: DataAwareSettings,
+                   without_stats: Mapping[str, str] | None = None) -> DataAwareResult:
+    """Prune and share every planned layer using its input statistics (see the module docstring)."""
+    result = DataAwareResult(without_stats=dict(without_stats or {}))
+    if settings.prune_by == PruneBy.ACTIVATION:
+        result.pruned_by_activation = prune_by_activation(state, stats)
+    else:
+        prune(state)
+    if settings.reconstruct:
+        result.reconstructed = [n for n, st in stats.items()
+                                if reconstruct_layer(state.layers[n], original_weights(state, n), st)]
+    importance = {}
+    if settings.weighted_kmeans:
+        for name, st in stats.items():
+            h = st.element_moment(state.layers[name].weights.shape)
+            importance[name] = h + 1e-6 * max(float(h.mean()), 1e-30)  # dead inputs still get a tiny say
+    share(state, importance)
+    result.weighted_kmeans = [n for n in importance if state.layers[n].codebook is not None]
+    for name, st in stats.items():
+        original = original_weights(state, name)
+        if settings.gptq and gptq_layer(state.layers[name], original, st):
+            result.gptq.append(name)
+        if settings.refit and refit_layer(state.layers[name], original, st):
+            result.refit.append(name)
+        if settings.bias_correction:
+            before = correct_bias(state, name, original, st)
+            if before is not None:
+                result.bias_corrected.append(name)
+                result.original_biases[name] = (st.view.bias, before)
+    return result

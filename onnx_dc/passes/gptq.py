@@ -1,0 +1,60 @@
+"""GPTQ-style code assignment: assign codes column by column, spreading each column's error
+onto the columns not yet assigned.
+
+For a layer ``y = W2 x`` with ``H = E[x x^T]`` (damped by 1% of its mean diagonal), let
+``U`` be the upper Cholesky factor of ``H^-1``. Starting from the original weights, for
+each input column ``j`` in order (all rows at once):
+
+    q_j = 0 if pruned else the nearest codebook entry (code >= 1),
+    e_j = (w_j - q_j) / U_jj,      w_{j'} -= e_j U_{j j'}   for j' > j
+
+which is the optimal update of the not-yet-assigned weights for the error made on column
+``j`` (Frantar et al., GPTQ, 2022; with a pruning mask this is SparseGPT's update). The
+codebook (from k-means) and the mask stay; only the codes change. It replaces the plain
+nearest-centroid codes, so it runs after sharing and before the codebook refit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnx_dc.numerics.kmeans import assign
+from onnx_dc.passes.state import LayerState
+from onnx_dc.passes.stats import WeightStats
+
+DAMPING = 0.01
+
+
+def upper_inverse_cholesky(h: np.ndarray) -> np.ndarray:
+    """``U`` with ``U^T U = (H + damping)^-1``, upper triangular."""
+    h = h + DAMPING * max(float(np.mean(np.diag(h))), 1e-12) * np.eye(h.shape[0])
+    hinv = np.linalg.inv(h)
+    return np.linalg.cholesky((hinv + hinv.T) / 2).T
+
+
+def gptq_layer(layer: LayerState, original: np.ndarray, stats: WeightStats) -> bool:
+    """Re-assign one shared layer's codes as above; returns whether it ran."""
+    hessian = stats.stats.hessian()
+    if layer.codebook is None or hessian is None:
+        return False
+    index = stats.view.index
+    groups = stats.view.group_of_rows()
+    keep2 = np.ones(index.shape, bool) if layer.mask is None else layer.mask.ravel()[index]
+    order = np.argsort(layer.codebook[1:], kind="stable")
+    centroids = layer.codebook[1:][order].astype(np.float64)
+    codes2 = np.zeros(index.shape, np.uint16)
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        u = upper_inverse_cholesky(hessian[g])
+        w = original.ravel()[index[rows]].astype(np.float64)
+        for j in range(w.shape[1]):
+            nearest = order[assign(w[:, j], centroids)] + 1
+            code = np.where(keep2[rows, j], nearest, 0)
+            err = (w[:, j] - layer.codebook[code]) / u[j, j]
+            w[:, j + 1 :] -= np.outer(err, u[j, j + 1 :])
+            codes2[rows, j] = code
+    codes = layer.codes.ravel().copy()
+    codes[index.ravel()] = codes2.ravel()
+    layer.codes = codes.reshape(layer.weights.shape)
+    layer.weights = layer.codebook[layer.codes]
+    return True

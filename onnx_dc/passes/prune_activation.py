@@ -1,0 +1,65 @@
+"""Data-aware pruning: score each weight by what it contributes on the calibration inputs.
+
+    score_ij = |W2_ij| * sqrt(E[x_j^2])       (W2: the layer as [out, in], x: its input rows)
+    in each output row i, the floor(sparse_ratio * in) lowest scores are pruned
+
+``sqrt(E[x_j^2])`` is the input activation norm ``||x_j||`` up to a constant, so a weight on
+an input that is always near zero goes first however large it is. Comparing within a row
+(output channel) keeps every output alive at the planned ratio. Layers set by
+``prune_quality`` (a threshold, not a ratio) and layers without statistics are pruned by
+magnitude as before.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnx_dc.passes.prune import prune_layer
+from onnx_dc.passes.state import CompressionState, LayerState
+from onnx_dc.passes.stats import WeightStats
+
+
+def row_mask(scores: np.ndarray, sparse_ratio: float) -> np.ndarray:
+    """Keep-mask ``[out, in]`` pruning the ``floor(sparse_ratio * in)`` lowest scores of every row."""
+    k = int(np.floor(sparse_ratio * scores.shape[1]))
+    mask = np.ones(scores.shape, bool)
+    if k > 0:
+        lowest = np.argpartition(scores, k - 1, axis=1)[:, :k]
+        np.put_along_axis(mask, lowest, False, axis=1)
+    return mask
+
+
+def prune_layer_by_activation(layer: LayerState, stats: WeightStats) -> bool:
+    """Prune one layer by ``|w| * ||x||`` within rows; returns whether anything was pruned."""
+    s = layer.entry.settings
+    if not s.prunes or s.prune_quality is not None:
+        return prune_layer(layer)
+    flat = layer.weights.ravel()
+    index = stats.view.index
+    scores = np.abs(flat[index]) * np.sqrt(stats.column_moment())
+    keep2 = row_mask(scores, s.sparse_ratio)
+    mask = np.zeros(flat.size, bool)
+    mask[index.ravel()] = keep2.ravel()
+    mask = mask.reshape(layer.weights.shape)
+    if layer.mask is not None:
+        mask &= layer.mask
+    layer.mask = mask
+    layer.threshold = -1.0  # per-row scores: no single magnitude threshold
+    layer.weights = np.where(mask, layer.weights, np.float32(0.0)).astype(np.float32)
+    return True
+
+
+def prune_by_activation(state: CompressionState, stats: dict[str, WeightStats]) -> list[str]:
+    """Prune every planned layer: by activation where statistics exist, else by magnitude.
+
+    Returns:
+        Names of the layers pruned by activation.
+    """
+    done = []
+    for name, layer in state.layers.items():
+        if name in stats and layer.entry.settings.prunes and layer.entry.settings.prune_quality is None:
+            prune_layer_by_activation(layer, stats[name])
+            done.append(name)
+        else:
+            prune_layer(layer)
+    return done

@@ -1,0 +1,107 @@
+"""--calib end to end: compress with samples, fidelity tables, eval --against, bad input; real models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from calib_images import require, write_folder
+from conftest import MNIST_DIR, SHARED_DATA, mlp_model
+
+import onnx_dc
+from onnx_dc.calibrate import fidelity
+from onnx_dc.cli import main
+from onnx_dc.graph.io import save_model
+
+REAL = SHARED_DATA / "real"
+
+
+def test_compress_with_calib_prints_fidelity_and_json(tmp_path, capsys):
+    src = tmp_path / "mlp.onnx"
+    save_model(mlp_model(), src)
+    out = tmp_path / "mlp.dc.onnx"
+    assert main(["compress", str(src), "-o", str(out), "--sparse-ratio", "0.5", "--class-num", "8",
+                 "--calib", "digits", "--calib-limit", "100", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    fid = result["fidelity"]
+    assert fid["samples"] > 0 and fid["outputs"][0]["name"] == "y" and fid["outputs"][0]["top1_agreement"] is not None
+    assert set(result["data_aware"]["passes"]) >= {"prune_by_activation", "weighted_kmeans", "bias_correction"}
+    assert result["note"] is None
+    # eval --against reproduces the same numbers on the same held-out samples
+    assert main(["eval", str(out), "--against", str(src), "--calib", "digits", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["outputs"][0]["cosine"] == pytest.approx(fid["outputs"][0]["cosine"], rel=1e-6)
+
+
+def test_compress_without_samples_says_accuracy_not_checked(tmp_path, capsys):
+    src = tmp_path / "mlp.onnx"
+    save_model(mlp_model(), src)
+    assert main(["compress", str(src), "-o", str(tmp_path / "o.dc.onnx"), "--class-num", "8"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("accuracy not checked") and "--against" in err[0]
+
+
+def test_poor_fidelity_names_the_layers(tmp_path):
+    result = onnx_dc.compress(mlp_model(), None, sparse_ratio=0.95, class_num=2, calib="digits")
+    assert result.fidelity.poor()
+    names = [n for n, _ in result.fidelity.culprits]
+    assert names and set(names) <= {"w0", "w1"}
+    assert "layers most responsible: w" in result.fidelity.to_table()
+
+
+@pytest.mark.parametrize("case", ["empty", "unreadable", "size", "npz", "disagree", "channels"])
+def test_bad_input_one_line_exit_2(tmp_path, capsys, case):
+    from tests_models import image_model_file
+
+    model = image_model_file(tmp_path)
+    folder = write_folder(tmp_path / "imgs", 3, (24, 32))
+    args = ["compress", str(model), "-o", str(tmp_path / "o.dc.onnx"), "--class-num", "8"]
+    expect = {
+        "empty": (["--calib", f"images:{tmp_path / 'none'}"], "no images"),
+        "unreadable": (["--calib", f"images:{folder}"], "broken.png"),
+        "size": (["--calib", f"images:{folder}", "--size", "20,20"], "expects"),
+        "npz": (["--calib", f"npz:{tmp_path / 's.npz'}"], "'img'"),
+        "disagree": (["--calib", f"images:{folder}", "--data", "digits"], "--data digits gives samples of shape"),
+        "channels": (["--calib", f"images:{folder}", "--channels", "gray"], "channel"),
+    }[case]
+    (tmp_path / "none").mkdir()
+    if case == "unreadable":
+        (folder / "broken.png").write_bytes(b"\x89PNG but not really")
+    np.savez(tmp_path / "s.npz", other=np.zeros((3, 3, 24, 32), np.float32))
+    assert main(args + expect[0]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expect[1] in err and "Traceback" not in err
+    assert not (tmp_path / "o.dc.onnx").exists()
+
+
+def test_mnist_models_keep_top1_with_data_aware():
+    require(MNIST_DIR)
+    model = require(SHARED_DATA / "onnx" / "mnist-8.onnx")
+    free = onnx_dc.compress(model, None, sparse_ratio=0.8, class_num=16)
+    aware = onnx_dc.compress(model, None, sparse_ratio=0.8, class_num=16, calib=f"mnist:{MNIST_DIR}")
+    free_fid = fidelity(free.model, model, f"mnist:{MNIST_DIR}")
+    assert aware.fidelity.outputs[0].top1 > free_fid.outputs[0].top1 + 0.2
+    assert aware.fidelity.outputs[0].rel_l2 < free_fid.outputs[0].rel_l2
+
+
+@pytest.mark.parametrize("name, rel, spec", [
+    ("superres", "superres/pytorch_super_resolution.onnx", dict(size="224,224", channels="gray")),
+    ("fastestdet", "fastestdet/FastestDet.onnx", dict(size="352,352", channels="bgr")),
+    ("resnet20", "cifar10-resnet20/resnet20_cifar10_pre.onnx",
+     dict(size="32,32", mean="0.485,0.456,0.406", std="0.229,0.224,0.225")),
+])
+def test_fidelity_gains_on_real_models(tmp_path, name, rel, spec):
+    from onnx_dc.data.calib import parse_calib_spec
+
+    model = require(REAL / rel)
+    h, w = (int(v) for v in spec["size"].split(","))
+    folder = write_folder(tmp_path / name, 20, (h + 16, w + 16), seed=3, suffix=".jpg")
+    calib = parse_calib_spec(f"images:{folder}", **spec)
+    free = onnx_dc.compress(model, None, sparse_ratio=0.5, class_num=32)
+    aware = onnx_dc.compress(model, None, sparse_ratio=0.5, class_num=32, calib=calib)
+    free_fid = fidelity(free.model, model, calib)
+    assert aware.fidelity.samples == free_fid.samples == 4
+    for a, f in zip(aware.fidelity.outputs, free_fid.outputs):
+        assert a.rel_l2 < f.rel_l2, (name, a, f)
+        assert a.cosine >= f.cosine

@@ -1,0 +1,176 @@
+"""Data-aware compression: statistics through onnxruntime, and the invariants of each pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import conv_model, finish_model, init, mlp_model, run
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper
+
+from onnx_dc.api import prepare
+from onnx_dc.data.calib import Samples
+from onnx_dc.numerics.kmeans import kmeans_1d
+from onnx_dc.passes.bias_correct import correct_bias
+from onnx_dc.passes.data_aware import original_weights, parse_data_aware
+from onnx_dc.passes.prune import prune
+from onnx_dc.passes.prune_activation import prune_by_activation
+from onnx_dc.passes.refit import output_error, refit_layer
+from onnx_dc.passes.share import share
+from onnx_dc.runtime.collect import collect_stats, im2col
+from onnx_dc.errors import ConfigError
+
+
+def feeds(n: int, shape: tuple[int, ...], seed: int = 0, name: str = "x") -> Samples:
+    x = np.random.default_rng(seed).normal(size=(n, 1, *shape)).astype(np.float32)
+    x[..., ::3] *= 4.0  # uneven input scales, so data-aware choices differ from magnitude ones
+    return Samples({name: x}, stackable=True)
+
+
+def grouped_conv_model():
+    """Grouped, strided, dilated, padded Conv with a bias: y = Conv(x, w, b)."""
+    rng = np.random.default_rng(1)
+    w = rng.normal(0, 0.3, (6, 2, 3, 3)).astype(np.float32)
+    b = rng.normal(0, 0.1, 6).astype(np.float32)
+    node = oh.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", group=2, strides=[2, 1], dilations=[1, 2],
+                        pads=[1, 2, 0, 1])
+    g = oh.make_graph([node], "gconv", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 9, 10])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, "H", "W"])],
+                      [init("w", w), init("b", b)])
+    return finish_model(g)
+
+
+def test_im2col_reproduces_conv():
+    model = grouped_conv_model()
+    state = prepare(model)
+    samples = feeds(3, (4, 9, 10))
+    stats = collect_stats(state, samples).stats["w"]
+    x = samples.arrays["x"][:, 0]
+    y = run(model, {"x": x})[0]
+    # the mean output per channel is W2 E[x] + b over the patches
+    w2 = original_weights(state, "w").ravel()[stats.view.index]
+    mean = stats.stats.mean()[stats.view.group_of_rows()]
+    b = numpy_helper.to_array(model.graph.initializer[1])
+    np.testing.assert_allclose(np.einsum("ij,ij->i", w2, mean) + b, y.mean(axis=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    geo = stats.view.conv
+    patches = im2col(x, geo.kernel, geo.strides, geo.dilations, geo.pads)
+    assert patches.shape[:3] == (3, y.shape[2] * y.shape[3], 4)
+    # a patch times the weights is the output at that position
+    w = original_weights(state, "w")
+    p0 = patches[1, 7, 2:4].ravel()  # sample 1, position 7, group 1
+    assert float(p0 @ w[3].ravel() + b[3]) == pytest.approx(float(y[1, 3].ravel()[7]), rel=1e-4, abs=1e-5)
+
+
+def test_prune_by_activation_reaches_ratio_per_row():
+    state = prepare(mlp_model(sizes=(64, 48, 10)), sparse_ratio=0.7)
+    stats = collect_stats(state, feeds(50, (64,))).stats
+    done = prune_by_activation(state, stats)
+    assert set(done) == {"w0", "w1"}
+    for name, layer in state.layers.items():
+        w2_mask = layer.mask.ravel()[stats[name].view.index]
+        pruned_per_row = (~w2_mask).sum(axis=1)
+        assert np.all(pruned_per_row == int(np.floor(0.7 * w2_mask.shape[1])))
+        assert np.all(layer.weights[~layer.mask] == 0)
+    # the scores differ from magnitude: inputs scaled x4 keep more of their weights
+    w2 = state.layers["w0"].mask.ravel()[stats["w0"].view.index]
+    assert w2[:, ::3].mean() > w2.mean()
+
+
+def test_weighted_kmeans_equals_sklearn_from_same_start():
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-1, 0.3, 700), rng.normal(0.8, 0.5, 1300)])
+    w = rng.exponential(size=x.size)
+    ours = kmeans_1d(x, 12, "linear", weights=w)
+    start = np.linspace(x.min(), x.max(), 12).reshape(-1, 1)
+    ref = KMeans(12, init=start, n_init=1, max_iter=300, tol=0.0, algorithm="lloyd").fit(x.reshape(-1, 1), sample_weight=w)
+    np.testing.assert_allclose(ours.centroids, np.sort(ref.cluster_centers_.ravel()), rtol=1e-9, atol=1e-12)
+    assert ours.inertia == pytest.approx(ref.inertia_, rel=1e-9)
+    # weights of one are plain k-means
+    plain = kmeans_1d(x, 12, "linear")
+    np.testing.assert_allclose(kmeans_1d(x, 12, "linear", weights=np.ones_like(x)).centroids, plain.centroids)
+
+
+@pytest.mark.parametrize("make", [mlp_model, conv_model, grouped_conv_model])
+def test_refit_never_raises_output_error(make):
+    for sparse, k in ((0.0, 4), (0.5, 8), (0.8, 3)):
+        state = prepare(make(), sparse_ratio=sparse, class_num=k)
+        shape = tuple(d.dim_value for d in state.model.graph.input[0].type.tensor_type.shape.dim[1:])
+        stats = collect_stats(state, feeds(40, shape)).stats
+        prune(state)
+        share(state)
+        for name, st in stats.items():
+            layer = state.layers[name]
+            original = original_weights(state, name)
+            index, groups = st.view.index, st.view.group_of_rows()
+            h = st.stats.hessian()
+            before = output_error(original.ravel()[index], layer.weights.ravel()[index], h, groups)
+            codes = layer.codes.copy()
+            refit_layer(layer, original, st)
+            after = output_error(original.ravel()[index], layer.weights.ravel()[index], h, groups)
+            assert after <= before * (1 + 1e-9)
+            np.testing.assert_array_equal(layer.codes, codes)  # codes fixed
+            assert layer.codebook[0] == 0.0 and np.all(layer.weights[codes == 0] == 0)
+
+
+def test_refit_lowers_error_measured_in_onnxruntime():
+    state = prepare(mlp_model(sizes=(64, 10)), class_num=4)
+    samples = feeds(60, (64,))
+    stats = collect_stats(state, samples).stats
+    share(state)
+    x = samples.arrays["x"][:, 0]
+    y = run(state.model, {"x": x})[0]
+    plain = np.linalg.norm(run(state.dense_model(), {"x": x})[0] - y)
+    assert refit_layer(state.layers["w0"], original_weights(state, "w0"), stats["w0"])
+    assert np.linalg.norm(run(state.dense_model(), {"x": x})[0] - y) < plain
+
+
+def test_bias_correction_zeroes_mean_output_error_of_a_conv():
+    model = grouped_conv_model()
+    state = prepare(model, sparse_ratio=0.6, class_num=4)
+    samples = feeds(30, (4, 9, 10))
+    stats = collect_stats(state, samples).stats
+    prune(state)
+    share(state)
+    x = samples.arrays["x"][:, 0]
+    y = run(model, {"x": x})[0]
+    assert correct_bias(state, "w", original_weights(state, "w"), stats["w"]) is not None
+    yq = run(state.dense_model(), {"x": x})[0]
+    np.testing.assert_allclose((yq - y).mean(axis=(0, 2, 3)), 0.0, atol=1e-5)
+    assert np.abs(yq - y).mean() > 1e-3  # the error itself is not zero, only its mean
+
+
+def test_bias_correction_on_a_gemm_layer():
+    state = prepare(mlp_model(sizes=(64, 10)), sparse_ratio=0.6, class_num=4)
+    samples = feeds(30, (64,))
+    stats = collect_stats(state, samples).stats
+    prune(state)
+    share(state)
+    x = samples.arrays["x"][:, 0]
+    y = run(state.model, {"x": x})[0]
+    assert correct_bias(state, "w0", original_weights(state, "w0"), stats["w0"]) is not None
+    np.testing.assert_allclose((run(state.dense_model(), {"x": x})[0] - y).mean(axis=0), 0.0, atol=1e-5)
+
+
+def test_calib_section_is_validated():
+    assert parse_data_aware({"prune_by": "magnitude", "refit": False}).refit is False
+    with pytest.raises(ConfigError) as exc:
+        parse_data_aware({"prune_by": "size", "refit": 1, "typo": True})
+    assert "prune_by" in str(exc.value) and "refit" in str(exc.value) and "typo" in str(exc.value)
+
+
+def test_gptq_keeps_mask_and_codebook():
+    from onnx_dc.passes.gptq import gptq_layer
+
+    state = prepare(grouped_conv_model(), sparse_ratio=0.5, class_num=4)
+    stats = collect_stats(state, feeds(30, (4, 9, 10))).stats
+    prune(state)
+    share(state)
+    layer = state.layers["w"]
+    mask, codebook = layer.mask.copy(), layer.codebook.copy()
+    assert gptq_layer(layer, original_weights(state, "w"), stats["w"])
+    np.testing.assert_array_equal(layer.codes == 0, ~mask)  # pruned exactly where the mask says
+    np.testing.assert_array_equal(layer.codebook, codebook)
+    np.testing.assert_array_equal(layer.weights, codebook[layer.codes])
