@@ -94,3 +94,41 @@ def shape(text: str | None, flag: str = "--input-shape") -> tuple[int, ...] | No
         raise ArgumentError(f"{flag} {text!r}: give positive integers separated by commas, like 1,28,28 "
                             "(channels, height, width; no batch dimension)")
     return tuple(int(d) for d in parts)
+
+
+def ratio_list(text: str | None, flag: str = "--ratios") -> tuple[float, ...] | None:
+    """Comma-separated sparse ratios, each in [0, 1), at least one (None: not given)."""
+    from onnx_dc.sensitivity import parse_ratios
+
+    return None if text is None else parse_ratios(text, flag)
+
+
+def class_num_list(text: str | None, flag: str = "--class-nums") -> tuple[int, ...] | None:
+    """Comma-separated class_num values, each in 2..256, at least one (None: not given)."""
+    from onnx_dc.sensitivity import parse_class_nums
+
+    return None if text is None else parse_class_nums(text, flag)
+
+
+def drop(value: float | None, flag: str) -> float | None:
+    """A non-negative loss of score (points of accuracy, ...); None: not given."""
+    if value is not None and not value >= 0:
+        raise ArgumentError(f"{flag} {value}: give a drop >= 0 (points of the score, e.g. 0.5 for half a point)")
+    return value
+
+
+def ray_address(address: str | None) -> str | None:
+    """Ray installed, and a cluster answering at ``address`` within seconds (``local``: a new local instance)."""
+    from onnx_dc.sweep import check_ray_address, ray_module
+
+    if address is not None:
+        ray_module()
+        check_ray_address(address)
+    return address
+
+
+def plotting() -> None:
+    """matplotlib importable (the ``plot`` extra)."""
+    from onnx_dc.plots import pyplot
+
+    pyplot()

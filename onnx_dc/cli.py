@@ -206,7 +206,10 @@ def _metadata_only(args: argparse.Namespace, model):
 
 def cmd_compress(args: argparse.Namespace) -> int:
     import onnx_dc
+    from onnx_dc.cli_analysis import compress_target
 
+    if compress_target(args) is not None:  # --target-drop: settings from a sensitivity sweep
+        return 0
     config = args.config
     _check_compress_args(args)
     if args.caffe:
@@ -407,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preprocess_args(p)
     _add_calib_args(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    from onnx_dc.cli_analysis import add_parsers as add_analysis_parsers, add_target_args
+
+    add_target_args(p)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("finetune", help="train the codebooks and biases of a .dc.onnx on data")
@@ -470,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", help="folder for the demo's files (default out/demo)")
     p.set_defaults(func=cmd_demo)
 
+    add_analysis_parsers(sub)
     for extra in EXTRA_COMMANDS:
         extra(sub)
     _add_common_args(parser, sub)

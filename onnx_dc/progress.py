@@ -9,6 +9,7 @@ drawn is not broken by them. Errors are not notes: they are raised.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import sys
 from collections.abc import Iterable
@@ -66,3 +67,14 @@ def note(line: str) -> None:
     """Print an informational line or warning on stderr, unless quiet."""
     if _level > Level.QUIET:
         tqdm.write(line, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def quieted():
+    """Within the block, no bars or notes (the many small runs inside a sweep, which has its own bar)."""
+    global _level
+    saved, _level = _level, Level.QUIET
+    try:
+        yield
+    finally:
+        _level = saved

@@ -77,6 +77,7 @@ def evaluate(
     preprocess: Preprocess | None = None,
     split: str = "test",
     limit: int | None = None,
+    threads: int = 0,
 ) -> EvalResult:
     """Top-1 accuracy of ``model`` on a dataset split.
 
@@ -86,6 +87,7 @@ def evaluate(
         preprocess: input preprocessing; default: the model's metadata, else the dataset's scale.
         split: ``test`` or ``train``.
         limit: evaluate on the first ``limit`` samples only.
+        threads: onnxruntime intra-op threads (0: its default; sweeps use 1, the same numbers in any worker).
     """
     if limit is not None and limit < 1:
         raise DataError(f"limit {limit}: give a positive number of samples")
@@ -96,7 +98,7 @@ def evaluate(
     images, labels = dataset.images, dataset.labels
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
-    session = InferenceSession(raw)
+    session = InferenceSession(raw, threads)
     start = time.perf_counter()
     try:
         x = prep.apply(images, sample_shape(session))

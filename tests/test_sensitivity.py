@@ -1,0 +1,202 @@
+"""Sensitivity sweeps, settings from a target drop, plots, and sweeps in worker processes and on Ray."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+
+import numpy as np
+import pytest
+from conftest import MNIST_DIR, ROOT, needs_shared
+from test_cli import cli, expect_user_error
+
+import onnx_dc
+from onnx_dc.config import load_config
+from onnx_dc.errors import ConfigError
+from onnx_dc.runtime.evaluate import evaluate
+from onnx_dc.sensitivity import Accuracy, LayerInfo, Point, Sensitivity, run_sensitivity
+from onnx_dc.sweep import Runner
+from onnx_dc.target import knapsack
+
+LENET = ROOT / "models" / "lenet_300_100.onnx"
+DATA = f"mnist:{MNIST_DIR}"
+GRID = {"ratios": (0.5, 0.95), "class_nums": (16, 2)}
+
+
+@pytest.fixture(scope="module")
+def sweep() -> Sensitivity:
+    """LeNet-300-100 on 500 MNIST test digits, serial."""
+    if not MNIST_DIR.exists():
+        pytest.skip("needs ../shared/data/mnist")  # the tests using it also request shared data (fail in CI)
+    return run_sensitivity(LENET, Accuracy(DATA, limit=500), **GRID)
+
+
+@needs_shared
+def test_each_point_is_that_layer_alone_compressed(sweep):
+    assert [i.node for i in sweep.layers] == ["ip1", "ip2", "ip3"]
+    assert len(sweep.points) == 3 * (2 + 2 + 4)
+    assert sweep.baseline == 100 * evaluate(LENET, DATA, limit=500).accuracy
+    for point in (sweep.points[0], sweep.points[-1], sweep.points[11]):
+        node = sweep.layer(point.layer).node
+        rule = {"match": node, "sparse_ratio": point.sparse_ratio}
+        rule.update({"class_num": point.class_num} if point.class_num else {"quantize_term": False})
+        others = [{"match": i.node, "skip": True} for i in sweep.layers if i.weight != point.layer]
+        dc = onnx_dc.compress(LENET, config={"nodes": [rule] + others})
+        (row,) = dc.report.layers
+        assert point.bytes == row.total_bytes
+        assert point.score == 100 * evaluate(dc.model, DATA, limit=500).accuracy
+        assert point.drop == sweep.baseline - point.score
+    # pruning 95% of one layer alone costs more than 50% (the curves mean something)
+    for info in sweep.layers:
+        assert sweep.point(info.weight, sweep.points[1].setting).score < sweep.baseline
+
+
+@needs_shared
+def test_suggested_config_is_the_smallest_within_the_drop(sweep, tmp_path):
+    for max_drop in (0.0, 1.0, 5.0):
+        chosen = sweep.suggest(max_drop)
+        for weight, point in chosen.items():
+            fits = [p for p in sweep.options(weight) if p.drop <= max_drop]
+            assert (point is None) == (not fits)
+            if point is not None:
+                assert point.bytes == min(p.bytes for p in fits)
+    path = tmp_path / "s.yaml"
+    path.write_text(json.dumps(sweep.suggested_config(1.0)))  # JSON is YAML
+    result = onnx_dc.compress(LENET, config=load_config(path))
+    assert [r.nodes for r in result.report.layers] == [
+        i.node for i in sweep.layers if sweep.suggest(1.0)[i.weight] is not None]
+
+
+@needs_shared
+def test_workers_and_ray_give_the_same_numbers(sweep):
+    metric = Accuracy(DATA, limit=500)
+    for runner in (Runner(workers=2), Runner(ray="local")):
+        other = run_sensitivity(LENET, metric, runner=runner, **GRID)
+        assert other.points == sweep.points and other.baseline == sweep.baseline, runner
+        assert other.runner == runner.describe()
+
+
+def _synthetic(drops: list[list[tuple[float, int]]]) -> Sensitivity:
+    layers = tuple(LayerInfo(f"w{i}", f"n{i}", "Gemm", (10,), 10) for i in range(len(drops)))
+    points = tuple(Point(f"w{i}", 0.1 * j, None, 100 - d, d, b) for i, opts in enumerate(drops)
+                   for j, (d, b) in enumerate(opts))
+    return Sensitivity("m", "acc", "%", 100.0, layers, points, (), ())
+
+
+def test_knapsack_equals_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        drops = [[(float(rng.choice([-0.1, 0, 0.05, 0.3, 0.7, 1.2, 3.0])), int(rng.integers(10, 1000)))
+                  for _ in range(int(rng.integers(1, 5)))] for _ in range(int(rng.integers(1, 4)))]
+        sens = _synthetic(drops)
+        for budget in (0.0, 0.3, 1.0, 2.5):
+            combos = [c for c in itertools.product(*drops) if sum(max(0.0, d) for d, _ in c) <= budget]
+            if not combos:
+                with pytest.raises(ConfigError, match="best reachable"):
+                    knapsack(sens, budget)
+                continue
+            chosen = knapsack(sens, budget)
+            assert sum(max(0.0, p.drop) for p in chosen.values()) <= budget + 1e-9
+            assert sum(p.bytes for p in chosen.values()) == min(sum(b for _, b in c) for c in combos)
+
+
+@needs_shared
+def test_target_drop_is_met_and_smaller_than_uniform(capsys, sweep, tmp_path):
+    saved = tmp_path / "s.json"
+    saved.write_text(json.dumps(sweep.to_dict()))
+    out, chosen = tmp_path / "t.dc.onnx", tmp_path / "chosen.yaml"
+    code, text, err = cli(capsys, "compress", LENET, "-o", out, "--data", DATA, "--target-drop", "1.0", "--limit",
+                          "500", "--sensitivity", saved, "--config-out", chosen, "--json")
+    assert code == 0, err
+    res = json.loads(text)
+    measured = sweep.baseline - 100 * evaluate(out, DATA, limit=500).accuracy
+    assert measured == res["target"]["rounds"][-1]["measured"] <= 1.0
+    again = onnx_dc.compress(LENET, config=chosen)  # the written config reproduces the model
+    assert again.report.totals()["compressed_bytes"] == res["totals"]["compressed_bytes"]
+    # no uniform measured setting that keeps within the target is smaller
+    for p in {p.setting for p in sweep.points}:
+        kwargs = {"sparse_ratio": p.sparse_ratio, "class_num": p.class_num or 32, "quantize_term": bool(p.class_num)}
+        uniform = onnx_dc.compress(LENET, **kwargs)
+        if sweep.baseline - 100 * evaluate(uniform.model, DATA, limit=500).accuracy <= 1.0:
+            assert uniform.report.totals()["compressed_bytes"] >= res["totals"]["compressed_bytes"], p
+
+
+@needs_shared
+def test_unreachable_target_says_the_best_reachable(capsys, tmp_path):
+    err = expect_user_error(capsys, "compress", LENET, "-o", tmp_path / "x.dc.onnx", "--data", DATA,
+                            "--target-drop", "0", "--limit", "500", "--ratios", "0.95", "--class-nums", "2",
+                            contains="best reachable")
+    assert "--target-drop 0" in err or "drop of 0" in err
+    assert not (tmp_path / "x.dc.onnx").exists()
+
+
+@needs_shared
+def test_sensitivity_cli_writes_table_json_plot_and_config(capsys, tmp_path):
+    paths = {k: tmp_path / f"s.{k}" for k in ("json", "png", "yaml")}
+    code, text, err = cli(capsys, "sensitivity", LENET, "--data", DATA, "--limit", "200", "--ratios", "0.9",
+                          "--class-nums", "4", "--json", paths["json"], "--plot", paths["png"],
+                          "--config-out", paths["yaml"], "--max-drop", "2")
+    assert code == 0, err
+    assert text.splitlines()[1].split() == ["layer", "op", "weights", "r0.9", "k4"]
+    saved = json.loads(paths["json"].read_text())
+    assert len(saved["points"]) == 3 * 3 and saved["max_drop"] == 2.0
+    assert load_config(paths["yaml"]).nodes[0].match == "ip1"
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_shared
+def test_plot_writes_the_figures(capsys, sweep, tmp_path):
+    dc = tmp_path / "m.dc.onnx"
+    onnx_dc.compress(LENET, dc, sparse_ratio=0.9, class_num=16)
+    saved = tmp_path / "s.json"
+    saved.write_text(json.dumps(sweep.to_dict()))
+    code, text, err = cli(capsys, "plot", dc, "--baseline", LENET, "-o", tmp_path / "plots", "--sensitivity", saved)
+    assert code == 0, err
+    from matplotlib.image import imread
+
+    for name in ("histograms", "bytes", "bits", "sensitivity"):
+        image = imread(tmp_path / "plots" / f"{name}.png")
+        assert image.shape[0] > 200 and image.shape[1] > 300 and image.std() > 0.05, name
+
+
+def test_bad_input_is_one_line(capsys, tmp_path, monkeypatch):
+    model = tmp_path / "m.onnx"
+    from conftest import mlp_model
+    from onnx_dc.graph.io import save_model
+
+    save_model(mlp_model(), model)
+    base = ("sensitivity", model, "--data", "digits")
+    expect_user_error(capsys, *base, "--ratios", "0.5,1.0", contains="--ratios: 1 is outside [0, 1)")
+    expect_user_error(capsys, *base, "--ratios", "-0.1", contains="outside [0, 1)")
+    expect_user_error(capsys, *base, "--ratios", ",", contains="--ratios: empty list")
+    expect_user_error(capsys, *base, "--class-nums", "1", contains="outside 2..256")
+    expect_user_error(capsys, *base, "--workers", "0", contains="--workers 0")
+    expect_user_error(capsys, *base, "--ray", "127.0.0.1:9", contains="no Ray cluster answers")
+    expect_user_error(capsys, "compress", model, "-o", tmp_path / "o.dc.onnx", "--data", "digits",
+                      "--target-drop", "-1", contains="--target-drop -1")
+    expect_user_error(capsys, "compress", model, "-o", tmp_path / "o.dc.onnx", "--ratios", "0.5",
+                      contains="only with --target-drop")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the plot extra were not installed
+    expect_user_error(capsys, *base, "--plot", tmp_path / "s.png", contains="pip install 'onnx_dc[plot]'")
+    expect_user_error(capsys, "plot", model, "--baseline", model, "-o", tmp_path / "p",
+                      contains="pip install 'onnx_dc[plot]'")
+
+
+@needs_shared
+def test_fidelity_path_without_labels(capsys, tmp_path):
+    from onnx_dc.graph.io import load_model, serialize
+    from onnx_dc.sensitivity import Agreement
+
+    metric = Agreement(f"mnist:{MNIST_DIR}", serialize(load_model(LENET)))
+    grid = {"ratios": (0.95,), "class_nums": (2,)}
+    serial = run_sensitivity(LENET, metric, **grid)
+    assert serial.baseline == 100.0 and all(p.drop > 0 for p in serial.points)  # 95% pruned or 2 values: changes
+    assert run_sensitivity(LENET, metric, runner=Runner(workers=2), **grid).points == serial.points
+    out = tmp_path / "f.dc.onnx"
+    code, text, err = cli(capsys, "compress", LENET, "-o", out, "--calib", f"mnist:{MNIST_DIR}", "--target-drop", "2",
+                          "--ratios", "0.5,0.9", "--class-nums", "16", "--json")
+    assert code == 0, err
+    measured = json.loads(text)["target"]["rounds"][-1]["measured"]
+    assert measured == 100.0 - metric(load_model(out)) <= 2.0
+    expect_user_error(capsys, "sensitivity", LENET, "--data", DATA, "--calib", DATA, contains="one of the two")
