@@ -98,7 +98,7 @@ def fidelity_of(original: onnx.ModelProto | bytes, compressed: onnx.ModelProto, 
     total = mean_error(compare_outputs(_bytes(original), _bytes(state_model(state, None, run)), few, batch))
     variants = ((name, state_model(state, name, run)) for name in _candidates(state, run))
     culprits = responsible_layers(original, variants, few, total, batch_size=batch)
-    return Fidelity(fid.outputs, fid.samples, fid.source, culprits)
+    return Fidelity(fid.outputs, fid.samples, fid.source, culprits, ranked=True)
 
 
 def _candidates(state: CompressionState, run: CalibRun) -> list[str]:

@@ -54,6 +54,7 @@ class Fidelity:
     samples: int
     source: str
     culprits: tuple[tuple[str, float], ...] = field(default=())  # (weight name, error share removed when dense)
+    ranked: bool = False  # whether the layers were measured (compress with samples does it; eval does not)
 
     def poor(self) -> bool:
         """Any output below the bar."""
@@ -74,10 +75,16 @@ class Fidelity:
             top1 = f"{100 * o.top1:11.2f}%" if o.top1 is not None else f"{'-':>12}"
             lines.append(f"  {o.name[:24]:<24} {o.rel_l2:9.4f} {o.cosine:9.5f} {top1}")
         if self.poor():
-            worst = ", ".join(f"{n} ({100 * g:.0f}% of the error)" for n, g in self.culprits) or "not measured here (compress with --calib names them)"
+            worst = ", ".join(f"{n} ({100 * g:.0f}% of the error)" for n, g in self.culprits) or _unranked_text(self.ranked)
             lines.append(f"warning: fidelity is poor (cosine < {POOR_COSINE} or top-1 agreement < {POOR_TOP1:.0%}); "
                          f"layers most responsible: {worst}; compress them less (config nodes:) or give more samples")
         return "\n".join(lines)
+
+
+def _unranked_text(measured: bool) -> str:
+    if measured:
+        return "none alone (putting any one layer back to dense does not lower the error)"
+    return "not measured here (compress with --calib names them)"
 
 
 def is_class_scores(y: np.ndarray) -> bool:
@@ -164,4 +171,6 @@ def responsible_layers(reference: onnx.ModelProto | bytes, variants, samples: Sa
         err = mean_error(compare_outputs(ref, model_bytes(model), samples, batch_size))
         gains.append((name, (total - err) / total if total > 0 else 0.0))
     gains.sort(key=lambda t: -t[1])
-    return tuple((n, round(g, 4)) for n, g in gains[:top])
+    # A layer whose original values raise the error (after fine-tuning the others adapted to
+    # its compressed form) is not responsible for it: only layers that remove error are named.
+    return tuple((n, round(g, 4)) for n, g in gains[:top] if g > 0)
