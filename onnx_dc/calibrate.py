@@ -84,6 +84,16 @@ def run_calibrated(state: CompressionState, run: CalibRun) -> CalibRun:
     return CalibRun(run.data, run.settings, collected, result)
 
 
+def run_with_stats(state: CompressionState, stats: Mapping[str, Any], settings: DataAwareSettings) -> DataAwareResult:
+    """The data-aware passes on ``state`` with statistics collected before (those of its planned layers only).
+
+    Statistics collected once for every layer serve any state holding a subset of them: a
+    layer's statistics depend on the original model's activations only.
+    """
+    state.keep_originals()
+    return run_data_aware(state, {n: st for n, st in stats.items() if n in state.layers}, settings)
+
+
 def fidelity_of(original: onnx.ModelProto | bytes, compressed: onnx.ModelProto, state: CompressionState,
                 run: CalibRun) -> Fidelity | None:
     """Fidelity on the held-out samples; when poor, with the layers most responsible."""

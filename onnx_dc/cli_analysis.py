@@ -93,7 +93,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
             argcheck.output_file(path, flag, inputs=[args.model])
     if args.plot is not None:
         argcheck.plotting()
-    sens = run_sensitivity(args.model, _metric(args, args.model), runner=_runner(args), **_grid(args))
+    metric = _metric(args, args.model)
+    sens = run_sensitivity(args.model, metric, runner=_runner(args), calib=getattr(metric, "calib", None),
+                           **_grid(args))
     _write_sensitivity(args, sens)
     return 0
 
@@ -169,9 +171,10 @@ def compress_target(args: argparse.Namespace) -> int | None:
     if args.sensitivity is not None:
         sens = _matching_sweep(args.sensitivity, args.model, metric)
     else:
-        sens = run_sensitivity(args.model, metric, runner=_runner(args), **_grid(args))
+        sens = run_sensitivity(args.model, metric, runner=_runner(args), calib=getattr(metric, "calib", None),
+                               **_grid(args))
     result, chosen = compress_for_target(args.model, args.output, metric, args.target_drop, sens,
-                                         getattr(metric, "preprocess", None))
+                                         getattr(metric, "preprocess", None), getattr(metric, "calib", None))
     if args.config_out is not None:
         from onnx_dc.importers.caffe import write_config_yaml
 
@@ -198,6 +201,11 @@ def _matching_sweep(path: str, model: str, metric):
     if [info.weight for info in sens.layers] != weights or sens.metric != metric.describe():
         raise ArgumentError(f"--sensitivity {path}: measured on other layers or data ({sens.metric}) than "
                             f"{model} with {metric.describe()}; run the sweep again (drop --sensitivity)")
+    data_aware = bool(set(sens.passes) - {"prune", "share"})
+    if data_aware != (getattr(metric, "calib", None) is not None):
+        raise ArgumentError(f"--sensitivity {path}: measured with the passes {', '.join(sens.passes) or 'none'}, "
+                            f"but this run uses the {'data-aware' if not data_aware else 'plain'} ones; run the "
+                            "sweep again (drop --sensitivity)")
     return sens
 
 
@@ -230,7 +238,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sensitivity", help="per-layer accuracy against pruning ratio and class_num; suggested config")
     p.add_argument("model", help="input .onnx (never modified)")
     p.add_argument("--data", help="labeled data to score on: mnist:DIR, fashion-mnist:DIR, npz:FILE, digits")
-    add_sweep_args(p, "the sweep: each layer alone at each setting, no retraining")
+    add_sweep_args(p, "the sweep: each layer alone at each setting, no retraining (with --calib: the "
+                      "data-aware passes)")
     p.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP,
                    help=f"per layer, the suggested setting loses at most this many points (default {DEFAULT_MAX_DROP:g})")
     p.add_argument("--json", metavar="FILE", help="write every measurement and the suggestion as JSON")

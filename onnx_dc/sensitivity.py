@@ -7,6 +7,12 @@ an evaluation function passed in (accuracy on labels, fidelity on samples, ...):
     drop(l, s)  = score(original) - score(model with W_l -> C_s(W_l))
     bytes(l, s) = stored size of C_s(W_l) in the lowering pass's encoding (float32 when not smaller)
 
+With calibration samples, C_s is the data-aware pass sequence of ``compress(calib=...)``
+(prune by |w| x ||x||, reconstruct, weighted k-means, refit, bias correction, as the config's
+``calib:`` section says) on W_l alone, from input statistics collected once on the
+calibration part; the score is then measured on the held-out part. Without samples C_s is
+magnitude pruning and plain k-means. Each point lists the passes that changed the layer.
+
 The settings are every ratio alone, every class_num alone, and every pair. Suggested
 settings for a drop budget D: per layer, the measured setting with the fewest bytes whose
 drop <= D (each layer on its own; the drops of several layers add up roughly).
@@ -30,6 +36,7 @@ from onnx_dc.data.datasets import Preprocess
 from onnx_dc.errors import ArgumentError
 from onnx_dc.graph.io import serialize
 from onnx_dc.passes.lower import encode_layer
+from onnx_dc.passes.data_aware import DataAwareSettings
 from onnx_dc.passes.prune import prune
 from onnx_dc.passes.share import share
 from onnx_dc.passes.state import CompressionState, LayerState
@@ -41,6 +48,8 @@ DEFAULT_CLASS_NUMS = (256, 64, 32, 16)
 DEFAULT_MAX_DROP = 1.0
 
 Metric = Callable[[onnx.ModelProto], float]
+PASS_ORDER = ("prune", "prune_by_activation", "reconstruct", "share", "weighted_kmeans", "gptq", "refit",
+              "bias_correction")
 
 
 @dataclass(frozen=True)
@@ -188,6 +197,7 @@ class Point:
     score: float
     drop: float
     bytes: int
+    passes: tuple[str, ...] = ()  # the passes that changed the layer, in order
 
     @property
     def setting(self) -> Setting:
@@ -196,24 +206,42 @@ class Point:
 
 
 @dataclass(frozen=True)
+class CalibStats:
+    """The data-aware settings and every layer's input statistics (plain NumPy arrays), collected once."""
+
+    settings: DataAwareSettings
+    stats: dict[str, Any]  # weight name -> onnx_dc.passes.stats.WeightStats
+
+
+@dataclass(frozen=True)
 class _Context:
-    """What every job needs: the normalized model, the plan entries by weight, the evaluation function."""
+    """What every job needs: the normalized model, the plan entries by weight, the evaluation function,
+    and the input statistics when the data-aware passes run (sent to each worker once, with the rest)."""
 
     model: bytes
     entries: dict[str, PlanEntry]
     metric: Metric
+    calib: CalibStats | None = None
 
 
-def measure(ctx: _Context, job: tuple[str, Setting]) -> tuple[float, int]:
-    """Score and stored bytes of the model with one layer compressed by one setting (a sweep job)."""
+def measure(ctx: _Context, job: tuple[str, Setting]) -> tuple[float, int, tuple[str, ...]]:
+    """Score, stored bytes and passes run of the model with one layer compressed by one setting (a sweep job)."""
     name, setting = job
     entry = setting.apply(ctx.entries[name])
     state = CompressionState.start(onnx.load_model_from_string(ctx.model), Plan((entry,), ()))
     with progress.quieted():
-        prune(state)
-        share(state)
-    layer = state.layers[name]
-    return ctx.metric(state.dense_model()), stored_bytes(layer)
+        passes = _compress_layer(state, name, setting, ctx.calib)
+    return ctx.metric(state.dense_model()), stored_bytes(state.layers[name]), passes
+
+
+def _compress_layer(state: CompressionState, name: str, setting: Setting, calib: CalibStats | None) -> tuple[str, ...]:
+    if calib is not None and name in calib.stats:
+        from onnx_dc.calibrate import run_with_stats
+
+        return tuple(run_with_stats(state, {name: calib.stats[name]}, calib.settings).passes_ran())
+    prune(state)
+    share(state)
+    return (("prune",) if setting.sparse_ratio else ()) + (("share",) if setting.class_num else ())
 
 
 def stored_bytes(layer: LayerState) -> int:
@@ -236,6 +264,12 @@ class Sensitivity:
     class_nums: tuple[int, ...]
     runner: str = "serial"
     seconds: float = 0.0
+
+    @property
+    def passes(self) -> tuple[str, ...]:
+        """Every pass some point ran, in the order they run."""
+        seen = {p for point in self.points for p in point.passes}
+        return tuple(p for p in PASS_ORDER if p in seen) + tuple(sorted(seen - set(PASS_ORDER)))
 
     def layer(self, weight: str) -> LayerInfo:
         """A layer by weight name."""
@@ -275,7 +309,7 @@ class Sensitivity:
         """Plain values for JSON."""
         return {"model": self.model, "metric": self.metric, "unit": self.unit, "baseline": self.baseline,
                 "ratios": list(self.ratios), "class_nums": list(self.class_nums), "runner": self.runner,
-                "seconds": round(self.seconds, 3),
+                "seconds": round(self.seconds, 3), "passes": list(self.passes),
                 "layers": [dataclasses.asdict(info) | {"dense_bytes": info.dense_bytes} for info in self.layers],
                 "points": [dataclasses.asdict(p) for p in self.points]}
 
@@ -284,7 +318,8 @@ class Sensitivity:
         """Inverse of :meth:`to_dict` (a ``--json`` file read back)."""
         layers = tuple(LayerInfo(x["weight"], x["node"], x["op_type"], tuple(x["shape"]), x["weights"])
                        for x in d["layers"])
-        return cls(d["model"], d["metric"], d["unit"], d["baseline"], layers, tuple(Point(**p) for p in d["points"]),
+        points = tuple(Point(**(p | {"passes": tuple(p.get("passes", ()))})) for p in d["points"])
+        return cls(d["model"], d["metric"], d["unit"], d["baseline"], layers, points,
                    tuple(d["ratios"]), tuple(d["class_nums"]), d.get("runner", "serial"), d.get("seconds", 0.0))
 
     def to_table(self, max_drop: float | None = None) -> str:
@@ -296,7 +331,8 @@ class Sensitivity:
             drops += [self.point(info.weight, Setting(0.0, k)) for k in self.class_nums]
             rows.append([info.node, info.op_type, str(info.weights)] + [f"{p.drop:+.2f}" if p else "-" for p in drops])
         lines = [f"{self.model}: {self.metric} baseline {self.baseline:.2f}{self.unit}; drop in points when only "
-                 "that layer is pruned to rN (no sharing) or shared with kN values (no pruning), no retraining"]
+                 "that layer is pruned to rN (no sharing) or shared with kN values (no pruning), no retraining; "
+                 f"passes: {', '.join(self.passes) or 'none'}"]
         lines += _aligned(rows, left=2)
         if max_drop is not None:
             lines.append(f"suggested (per layer the fewest bytes within a drop of {max_drop:g}):")
@@ -351,6 +387,7 @@ def run_sensitivity(
     class_nums: Sequence[int] = DEFAULT_CLASS_NUMS,
     runner: Runner = Runner(),
     config: Any = None,
+    calib: Any = None,
 ) -> Sensitivity:
     """Sweep every compressible layer alone over ``settings_grid(ratios, class_nums)``.
 
@@ -362,7 +399,11 @@ def run_sensitivity(
         class_nums: numbers of shared values, 2..256.
         runner: serial, worker processes or Ray (:class:`onnx_dc.sweep.Runner`).
         config: a config whose ``skip`` / other settings (centroid_init, seed, ...) apply; its
-            sparse_ratio / class_num are replaced by the sweep's.
+            sparse_ratio / class_num are replaced by the sweep's; its ``calib:`` section says which
+            data-aware passes run.
+        calib: calibration samples (``mnist:DIR``, ``images:DIR``, a CalibSpec, ...): when given,
+            each point runs the data-aware passes on statistics from the calibration part,
+            collected once here (:func:`collect_calib_stats`).
 
     Returns:
         A :class:`Sensitivity` with one point per (layer, setting), in that order.
@@ -372,21 +413,39 @@ def run_sensitivity(
     ratios, class_nums = parse_ratios(ratios), parse_class_nums(class_nums)
     base = prepare(model, config)
     original = base.dense_model()  # nothing is compressed yet: the normalized model with every weight in it
-    ctx = _Context(serialize(original), {e.site.name: e for e in base.plan.entries}, metric)
+    stats = collect_calib_stats(base, calib, config) if calib is not None else None
+    ctx = _Context(serialize(original), {e.site.name: e for e in base.plan.entries}, metric, stats)
     grid = settings_grid(ratios, class_nums)
     jobs = [(name, s) for name in ctx.entries for s in grid]
     start = time.perf_counter()
     with progress.quieted():
         baseline = metric(original)
     results = run_jobs(measure, ctx, jobs, runner, desc="sensitivity")
-    points = tuple(Point(name, s.sparse_ratio, s.class_num, score, baseline - score, nbytes)
-                   for (name, s), (score, nbytes) in zip(jobs, results))
+    points = tuple(Point(name, s.sparse_ratio, s.class_num, score, baseline - score, nbytes, passes)
+                   for (name, s), (score, nbytes, passes) in zip(jobs, results))
     layers = tuple(LayerInfo(e.site.name, e.site.node, e.site.op_type, tuple(e.site.shape), e.site.numel)
                    for e in base.plan.entries)
     name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
     describe = getattr(metric, "describe", lambda: getattr(metric, "name", "score"))
     return Sensitivity(name, describe(), getattr(metric, "unit", ""), baseline, layers, points, ratios, class_nums,
                        runner.describe(), time.perf_counter() - start)
+
+
+def collect_calib_stats(state: CompressionState, calib: Any, config: Any = None) -> CalibStats:
+    """Input statistics of every planned layer of ``state`` on the calibration part of ``calib``.
+
+    The same statistics ``compress(calib=...)`` collects (config ``calib:`` settings);
+    ``state`` keeps its original weights (``keep_originals``).
+    """
+    from onnx_dc.calibrate import start_calib
+    from onnx_dc.config import as_config
+    from onnx_dc.runtime.collect import collect_stats
+
+    run = start_calib(state, calib, as_config(config).calib)
+    with progress.quieted():
+        collected = collect_stats(state, run.data.calib, batch_size=run.settings.batch_size,
+                                  full_max_dim=run.settings.full_hessian_max_dim)
+    return CalibStats(run.settings, collected.stats)
 
 
 def load_sensitivity(path: str | os.PathLike) -> Sensitivity:

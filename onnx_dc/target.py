@@ -136,19 +136,35 @@ def choose_settings(
                       "sweep gentler settings (--ratios / --class-nums)")
 
 
-def compress_for_target(model, output_path, metric, target: float, sens: Sensitivity, preprocess=None):
+def compress_for_target(model, output_path, metric, target: float, sens: Sensitivity, preprocess=None, calib=None):
     """Compress ``model`` with the settings :func:`choose_settings` picks; write ``output_path`` if given.
+
+    With ``calib`` (calibration samples) every round and the result run the data-aware passes,
+    as the sweep's points did, on statistics collected once.
 
     Returns:
         (the :class:`~onnx_dc.api.CompressResult` of the chosen config, the :class:`TargetResult`).
     """
     from onnx_dc import api, progress
 
+    stats = None
+    if calib is not None:
+        from onnx_dc.sensitivity import collect_calib_stats
+
+        stats = collect_calib_stats(api.prepare(model), calib)
+
     def measure(config: dict[str, Any]) -> tuple[float, int, onnx.ModelProto]:
         with progress.quieted():
-            result = api.compress(model, None, config, preprocess=preprocess)
+            if stats is None:
+                result = api.compress(model, None, config, preprocess=preprocess)
+            else:
+                from onnx_dc.calibrate import run_with_stats
+
+                state = api.prepare(model, config)
+                run_with_stats(state, stats.stats, stats.settings)
+                result = api.finish(state, None, preprocess)
             return metric(result.model), result.report.totals()["compressed_bytes"], result.model
 
     chosen = choose_settings(sens, target, measure)
-    result = api.compress(model, output_path, chosen.chosen.config, preprocess=preprocess)
+    result = api.compress(model, output_path, chosen.chosen.config, preprocess=preprocess, calib=calib)
     return result, chosen

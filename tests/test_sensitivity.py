@@ -15,7 +15,7 @@ import onnx_dc
 from onnx_dc.config import load_config
 from onnx_dc.errors import ConfigError
 from onnx_dc.runtime.evaluate import evaluate
-from onnx_dc.sensitivity import Accuracy, LayerInfo, Point, Sensitivity, run_sensitivity
+from onnx_dc.sensitivity import Accuracy, LayerInfo, Point, Sensitivity, Setting, run_sensitivity
 from onnx_dc.sweep import Runner
 from onnx_dc.target import knapsack
 
@@ -200,3 +200,34 @@ def test_fidelity_path_without_labels(capsys, tmp_path):
     measured = json.loads(text)["target"]["rounds"][-1]["measured"]
     assert measured == 100.0 - metric(load_model(out)) <= 2.0
     expect_user_error(capsys, "sensitivity", LENET, "--data", DATA, "--calib", DATA, contains="one of the two")
+
+
+@needs_shared
+def test_calib_sweep_runs_the_data_aware_passes_per_layer(capsys, tmp_path):
+    from conftest import MNIST8
+    from onnx_dc.graph.io import load_model, serialize
+    from onnx_dc.sensitivity import Agreement
+
+    calib = f"mnist:{MNIST_DIR}"
+    metric = Agreement(calib, serialize(load_model(MNIST8)))
+    grid = {"ratios": (0.8,), "class_nums": (16,)}
+    aware = run_sensitivity(MNIST8, metric, calib=calib, **grid)
+    assert aware.passes == ("prune_by_activation", "reconstruct", "weighted_kmeans", "refit", "bias_correction")
+    assert run_sensitivity(MNIST8, metric, calib=calib, runner=Runner(workers=2), **grid).points == aware.points
+    # a point is what compress(calib=...) makes of that layer alone at that setting
+    for point in (aware.points[0], aware.points[5], aware.points[-1]):
+        rule = {"match": aware.layer(point.layer).node, "sparse_ratio": point.sparse_ratio}
+        rule.update({"class_num": point.class_num} if point.class_num else {"quantize_term": False})
+        others = [{"match": i.node, "skip": True} for i in aware.layers if i.weight != point.layer]
+        dc = onnx_dc.compress(MNIST8, config={"nodes": [rule] + others}, calib=calib)
+        assert point.passes == tuple(dc.calib.result.passes_ran())
+        assert (point.score, point.bytes) == (metric(dc.model), dc.report.layers[0].total_bytes)
+    # the data-aware passes lose less than magnitude pruning at 80% on this real model
+    plain = run_sensitivity(MNIST8, metric, ratios=(0.8,), class_nums=(16,))
+    assert plain.passes == ("prune", "share")
+    pruned = [(plain.point(i.weight, Setting(0.8)), aware.point(i.weight, Setting(0.8))) for i in aware.layers]
+    assert all(a.score >= p.score for p, a in pruned) and sum(a.score - p.score for p, a in pruned) > 5
+    saved = tmp_path / "plain.json"
+    saved.write_text(json.dumps(plain.to_dict()))
+    expect_user_error(capsys, "compress", MNIST8, "-o", tmp_path / "x.dc.onnx", "--calib", calib,
+                      "--target-drop", "1", "--sensitivity", saved, contains="data-aware")

@@ -10,6 +10,7 @@ most ``MAX_POSITIONS`` output positions per sample.
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,14 +61,16 @@ def collect_stats(state: CompressionState, samples: Samples, batch_size: int = 6
     # Small batches (models with a fixed batch of 1) are pooled before the sums: one large
     # product x^T x runs far faster than many small ones.
     pending: list[dict[str, np.ndarray]] = []
-    rng = np.random.default_rng(0)
+    # One generator per view, seeded by its weight's name: a layer's statistics do not depend on
+    # which other layers are measured in the same run (a sweep collects all, compress maybe one).
+    rngs = {key: np.random.default_rng([zlib.crc32(key[0].encode()), key[1]]) for key in per_view}
     for feed in samples.batches(batch_size):
         outs = dict(zip(wanted, session.run(wanted, feed))) if wanted else {}
         outs.update({k: v for k, v in feed.items() if k in graph_inputs})
         pending.append(outs)
         if sum(a.size for a in outs.values()) * len(pending) >= _CHUNK_ELEMENTS:
-            _flush(pending, views, per_view, rng)
-    _flush(pending, views, per_view, rng)
+            _flush(pending, views, per_view, rngs)
+    _flush(pending, views, per_view, rngs)
     stats = {}
     for name, vs in views.items():
         first = per_view[(name, 0)]
@@ -78,7 +81,7 @@ def collect_stats(state: CompressionState, samples: Samples, batch_size: int = 6
     return Collected(stats, unsupported, time.perf_counter() - start, len(samples))
 
 
-def _flush(pending: list[dict[str, np.ndarray]], views, per_view, rng: np.random.Generator) -> None:
+def _flush(pending: list[dict[str, np.ndarray]], views, per_view, rngs: dict) -> None:
     if not pending:
         return
     for (name, i), st in per_view.items():
@@ -86,9 +89,9 @@ def _flush(pending: list[dict[str, np.ndarray]], views, per_view, rng: np.random
         parts = [np.asarray(outs[view.activation]) for outs in pending]
         if view.trans_a:
             for part in parts:
-                _accumulate(view, st, part, rng)
+                _accumulate(view, st, part, rngs[(name, i)])
         else:
-            _accumulate(view, st, parts[0] if len(parts) == 1 else np.concatenate(parts), rng)
+            _accumulate(view, st, parts[0] if len(parts) == 1 else np.concatenate(parts), rngs[(name, i)])
     pending.clear()
 
 
