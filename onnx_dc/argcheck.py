@@ -98,14 +98,14 @@ def shape(text: str | None, flag: str = "--input-shape") -> tuple[int, ...] | No
 
 def ratio_list(text: str | None, flag: str = "--ratios") -> tuple[float, ...] | None:
     """Comma-separated sparse ratios, each in [0, 1), at least one (None: not given)."""
-    from onnx_dc.sensitivity import parse_ratios
+    from onnx_dc.analysis.sensitivity import parse_ratios
 
     return None if text is None else parse_ratios(text, flag)
 
 
 def class_num_list(text: str | None, flag: str = "--class-nums") -> tuple[int, ...] | None:
     """Comma-separated class_num values, each in 2..256, at least one (None: not given)."""
-    from onnx_dc.sensitivity import parse_class_nums
+    from onnx_dc.analysis.sensitivity import parse_class_nums
 
     return None if text is None else parse_class_nums(text, flag)
 
@@ -119,7 +119,7 @@ def drop(value: float | None, flag: str) -> float | None:
 
 def ray_address(address: str | None) -> str | None:
     """Ray installed, and a cluster answering at ``address`` within seconds (``local``: a new local instance)."""
-    from onnx_dc.sweep import check_ray_address, ray_module
+    from onnx_dc.analysis.sweep import check_ray_address, ray_module
 
     if address is not None:
         ray_module()
@@ -129,6 +129,6 @@ def ray_address(address: str | None) -> str | None:
 
 def plotting() -> None:
     """matplotlib importable (the ``plot`` extra)."""
-    from onnx_dc.plots import pyplot
+    from onnx_dc.analysis.plots import pyplot
 
     pyplot()

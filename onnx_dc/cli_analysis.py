@@ -1,5 +1,5 @@
 """The ``sensitivity`` and ``plot`` commands, and ``compress --target-drop``: argument parsing over
-:mod:`onnx_dc.sensitivity`, :mod:`onnx_dc.target` and :mod:`onnx_dc.plots`.
+:mod:`onnx_dc.analysis.sensitivity`, :mod:`onnx_dc.analysis.target` and :mod:`onnx_dc.analysis.plots`.
 
 Every argument is checked (onnx_dc.argcheck) before a model is loaded or a sweep starts.
 """
@@ -18,7 +18,7 @@ SWEEP_FLAGS = ("ratios", "class_nums", "workers", "ray", "limit", "sensitivity")
 
 def add_sweep_args(p: argparse.ArgumentParser, title: str) -> None:
     """--ratios --class-nums --limit --workers --ray."""
-    from onnx_dc.sensitivity import DEFAULT_CLASS_NUMS, DEFAULT_RATIOS
+    from onnx_dc.analysis.sensitivity import DEFAULT_CLASS_NUMS, DEFAULT_RATIOS
 
     g = p.add_argument_group(title)
     g.add_argument("--ratios", help="sparse ratios to try, in [0, 1) (default "
@@ -41,13 +41,13 @@ def _check_sweep_args(args: argparse.Namespace) -> None:
 
 
 def _runner(args: argparse.Namespace):
-    from onnx_dc.sweep import Runner
+    from onnx_dc.analysis.sweep import Runner
 
     return Runner(workers=args.workers or 0, ray=args.ray)
 
 
 def _grid(args: argparse.Namespace) -> dict:
-    from onnx_dc.sensitivity import DEFAULT_CLASS_NUMS, DEFAULT_RATIOS
+    from onnx_dc.analysis.sensitivity import DEFAULT_CLASS_NUMS, DEFAULT_RATIOS
 
     return {"ratios": argcheck.ratio_list(args.ratios) or DEFAULT_RATIOS,
             "class_nums": argcheck.class_num_list(args.class_nums) or DEFAULT_CLASS_NUMS}
@@ -58,7 +58,7 @@ def _metric(args: argparse.Namespace, model: str):
     from onnx_dc.cli import _calib_from, _preprocess_from
     from onnx_dc.graph.io import serialize
     from onnx_dc.runtime.session import load_any
-    from onnx_dc.sensitivity import Accuracy, Agreement
+    from onnx_dc.analysis.sensitivity import Accuracy, Agreement
 
     if args.calib is not None:
         return Agreement(_calib_from(args), serialize(load_any(model)))
@@ -81,7 +81,7 @@ def _check_data_args(args: argparse.Namespace) -> None:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from onnx_dc.sensitivity import run_sensitivity
+    from onnx_dc.analysis.sensitivity import run_sensitivity
 
     argcheck.unpacked_model(args.model)
     _check_data_args(args)
@@ -108,7 +108,7 @@ def _write_sensitivity(args: argparse.Namespace, sens) -> None:
         out = sens.to_dict() | {"max_drop": args.max_drop, "suggested": sens.suggested_config(args.max_drop)}
         write_bytes_atomic(json.dumps(out, indent=1).encode(), args.json)
     if args.plot is not None:
-        from onnx_dc.plots import plot_sensitivity
+        from onnx_dc.analysis.plots import plot_sensitivity
 
         plot_sensitivity(sens, args.plot)
     if args.config_out is not None:
@@ -122,8 +122,8 @@ def _write_sensitivity(args: argparse.Namespace, sens) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from onnx_dc.plots import plot_model
-    from onnx_dc.sensitivity import load_sensitivity
+    from onnx_dc.analysis.plots import plot_model
+    from onnx_dc.analysis.sensitivity import load_sensitivity
 
     argcheck.input_file(args.model)
     argcheck.input_file(args.baseline, "--baseline")
@@ -164,8 +164,8 @@ def compress_target(args: argparse.Namespace) -> int | None:
             raise ArgumentError(f"{', '.join(given)}: only with --target-drop D")
         return None
     _check_target_args(args)
-    from onnx_dc.sensitivity import run_sensitivity
-    from onnx_dc.target import compress_for_target
+    from onnx_dc.analysis.sensitivity import run_sensitivity
+    from onnx_dc.analysis.target import compress_for_target
 
     metric = _metric(args, args.model)
     if args.sensitivity is not None:
@@ -194,7 +194,7 @@ def compress_target(args: argparse.Namespace) -> int | None:
 def _matching_sweep(path: str, model: str, metric):
     """A saved sweep, refused unless it was measured on the same layers with the same evaluation function."""
     from onnx_dc.api import prepare
-    from onnx_dc.sensitivity import load_sensitivity
+    from onnx_dc.analysis.sensitivity import load_sensitivity
 
     sens = load_sensitivity(path)
     weights = [e.site.name for e in prepare(model).plan.entries]
@@ -233,7 +233,7 @@ def _check_target_args(args: argparse.Namespace) -> None:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The ``sensitivity`` and ``plot`` subcommands."""
     from onnx_dc.cli import _add_calib_args, _add_preprocess_args
-    from onnx_dc.sensitivity import DEFAULT_MAX_DROP
+    from onnx_dc.analysis.sensitivity import DEFAULT_MAX_DROP
 
     p = sub.add_parser("sensitivity", help="per-layer accuracy against pruning ratio and class_num; suggested config")
     p.add_argument("model", help="input .onnx (never modified)")

@@ -1,6 +1,6 @@
 """Time one LeNet-5 sensitivity sweep run serially, in worker processes, and on a local Ray instance.
 
-The sweep is every layer alone at every setting (onnx_dc.sensitivity.settings_grid), scored
+The sweep is every layer alone at every setting (onnx_dc.analysis.sensitivity.settings_grid), scored
 by top-1 accuracy on MNIST test digits. The script checks that the three runs give the same
 numbers and writes JSON (out/bench_sensitivity.json) and a table.
 
@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onnx_dc.sensitivity import DEFAULT_CLASS_NUMS, DEFAULT_RATIOS, Accuracy, run_sensitivity  # noqa: E402
-from onnx_dc.sweep import Runner  # noqa: E402
+from onnx_dc.analysis.sensitivity import DEFAULT_CLASS_NUMS, DEFAULT_RATIOS, Accuracy, run_sensitivity  # noqa: E402
+from onnx_dc.analysis.sweep import Runner  # noqa: E402
 
 
 def main() -> int:

@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import onnx_dc  # noqa: E402
-from onnx_dc.sensitivity import Accuracy, load_sensitivity, run_sensitivity  # noqa: E402
-from onnx_dc.sweep import Runner  # noqa: E402
-from onnx_dc.target import compress_for_target  # noqa: E402
+from onnx_dc.analysis.sensitivity import Accuracy, load_sensitivity, run_sensitivity  # noqa: E402
+from onnx_dc.analysis.sweep import Runner  # noqa: E402
+from onnx_dc.analysis.target import compress_for_target  # noqa: E402
 
 MODELS = {"lenet_300_100": ROOT / "models" / "lenet_300_100.onnx",
           "mnist8": ROOT.parent / "shared" / "data" / "onnx" / "mnist-8.onnx"}

@@ -15,9 +15,9 @@ import onnx_dc
 from onnx_dc.config import load_config
 from onnx_dc.errors import ConfigError
 from onnx_dc.runtime.evaluate import evaluate
-from onnx_dc.sensitivity import Accuracy, LayerInfo, Point, Sensitivity, Setting, run_sensitivity
-from onnx_dc.sweep import Runner
-from onnx_dc.target import knapsack
+from onnx_dc.analysis.sensitivity import Accuracy, LayerInfo, Point, Sensitivity, Setting, run_sensitivity
+from onnx_dc.analysis.sweep import Runner
+from onnx_dc.analysis.target import knapsack
 
 LENET = ROOT / "models" / "lenet_300_100.onnx"
 DATA = f"mnist:{MNIST_DIR}"
@@ -186,7 +186,7 @@ def test_bad_input_is_one_line(capsys, tmp_path, monkeypatch):
 @needs_shared
 def test_fidelity_path_without_labels(capsys, tmp_path):
     from onnx_dc.graph.io import load_model, serialize
-    from onnx_dc.sensitivity import Agreement
+    from onnx_dc.analysis.sensitivity import Agreement
 
     metric = Agreement(f"mnist:{MNIST_DIR}", serialize(load_model(LENET)))
     grid = {"ratios": (0.95,), "class_nums": (2,)}
@@ -206,7 +206,7 @@ def test_fidelity_path_without_labels(capsys, tmp_path):
 def test_calib_sweep_runs_the_data_aware_passes_per_layer(capsys, tmp_path):
     from conftest import MNIST8
     from onnx_dc.graph.io import load_model, serialize
-    from onnx_dc.sensitivity import Agreement
+    from onnx_dc.analysis.sensitivity import Agreement
 
     calib = f"mnist:{MNIST_DIR}"
     metric = Agreement(calib, serialize(load_model(MNIST8)))

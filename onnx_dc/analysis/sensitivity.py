@@ -41,7 +41,7 @@ from onnx_dc.passes.prune import prune
 from onnx_dc.passes.share import share
 from onnx_dc.passes.state import CompressionState, LayerState
 from onnx_dc.plan import Plan, PlanEntry
-from onnx_dc.sweep import Runner, run_jobs
+from onnx_dc.analysis.sweep import Runner, run_jobs
 
 DEFAULT_RATIOS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 DEFAULT_CLASS_NUMS = (256, 64, 32, 16)
@@ -397,7 +397,7 @@ def run_sensitivity(
             when the sweep runs in other processes (e.g. :class:`Accuracy`).
         ratios: sparse ratios in [0, 1).
         class_nums: numbers of shared values, 2..256.
-        runner: serial, worker processes or Ray (:class:`onnx_dc.sweep.Runner`).
+        runner: serial, worker processes or Ray (:class:`onnx_dc.analysis.sweep.Runner`).
         config: a config whose ``skip`` / other settings (centroid_init, seed, ...) apply; its
             sparse_ratio / class_num are replaced by the sweep's; its ``calib:`` section says which
             data-aware passes run.
