@@ -147,6 +147,22 @@ def test_prune_steps_iterative_and_errors():
         prune_steps(state, resolve_train_settings({"prune_steps": [["nothing*"]]}))
 
 
+def test_prune_ramp_cubic_takes_big_steps_first():
+    from onnx_dc.train.schedule import prune_steps
+
+    state = prepare(mlp_model(sizes=SIZES), CONFIG)
+    steps = prune_steps(state, resolve_train_settings({"prune_steps": 4, "prune_ramp": "cubic"}))
+    ratios = [s["w0"][0] for s in steps]
+    expected = [0.7 * (1 - (1 - i / 4) ** 3) for i in (1, 2, 3, 4)]
+    np.testing.assert_allclose(ratios, expected)
+    assert ratios[-1] == pytest.approx(0.7)
+    increments = np.diff([0.0, *ratios])
+    assert np.all(np.diff(increments) < 0)  # each step removes fewer weights than the one before
+    assert resolve_train_settings({"prune_ramp": "cubic"}).to_dict()["prune_ramp"] == "cubic"
+    with pytest.raises(ConfigError, match="prune_ramp"):
+        resolve_train_settings({"prune_ramp": "exponential"})
+
+
 def test_train_settings_report_every_problem():
     with pytest.raises(ConfigError) as err:
         resolve_train_settings({"epochs": -1, "optimizer": "rmsprop", "bogus": 1,

@@ -5,7 +5,9 @@
 
 Pruning steps are layer-wise (``prune_steps: [[conv1], [conv2], ...]``, as the Caffe
 fork's LeNet demo: conv1 -> conv2 -> fc1 -> fc2, retraining after each) or iterative
-(``prune_steps: N``: every layer at ``r * i / N`` in step ``i``). Layers that prune but
+(``prune_steps: N``: every layer at ``r * f(i / N)`` in step ``i``, with ``prune_ramp``
+``linear`` (f(t) = t) or ``cubic`` (f(t) = 1 - (1 - t)^3, Zhu & Gupta 2017: big steps while
+many weights are left, small ones near the end)). Layers that prune but
 are named in no step are pruned in a last step of their own.
 """
 
@@ -67,12 +69,13 @@ def prune_steps(state: CompressionState, settings: TrainSettings) -> list[PruneS
         out = []
         for i in range(1, n + 1):
             step: PruneStep = {}
+            f = settings.prune_ramp.fraction(i, n)
             for layer in pruning:
                 s = layer.entry.settings
                 if s.prune_quality is not None:
-                    step[layer.name] = (None, s.prune_quality * i / n)
+                    step[layer.name] = (None, s.prune_quality * f)
                 else:
-                    step[layer.name] = (s.sparse_ratio * i / n, None)
+                    step[layer.name] = (s.sparse_ratio * f, None)
             out.append(step)
         return out
     problems: list[str] = []

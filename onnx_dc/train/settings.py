@@ -6,6 +6,7 @@ train:
   seed: 0
   optimizer: sgd            # shorthands (epochs, lr, optimizer, momentum, weight_decay,
   epochs: 4                 # lr_schedule) apply to every stage that does not set them
+  prune_ramp: cubic         # with an integer prune_steps: linear (r * i / N) or cubic
   prune_steps:              # layer-wise pruning: each step prunes the matching layers to
     - [conv1]               # their planned ratio, then retrains; or an integer N: all
     - [conv2]               # layers together in N steps of growing ratio (r * i / N)
@@ -34,6 +35,18 @@ class OptimizerKind(str, enum.Enum):
 
     SGD = "sgd"  # heavy ball: v = momentum * v + g + wd * w;  w -= lr * v
     ADAMW = "adamw"  # Adam with decoupled weight decay (Loshchilov & Hutter)
+
+
+class PruneRamp(str, enum.Enum):
+    """How the ratio grows over ``prune_steps: N`` steps (step i of N, final ratio r)."""
+
+    LINEAR = "linear"  # r * i / N
+    CUBIC = "cubic"  # r * (1 - (1 - i / N) ** 3): large steps first, small ones near the end (Zhu & Gupta 2017)
+
+    def fraction(self, i: int, n: int) -> float:
+        """The share of the final ratio reached after step ``i`` of ``n``."""
+        t = i / n
+        return t if self is PruneRamp.LINEAR else 1.0 - (1.0 - t) ** 3
 
 
 class LrSchedule(str, enum.Enum):
@@ -79,6 +92,7 @@ class TrainSettings:
     batch_size: int = 64
     seed: int = 0
     prune_steps: int | tuple[tuple[str, ...], ...] = 1
+    prune_ramp: PruneRamp = PruneRamp.LINEAR
     retrain: StageSettings = DEFAULT_RETRAIN
     codebook: StageSettings = DEFAULT_CODEBOOK
     threads: int = 0  # onnxruntime intra-op threads (0: its default)
@@ -87,12 +101,13 @@ class TrainSettings:
         """Plain values, for JSON."""
         steps = self.prune_steps if isinstance(self.prune_steps, int) else [list(s) for s in self.prune_steps]
         return {"batch_size": self.batch_size, "seed": self.seed, "prune_steps": steps,
+                "prune_ramp": self.prune_ramp.value,
                 "retrain": self.retrain.to_dict(), "codebook": self.codebook.to_dict(), "threads": self.threads}
 
 
 STAGES = ("retrain", "codebook")
 STAGE_KEYS = tuple(f.name for f in dataclasses.fields(StageSettings))
-TOP_KEYS = ("batch_size", "seed", "prune_steps", "threads", *STAGES, *STAGE_KEYS)
+TOP_KEYS = ("batch_size", "seed", "prune_steps", "prune_ramp", "threads", *STAGES, *STAGE_KEYS)
 
 
 def _stage_value(key: str, value: Any) -> tuple[Any, str | None]:
@@ -135,6 +150,7 @@ def _parse_layer(raw: Any, where: str, problems: list[str]) -> dict[str, Any]:
         return {}
     if isinstance(raw, TrainSettings):
         return {"batch_size": raw.batch_size, "seed": raw.seed, "prune_steps": raw.prune_steps,
+                "prune_ramp": raw.prune_ramp,
                 "threads": raw.threads, "retrain": dataclasses.asdict(raw.retrain),
                 "codebook": dataclasses.asdict(raw.codebook)}
     if not isinstance(raw, Mapping):
@@ -159,6 +175,11 @@ def _parse_layer(raw: Any, where: str, problems: list[str]) -> dict[str, Any]:
             steps = _parse_steps(value, f"{where}: prune_steps", problems)
             if steps is not None:
                 out[key] = steps
+        elif key == "prune_ramp":
+            try:
+                out[key] = PruneRamp(str(value).lower())
+            except ValueError:
+                problems.append(f"{where}: prune_ramp: {value!r} must be one of {', '.join(r.value for r in PruneRamp)}")
         elif key in STAGES:
             if not isinstance(value, Mapping):
                 problems.append(f"{where}: {key}: expected a mapping of stage settings")
