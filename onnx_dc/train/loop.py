@@ -32,10 +32,11 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_dc import progress
-from onnx_dc.errors import ModelError
+from onnx_dc.errors import ConfigError, ModelError
 from onnx_dc.graph.io import MAX_IR_VERSION
 from onnx_dc.passes.share import set_codebook
 from onnx_dc.passes.state import CompressionState
+from onnx_dc.train.augment import random_shift
 from onnx_dc.train.forms import LossBuilder, TrainForm, TrainingGraph, build_training_graph, cross_entropy_loss
 from onnx_dc.train.optim import Optimizer
 from onnx_dc.train.ort_training import training_modules
@@ -251,6 +252,8 @@ def fit(
     seed: int = 0,
     name: str = "train",
     threads: int = 0,
+    shift: int = 0,
+    channels_last: bool = False,
     echo: Callable[[str], None] | None = None,
 ) -> StageRecord:
     """Train ``state`` in ``form`` on ``(x, y)`` for ``stage.epochs`` epochs; updates the state.
@@ -265,10 +268,17 @@ def fit(
         seed: shuffling seed.
         name: stage name for the record.
         threads: onnxruntime intra-op threads (0: its default).
+        shift: move each training image by up to this many pixels (:mod:`onnx_dc.train.augment`; 0: off).
+        channels_last: the images are NHWC (else NCHW).
         echo: where to print one line per epoch (None: silent).
     """
+    if shift and x.ndim != 4:
+        raise ConfigError(f"train: shift: {shift} moves images, but the model input has shape {x.shape[1:]}; "
+                          "set shift: 0")
+    moves = np.random.default_rng([seed, 1])
+
     def step(trainer: Trainer, idx: np.ndarray, opt: Optimizer) -> float:
-        return trainer.step(x[idx], y[idx], opt)
+        return trainer.step(random_shift(x[idx], shift, moves, channels_last), y[idx], opt)
 
     return run_stage(Trainer(state, form, threads) if stage.epochs and len(y) else None, len(y), step, stage,
                      StageRecord(name, form.value, stage.epochs), batch_size=batch_size, seed=seed, echo=echo)

@@ -143,7 +143,7 @@ def run_schedule(
 
     def train(form: TrainForm, stage: StageSettings, seed: int, name: str) -> StageRecord:
         return fit(state, form, x, y, stage, batch_size=settings.batch_size, seed=seed, name=name,
-                   threads=settings.threads, echo=echo)
+                   threads=settings.threads, shift=settings.shift, channels_last=prep.layout == "nhwc", echo=echo)
 
     run_stages(state, settings, steps, train, result.records, evaluate=evaluate, echo=echo)
     result.seconds = time.perf_counter() - start
@@ -215,6 +215,7 @@ def finetune_codebooks(
     x, y, prep = training_data(state, data, preprocess)
     result = ScheduleResult(settings, prep)
     result.records.append(fit(state, TrainForm.SHARED, x, y, settings.codebook, batch_size=settings.batch_size,
-                              seed=settings.seed, name="codebook", threads=settings.threads, echo=echo))
+                              seed=settings.seed, name="codebook", threads=settings.threads, shift=settings.shift,
+                              channels_last=prep.layout == "nhwc", echo=echo))
     result.seconds = time.perf_counter() - start
     return result

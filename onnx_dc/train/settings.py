@@ -4,6 +4,7 @@
 train:
   batch_size: 64
   seed: 0
+  shift: 2                  # images: random translation by up to 2 pixels while training (default 0)
   optimizer: sgd            # shorthands (epochs, lr, optimizer, momentum, weight_decay,
   epochs: 4                 # lr_schedule) apply to every stage that does not set them
   prune_ramp: cubic         # with an integer prune_steps: linear (r * i / N) or cubic
@@ -96,18 +97,20 @@ class TrainSettings:
     retrain: StageSettings = DEFAULT_RETRAIN
     codebook: StageSettings = DEFAULT_CODEBOOK
     threads: int = 0  # onnxruntime intra-op threads (0: its default)
+    shift: int = 0  # random translation of training images by up to this many pixels (onnx_dc/train/augment.py)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, for JSON."""
         steps = self.prune_steps if isinstance(self.prune_steps, int) else [list(s) for s in self.prune_steps]
         return {"batch_size": self.batch_size, "seed": self.seed, "prune_steps": steps,
                 "prune_ramp": self.prune_ramp.value,
-                "retrain": self.retrain.to_dict(), "codebook": self.codebook.to_dict(), "threads": self.threads}
+                "retrain": self.retrain.to_dict(), "codebook": self.codebook.to_dict(), "threads": self.threads,
+                "shift": self.shift}
 
 
 STAGES = ("retrain", "codebook")
 STAGE_KEYS = tuple(f.name for f in dataclasses.fields(StageSettings))
-TOP_KEYS = ("batch_size", "seed", "prune_steps", "prune_ramp", "threads", *STAGES, *STAGE_KEYS)
+TOP_KEYS = ("batch_size", "seed", "prune_steps", "prune_ramp", "threads", "shift", *STAGES, *STAGE_KEYS)
 
 
 def _stage_value(key: str, value: Any) -> tuple[Any, str | None]:
@@ -151,7 +154,7 @@ def _parse_layer(raw: Any, where: str, problems: list[str]) -> dict[str, Any]:
     if isinstance(raw, TrainSettings):
         return {"batch_size": raw.batch_size, "seed": raw.seed, "prune_steps": raw.prune_steps,
                 "prune_ramp": raw.prune_ramp,
-                "threads": raw.threads, "retrain": dataclasses.asdict(raw.retrain),
+                "threads": raw.threads, "shift": raw.shift, "retrain": dataclasses.asdict(raw.retrain),
                 "codebook": dataclasses.asdict(raw.codebook)}
     if not isinstance(raw, Mapping):
         problems.append(f"{where}: expected a mapping, got {type(raw).__name__}")
@@ -160,10 +163,12 @@ def _parse_layer(raw: Any, where: str, problems: list[str]) -> dict[str, Any]:
     shorthand: dict[str, Any] = {}
     for key, value in raw.items():
         key = str(key)
-        if key in ("batch_size", "threads"):
+        if key in ("batch_size", "threads", "shift"):
             lo = 1 if key == "batch_size" else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 problems.append(f"{where}: {key}: {value!r} must be an integer >= {lo}")
+            elif key == "shift" and value > 8:
+                problems.append(f"{where}: shift: {value!r} pixels is more than a translation augmentation; use 0-8")
             else:
                 out[key] = value
         elif key == "seed":
