@@ -26,17 +26,19 @@ from onnx_dc.graph import biases, decoders, layout
 from onnx_dc.graph.io import serialize
 from onnx_dc.train.restore import state_from_dc
 
-SIZES = (64, 96, 64, 10)
+SIZES = (64, 300, 64, 10)  # b0 (1200 B) stays in the source file when read lazily
 CONFIG = {"defaults": {"sparse_ratio": 0.8, "class_num": 8},
-          "nodes": [{"match": "fc1", "bias": "float16"}, {"match": "fc2", "sparse_ratio": 0.0, "class_num": 16}]}
+          "nodes": [{"match": "fc0", "bias": "float16"}, {"match": "fc2", "sparse_ratio": 0.0, "class_num": 16}]}
 STRUCTURE = {"code_bits", "index_bits", "count", "numel", "shape"}
 FORMAT1 = ROOT / "models" / "lenet5-32x.dc.onnx"  # written before format 2: generic names, every attribute
 
 
 @pytest.fixture(scope="module")
 def compressed(tmp_path_factory):
-    path = tmp_path_factory.mktemp("small") / "m.dc.onnx"
-    return path, onnx_dc.compress(mlp_model(sizes=SIZES), path, CONFIG)
+    """Compressed from a file, as the CLI does (its tensors are read lazily from the source file)."""
+    folder = tmp_path_factory.mktemp("small")
+    onnx.save(mlp_model(sizes=SIZES), str(folder / "m.onnx"))
+    return folder / "m.dc.onnx", onnx_dc.compress(folder / "m.onnx", folder / "m.dc.onnx", CONFIG)
 
 
 # Part 1: generic decoder functions for small weights.
@@ -129,7 +131,7 @@ def test_part4_skipped_record_leaves_out_compressed_biases_and_readers_derive_th
     report = onnx_dc.report(result.model)
     assert sorted(s[2] for s in report.skipped) == ["b0", "b1", "b2"]
     assert {s[2]: s[3] for s in report.skipped} == {
-        "b0": biases.FLOAT32_REASON, "b1": biases.FLOAT16_REASON, "b2": biases.FLOAT32_REASON}
+        "b0": biases.FLOAT16_REASON, "b1": biases.FLOAT32_REASON, "b2": biases.FLOAT32_REASON}
     restored = state_from_dc(result.model)
     assert sorted(s.tensor for s in restored.plan.skipped) == ["b0", "b1", "b2"]
 
@@ -156,17 +158,17 @@ def test_part5_float16_bias_is_stored_half_and_runs(compressed):
     path, result = compressed
     graph = result.model.graph
     kinds = {t.name: t.data_type for t in graph.initializer}
-    assert kinds["b1/dc/f16"] == onnx.TensorProto.FLOAT16 and "b1" not in kinds
-    assert kinds["b0"] == kinds["b2"] == onnx.TensorProto.FLOAT
-    assert next(n for n in graph.node if n.name == "fc1").input[2] == "b1"  # the consumer is unchanged
+    assert kinds["b0/dc/f16"] == onnx.TensorProto.FLOAT16 and "b0" not in kinds
+    assert kinds["b1"] == kinds["b2"] == onnx.TensorProto.FLOAT
+    assert next(n for n in graph.node if n.name == "fc0").input[2] == "b0"  # the consumer is unchanged
     onnx.checker.check_model(result.model, full_check=True)
     # Stock onnxruntime (folding the Cast) computes what the plain model with float16-rounded biases computes.
     dense = onnx_dc.export_dense(result.model)
-    b1 = next(t for t in dense.graph.initializer if t.name == "b1")
-    assert b1.data_type == onnx.TensorProto.FLOAT and not any(n.op_type == "Cast" for n in dense.graph.node)
-    original = next(t for t in mlp_model(sizes=SIZES).graph.initializer if t.name == "b1")
+    b0 = next(t for t in dense.graph.initializer if t.name == "b0")
+    assert b0.data_type == onnx.TensorProto.FLOAT and not any(n.op_type == "Cast" for n in dense.graph.node)
+    original = next(t for t in mlp_model(sizes=SIZES).graph.initializer if t.name == "b0")
     half = onnx.numpy_helper.to_array(original).astype(np.float16).astype(np.float32)
-    np.testing.assert_array_equal(onnx.numpy_helper.to_array(b1), half)
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(b0), half)
     x = np.random.default_rng(0).normal(size=(4, SIZES[0])).astype(np.float32)
     np.testing.assert_allclose(run(result.model, {"x": x})[0], run(dense, {"x": x})[0], rtol=1e-6, atol=1e-6)
     assert "bias stored as float16" in onnx_dc.report(path).to_table()
@@ -175,18 +177,18 @@ def test_part5_float16_bias_is_stored_half_and_runs(compressed):
 def test_part5_float16_bias_round_trips_restore_pack_and_finetune(compressed, tmp_path):
     path, result = compressed
     restored = state_from_dc(result.model)
-    assert restored.layers["w1"].entry.settings.bias == BiasType.FLOAT16
+    assert restored.layers["w0"].entry.settings.bias == BiasType.FLOAT16
     assert serialize(finish(restored).model) == serialize(result.model)  # lossless
     onnx_dc.pack(path, tmp_path / "m.dcz")
     onnx_dc.unpack(tmp_path / "m.dcz", tmp_path / "u.dc.onnx")
     assert (tmp_path / "u.dc.onnx").read_bytes() == path.read_bytes()
     tuned = onnx_dc.finetune(path, tmp_path / "t.dc.onnx", "digits", epochs=1, schedule={"codebook": {"lr": 1e-3}})
     names = {t.name: t.data_type for t in tuned.model.graph.initializer}
-    assert names["b1/dc/f16"] == onnx.TensorProto.FLOAT16 and names["b0"] == onnx.TensorProto.FLOAT
+    assert names["b0/dc/f16"] == onnx.TensorProto.FLOAT16 and names["b1"] == onnx.TensorProto.FLOAT
     assert [n.op_type for n in layout.decoder_nodes(tuned.model.graph)] == [
         n.op_type for n in layout.decoder_nodes(result.model.graph)]
-    before_b1, after_b1 = (onnx.numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == "b1/dc/f16"))
+    before_b0, after_b0 = (onnx.numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == "b0/dc/f16"))
                            for m in (result.model, tuned.model))
-    assert not np.array_equal(before_b1, after_b1)  # trained in float32, then stored in float16 again
+    assert not np.array_equal(before_b0, after_b0)  # trained in float32, then stored in float16 again
     before = onnx_dc.evaluate(path, "digits").accuracy
     assert onnx_dc.evaluate(tmp_path / "t.dc.onnx", "digits").accuracy >= before - 0.02

@@ -22,6 +22,7 @@ from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper
 
+from onnx_dc.graph import external
 from onnx_dc.graph.walk import all_nodes
 from onnx_dc.graph.weights import PASS_THROUGH
 
@@ -88,7 +89,7 @@ def halve(model: onnx.ModelProto, names: list[str]) -> None:
     casts, kept = [], []
     for init in graph.initializer:
         if init.name in wanted and init.data_type == TensorProto.FLOAT:
-            half = numpy_helper.to_array(init).astype(np.float16)
+            half = external.to_array(init).astype(np.float16)  # a lazily loaded model maps its tensors
             kept.append(numpy_helper.from_array(half, init.name + HALF_SUFFIX))
             casts.append(oh.make_node("Cast", [init.name + HALF_SUFFIX], [init.name], name=init.name + CAST_SUFFIX,
                                       to=TensorProto.FLOAT))
@@ -111,7 +112,7 @@ def unhalve(graph: onnx.GraphProto) -> None:
     for init in graph.initializer:
         if init.name in halves:
             name = init.name[: -len(HALF_SUFFIX)]
-            inits.append(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32), name))
+            inits.append(numpy_helper.from_array(external.to_array(init).astype(np.float32), name))
         else:
             inits.append(init)
     del graph.initializer[:]
