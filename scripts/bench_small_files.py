@@ -9,7 +9,8 @@
    ``before`` is the code at git revision ``--base`` (run from ``git archive`` of it), then
    the parts switched on one after another (the earlier parts switched off in-process):
    +1 generic functions, +2 settings attributes only when not the default, +3 compact
-   bodies, +4 no bias entries in ``onnx_dc.skipped``, +5 ``bias: float16`` in every layer.
+   bodies, +4 no bias entries in ``onnx_dc.skipped``, +5 ``bias: float16`` in every layer;
+   and each file packed (``.dcz``) by this revision's packer.
 2. Top-1 error on the MNIST test set (10,000 images) with float32 and float16 biases: the
    dense models, the 32x-config files of step 1 (untrained) and the shipped fine-tuned
    models/*-32x.dc.onnx (their compressed layers' biases halved, onnx_dc/graph/biases.py).
@@ -61,6 +62,7 @@ print(json.dumps({"seconds": time.perf_counter() - t,
 
 def breakdown(model: onnx.ModelProto) -> dict:
     """Bytes of the file by part (protobuf payloads; the rest is graph structure and headers)."""
+    from onnx_dc.formats.dcz import pack_bytes
     from onnx_dc.graph import biases, layout
 
     graph = model.graph
@@ -75,6 +77,7 @@ def breakdown(model: onnx.ModelProto) -> dict:
     meta = layout.metadata(model)
     return {
         "file": len(model.SerializeToString()),
+        "dcz": len(pack_bytes(model.SerializeToString())),  # every step packed by this revision's packer
         "functions": sum(len(f.SerializeToString()) for f in model.functions),
         "decoder_nodes": sum(len(n.SerializeToString()) for n in decs),
         "biases": sum(v for k, v in inits.items() if k in bias_names)
@@ -243,7 +246,7 @@ def measure_folding(exponents: list[int], scratch: Path) -> dict:
 
 
 def print_tables(result: dict) -> None:
-    cols = ("file", "ratio", "functions", "decoder_nodes", "biases", "skipped_meta", "codebooks", "codes_gaps")
+    cols = ("file", "ratio", "dcz", "functions", "decoder_nodes", "biases", "skipped_meta", "codebooks", "codes_gaps")
     for name, steps in result["bytes"].items():
         print(f"\n{name} (dense float32 weights {MODELS[name]} B, goal {GOALS[name]}x for the runnable file)")
         print(f"{'step':16}" + "".join(f"{c:>14}" for c in cols))
