@@ -8,7 +8,8 @@ pruned, code 0 being the reserved zero, else k) the candidates are
 
 and for a pruned, unshared layer ``4 M + ceil(M b / 8)``. The smallest wins unless the
 config fixes the form or the index width; a layer whose best form is not smaller than
-float32 stays a float32 initializer holding its pruned / shared values. docs/DCONNX.md
+float32 stays a float32 initializer holding its pruned / shared values. With ``bias: float16``
+the biases of a compressed layer become float16 plus a Cast (onnx_dc/graph/biases.py). docs/DCONNX.md
 is the byte layout, onnx_dc/graph/layout.py its decoder nodes, onnx_dc/graph/decoders.py
 the functions that read it back.
 """
