@@ -39,6 +39,13 @@ class Form(str, enum.Enum):
     DENSE = "dense"
 
 
+class BiasType(str, enum.Enum):
+    """How a compressed layer's bias is stored (docs/DCONNX.md); float16 adds a Cast back to float32."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Compression settings of one weight; Caffe's CmpConvolution / CmpInnerProduct fields and more."""
@@ -52,6 +59,7 @@ class Settings:
     form: Form = Form.AUTO
     seed: int = 0
     skip: bool = False
+    bias: BiasType = BiasType.FLOAT32
 
     @property
     def prunes(self) -> bool:
@@ -63,6 +71,7 @@ class Settings:
         out = dataclasses.asdict(self)
         out["centroid_init"] = self.centroid_init.value
         out["form"] = self.form.value
+        out["bias"] = self.bias.value
         out["index_bits"] = "auto" if self.index_bits is None else self.index_bits
         return out
 
@@ -103,6 +112,11 @@ def _check_value(key: str, value: Any) -> tuple[Any, str | None]:
             return Form(value), None
         except ValueError:
             return bad(f"must be one of {', '.join(f.value for f in Form)}")
+    if key == "bias":
+        try:
+            return BiasType(value), None
+        except ValueError:
+            return bad(f"must be one of {', '.join(b.value for b in BiasType)}")
     if key == "index_bits":
         if value in (None, "auto"):
             return None, None

@@ -263,7 +263,7 @@ def make_report(
         streams: ``onnx_dc.formats.dcz.stream_report`` rows of a ``.dcz``, for the P+Q+H columns.
     """
     meta = layout.metadata(model)
-    skipped = tuple(tuple(s) for s in layout.skipped_entries(meta))
+    skipped = tuple(tuple(s) for s in layout.skipped_entries(meta, model.graph))
     source = baseline_bytes if baseline_bytes is not None else _int_or_none(meta.get(META_SOURCE_BYTES))
     rows = layer_rows(model)
     if streams is not None:

@@ -1,9 +1,11 @@
 """The decoder functions in onnxruntime: bit-exact weights at every width, and folded at session creation.
 
 Every code width 1..16 in the dense and sparse forms, and every index width in the sparse
-forms: the weight onnxruntime rebuilds equals codebook[codes] (or the stored values) bit
-for bit, in onnxruntime 1.19 (this environment) and the newest (``.venv-ort-latest``,
-see tests/test_ort_latest.py); and the optimized graph holds no decoder op any more.
+forms, through the functions specialised to the widths and through the generic ones (widths
+read from the node's attributes, at opset 13, their minimum): the weight onnxruntime
+rebuilds equals codebook[codes] (or the stored values) bit for bit, in onnxruntime 1.19
+(this environment) and the newest (``.venv-ort-latest``, see tests/test_ort_latest.py); and
+the optimized graph holds no decoder op any more.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from onnx_dc.numerics.sparse import encode_positions
 
 SHAPE = (37, 29)  # 1073 elements: not a multiple of 8, so padding and slicing are exercised
 OPSET = 17
+GENERIC_OPSET = 13  # the generic bodies are valid from opset 13 on
 
 RUNNER = """
 import json, sys, numpy as np, onnxruntime as ort
@@ -44,7 +47,8 @@ print(json.dumps(out))
 """
 
 
-def _case(kind: str, code_bits: int, index_bits: int, rng: np.random.Generator) -> tuple[onnx.ModelProto, np.ndarray]:
+def _case(kind: str, code_bits: int, index_bits: int, rng: np.random.Generator,
+          generic: bool = False) -> tuple[onnx.ModelProto, np.ndarray]:
     """A model y = x @ W^T with W rebuilt by one decoder; returns it and W as NumPy computes it."""
     numel = int(np.prod(SHAPE))
     inits, count = {}, numel
@@ -70,34 +74,37 @@ def _case(kind: str, code_bits: int, index_bits: int, rng: np.random.Generator) 
             inits["values"] = values
             weight[entries.positions] = values
     node = layout.make_decoder_node("W", kind, code_bits, index_bits, count, SHAPE, Settings(), shared=True,
-                                    reserves_zero=kind != layout.DENSE)
+                                    reserves_zero=kind != layout.DENSE, generic=generic)
+    assert node.op_type.endswith("_g") == generic
+    opset = GENERIC_OPSET if generic else OPSET
     tensors = [nh.from_array(np.asarray(inits[role]), f"W/dc/{role}") for role in layout.INPUTS[kind]]
     graph = oh.make_graph(
         [node, oh.make_node("Gemm", ["x", "W"], ["y"], transB=1)], "decode",
         [oh.make_tensor_value_info("x", TensorProto.FLOAT, [SHAPE[1], SHAPE[1]])],
         [oh.make_tensor_value_info("y", TensorProto.FLOAT, [SHAPE[1], SHAPE[0]])], tensors,
     )
-    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", OPSET), oh.make_opsetid(layout.DOMAIN, 1)],
-                          functions=decoders.make_functions(OPSET, {node.op_type}))
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset), oh.make_opsetid(layout.DOMAIN, 1)],
+                          functions=decoders.make_functions(opset, {node.op_type}))
     model.ir_version = 10
     onnx.checker.check_model(model, full_check=True)
     return model, weight.reshape(SHAPE)
 
 
-def _cases() -> dict[str, tuple[str, int, int]]:
+def _cases() -> dict[str, tuple[str, int, int, bool]]:
     out = {}
     for bits in range(1, 17):
-        out[f"dense_c{bits}"] = (layout.DENSE, bits, 0)
-        out[f"sparse_c{bits}_i{17 - bits}"] = (layout.SPARSE, bits, 17 - bits)
-        out[f"values_i{bits}"] = (layout.SPARSE_VALUES, 0, bits)
+        for generic, tag in ((False, ""), (True, "_g")):
+            out[f"dense_c{bits}{tag}"] = (layout.DENSE, bits, 0, generic)
+            out[f"sparse_c{bits}_i{17 - bits}{tag}"] = (layout.SPARSE, bits, 17 - bits, generic)
+            out[f"values_i{bits}{tag}"] = (layout.SPARSE_VALUES, 0, bits, generic)
     return out
 
 
 def _run(python: str, tmp_path, name: str) -> tuple[dict, dict]:
     rng = np.random.default_rng(0)
     job, expected = {}, {}
-    for case, (kind, code_bits, index_bits) in _cases().items():
-        model, weight = _case(kind, code_bits, index_bits, rng)
+    for case, (kind, code_bits, index_bits, generic) in _cases().items():
+        model, weight = _case(kind, code_bits, index_bits, rng, generic)
         path = tmp_path / f"{case}.onnx"
         onnx.save(model, str(path))
         job[case], expected[case] = str(path), weight
@@ -116,7 +123,7 @@ def _check(outputs: dict, expected: dict) -> None:
         assert np.array_equal(y.T.view(np.uint32), weight.view(np.uint32)), case
         optimized = onnx.load(outputs["cases"][case].replace(".y.npy", ".opt.onnx"))
         ops = {n.op_type for n in optimized.graph.node}
-        assert not ops & {"Gather", "ScatterElements", "BitShift", "CumSum", "Cast"}, (case, ops)
+        assert not ops & {"Gather", "ScatterElements", "BitShift", "CumSum", "Cast", "MatMul", "Slice"}, (case, ops)
         assert not any(n.domain == layout.DOMAIN for n in optimized.graph.node), case
 
 
@@ -135,8 +142,8 @@ def test_every_width_is_bit_exact_and_folded_in_newest_onnxruntime(tmp_path):
 
 def test_numpy_decode_matches_the_model_layout():
     rng = np.random.default_rng(1)
-    for case, (kind, code_bits, index_bits) in _cases().items():
-        model, weight = _case(kind, code_bits, index_bits, rng)
+    for case, (kind, code_bits, index_bits, generic) in _cases().items():
+        model, weight = _case(kind, code_bits, index_bits, rng, generic)
         _, decoded = layout.strip_decoders(model)
         assert np.array_equal(decoded["W"][1].weights, weight), case
 

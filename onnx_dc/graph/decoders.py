@@ -19,13 +19,23 @@ onnx_dc/graph/layout.py) and works in the narrowest integer type. Symbol ``i`` o
                         W = reshape(scatter(zeros(numel), pos, codebook[sym_codes]), shape)
     DecodeSparseValues: the same with the float32 ``values`` in place of codebook[codes]
 
+The generic functions (``DecodeSparse_g``, for weights of at most layout.GENERIC_MAX_NUMEL
+elements) read the widths b from the node's ``code_bits`` / ``index_bits`` and unpack any b in 1..16:
+
+    bits[8 j + k] = (bytes[j] << (7 - k)) >> 7                                  (uint8, bit k of byte j)
+    sym = int32(reshape(bits[:count b], [count, b])) @ [1, 2, 4, ..., 2**(b-1)]    (int32 MatMul)
+
 BitShift runs on uint8 only (onnxruntime has no uint16 kernel, nor Add on unsigned
 types), the other widths use int32 Mul / Div / Mod: every body is valid from opset 13 on
 (a function must use the model's own opset), with no BitwiseAnd (opset 18) needed.
-Positions are int32: a weight has fewer than 2**31 elements.
+Positions are int32: a weight has fewer than 2**31 elements. Bodies are stored compactly
+(:func:`compact`): values renamed to short names, Constant tensors unnamed.
 """
 
 from __future__ import annotations
+
+import itertools
+import string
 
 import numpy as np
 import onnx
@@ -41,7 +51,7 @@ BYTE_ALIGNED = (1, 2, 4, 8)  # widths unpacked in uint8
 
 
 def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
-    return oh.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value), name))
+    return oh.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(value)))
 
 
 def _ref(out: str, attr: str, kind: str) -> onnx.NodeProto:
@@ -92,7 +102,7 @@ def _unpack_groups(packed: str, bits: int, out: str, p: str) -> list[onnx.NodePr
         oh.make_node("Shape", [packed], [f"{p}n"]),
         oh.make_node("Sub", [f"{p}gb", f"{p}n"], [f"{p}pad"]),
         oh.make_node("ConstantOfShape", [f"{p}pad"], [f"{p}zp"],
-                     value=oh.make_tensor("v", TensorProto.UINT8, [1], [0])),
+                     value=oh.make_tensor("", TensorProto.UINT8, [1], [0])),
         oh.make_node("Concat", [packed, f"{p}zp"], [f"{p}full"], axis=0),
         oh.make_node("Concat", [f"{p}g", f"{p}b"], [f"{p}gs"], axis=0),
         oh.make_node("Reshape", [f"{p}full", f"{p}gs"], [f"{p}grp"]),
@@ -135,8 +145,34 @@ def unpack_nodes(packed: str, bits: int, out: str, p: str) -> tuple[list[onnx.No
     return _unpack_groups(packed, bits, out, p), out
 
 
-def _as_int32(name: str, bits: int, out: str) -> tuple[list[onnx.NodeProto], str]:
-    """int32(name) and its name; the unpacked symbols are uint8 only at the byte-aligned widths."""
+def _unpack_generic(packed: str, attr: str, out: str, p: str) -> list[onnx.NodeProto]:
+    """Nodes computing ``out`` = the ``count`` int32 symbols in ``packed``, of the width in attribute ``attr``."""
+    return [
+        *_count_nodes(p),
+        _ref(f"{p}w", attr, "int"),
+        oh.make_node("Reshape", [f"{p}w", f"{p}one"], [f"{p}b"]),
+        _const(f"{p}ax", np.array([1], np.int64)),
+        oh.make_node("Unsqueeze", [packed, f"{p}ax"], [f"{p}u"]),
+        _const(f"{p}l", np.arange(7, -1, -1, dtype=np.uint8)),
+        _const(f"{p}r", np.array(7, np.uint8)),
+        oh.make_node("BitShift", [f"{p}u", f"{p}l"], [f"{p}sl"], direction="LEFT"),
+        oh.make_node("BitShift", [f"{p}sl", f"{p}r"], [f"{p}bits"], direction="RIGHT"),
+        _const(f"{p}flat", np.array([-1], np.int64)),
+        oh.make_node("Reshape", [f"{p}bits", f"{p}flat"], [f"{p}f"]),
+        oh.make_node("Mul", [f"{p}cnt", f"{p}b"], [f"{p}nb"]),
+        _const(f"{p}z", np.array([0], np.int64)),
+        oh.make_node("Slice", [f"{p}f", f"{p}z", f"{p}nb"], [f"{p}used"]),
+        oh.make_node("Concat", [f"{p}cnt", f"{p}b"], [f"{p}mshape"], axis=0),
+        oh.make_node("Reshape", [f"{p}used", f"{p}mshape"], [f"{p}m"]),
+        oh.make_node("Cast", [f"{p}m"], [f"{p}m32"], to=TensorProto.INT32),
+        _const(f"{p}pow", (1 << np.arange(16)).astype(np.int32)),
+        oh.make_node("Slice", [f"{p}pow", f"{p}z", f"{p}b"], [f"{p}pw"]),
+        oh.make_node("MatMul", [f"{p}m32", f"{p}pw"], [out]),
+    ]
+
+
+def _as_int32(name: str, bits: int | None, out: str) -> tuple[list[onnx.NodeProto], str]:
+    """int32(name) and its name; the unpacked symbols are uint8 only at the byte-aligned widths (None: generic)."""
     if bits in BYTE_ALIGNED:
         return [oh.make_node("Cast", [name], [out], to=TensorProto.INT32)], out
     return [], name
@@ -165,27 +201,86 @@ def _scatter(gaps: str, values: str, index_bits: int) -> list[onnx.NodeProto]:
         _const("one64", np.array([1], np.int64)),
         oh.make_node("Reshape", ["numel", "one64"], ["numel1"]),
         oh.make_node("ConstantOfShape", ["numel1"], ["zeros"],
-                     value=oh.make_tensor("z", TensorProto.FLOAT, [1], [0.0])),
+                     value=oh.make_tensor("", TensorProto.FLOAT, [1], [0.0])),
         oh.make_node("ScatterElements", ["zeros", "pos", values], ["flat"], axis=0),
         _ref("shape", "shape", "ints"),
         oh.make_node("Reshape", ["flat", "shape"], ["W"]),
     ]
 
 
+def _unpack(packed: str, bits: int | None, attr: str, out: str, p: str) -> tuple[list[onnx.NodeProto], str]:
+    """Specialised unpacking at ``bits``, or generic (``bits`` None, width from attribute ``attr``)."""
+    if bits is None:
+        return _unpack_generic(packed, attr, out, p), out
+    return unpack_nodes(packed, bits, out, p)
+
+
 def make_function(op_type: str, opset: int) -> FunctionProto:
     """The decoder function named ``op_type`` (see :func:`onnx_dc.graph.layout.op_type`) at ai.onnx ``opset``."""
     kind, *widths = op_type.split("_")
-    bits = {w[0]: int(w[1:]) for w in widths}
+    generic = widths == [layout.GENERIC]
+    bits = {"c": None, "i": None} if generic else {w[0]: int(w[1:]) for w in widths}
     body = []
     if kind != layout.SPARSE_VALUES:
-        nodes, codes = unpack_nodes("codes", bits["c"], "codes_u", "k")
+        nodes, codes = _unpack("codes", bits["c"], "code_bits", "codes_u", "k")
         body += nodes + _lookup(codes, bits["c"], "W" if kind == layout.DENSE else "vals", shaped=kind == layout.DENSE)
     if kind != layout.DENSE:
-        nodes, gaps = unpack_nodes("gaps", bits["i"], "gaps_u", "g")
+        nodes, gaps = _unpack("gaps", bits["i"], "index_bits", "gaps_u", "g")
         body += nodes + _scatter(gaps, "vals" if kind == layout.SPARSE else "values", bits["i"])
-    attrs = list(layout.ATTRIBUTES)
-    return oh.make_function(layout.DOMAIN, op_type, list(layout.INPUTS[kind]), ["W"], body,
-                            [oh.make_opsetid("", opset)], attrs)
+    fn = oh.make_function(layout.DOMAIN, op_type, list(layout.INPUTS[kind]), ["W"], body,
+                          [oh.make_opsetid("", opset)], list(layout.ATTRIBUTES))
+    return compact(fn)
+
+
+def compact(fn: FunctionProto) -> FunctionProto:
+    """``fn`` with short value names (inputs and outputs keep theirs) and only the attributes its body reads.
+
+    A node equal to an earlier one (same op, inputs and attributes) is dropped and its
+    outputs read from the earlier one, so the body holds no redundant node; the caller's
+    other attributes are not declared (onnxruntime and the checker accept a call carrying
+    attributes its function does not read).
+    """
+    names: dict[str, str] = {v: v for v in (*fn.input, *fn.output)}
+    fresh = (_short(i) for i in itertools.count())
+    seen: dict[bytes, list[str]] = {}
+    body, used_attrs = [], set()
+    for node in fn.node:
+        node.input[:] = [names[v] if v else v for v in node.input]
+        key = _without_outputs(node)
+        if key in seen and fn.output[0] not in node.output:
+            names.update(zip(node.output, seen[key]))
+            continue
+        for i, v in enumerate(node.output):
+            if v not in names:
+                names[v] = next(fresh)
+            node.output[i] = names[v]
+        seen[key] = list(node.output)
+        used_attrs.update(a.ref_attr_name for a in node.attribute if a.ref_attr_name)
+        body.append(node)
+    del fn.node[:]
+    fn.node.extend(body)
+    kept = [a for a in fn.attribute if a in used_attrs]
+    del fn.attribute[:]
+    fn.attribute.extend(kept)
+    return fn
+
+
+def _without_outputs(node: onnx.NodeProto) -> bytes:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    del copy.output[:]
+    return copy.SerializeToString()
+
+
+def _short(i: int) -> str:
+    """Short value name number ``i``: a..z, then aa, ab, ... (the inputs and ``W`` are longer or upper case)."""
+    letters = string.ascii_lowercase
+    out = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, len(letters))
+        out = letters[r] + out
+    return out
 
 
 def make_functions(opset: int, op_types: set[str] | list[str]) -> list[FunctionProto]:

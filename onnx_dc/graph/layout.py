@@ -9,10 +9,13 @@ layout in prose. A decoder node computes
     DecodeSparse:       pos = cumsum(gaps + 1) - 1;  W.flat[pos] = codebook[codes], 0 elsewhere
     DecodeSparseValues: pos as above;                W.flat[pos] = values, 0 elsewhere
 
-with ``codes`` and ``gaps`` bit-packed at ``code_bits`` / ``index_bits``. The op type names the
-kind and the widths (``DecodeSparse_c5_i5``), so that each width gets a decoder function
-specialised to it (onnx_dc/graph/decoders.py); files of format 1 used the bare kind name
-(``DecodeSparse``) and are still read.
+with ``codes`` and ``gaps`` bit-packed at ``code_bits`` / ``index_bits``. A weight of at most
+:data:`GENERIC_MAX_NUMEL` elements calls the one generic function of its kind
+(``DecodeSparse_g``), which reads the widths from the node's attributes; a larger one names
+the kind and the widths (``DecodeSparse_c5_i5``), so that each width gets a decoder function
+specialised to it (onnx_dc/graph/decoders.py). Files of format 1 used the bare kind name
+(``DecodeSparse``); they, and files whose small weights use specialised names, are still read.
+Settings attributes equal to :data:`ABSENT` are not written: absent means that value.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ import onnx
 from onnx import helper as oh
 from onnx import numpy_helper
 
-from onnx_dc.config import CentroidInit, Form, Settings
+from onnx_dc.config import BiasType, CentroidInit, Form, Settings
+from onnx_dc.graph import biases
 from onnx_dc.numerics.bitpack import unpack_bits
 from onnx_dc.numerics.sparse import decode_positions
 
 DOMAIN = "onnx_dc"
 DOMAIN_VERSION = 1
-FORMAT_VERSION = "2"
+FORMAT_VERSION = "3"
 
 DENSE = "DecodeDense"
 SPARSE = "DecodeSparse"
@@ -43,7 +47,19 @@ CODES, GAPS = "codes", "gaps"
 
 # Every attribute a decoder node carries (the functions declare them all).
 ATTRIBUTES = ("code_bits", "index_bits", "count", "numel", "shape", "sparse_ratio", "prune_quality", "class_num",
-              "quantize_term", "centroid_init", "form", "fixed_index_bits", "seed", "reserves_zero")
+              "quantize_term", "centroid_init", "form", "fixed_index_bits", "seed", "reserves_zero", "bias")
+
+# Value of a settings attribute when the node does not carry it (old files carry them all).
+ABSENT = {"sparse_ratio": -1.0, "prune_quality": -1.0, "class_num": Settings.class_num, "quantize_term": 1,
+          "centroid_init": CentroidInit.LINEAR.value, "form": Form.AUTO.value, "fixed_index_bits": 0, "seed": 0,
+          "reserves_zero": 1, "bias": BiasType.FLOAT32.value}
+# Weights of at most this many elements use the generic decoder functions (one per kind, widths read from
+# the node). Folding a generic body holds a uint8 bit vector and an int32 [count, width] matrix besides the
+# weight. Measured (scripts/bench_small_files.py, onnxruntime 1.19, one sparse weight, 10% kept): no peak
+# RSS difference to the width-specialised body at 2**20 elements, +30 MB at 2**22 (a 16 MB weight); larger
+# weights keep the specialised bodies, whose intermediates stay narrow (VGG-16: scripts/bench_scale.py).
+GENERIC_MAX_NUMEL = 1 << 20
+GENERIC = "g"
 
 META_VERSION = "onnx_dc.version"
 META_SKIPPED = "onnx_dc.skipped"
@@ -52,8 +68,10 @@ META_SOURCE_WEIGHT_BYTES = "onnx_dc.source_weight_bytes"
 META_NOTES = "onnx_dc.notes"  # whole-model remarks (an already-quantized model), a JSON list
 
 
-def op_type(kind: str, code_bits: int, index_bits: int) -> str:
-    """The op (and function) name of a decoder of ``kind`` at these widths."""
+def op_type(kind: str, code_bits: int, index_bits: int, generic: bool = False) -> str:
+    """The op (and function) name of a decoder of ``kind`` at these widths, or of its generic function."""
+    if generic:
+        return f"{kind}_{GENERIC}"
     parts = [kind]
     if kind != SPARSE_VALUES:
         parts.append(f"c{code_bits}")
@@ -102,28 +120,39 @@ class Decoder:
 
 
 def make_decoder_node(weight: str, kind: str, code_bits: int, index_bits: int, count: int, shape: tuple[int, ...],
-                      settings: Settings, shared: bool, reserves_zero: bool) -> onnx.NodeProto:
-    """The decoder node rebuilding ``weight`` from initializers ``weight/dc/<role>``."""
+                      settings: Settings, shared: bool, reserves_zero: bool,
+                      generic: bool | None = None) -> onnx.NodeProto:
+    """The decoder node rebuilding ``weight`` from initializers ``weight/dc/<role>``.
+
+    ``generic`` (default: whether the weight has at most :data:`GENERIC_MAX_NUMEL` elements)
+    picks the generic decoder function of the kind over the one specialised to the widths.
+    """
     s = settings
-    return oh.make_node(
-        op_type(kind, code_bits, index_bits), [f"{weight}/dc/{x}" for x in INPUTS[kind]], [weight],
-        name=f"{weight}/dc/decode", domain=DOMAIN,
-        code_bits=code_bits, index_bits=index_bits, count=count, numel=int(np.prod(shape, dtype=np.int64)),
-        shape=[int(d) for d in shape],
+    numel = int(np.prod(shape, dtype=np.int64))
+    if generic is None:
+        generic = numel <= GENERIC_MAX_NUMEL
+    attrs = dict(
         sparse_ratio=float(s.sparse_ratio) if s.prune_quality is None and s.prunes else -1.0,
         prune_quality=float(s.prune_quality) if s.prune_quality is not None else -1.0,
         class_num=int(s.class_num), quantize_term=int(shared), centroid_init=s.centroid_init.value,
         form=s.form.value, fixed_index_bits=int(s.index_bits or 0), seed=int(s.seed), reserves_zero=int(reserves_zero),
+        bias=s.bias.value,
+    )
+    return oh.make_node(
+        op_type(kind, code_bits, index_bits, generic), [f"{weight}/dc/{x}" for x in INPUTS[kind]], [weight],
+        name=f"{weight}/dc/decode", domain=DOMAIN,
+        code_bits=code_bits, index_bits=index_bits, count=count, numel=numel, shape=[int(d) for d in shape],
+        **{k: v for k, v in attrs.items() if v != ABSENT[k]},
     )
 
 
 def read_decoder(node: onnx.NodeProto) -> Decoder:
     """Read a decoder node (see :func:`kind_of`) back into a :class:`Decoder`."""
     kind = kind_of(node)
-    attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
+    attrs = {**ABSENT, **{a.name: oh.get_attribute_value(a) for a in node.attribute}}
     shape = tuple(int(d) for d in attrs.get("shape", ()))
-    # Format 1 files have no reserves_zero: there code 0 was always the reserved zero.
-    reserves = bool(int(attrs.get("reserves_zero", 1)))
+    # Format 1 files have no reserves_zero: there code 0 was always the reserved zero (ABSENT).
+    reserves = bool(int(attrs["reserves_zero"]))
     return Decoder(
         kind=kind, weight=node.output[0], inputs=dict(zip(INPUTS[kind], node.input)),
         code_bits=int(attrs.get("code_bits", 0)), index_bits=int(attrs.get("index_bits", 0)),
@@ -144,21 +173,23 @@ def _decimal(value: float) -> float:
 
 
 def _settings(attrs: dict) -> Settings:
-    ratio = _decimal(attrs.get("sparse_ratio", -1.0))
-    quality = _decimal(attrs.get("prune_quality", -1.0))
-    class_num = int(attrs.get("class_num", 0))
-    init = _text(attrs.get("centroid_init"), CentroidInit.LINEAR.value)
-    form = _text(attrs.get("form"), Form.AUTO.value)
-    fixed = int(attrs.get("fixed_index_bits", 0))
+    ratio = _decimal(attrs["sparse_ratio"])
+    quality = _decimal(attrs["prune_quality"])
+    class_num = int(attrs["class_num"])
+    init = _text(attrs["centroid_init"], CentroidInit.LINEAR.value)
+    form = _text(attrs["form"], Form.AUTO.value)
+    fixed = int(attrs["fixed_index_bits"])
+    bias = _text(attrs["bias"], BiasType.FLOAT32.value)
     return Settings(
         sparse_ratio=ratio if ratio > 0 and quality <= 0 else 0.0,
         prune_quality=quality if quality > 0 else None,
         class_num=class_num if 2 <= class_num <= 256 else Settings.class_num,
-        quantize_term=bool(int(attrs.get("quantize_term", 0))),
+        quantize_term=bool(int(attrs["quantize_term"])),
         centroid_init=CentroidInit(init) if init in {c.value for c in CentroidInit} else CentroidInit.LINEAR,
         index_bits=fixed if 1 <= fixed <= 16 else None,
         form=Form(form) if form in {f.value for f in Form} else Form.AUTO,
-        seed=max(0, int(attrs.get("seed", 0))),
+        seed=max(0, int(attrs["seed"])),
+        bias=BiasType(bias) if bias in {b.value for b in BiasType} else BiasType.FLOAT32,
     )
 
 
@@ -243,6 +274,7 @@ def without_decoders(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Deco
     opsets = [o for o in out.opset_import if o.domain != DOMAIN]
     del out.opset_import[:]
     out.opset_import.extend(opsets)
+    biases.unhalve(graph)
     return out, decoders, arrays
 
 
@@ -261,6 +293,21 @@ def metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def skipped_entries(meta: dict[str, str]) -> list[list[str]]:
-    """The recorded skipped parameters: [node, op_type, tensor, reason] each."""
-    return json.loads(meta.get(META_SKIPPED, "[]"))
+def skipped_entries(meta: dict[str, str], graph: onnx.GraphProto | None = None) -> list[list[str]]:
+    """The skipped parameters: [node, op_type, tensor, reason] each.
+
+    The record leaves out the biases of compressed layers (since format 3); given the
+    compressed ``graph`` they are derived from it and put first.
+    Entries an older file records are not repeated.
+    """
+    recorded = json.loads(meta.get(META_SKIPPED, "[]"))
+    if graph is None:
+        return recorded
+    listed = {(e[0], e[2]) for e in recorded}
+    derived = [e for e in bias_entries(graph) if (e[0], e[2]) not in listed]
+    return derived + recorded
+
+
+def bias_entries(graph: onnx.GraphProto) -> list[list[str]]:
+    """The skipped entries of the compressed layers' biases (onnx_dc/graph/biases.py), derived from the graph."""
+    return biases.bias_entries(graph, [n.output[0] for n in decoder_nodes(graph)])

@@ -8,7 +8,8 @@ pruned, code 0 being the reserved zero, else k) the candidates are
 
 and for a pruned, unshared layer ``4 M + ceil(M b / 8)``. The smallest wins unless the
 config fixes the form or the index width; a layer whose best form is not smaller than
-float32 stays a float32 initializer holding its pruned / shared values. docs/DCONNX.md
+float32 stays a float32 initializer holding its pruned / shared values. With ``bias: float16``
+the biases of a compressed layer become float16 plus a Cast (onnx_dc/graph/biases.py). docs/DCONNX.md
 is the byte layout, onnx_dc/graph/layout.py its decoder nodes, onnx_dc/graph/decoders.py
 the functions that read it back.
 """
@@ -24,9 +25,9 @@ import onnx
 from onnx import helper as oh
 from onnx import numpy_helper
 
-from onnx_dc.config import Form
+from onnx_dc.config import BiasType, Form
 from onnx_dc.errors import ModelError
-from onnx_dc.graph import decoders, layout
+from onnx_dc.graph import biases, decoders, layout
 from onnx_dc.graph.layout import (  # noqa: F401  (re-exported: the metadata keys' historical home)
     FORMAT_VERSION,
     META_NOTES,
@@ -141,8 +142,17 @@ def lower(state: CompressionState, extra_skipped: tuple[Skipped, ...] = ()) -> o
     del graph.node[:]
     graph.node.extend(decoder_nodes + nodes)
     _add_functions(out, used_ops)
-    _set_metadata(out, state, skipped)
+    _halve_biases(out, [n.output[0] for n in decoder_nodes
+                        if layout.read_decoder(n).settings.bias == BiasType.FLOAT16])
+    derived = {(e[0], e[2]) for e in layout.bias_entries(graph)}
+    _set_metadata(out, state, [s for s in skipped if (s.node, s.tensor) not in derived])
     return out
+
+
+def _halve_biases(model: onnx.ModelProto, weights: list[str]) -> None:
+    """Store the biases of these weights' layers in float16 (setting ``bias: float16``)."""
+    found = biases.layer_biases(model.graph, weights)
+    biases.halve(model, [bias for entries in found.values() for _, _, bias in entries])
 
 
 def _add_functions(model: onnx.ModelProto, used_ops: set[str]) -> None:

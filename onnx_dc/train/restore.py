@@ -35,7 +35,7 @@ def state_from_dc(model: onnx.ModelProto, name: str = "model") -> CompressionSta
         raise ModelError(f"{name}: not compressed by onnx_dc (no decoder nodes); use compress instead")
     out, decoded = layout.strip_decoders(model)
     meta = layout.metadata(model)
-    skipped = tuple(Skipped(*s) for s in layout.skipped_entries(meta))
+    skipped = tuple(Skipped(*s) for s in layout.skipped_entries(meta, model.graph))
     sites = {s.name: s for s in find_weights(out).sites}
     entries, layers = [], {}
     for wname, (dec, arrays) in decoded.items():
