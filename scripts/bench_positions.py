@@ -25,6 +25,7 @@ import argparse
 import importlib.util
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -121,6 +122,7 @@ def time_vgg() -> dict:
     """Pack / unpack seconds of the VGG-16-sized model of scripts/bench_scale.py, before and after."""
     spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "scripts" / "bench_scale.py")
     bench_scale = importlib.util.module_from_spec(spec)
+    sys.modules["bench_scale"] = bench_scale  # its dataclasses look their module up there
     spec.loader.exec_module(bench_scale)
     with tempfile.TemporaryDirectory(prefix="bench_positions_") as tmp:
         dense, dc = Path(tmp) / "vgg16.onnx", Path(tmp) / "vgg16.dc.onnx"

@@ -251,3 +251,15 @@ def test_mask_codec_only_codes_gaps(packed_lenet: bytes) -> None:
     struct.pack_into("<B", buf, _entry_offsets(packed_lenet)[index] + 1, dcz.MASK)
     with pytest.raises(FormatError, match="cannot code a codes stream"):
         dcz.unpack_bytes(_reseal(buf))
+
+
+def test_report_of_a_dcz_names_models_and_entropies(tmp_path: Path) -> None:
+    packed = tmp_path / "lenet.dcz"
+    onnx_dc.pack(MODELS / "lenet_300_100-32x.dc.onnx", packed)
+    rep = onnx_dc.report(packed)
+    ip1 = next(r for r in rep.layers if r.weight == "ip1.weight")
+    assert ip1.positions_model in maskcode.MODEL_NAMES.values()
+    assert 0 < ip1.positions_entropy_bytes <= ip1.coded_index_bytes
+    assert 0 < ip1.codes_entropy_bytes <= ip1.coded_codes_bytes
+    table = rep.to_table()
+    assert "position model" in table and ip1.positions_model in table

@@ -564,7 +564,8 @@ def unpack_bytes(dcz: bytes) -> bytes:
             real[entry.weight] = decoded.real
     for index, entry in enumerate(entries[1:], start=1):
         if entry.codec == REAL_CODES:
-            _put(out, pack_bits(_real_codes(_payload(buf, entry, index), entry, index, real), entry.width), entry, index)
+            codes = _real_codes(_payload(buf, entry, index), entry, index, real)
+            _put(out, pack_bits(codes, entry.width), entry, index)
         elif entry.codec != MASK:
             _fill_stream(out, _payload(buf, entry, index), entry, index)
     if hashlib.sha256(out).digest() != head.digest:
