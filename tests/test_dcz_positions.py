@@ -121,23 +121,16 @@ def _round_trip(node: dczmask.NodeStreams, coding: dczmask.MaskCoding) -> None:
     assert np.array_equal(codes, node.codes)
 
 
-def test_empty_columns_pick_a_column_model() -> None:
-    rng = np.random.default_rng(0)
-    density = np.where(rng.random(400) < 0.4, 0.0, rng.uniform(0.05, 0.5, 400))
-    mask = rng.random((200, 400)) < density[None, :]
+@pytest.mark.parametrize("axis, models", [(1, (maskcode.COLS, maskcode.BOTH)), (0, (maskcode.ROWS, maskcode.BOTH))])
+def test_empty_lines_pick_a_model_of_that_axis(axis: int, models: tuple[int, ...]) -> None:
+    """Whole pruned columns (axis 1) pick a column model, whole pruned rows a row model."""
+    rng = np.random.default_rng(axis)
+    shape = (200, 400)
+    density = np.where(rng.random(shape[axis]) < 0.4, 0.0, rng.uniform(0.05, 0.5, shape[axis]))
+    mask = rng.random(shape) < np.expand_dims(density, 1 - axis)
     node, order0 = _sparse_node(mask, 5, rng)
     coding = dczmask.code_node(node, order0)
-    assert coding is not None and coding.model in (maskcode.COLS, maskcode.BOTH)
-    _round_trip(node, coding)
-
-
-def test_empty_rows_pick_a_row_model() -> None:
-    rng = np.random.default_rng(1)
-    density = np.where(rng.random(300) < 0.3, 0.0, rng.uniform(0.05, 0.5, 300))
-    mask = rng.random((300, 500)) < density[:, None]
-    node, order0 = _sparse_node(mask, 5, rng)
-    coding = dczmask.code_node(node, order0)
-    assert coding is not None and coding.model in (maskcode.ROWS, maskcode.BOTH)
+    assert coding is not None and coding.model in models
     _round_trip(node, coding)
 
 
@@ -235,22 +228,21 @@ def test_crafted_huge_mask_grid_is_refused_before_allocating(packed_lenet: bytes
         dcz.unpack_bytes(bad)
 
 
-def test_real_codes_need_their_mask_section(packed_lenet: bytes) -> None:
-    buf = bytearray(packed_lenet)
-    entries = _sections(packed_lenet)
-    index = next(i for i, e in enumerate(entries) if e.codec == dcz.MASK)
-    struct.pack_into("<B", buf, _entry_offsets(packed_lenet)[index] + 1, dcz.HUFFMAN)
-    with pytest.raises(FormatError, match="real codes without a matching mask section"):
-        dcz.unpack_bytes(_reseal(buf))
+def _recodec(packed: bytes, old: int, new: int) -> bytes:
+    """The file with the codec field of the first section of codec ``old`` set to ``new``."""
+    buf = bytearray(packed)
+    index = next(i for i, e in enumerate(_sections(packed)) if e.codec == old)
+    struct.pack_into("<B", buf, _entry_offsets(packed)[index] + 1, new)
+    return _reseal(buf)
 
 
-def test_mask_codec_only_codes_gaps(packed_lenet: bytes) -> None:
-    buf = bytearray(packed_lenet)
-    entries = _sections(packed_lenet)
-    index = next(i for i, e in enumerate(entries) if e.codec == dcz.REAL_CODES)
-    struct.pack_into("<B", buf, _entry_offsets(packed_lenet)[index] + 1, dcz.MASK)
-    with pytest.raises(FormatError, match="cannot code a codes stream"):
-        dcz.unpack_bytes(_reseal(buf))
+@pytest.mark.parametrize("old, new, message", [
+    (dcz.MASK, dcz.HUFFMAN, "real codes without a matching mask section"),
+    (dcz.REAL_CODES, dcz.MASK, "cannot code a codes stream"),
+])
+def test_position_codecs_are_checked_against_roles_and_links(packed_lenet: bytes, old, new, message) -> None:
+    with pytest.raises(FormatError, match=message):
+        dcz.unpack_bytes(_recodec(packed_lenet, old, new))
 
 
 def test_report_of_a_dcz_names_models_and_entropies(tmp_path: Path) -> None:
