@@ -37,7 +37,19 @@ MASK, REAL_CODES = 5, 6
 STORED, HUFFMAN, RANGE = 0, 3, 4
 POSITIONS_PER_ENTRY = 64
 """A mask may span at most ``POSITIONS_PER_ENTRY * count + 2**20`` positions (bounds decoding work)."""
+ORDER0 = 0
+"""Mask model 0: order-0 coded gaps, fillers tagged (the others are maskcode's models)."""
+GRID_MARGIN = 0.01
+"""A row / column model is coded only where its estimate beats order-0 by this fraction: on masks
+without structure (random weights of VGG-16 shape) the models came within 0.1% of order-0, and
+coding a mask costs about 80 ns per position against a few ns per entry for order-0. Grids of at
+most GRID_MARGIN_POSITIONS (a tenth of a second or less) need no margin."""
+GRID_MARGIN_POSITIONS = 1 << 20
+RANGE_ONLY_SYMBOLS = 1 << 17
+"""Above this many symbols only the range coder is tried: on every such stream of the VGG-16-sized
+model of scripts/bench_scale.py it was smaller than Huffman (whose sync table grows with the stream)."""
 _INNER = struct.Struct("<B")  # codec of the real codes
+_MODEL = struct.Struct("<B")  # mask model
 _CODERS = {HUFFMAN: huffman, RANGE: rangecoder}
 
 
@@ -68,6 +80,12 @@ class MaskCoding:
 
 def kept_positions(node: NodeStreams) -> np.ndarray | None:
     """The node's mask as sorted flat positions, or None where it would not reproduce its streams."""
+    found = _mask_of(node)
+    return None if found is None else found[0]
+
+
+def _mask_of(node: NodeStreams) -> tuple[np.ndarray, np.ndarray] | None:
+    """(kept positions, which entries are kept) or None where they would not reproduce the streams."""
     pos = decode_positions(node.gaps)
     if node.codes is not None:
         kept = pos[node.codes != 0]
@@ -81,54 +99,46 @@ def kept_positions(node: NodeStreams) -> np.ndarray | None:
     entries = encode_positions(kept, node.width)
     if not np.array_equal(entries.gaps, node.gaps):
         return None
-    return kept
+    return kept, entries.real
 
 
 def code_node(node: NodeStreams, today_bytes: int) -> MaskCoding | None:
     """Mask-code a node when that is smaller than ``today_bytes`` (its order-0 sections), else None."""
-    kept = kept_positions(node)
-    if kept is None:
+    found = _mask_of(node)
+    if found is None:
         return None
+    kept, real = found
     grid = maskcode.grid(kept, node.shape)
     costs = {m: maskcode.model_cost(grid, m) for m in maskcode.models_for(grid)}
     model = min(costs, key=lambda m: (costs[m], m))
-    codes_payload = None if node.codes is None else encode_real_codes(node.codes[node.codes != 0], node.code_bits)
+    codes_payload = None if node.codes is None else encode_real_codes(node.codes[real], node.code_bits)
     options = []
     if node.width < 16:
-        options.append((ORDER0, _encode_order0(node, kept)))
-    if costs[model] < min((len(o[1]) for o in options), default=today_bytes):
-        options.append((model, maskcode.encode_mask(grid, model)))  # coded only where it may win: it is slower
+        tagged = np.where(real, node.gaps, 1 << node.width).astype(np.uint16)  # a filler's symbol is 2**b
+        options.append((ORDER0, _MODEL.pack(ORDER0) + _best_order0(tagged)))
+    margin = GRID_MARGIN if grid.rows * grid.cols > GRID_MARGIN_POSITIONS else 0.0
+    if costs[model] < (1 - margin) * min((len(o[1]) for o in options), default=today_bytes):
+        options.append((model, maskcode.encode_mask(grid, model)))
     model, gaps_payload = min(options, key=lambda o: (len(o[1]), o[0]))
     if len(gaps_payload) + len(codes_payload or b"") >= today_bytes:
         return None
     return MaskCoding(gaps_payload, codes_payload, model)
 
 
-def _encode_order0(node: NodeStreams, kept: np.ndarray) -> bytes:
-    return _MODEL.pack(ORDER0) + _best_order0(_tagged_gaps(node, kept))
-
-
-def _tagged_gaps(node: NodeStreams, kept: np.ndarray) -> np.ndarray:
-    """The gaps with every filler's symbol replaced by ``2**b`` (so that kept and fillers differ)."""
-    real = encode_positions(kept, node.width).real
-    return np.where(real, node.gaps, 1 << node.width).astype(np.uint16)
-
-
 def _best_order0(symbols: np.ndarray) -> bytes:
-    options = [(codec, mod.encode(symbols)) for codec, mod in _CODERS.items()]
+    options = [(codec, _CODERS[codec].encode(symbols)) for codec in _coders_for(symbols.size)]
     codec, body = min(options, key=lambda o: (len(o[1]), o[0]))
     return _INNER.pack(codec) + body
 
 
-ORDER0 = 0
-"""Mask model 0: order-0 coded gaps, fillers tagged (the others are maskcode's models)."""
-_MODEL = struct.Struct("<B")
+def _coders_for(count: int) -> tuple[int, ...]:
+    return (RANGE,) if count > RANGE_ONLY_SYMBOLS else (HUFFMAN, RANGE)
 
 
 def encode_real_codes(codes: np.ndarray, width: int) -> bytes:
     """The real entries' codes: a codec byte and the smallest of stored, Huffman and range."""
     options = [(STORED, pack_bits(codes, width).tobytes())]
-    options += [(codec, mod.encode(codes)) for codec, mod in _CODERS.items()]
+    options += [(codec, _CODERS[codec].encode(codes)) for codec in _coders_for(codes.size)]
     codec, body = min(options, key=lambda o: (len(o[1]), o[0]))
     return _INNER.pack(codec) + body
 

@@ -40,7 +40,7 @@ HUFFMAN, RANGE = 3, 4
 """Codec ids of a counts class stream: the ``.dcz`` section codec ids of the same coders."""
 _CODERS = {HUFFMAN: huffman, RANGE: rangecoder}
 CLIP = 2.0**-16
-BOTH_MAX_POSITIONS = 1 << 24
+BOTH_MAX_POSITIONS = 1 << 22
 """The product model needs a pass over every position to cost it; larger weights skip it."""
 _BLOCK = 1 << 20  # positions per coder call (bounds scratch memory)
 _HEAD = struct.Struct("<BQQQ")  # model, rows, cols, kept
