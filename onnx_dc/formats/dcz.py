@@ -277,9 +277,11 @@ def pack_bytes(dc_onnx: bytes, codec: str = "auto", positions: bool = True) -> b
     if len(data) > MAX_OUTPUT_BYTES:
         raise ModelError(f"a .dc.onnx of {len(data)} bytes exceeds the 2 GiB protobuf limit")
     streams = find_streams(data)
-    coded = [_stream_section(data, s, codec) for s in progress.bar(streams, desc="pack", unit="stream")]
+    symbols = [_repacking_symbols(data, s) for s in streams]  # None where re-packing would change the bytes
+    coded = [_stream_section(data, s, sym, codec)
+             for s, sym in progress.bar(list(zip(streams, symbols)), desc="pack", unit="stream")]
     if positions and codec == "auto":
-        coded = _mask_sections(data, streams, coded)
+        coded = _mask_sections(streams, symbols, coded)
     packed = _assemble(data, [_remainder_section(data, streams), *coded])
     if _within_limits(packed, len(data)) and _round_trips(packed, data):
         return packed
@@ -307,11 +309,10 @@ def _remainder_section(data: bytes, streams: list[Stream]) -> _Section:
     return _Section(REMAINDER, codec, 0, 0, 0, len(remainder), 0, "", "", payload)
 
 
-def _stream_section(data: bytes, s: Stream, codec: str) -> _Section:
+def _stream_section(data: bytes, s: Stream, symbols: np.ndarray | None, codec: str) -> _Section:
     raw = data[s.offset : s.offset + s.length]
-    symbols = unpack_bits(np.frombuffer(raw, dtype=np.uint8), s.width, s.count)
     candidates = [(STORED, raw)]
-    if pack_bits(symbols, s.width).tobytes() == raw:
+    if symbols is not None:
         if codec in ("auto", "huffman"):
             candidates.append((HUFFMAN, huffman.encode(symbols)))
         if codec in ("auto", "range"):
@@ -320,14 +321,14 @@ def _stream_section(data: bytes, s: Stream, codec: str) -> _Section:
     return _Section(s.role, chosen, s.width, s.op, s.offset, s.length, s.count, s.name, s.weight, payload)
 
 
-def _mask_sections(data: bytes, streams: list[Stream], coded: list[_Section]) -> list[_Section]:
+def _mask_sections(streams: list[Stream], symbols: list[np.ndarray | None], coded: list[_Section]) -> list[_Section]:
     """Replace a sparse node's order-0 sections by its mask-coded ones where those are smaller."""
     by_weight: dict[str, dict[int, int]] = {}
     for i, s in enumerate(streams):
         by_weight.setdefault(s.weight, {})[s.role] = i
     out = list(coded)
     for roles in by_weight.values():
-        node = _node_streams(data, streams, roles)
+        node = _node_streams(streams, symbols, roles)
         if node is None:
             continue
         today = sum(len(coded[i].payload) for i in roles.values())
@@ -340,7 +341,8 @@ def _mask_sections(data: bytes, streams: list[Stream], coded: list[_Section]) ->
     return out
 
 
-def _node_streams(data: bytes, streams: list[Stream], roles: dict[int, int]) -> dczmask.NodeStreams | None:
+def _node_streams(streams: list[Stream], symbols: list[np.ndarray | None],
+                  roles: dict[int, int]) -> dczmask.NodeStreams | None:
     """A sparse node's symbols when its streams re-pack to their own bytes, else None."""
     if GAPS not in roles:
         return None
@@ -348,11 +350,11 @@ def _node_streams(data: bytes, streams: list[Stream], roles: dict[int, int]) -> 
     want_codes = OP_NAMES[gaps.op] == layout.SPARSE
     if gaps.count == 0 or want_codes != (CODES in roles) or (want_codes and streams[roles[CODES]].count != gaps.count):
         return None
-    symbols = {role: _repacking_symbols(data, streams[i]) for role, i in roles.items()}
-    if any(v is None for v in symbols.values()):
+    node = {role: symbols[i] for role, i in roles.items()}
+    if any(v is None for v in node.values()):
         return None
     code_bits = streams[roles[CODES]].width if want_codes else 0
-    return dczmask.NodeStreams(gaps.shape, gaps.width, symbols[GAPS], symbols.get(CODES), code_bits)
+    return dczmask.NodeStreams(gaps.shape, gaps.width, node[GAPS], node.get(CODES), code_bits)
 
 
 def _repacking_symbols(data: bytes, s: Stream) -> np.ndarray | None:

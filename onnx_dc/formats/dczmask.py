@@ -86,20 +86,22 @@ def kept_positions(node: NodeStreams) -> np.ndarray | None:
 
 def _mask_of(node: NodeStreams) -> tuple[np.ndarray, np.ndarray] | None:
     """(kept positions, which entries are kept) or None where they would not reproduce the streams."""
-    pos = decode_positions(node.gaps)
+    full = (1 << node.width) - 1
     if node.codes is not None:
-        kept = pos[node.codes != 0]
+        real = node.codes != 0
     else:
-        keep = node.gaps != (1 << node.width) - 1
-        keep[-1:] = True
-        kept = pos[keep]
+        real = node.gaps != full
+        real[-1:] = True
+    # encode_positions(kept) gives back these gaps exactly when every other entry is a filler of
+    # gap 2**b - 1 and the last entry is kept: fillers then sit where it puts them, and a kept
+    # entry's gap is its zero run modulo 2**b.
+    if not node.shape or node.gaps.size == 0 or not real[-1] or (node.gaps[~real] != full).any():
+        return None
+    pos = decode_positions(node.gaps)
     numel = int(np.prod(node.shape, dtype=np.int64))
-    if not node.shape or kept.size == 0 or pos[-1] >= numel or numel > max_positions(node.gaps.size):
+    if pos[-1] >= numel or numel > max_positions(node.gaps.size):
         return None
-    entries = encode_positions(kept, node.width)
-    if not np.array_equal(entries.gaps, node.gaps):
-        return None
-    return kept, entries.real
+    return pos[real], real
 
 
 def code_node(node: NodeStreams, today_bytes: int) -> MaskCoding | None:
