@@ -9,6 +9,9 @@ This is the paper's "P+Q+H" storage. Packing is lossless at the byte level:
                 | per stream: entropy_code(unpack_bits(stream, width, count))
     unpack    = remainder with every stream re-inserted as pack_bits(decode(...), width)
 
+Version 2 may code a sparse node's gaps as its mask and its codes as the kept entries' codes
+alone (position models, onnx_dc/formats/dczmask.py), where that is smaller.
+
 A stream whose bytes would not come back identical from ``pack_bits`` (non-zero padding
 bits, odd sizes) is stored verbatim, and pack checks ``unpack(pack(x)) == x`` before it
 returns. Every section carries a CRC-32, the header and section table one more, and the
