@@ -448,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="input .dc.onnx")
     p.add_argument("-o", "--output", required=True, help="output .dcz")
     p.add_argument("--codec", choices=("auto", "huffman", "range"), default="auto",
-                   help="auto picks the smaller per stream; huffman reproduces the paper")
+                   help="auto picks the smaller per stream and tries the position models of sparse layers "
+                        "(docs/FORMAT.md); huffman reproduces the paper")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(func=cmd_pack)
 

@@ -45,6 +45,9 @@ class LayerRow:
     coded_codes_bytes: int | None = None  # after entropy coding (.dcz), P+Q+H
     coded_index_bytes: int | None = None
     codecs: str | None = None
+    positions_model: str | None = None  # .dcz: the position model chosen, and the entropy under the models
+    codes_entropy_bytes: float | None = None
+    positions_entropy_bytes: float | None = None
 
     @property
     def coded(self) -> bool:
@@ -150,7 +153,7 @@ class Report:
         head = ("layer", "op", "shape", "weights", "kept%", "K", "code b", "idx b", "form",
                 "codes B", "index B", "codebook B", "ratio")
         if coded:
-            head += ("w bits P+Q+H", "idx bits P+Q+H", "ratio P+Q+H")
+            head += ("w bits P+Q+H", "idx bits P+Q+H", "ratio P+Q+H", "position model", "H codes B", "H idx B")
         rows = [head]
         for r in self.layers:
             row = (r.nodes, r.op_type, "x".join(map(str, r.shape)), str(r.weights), f"{r.kept_pct:.1f}",
@@ -159,7 +162,8 @@ class Report:
             if coded:
                 idx = r.bits_per_entry(r.coded_index_bytes) if r.index_bits else None
                 row += (f"{r.bits_per_entry(r.coded_codes_bytes):.2f}", f"{idx:.2f}" if idx is not None else "-",
-                        f"{r.dense_bytes / r.coded_total_bytes:.1f}x")
+                        f"{r.dense_bytes / r.coded_total_bytes:.1f}x", r.positions_model or "-",
+                        _fmt_bytes(r.codes_entropy_bytes), _fmt_bytes(r.positions_entropy_bytes))
             rows.append(row)
         t = self.totals()
         total = ("total", "", "", str(t["weights"]), f"{t['kept_pct']:.1f}", "", "", "", "",
@@ -167,11 +171,12 @@ class Report:
                  str(sum(r.codebook_bytes for r in self.layers)),
                  f"{t['layers_ratio']:.1f}x" if t["layers_ratio"] else "-")
         if coded:
-            total += ("", "", f"{t['layers_ratio_coded']:.1f}x" if t.get("layers_ratio_coded") else "-")
+            total += ("", "", f"{t['layers_ratio_coded']:.1f}x" if t.get("layers_ratio_coded") else "-", "", "", "")
         rows.append(total)
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) if i in (0, 1, 2, 8) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-                 for row in rows]
+        left = (0, 1, 2, 8, 16)  # text columns
+        lines = ["  ".join(c.ljust(w) if i in left else c.rjust(w)
+                           for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
         lines.insert(1, "-" * len(lines[0]))
         lines.insert(len(lines) - 1, "-" * len(lines[0]))
         if self.file_bytes:
@@ -285,7 +290,16 @@ def _with_coded(row: LayerRow, stream: dict | None) -> LayerRow:
         codecs = f"codes={stream['codes_codec'] if stream else 'stored'}"
         if row.index_bits:
             codecs += f" gaps={stream['gaps_codec'] if stream else 'stored'}"
-    return dataclasses.replace(row, coded_codes_bytes=codes, coded_index_bytes=index, codecs=codecs)
+    models = {} if stream is None else {k: stream[k] for k in ("codes_entropy_bytes", "positions_entropy_bytes")}
+    if stream and row.index_bits:
+        models["positions_model"] = stream["positions_model"]
+    if row.form == "sparse-f32":
+        models.pop("codes_entropy_bytes", None)
+    return dataclasses.replace(row, coded_codes_bytes=codes, coded_index_bytes=index, codecs=codecs, **models)
+
+
+def _fmt_bytes(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _int_or_none(text: str | None) -> int | None:

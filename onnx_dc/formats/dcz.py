@@ -9,6 +9,9 @@ This is the paper's "P+Q+H" storage. Packing is lossless at the byte level:
                 | per stream: entropy_code(unpack_bits(stream, width, count))
     unpack    = remainder with every stream re-inserted as pack_bits(decode(...), width)
 
+Version 2 may code a sparse node's gaps as its mask and its codes as the kept entries' codes
+alone (position models, onnx_dc/formats/dczmask.py), where that is smaller.
+
 A stream whose bytes would not come back identical from ``pack_bits`` (non-zero padding
 bits, odd sizes) is stored verbatim, and pack checks ``unpack(pack(x)) == x`` before it
 returns. Every section carries a CRC-32, the header and section table one more, and the
@@ -19,6 +22,7 @@ limits below before anything is allocated. docs/FORMAT.md is the byte-level spec
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import lzma
 import os
@@ -33,6 +37,7 @@ import onnx
 
 from onnx_dc import progress
 from onnx_dc.errors import ConfigError, FormatError, ModelError
+from onnx_dc.formats import dczmask
 from onnx_dc.graph import layout
 from onnx_dc.graph.io import write_bytes_atomic
 from onnx_dc.numerics import huffman, rangecoder
@@ -40,7 +45,9 @@ from onnx_dc.numerics.bitpack import MAX_BITS, pack_bits, packed_size, unpack_bi
 from onnx_dc.numerics.symstream import entropy_bits
 
 MAGIC = b"\x89DCZ\r\n\x1a\n"
-VERSION = 1
+VERSION = 2
+READ_VERSIONS = (1, 2)
+"""Version 2 adds the position models (codecs MASK and REAL_CODES, onnx_dc/formats/dczmask.py)."""
 MAX_OUTPUT_BYTES = (1 << 31) - 1
 """A ``*.dc.onnx`` is one protobuf message, which cannot exceed 2 GiB."""
 EXPANSION_ALLOWANCE = 64 << 20
@@ -51,7 +58,9 @@ MAX_COUNT = (1 << 32) - 1
 
 # Section codecs.
 STORED, ZLIB, XZ, HUFFMAN, RANGE = 0, 1, 2, 3, 4
-CODEC_NAMES = {STORED: "stored", ZLIB: "zlib", XZ: "xz", HUFFMAN: "huffman", RANGE: "range"}
+MASK, REAL_CODES = dczmask.MASK, dczmask.REAL_CODES
+CODEC_NAMES = {STORED: "stored", ZLIB: "zlib", XZ: "xz", HUFFMAN: "huffman", RANGE: "range", MASK: "mask",
+               REAL_CODES: "real-codes"}
 # Section roles.
 REMAINDER, CODES, GAPS = 0, 1, 2
 ROLE_NAMES = {REMAINDER: "remainder", CODES: "codes", GAPS: "gaps"}
@@ -124,6 +133,7 @@ class Stream:
     count: int
     offset: int
     length: int
+    shape: tuple[int, ...] = ()
 
 
 # ============================================================================ finding the streams
@@ -201,15 +211,15 @@ def _add_tensor_span(buf: memoryview, start: int, stop: int, spans: dict, seen: 
     spans[name] = raw
 
 
-def _decoder_streams(model) -> dict[str, tuple[str, int, int, int, int]]:
-    """Initializer name -> (weight name, op id, role, width, count) over the main graph's decoder nodes."""
-    found: dict[str, tuple[str, int, int, int, int]] = {}
+def _decoder_streams(model) -> dict[str, tuple]:
+    """Initializer name -> (weight name, op id, role, width, count, shape) over the main graph's decoder nodes."""
+    found: dict[str, tuple] = {}
     for node in layout.decoder_nodes(model.graph):
         dec = layout.read_decoder(node)
         for role, name in dec.inputs.items():
             width = {layout.CODES: dec.code_bits, layout.GAPS: dec.index_bits}.get(role, 0)
             if role in _ROLES and 1 <= width <= MAX_BITS and 0 <= dec.count <= MAX_COUNT:
-                found.setdefault(name, (dec.weight, _OP_IDS[dec.kind], _ROLES[role], width, dec.count))
+                found.setdefault(name, (dec.weight, _OP_IDS[dec.kind], _ROLES[role], width, dec.count, dec.shape))
     return found
 
 
@@ -232,18 +242,18 @@ def find_streams(data: bytes) -> list[Stream]:
     tensors = {t.name: t for t in model.graph.initializer if t.name in wanted and t.name in spans}
     streams = []
     for name, tensor in tensors.items():
-        weight, op, role, width, count = wanted[name]
+        weight, op, role, width, count, shape = wanted[name]
         offset, length = spans[name]
         if tensor.data_type != onnx.TensorProto.UINT8 or length != packed_size(count, width):
             continue
         if data[offset : offset + length] != tensor.raw_data:
             continue
-        streams.append(Stream(name, weight, op, role, width, count, offset, length))
+        streams.append(Stream(name, weight, op, role, width, count, offset, length, shape))
     return sorted(streams, key=lambda s: s.offset)
 
 
 # ============================================================================ packing
-def pack_bytes(dc_onnx: bytes, codec: str = "auto") -> bytes:
+def pack_bytes(dc_onnx: bytes, codec: str = "auto", positions: bool = True) -> bytes:
     """Pack a serialized ``*.dc.onnx`` into ``.dcz`` bytes.
 
     Args:
@@ -252,6 +262,9 @@ def pack_bytes(dc_onnx: bytes, codec: str = "auto") -> bytes:
             ``"auto"`` (per stream the smaller of both). A stream is stored as it is when
             that is smaller (tiny or incompressible streams) or when re-packing its symbols
             would not reproduce its bytes.
+        positions: with ``"auto"``, also try the position models of version 2 on every
+            sparse node (onnx_dc/formats/dczmask.py) and keep them where they are smaller;
+            False (or an explicit codec) codes every stream order-0 on its own, as version 1 did.
 
     Returns:
         The ``.dcz`` bytes; the same input and codec always give the same bytes, and
@@ -267,7 +280,11 @@ def pack_bytes(dc_onnx: bytes, codec: str = "auto") -> bytes:
     if len(data) > MAX_OUTPUT_BYTES:
         raise ModelError(f"a .dc.onnx of {len(data)} bytes exceeds the 2 GiB protobuf limit")
     streams = find_streams(data)
-    coded = [_stream_section(data, s, codec) for s in progress.bar(streams, desc="pack", unit="stream")]
+    symbols = [_repacking_symbols(data, s) for s in streams]  # None where re-packing would change the bytes
+    coded = [_stream_section(data, s, sym, codec)
+             for s, sym in progress.bar(list(zip(streams, symbols)), desc="pack", unit="stream")]
+    if positions and codec == "auto":
+        coded = _mask_sections(streams, symbols, coded)
     packed = _assemble(data, [_remainder_section(data, streams), *coded])
     if _within_limits(packed, len(data)) and _round_trips(packed, data):
         return packed
@@ -295,17 +312,58 @@ def _remainder_section(data: bytes, streams: list[Stream]) -> _Section:
     return _Section(REMAINDER, codec, 0, 0, 0, len(remainder), 0, "", "", payload)
 
 
-def _stream_section(data: bytes, s: Stream, codec: str) -> _Section:
+def _stream_section(data: bytes, s: Stream, symbols: np.ndarray | None, codec: str) -> _Section:
     raw = data[s.offset : s.offset + s.length]
-    symbols = unpack_bits(np.frombuffer(raw, dtype=np.uint8), s.width, s.count)
     candidates = [(STORED, raw)]
-    if pack_bits(symbols, s.width).tobytes() == raw:
+    if symbols is not None:
         if codec in ("auto", "huffman"):
             candidates.append((HUFFMAN, huffman.encode(symbols)))
         if codec in ("auto", "range"):
             candidates.append((RANGE, rangecoder.encode(symbols)))
     chosen, payload = min(candidates, key=lambda c: len(c[1]))  # ties: the earlier candidate
     return _Section(s.role, chosen, s.width, s.op, s.offset, s.length, s.count, s.name, s.weight, payload)
+
+
+def _mask_sections(streams: list[Stream], symbols: list[np.ndarray | None], coded: list[_Section]) -> list[_Section]:
+    """Replace a sparse node's order-0 sections by its mask-coded ones where those are smaller."""
+    by_weight: dict[str, dict[int, int]] = {}
+    for i, s in enumerate(streams):
+        by_weight.setdefault(s.weight, {})[s.role] = i
+    out = list(coded)
+    for roles in by_weight.values():
+        node = _node_streams(streams, symbols, roles)
+        if node is None:
+            continue
+        today = sum(len(coded[i].payload) for i in roles.values())
+        found = dczmask.code_node(node, today)
+        if found is None:
+            continue
+        out[roles[GAPS]] = dataclasses.replace(coded[roles[GAPS]], codec=MASK, payload=found.gaps_payload)
+        if found.codes_payload is not None:
+            out[roles[CODES]] = dataclasses.replace(coded[roles[CODES]], codec=REAL_CODES, payload=found.codes_payload)
+    return out
+
+
+def _node_streams(streams: list[Stream], symbols: list[np.ndarray | None],
+                  roles: dict[int, int]) -> dczmask.NodeStreams | None:
+    """A sparse node's symbols when its streams re-pack to their own bytes, else None."""
+    if GAPS not in roles:
+        return None
+    gaps = streams[roles[GAPS]]
+    want_codes = OP_NAMES[gaps.op] == layout.SPARSE
+    if gaps.count == 0 or want_codes != (CODES in roles) or (want_codes and streams[roles[CODES]].count != gaps.count):
+        return None
+    node = {role: symbols[i] for role, i in roles.items()}
+    if any(v is None for v in node.values()):
+        return None
+    code_bits = streams[roles[CODES]].width if want_codes else 0
+    return dczmask.NodeStreams(gaps.shape, gaps.width, node[GAPS], node.get(CODES), code_bits)
+
+
+def _repacking_symbols(data: bytes, s: Stream) -> np.ndarray | None:
+    raw = data[s.offset : s.offset + s.length]
+    symbols = unpack_bits(np.frombuffer(raw, dtype=np.uint8), s.width, s.count)
+    return symbols if pack_bits(symbols, s.width).tobytes() == raw else None
 
 
 def _assemble(data: bytes, sections: list[_Section]) -> bytes:
@@ -351,6 +409,7 @@ def _round_trips(packed: bytes, data: bytes) -> bool:
 # ============================================================================ reading
 @dataclass(frozen=True)
 class _Header:
+    version: int
     sections: int
     size: int
     digest: bytes
@@ -363,8 +422,8 @@ def _read_header(buf: memoryview) -> _Header:
     magic, version, flags, sections, size, digest, table_bytes, crc = _HEADER.unpack_from(buf)
     if magic != MAGIC:
         raise FormatError("not a .dcz file (bad magic bytes)")
-    if version != VERSION:
-        raise FormatError(f"unsupported .dcz version {version} (this reader knows version {VERSION})")
+    if version not in READ_VERSIONS:
+        raise FormatError(f"unsupported .dcz version {version} (this reader knows versions 1..{VERSION})")
     if table_bytes > len(buf) - _HEADER.size:
         raise FormatError(f"section table of {table_bytes} bytes runs past the end of the file (truncated?)")
     table = buf[_HEADER.size : _HEADER.size + table_bytes]
@@ -377,7 +436,7 @@ def _read_header(buf: memoryview) -> _Header:
     limit = min(MAX_OUTPUT_BYTES, EXPANSION_ALLOWANCE + EXPANSION_RATIO * len(buf))
     if size > limit:
         raise FormatError(f"declared output of {size} bytes exceeds the limit of {limit} bytes for this file")
-    return _Header(sections, size, bytes(digest), table_bytes)
+    return _Header(version, sections, size, bytes(digest), table_bytes)
 
 
 def _read_table(buf: memoryview, head: _Header) -> list[_Entry]:
@@ -415,15 +474,24 @@ def _utf8(raw: memoryview, index: int) -> str:
         raise FormatError(f"section {index} has a name that is not UTF-8") from None
 
 
-def _check_entry(e: _Entry, index: int) -> None:
+_STREAM_CODECS = {1: (STORED, HUFFMAN, RANGE), 2: (STORED, HUFFMAN, RANGE, MASK, REAL_CODES)}
+# Which role and decoder ops each version-2 codec may code.
+_CODEC_USE = {MASK: (GAPS, (2, 3)), REAL_CODES: (CODES, (2,))}
+
+
+def _check_entry(e: _Entry, index: int, version: int) -> None:
     if e.role not in ROLE_NAMES:
         raise FormatError(f"{e.label(index)}: unknown role {e.role}")
     if e.role == REMAINDER:
         if index != 0 or e.codec not in (STORED, ZLIB, XZ) or e.width or e.op or e.count or e.offset:
             raise FormatError(f"{e.label(index)}: malformed remainder entry")
     else:
-        if index == 0 or e.codec not in (STORED, HUFFMAN, RANGE) or e.op not in OP_NAMES:
+        if index == 0 or e.codec not in _STREAM_CODECS[version] or e.op not in OP_NAMES:
             raise FormatError(f"{e.label(index)}: unknown codec {e.codec} or decoder op {e.op}")
+        role, ops = _CODEC_USE.get(e.codec, (e.role, (e.op,)))
+        if e.role != role or e.op not in ops:
+            raise FormatError(f"{e.label(index)}: codec {CODEC_NAMES[e.codec]} cannot code a "
+                              f"{ROLE_NAMES[e.role]} stream of decoder op {e.op}")
         if (
             not 1 <= e.width <= MAX_BITS
             or e.count > MAX_COUNT
@@ -454,9 +522,25 @@ def _read_sections(buf: memoryview) -> tuple[_Header, list[_Entry]]:
     head = _read_header(buf)
     entries = _read_table(buf, head)
     for index, entry in enumerate(entries):
-        _check_entry(entry, index)
+        _check_entry(entry, index, head.version)
     _check_layout(entries, head.size)
+    _check_links(entries)
     return head, entries
+
+
+def _check_links(entries: list[_Entry]) -> None:
+    """Each REAL_CODES section has exactly one MASK section of the same weight and entry count."""
+    masks: dict[str, _Entry] = {}
+    for index, e in enumerate(entries):
+        if e.codec == MASK:
+            if e.weight in masks:
+                raise FormatError(f"{e.label(index)}: a second mask section for weight {e.weight!r}")
+            masks[e.weight] = e
+    for index, e in enumerate(entries):
+        if e.codec == REAL_CODES:
+            mask = masks.get(e.weight)
+            if mask is None or mask.count != e.count or mask.op != e.op:
+                raise FormatError(f"{e.label(index)}: real codes without a matching mask section for {e.weight!r}")
 
 
 def _payload(buf: memoryview, e: _Entry, index: int) -> memoryview:
@@ -477,11 +561,41 @@ def unpack_bytes(dcz: bytes) -> bytes:
     head, entries = _read_sections(buf)
     out = bytearray(head.size)
     _fill_remainder(out, _inflate(_payload(buf, entries[0], 0), entries[0]), entries[1:])
+    real = {}  # weight -> which entries are kept weights, from its mask section
+    for index, entry in enumerate(entries):
+        if entry.codec == MASK:
+            decoded = _mask(_payload(buf, entry, index), entry, index)
+            _put(out, pack_bits(decoded.gaps, entry.width), entry, index)
+            real[entry.weight] = decoded.real
     for index, entry in enumerate(entries[1:], start=1):
-        _fill_stream(out, _payload(buf, entry, index), entry, index)
+        if entry.codec == REAL_CODES:
+            codes = _real_codes(_payload(buf, entry, index), entry, index, real)
+            _put(out, pack_bits(codes, entry.width), entry, index)
+        elif entry.codec != MASK:
+            _fill_stream(out, _payload(buf, entry, index), entry, index)
     if hashlib.sha256(out).digest() != head.digest:
         raise FormatError("reconstructed file fails its SHA-256 check (corrupt file)")
     return bytes(out)
+
+
+def _mask(payload: memoryview, e: _Entry, index: int) -> dczmask.DecodedMask:
+    try:
+        return dczmask.decode_mask_section(payload, e.count, e.width)
+    except FormatError as err:
+        raise FormatError(f"{e.label(index)}: {err}") from None
+
+
+def _real_codes(payload: memoryview, e: _Entry, index: int, real: dict[str, np.ndarray]) -> np.ndarray:
+    try:
+        return dczmask.decode_real_codes(payload, real[e.weight], e.width)
+    except FormatError as err:
+        raise FormatError(f"{e.label(index)}: {err}") from None
+
+
+def _put(out: bytearray, packed: np.ndarray, e: _Entry, index: int) -> None:
+    if packed.size != e.raw_length:
+        raise FormatError(f"{e.label(index)} decoded to {packed.size} bytes, expected {e.raw_length}")
+    out[e.offset : e.offset + e.raw_length] = packed.tobytes()
 
 
 def _inflate(payload: memoryview, e: _Entry) -> bytes:
@@ -532,16 +646,22 @@ def _fill_stream(out: bytearray, payload: memoryview, e: _Entry, index: int) -> 
 
 # ============================================================================ report
 def stream_report(dcz: bytes) -> list[dict]:
-    """Per compressed weight: its streams' packed (P+Q) and entropy-coded (P+Q+H) sizes.
+    """Per compressed weight: its streams' packed (P+Q) and entropy-coded (P+Q+H) sizes and models.
 
-    Every stream is decoded (and checksum-verified) to measure its empirical entropy.
+    Every stream is decoded (and checksum-verified) to measure its entropy under the model
+    it was coded with: order-0 for a Huffman / range / stored stream, the row / column model
+    for a mask (its side information, the counts, is what the coded size holds beyond that).
 
     Returns:
         One dict per weight, in file order, with keys ``name`` (the weight W), ``op``,
-        ``count``, ``code_bits``, ``index_bits``, and for ``codes`` and ``gaps`` each:
-        ``{role}_packed_bytes``, ``{role}_coded_bytes``, ``{role}_codec``,
-        ``{role}_entropy_bits`` (bits/symbol, None when the weight has no such stream);
-        plus ``packed_bytes`` and ``coded_bytes`` summed over both.
+        ``count`` (stored entries), ``kept`` (real entries: count minus fillers, or count),
+        ``code_bits``, ``index_bits`` (raw bits per code / index), and for ``codes`` and
+        ``gaps`` each: ``{role}_packed_bytes``, ``{role}_coded_bytes``, ``{role}_codec``,
+        ``{role}_entropy_bits`` (order-0 entropy of the stream's symbols, bits/symbol, None
+        when the weight has no such stream); ``codes_model`` and ``positions_model`` (the
+        model chosen), ``codes_entropy_bytes`` and ``positions_entropy_bytes`` (the entropy
+        of the codes and of the positions under that model, in bytes); plus
+        ``packed_bytes`` and ``coded_bytes`` summed over both streams.
 
     Raises:
         FormatError: on malformed input.
@@ -549,13 +669,26 @@ def stream_report(dcz: bytes) -> list[dict]:
     buf = memoryview(dcz).cast("B")
     _, entries = _read_sections(buf)
     rows: dict[str, dict] = {}
+    masks = {e.weight: (_mask(_payload(buf, e, i), e, i), e) for i, e in enumerate(entries) if e.codec == MASK}
+    real = {w: m.real for w, (m, _) in masks.items()}
     for index, e in enumerate(entries[1:], start=1):
         row = rows.setdefault(e.weight, _empty_row(e))
         role = ROLE_NAMES[e.role]
         row[f"{role}_packed_bytes"] = e.raw_length
         row[f"{role}_coded_bytes"] = e.stored_length
         row[f"{role}_codec"] = CODEC_NAMES[e.codec]
-        row[f"{role}_entropy_bits"] = entropy_bits(_symbols(_payload(buf, e, index), e, index))
+        if e.codec == MASK:
+            decoded = masks[e.weight][0]
+            symbols = decoded.gaps
+            row.update(dczmask.mask_row(decoded))
+        elif e.codec == REAL_CODES:
+            symbols = _real_codes(_payload(buf, e, index), e, index, real)
+            real_codes = symbols[real[e.weight]]
+            row.update(dczmask.order0_row(real_codes, role), codes_model="order-0 of kept entries")
+        else:
+            symbols = _symbols(_payload(buf, e, index), e, index)
+            row.update(dczmask.order0_row(symbols, role))
+        row[f"{role}_entropy_bits"] = entropy_bits(symbols)
         row["code_bits" if e.role == CODES else "index_bits"] = e.width
         row["packed_bytes"] += e.raw_length
         row["coded_bytes"] += e.stored_length
@@ -563,11 +696,13 @@ def stream_report(dcz: bytes) -> list[dict]:
 
 
 def _empty_row(e: _Entry) -> dict:
-    row = {"name": e.weight, "op": OP_NAMES[e.op], "count": e.count, "code_bits": 0, "index_bits": 0}
+    row = {"name": e.weight, "op": OP_NAMES[e.op], "count": e.count, "kept": e.count, "code_bits": 0,
+           "index_bits": 0}
     for role in ("codes", "gaps"):
         row[f"{role}_packed_bytes"] = row[f"{role}_coded_bytes"] = 0
         row[f"{role}_codec"] = row[f"{role}_entropy_bits"] = None
-    row.update(packed_bytes=0, coded_bytes=0)
+    row.update(codes_model="order-0", positions_model="order-0 gaps", codes_entropy_bytes=None,
+               positions_entropy_bytes=None, packed_bytes=0, coded_bytes=0)
     return row
 
 
