@@ -94,27 +94,31 @@ def _goal(variant: str, name: str, key: str) -> float | None:
 
 
 def _stream_rows(packed: bytes) -> dict[str, dict]:
-    """Per weight name: bits per stored entry of codes and indices, packed and entropy-coded, and their entropy."""
+    """Per weight name, per kept weight: bits of its code and position packed (runnable file, fillers
+    included) and entropy-coded (.dcz), the entropy under the coder's model, and the models chosen."""
     out = {}
     for r in dcz.stream_report(packed):
-        n = max(1, r["count"])
+        kept = max(1, r["kept"])
+
+        def per_kept(nbytes) -> float | None:
+            return None if not nbytes else round(8.0 * nbytes / kept, 3)
+
         out[r["name"]] = {
-            "entries": r["count"],
-            "code_bits_coded": round(8.0 * r["codes_coded_bytes"] / n, 3),
-            "index_bits_coded": round(8.0 * r["gaps_coded_bytes"] / n, 3),
-            "code_entropy_bits": None if r["codes_entropy_bits"] is None else round(r["codes_entropy_bits"], 3),
-            "index_entropy_bits": None if r["gaps_entropy_bits"] is None else round(r["gaps_entropy_bits"], 3),
-            "codes_codec": r["codes_codec"], "gaps_codec": r["gaps_codec"],
-            **{k: v for k, v in r.items() if k.startswith(("mask_", "model"))},
+            "entries": r["count"], "kept": r["kept"],
+            "code_bits_packed": per_kept(r["codes_packed_bytes"]), "code_bits_coded": per_kept(r["codes_coded_bytes"]),
+            "code_entropy_bits": per_kept(r.get("codes_entropy_bytes")),
+            "index_bits_packed": per_kept(r["gaps_packed_bytes"]), "index_bits_coded": per_kept(r["gaps_coded_bytes"]),
+            "index_entropy_bits": per_kept(r.get("positions_entropy_bytes")),
+            "codes_model": r.get("codes_model"), "positions_model": r.get("positions_model"),
         }
     return out
 
 
 def reproduce(name: str, variant: str, data: str, out_dir: Path, model_dir: Path = ROOT / "models",
-              echo=print) -> dict:
+              config_dir: Path = ROOT / "models", echo=print) -> dict:
     """Compress one reference model with fine-tuning under one config variant; returns its rows."""
     model_path = model_dir / f"{name}.onnx"
-    config_path = ROOT / "models" / VARIANTS[variant].format(name=name)
+    config_path = config_dir / VARIANTS[variant].format(name=name)
     run = name if variant == "paper" else f"{name}-{variant}"
     if not model_path.is_file():
         raise SystemExit(f"{model_path} is missing: run scripts/train_reference.py first")
@@ -148,7 +152,7 @@ def reproduce(name: str, variant: str, data: str, out_dir: Path, model_dir: Path
     totals = report.totals()
     return {
         "name": run, "model": name, "variant": variant, "title": f"{paper['title']}, {variant} config",
-        "config": str(config_path.relative_to(ROOT)),
+        "config": str(config_path.relative_to(ROOT) if config_path.is_relative_to(ROOT) else config_path),
         "dense_weight_bytes": report.dense_weight_bytes, "dense_file_bytes": model_path.stat().st_size,
         "file_bytes": file_bytes, "ratio": round(report.dense_weight_bytes / file_bytes, 2),
         "dc_onnx_ratio": round(report.dense_weight_bytes / file_bytes, 2),
@@ -195,11 +199,12 @@ def table(r: dict) -> str:
 
 
 def coded_table(r: dict) -> str:
-    """Per layer: bits per stored code and index in the runnable file, after entropy coding, and the entropy."""
-    head = (f"{'layer':<7}{'entries':>8}{'code bits: packed':>19}{'coded':>7}{'entropy':>9}"
-            f"{'index bits: packed':>20}{'coded':>7}{'entropy':>9}  models")
+    """Per layer, in bits per kept weight: code and position as stored in the runnable file (fillers
+    included), after entropy coding in the .dcz, and the entropy under the coder's model."""
+    head = (f"{'layer':<7}{'kept':>7}{'code: packed':>14}{'coded':>7}{'entropy':>9}"
+            f"{'position: packed':>18}{'coded':>7}{'entropy':>9}  models (codes; positions)")
     lines = [f"{r['name']}: {r['file_bytes']} B runnable ({r['dc_onnx_ratio']:.1f}x), "
-             f"{r['dcz_bytes']} B packed ({r['dcz_ratio']:.1f}x)", head, "-" * len(head)]
+             f"{r['dcz_bytes']} B packed ({r['dcz_ratio']:.1f}x); bits per kept weight", head, "-" * len(head)]
 
     def num(v) -> str:
         return "-" if v is None else f"{v:.2f}"
@@ -209,10 +214,9 @@ def coded_table(r: dict) -> str:
         if not c:
             lines.append(f"{row['layer']:<7}{'(stored as float32)':>30}")
             continue
-        models = ", ".join(str(v) for k, v in c.items() if k.startswith("model") or k.endswith("codec"))
-        lines.append(f"{row['layer']:<7}{c['entries']:>8}{row['code_bits']:>19}{c['code_bits_coded']:>7.2f}"
-                     f"{num(c['code_entropy_bits']):>9}{row['index_bits']:>20}{c['index_bits_coded']:>7.2f}"
-                     f"{num(c['index_entropy_bits']):>9}  {models}")
+        lines.append(f"{row['layer']:<7}{c['kept']:>7}{num(c['code_bits_packed']):>14}{num(c['code_bits_coded']):>7}"
+                     f"{num(c['code_entropy_bits']):>9}{num(c['index_bits_packed']):>18}{num(c['index_bits_coded']):>7}"
+                     f"{num(c['index_entropy_bits']):>9}  {c['codes_model']}; {c['positions_model']}")
     return "\n".join(lines)
 
 
@@ -242,17 +246,31 @@ def main(argv=None) -> int:
                              "file itself is >= 32x smaller than the dense weights; best: the smallest files at the "
                              "paper's reference error")
     parser.add_argument("--model-dir", default=str(ROOT / "models"), help="where the dense reference models are")
+    parser.add_argument("--config-dir", default=str(ROOT / "models"),
+                        help="where the configs ({model}.dc.yaml, .32x.dc.yaml, .best.dc.yaml) are")
     parser.add_argument("--out", default=str(ROOT / "out" / "reproduce"))
     parser.add_argument("--save-models", action="store_true", help="also copy the .dc.onnx files into models/")
     parser.add_argument("--json", default=str(ROOT / "out" / "reproduce_paper.json"))
+    parser.add_argument("--tables-from", nargs="+", metavar="JSON",
+                        help="train nothing: print the tables of earlier runs' JSON files (merged into --json)")
     args = parser.parse_args(argv)
+    if args.tables_from:
+        runs = [json.loads(Path(p).read_text()) for p in args.tables_from]
+        merged = {"models": [m for run in runs for m in run["models"]], "seconds": sum(run["seconds"] for run in runs),
+                  "data": runs[0]["data"], "from": args.tables_from}
+        Path(args.json).write_text(json.dumps(merged, indent=2))
+        for r in merged["models"]:
+            print(table(r), end="\n\n")
+        print(summary(merged["models"]))
+        print(f"\nruns took {merged['seconds']:.0f} s together; wrote {args.json}")
+        return 0
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     results = []
     for name in args.models:
         for variant in args.variants:
-            results.append(reproduce(name, variant, args.data, out_dir, Path(args.model_dir)))
+            results.append(reproduce(name, variant, args.data, out_dir, Path(args.model_dir), Path(args.config_dir)))
             if args.save_models:
                 shutil.copyfile(results[-1]["path"], ROOT / "models" / f"{results[-1]['name']}.dc.onnx")
                 if variant == "best":
