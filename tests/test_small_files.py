@@ -30,7 +30,7 @@ SIZES = (64, 300, 64, 10)  # b0 (1200 B) stays in the source file when read lazi
 CONFIG = {"defaults": {"sparse_ratio": 0.8, "class_num": 8},
           "nodes": [{"match": "fc0", "bias": "float16"}, {"match": "fc2", "sparse_ratio": 0.0, "class_num": 16}]}
 STRUCTURE = {"code_bits", "index_bits", "count", "numel", "shape"}
-FORMAT1 = ROOT / "models" / "lenet5-32x.dc.onnx"  # written before format 2: generic names, every attribute
+FORMAT1 = ROOT / "tests" / "fixtures" / "lenet5-32x.format1.dc.onnx"  # a format-1 file (models/ before format 2): bare kind names, every attribute
 
 
 @pytest.fixture(scope="module")
