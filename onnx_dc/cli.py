@@ -44,7 +44,8 @@ def _add_calib_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib", help="images:DIR, npz:FILE (one array per input name), mnist:DIR, fashion-mnist:DIR, digits")
     g.add_argument("--size", help="resize images to H,W")
     g.add_argument("--channels", choices=("rgb", "bgr", "gray"), help="image channel order (default: from the model)")
-    g.add_argument("--calib-limit", type=int, help="calibration samples at most (default 256; seeded choice)")
+    g.add_argument("--calib-limit", type=int, help="calibration samples at most (default: as many as 16 MB of model input hold, "
+                                                        "256-1024; seeded choice)")
 
 
 def _calib_from(args: argparse.Namespace):

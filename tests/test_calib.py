@@ -193,3 +193,12 @@ def test_npz_without_an_input(tmp_path):
     with pytest.raises(DataError) as exc:
         load_calib(f"npz:{tmp_path / 'w.npz'}", two_input_model())
     assert "4x9" not in one_line(exc) and "1x9" in str(exc.value) and "?x8" in str(exc.value)
+
+
+def test_default_calib_limit_follows_the_sample_size():
+    from onnx_dc.data.calib import auto_limit
+
+    assert auto_limit(4 * 28 * 28) == 1024  # MNIST-sized input: 1024 samples (3 MB)
+    assert auto_limit(4 * 3 * 224 * 224) == 256  # 600 KB per sample: the floor
+    assert auto_limit(4 * 64 * 64) == 1024 and auto_limit(4 * 3 * 64 * 64) == 341
+    assert parse_calib_spec("digits").limit is None and parse_calib_spec("digits", limit=5).limit == 5
