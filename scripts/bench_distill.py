@@ -220,7 +220,7 @@ def cases(folder: Path, epochs: int, limit: int) -> dict:
     def lenet():
         spec = replace(as_calib_spec(f"mnist:{MNIST}"), limit=60000)
         return dict(path=ROOT / "models" / "lenet_300_100.onnx", spec=spec, settings={"sparse_ratio": 0.9, "class_num": 32},
-                    schedule={"epochs": 2, "batch_size": 64}, accuracy=mnist_accuracy,
+                    schedule={"epochs": 5, "batch_size": 64}, accuracy=mnist_accuracy,
                     note="MNIST train images without labels; accuracy on the 10,000 test images")
 
     def ultraface(variant):
