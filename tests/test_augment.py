@@ -59,3 +59,12 @@ def test_shift_refuses_inputs_that_are_not_images():
     x, y = np.zeros((8, 64), np.float32), np.zeros(8, np.int64)
     with pytest.raises(ConfigError, match="shift: 2 moves images"):
         fit(state, TrainForm.MASKED, x, y, settings.retrain, shift=2)
+
+
+def test_label_free_fine_tuning_refuses_shift():
+    import onnx_dc
+    from conftest import mlp_model
+
+    with pytest.raises(ConfigError, match="shift"):
+        onnx_dc.compress(mlp_model(), None, sparse_ratio=0.5, class_num=8, calib="digits", epochs=1,
+                         schedule={"shift": 1})

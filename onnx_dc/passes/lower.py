@@ -143,7 +143,7 @@ def lower(state: CompressionState, extra_skipped: tuple[Skipped, ...] = ()) -> o
     graph.node.extend(decoder_nodes + nodes)
     _add_functions(out, used_ops)
     _halve_biases(out, [n.output[0] for n in decoder_nodes
-                        if layout.read_decoder(n).settings.bias == BiasType.FLOAT16])
+                        if state.layers[n.output[0]].entry.settings.bias == BiasType.FLOAT16])
     derived = {(e[0], e[2]) for e in layout.bias_entries(graph)}
     _set_metadata(out, state, [s for s in skipped if (s.node, s.tensor) not in derived])
     return out

@@ -40,7 +40,7 @@ from onnx import helper as oh
 from onnx import numpy_helper
 
 from onnx_dc.data.calib import Samples
-from onnx_dc.errors import DataError, ModelError
+from onnx_dc.errors import ConfigError, DataError, ModelError
 from onnx_dc.passes.share import share
 from onnx_dc.passes.state import CompressionState
 from onnx_dc.train.forms import LOSS, LossBuilder, TrainForm, downstream
@@ -258,9 +258,13 @@ def distill(
 
     Raises:
         TrainingUnavailable: when onnxruntime-training cannot be imported.
+        ConfigError: for ``train.shift``: the teacher's outputs belong to the samples as given.
     """
     from onnx_dc.train.ort_training import training_modules
 
+    if settings.shift:
+        raise ConfigError(f"{name}: train: shift moves training images, but label-free fine-tuning matches the "
+                          "original model's outputs on the samples as given; set shift: 0 (it applies with --data)")
     training_modules()
     if len(samples) == 0:
         raise DataError(f"{name}: no calibration samples to fine-tune on")
