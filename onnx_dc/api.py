@@ -173,7 +173,7 @@ def _compress_calibrated(model, state, cfg, calib, data, preprocess, output_path
     if data is None:
         if schedule is not None and not epochs:
             raise ConfigError("a fine-tuning schedule was given without epochs; pass epochs=N to fine-tune")
-        run = calibrate.run_calibrated(state, run)
+        run = calibrate.run_calibrated(state, run, echo)
         if epochs:
             _distill(model, state, run, cfg, schedule, epochs, echo, overrides.get("seed"))
         out = finish(state, output_path, preprocess, input_path)

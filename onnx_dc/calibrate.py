@@ -7,6 +7,7 @@ the passes themselves live in :mod:`onnx_dc.passes` and the measurements in :mod
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -18,9 +19,10 @@ from onnx_dc.data.calib import CalibData, CalibSpec, as_calib_spec, load_calib
 from onnx_dc.data.datasets import DataSpec, Preprocess, load_dataset
 from onnx_dc.errors import DataError
 from onnx_dc.graph.io import load_model
-from onnx_dc.passes.data_aware import DataAwareResult, DataAwareSettings, parse_data_aware, run_data_aware
+from onnx_dc.passes.data_aware import (DataAwareResult, DataAwareSettings, compress_layer, compress_plain,
+                                       parse_data_aware, run_data_aware)
 from onnx_dc.passes.state import CompressionState
-from onnx_dc.runtime.collect import Collected, collect_stats
+from onnx_dc.runtime.collect import Collected, Collector
 from onnx_dc.runtime.fidelity import Fidelity, compare_outputs, mean_error, measure_fidelity, responsible_layers
 from onnx_dc.runtime.session import load_any
 
@@ -76,12 +78,37 @@ def check_data_agrees(calib: CalibData, data: DataSpec | str, preprocess: Prepro
                         "give both for the same input size")
 
 
-def run_calibrated(state: CompressionState, run: CalibRun) -> CalibRun:
-    """Collect statistics on the calibration part and run the data-aware passes on ``state``."""
-    collected = collect_stats(state, run.data.calib, batch_size=run.settings.batch_size,
-                              full_max_dim=run.settings.full_hessian_max_dim)
-    result = run_data_aware(state, collected.stats, run.settings, collected.unsupported)
-    return CalibRun(run.data, run.settings, collected, result)
+def run_calibrated(state: CompressionState, run: CalibRun, echo=None) -> CalibRun:
+    """Collect statistics on the calibration part and run the data-aware passes on ``state``.
+
+    With ``sequential`` (the default) the layers go in waves (:meth:`Collector.waves`): each
+    wave's statistics are measured on the model whose earlier waves are already compressed,
+    paired with the original model's, then the wave is compressed. Layers without statistics
+    are compressed the data-free way first, so the waves see them compressed too.
+    """
+    start = time.perf_counter()
+    settings = run.settings
+    collector = Collector(state, run.data.calib, settings.batch_size, settings.full_hessian_max_dim)
+    if not settings.sequential:
+        stats = collector.collect()
+        result = run_data_aware(state, stats, settings, collector.unsupported)
+    else:
+        result = DataAwareResult(without_stats=dict(collector.unsupported))
+        for name in collector.unsupported:
+            compress_plain(state.layers[name])
+        stats = {}
+        waves = collector.waves()
+        for i, wave in enumerate(waves):
+            wave_stats = collector.collect(wave, state.dense_model())
+            for name in wave:
+                compress_layer(state, name, wave_stats[name], settings, result)
+            stats.update(wave_stats)
+            if echo is not None and (i + 1 == len(waves) or (i + 1) % 10 == 0):
+                echo(f"data-aware: wave {i + 1}/{len(waves)} ({len(stats)} layer(s)) in "
+                     f"{time.perf_counter() - start:.1f} s")
+        result.waves = len(waves)
+    collected = Collected(stats, collector.unsupported, time.perf_counter() - start, len(run.data.calib))
+    return CalibRun(run.data, settings, collected, result)
 
 
 def run_with_stats(state: CompressionState, stats: Mapping[str, Any], settings: DataAwareSettings) -> DataAwareResult:
@@ -127,7 +154,8 @@ def _candidates(state: CompressionState, run: CalibRun) -> list[str]:
         w2 = original_weights(state, name).ravel()[st.view.index]
         wq2 = state.layers[name].weights.ravel()[st.view.index]
         h, groups = st.stats.hessian(), st.view.group_of_rows()
-        return output_error(w2, wq2, h, groups) / max(output_error(w2, 0 * w2, h, groups), 1e-30)
+        cross = st.stats.target_cross() if st.stats.cross is not None else None
+        return output_error(w2, wq2, h, groups, cross) / max(output_error(w2, 0 * w2, h, groups), 1e-30)
 
     return sorted(names, key=own_error, reverse=True)[:ATTRIBUTION_LAYERS]
 

@@ -226,3 +226,32 @@ def test_differentiable_equivalents_compute_the_same(op, attrs, extra):
     feed = Samples({"x": rng.normal(size=(3, 2, 8, 5, 6)).astype(np.float32)}, stackable=True)
     np.testing.assert_allclose(run_teacher(rewritten, feed, ["y"])["y"], run_teacher(model, feed, ["y"])["y"],
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("w_shape,attrs", [
+    ((8, 4, 3, 3), {}),
+    ((8, 4, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]}),
+    ((8, 1, 3, 3), {"group": 8, "dilations": [5, 1], "pads": [10, 1, 10, 1]}),  # gtcrn's dilated depthwise
+    ((8, 2, 1, 5), {"group": 2, "strides": [1, 2], "pads": [0, 2, 0, 2]}),  # gtcrn's upsampling along W
+    ((8, 3, 2, 4), {"strides": [3, 2], "dilations": [2, 1]}),
+])
+def test_conv_transpose_equivalent_computes_the_same(w_shape, attrs):
+    """ConvTranspose (no CPU gradient in onnxruntime-training) rewritten as zero insertion + Pad + Conv."""
+    from onnx_dc.train.equivalents import differentiable_equivalents
+
+    rng = np.random.default_rng(1)
+    c_out = w_shape[1] * attrs.get("group", 1)
+    inits = [init("w", rng.normal(size=w_shape).astype(np.float32)), init("b", rng.normal(size=c_out).astype(np.float32))]
+    g = oh.make_graph([oh.make_node("ConvTranspose", ["x", "w", "b"], ["y"], name="up", **attrs)], "eq",
+                      [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 24, 6])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "c", "h", "w"])], inits)
+    model = finish_model(g)
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    assert differentiable_equivalents(rewritten) == 1
+    assert "ConvTranspose" not in [n.op_type for n in rewritten.graph.node]
+    feed = Samples({"x": rng.normal(size=(3, 2, 8, 24, 6)).astype(np.float32)}, stackable=True)
+    want = run_teacher(model, feed, ["y"])["y"]
+    got = run_teacher(rewritten, feed, ["y"])["y"]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -140,7 +140,9 @@ def compress_for_target(model, output_path, metric, target: float, sens: Sensiti
     """Compress ``model`` with the settings :func:`choose_settings` picks; write ``output_path`` if given.
 
     With ``calib`` (calibration samples) every round and the result run the data-aware passes,
-    as the sweep's points did, on statistics collected once.
+    as the sweep's points did: with sequential statistics (the default) each round is a whole
+    calibrated compress, so a round measures exactly the model the result will be; with
+    ``sequential: false`` the rounds share statistics collected once.
 
     Returns:
         (the :class:`~onnx_dc.api.CompressResult` of the chosen config, the :class:`TargetResult`).
@@ -152,11 +154,13 @@ def compress_for_target(model, output_path, metric, target: float, sens: Sensiti
         from onnx_dc.analysis.sensitivity import collect_calib_stats
 
         stats = collect_calib_stats(api.prepare(model), calib)
+        if stats.settings.sequential:
+            stats = None  # statistics depend on the round's upstream layers: each round collects its own
 
     def measure(config: dict[str, Any]) -> tuple[float, int, onnx.ModelProto]:
         with progress.quieted():
             if stats is None:
-                result = api.compress(model, None, config, preprocess=preprocess)
+                result = api.compress(model, None, config, preprocess=preprocess, calib=calib)
             else:
                 from onnx_dc.calibrate import run_with_stats
 

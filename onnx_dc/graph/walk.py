@@ -39,7 +39,7 @@ def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
         yield from g.node
 
 
-def _reads(node: onnx.NodeProto) -> set[str]:
+def reads(node: onnx.NodeProto) -> set[str]:
     """Names a node reads: its inputs and the names its subgraphs read from outside."""
     names = set(node.input)
     for sub in node_subgraphs(node):
@@ -54,7 +54,7 @@ def is_sorted(graph: onnx.GraphProto) -> bool:
     made = {out for node in graph.node for out in node.output}
     seen: set[str] = set()
     for node in graph.node:
-        if any(name in made and name not in seen for name in _reads(node)):
+        if any(name in made and name not in seen for name in reads(node)):
             return False
         seen.update(node.output)
     return all(is_sorted(sub) for node in graph.node for sub in node_subgraphs(node))
@@ -86,7 +86,7 @@ def _kahn(nodes: list[onnx.NodeProto]) -> list[int] | None:
     waiting = [0] * len(nodes)
     users: list[list[int]] = [[] for _ in nodes]
     for i, node in enumerate(nodes):
-        deps = {producer[name] for name in _reads(node) if name in producer and producer[name] != i}
+        deps = {producer[name] for name in reads(node) if name in producer and producer[name] != i}
         waiting[i] = len(deps)
         for d in deps:
             users[d].append(i)
@@ -101,3 +101,35 @@ def _kahn(nodes: list[onnx.NodeProto]) -> list[int] | None:
             if waiting[u] == 0:
                 heapq.heappush(ready, u)
     return order if len(order) == len(nodes) else None
+
+
+def weights_upstream(graph: onnx.GraphProto, weights: list[str], tensors: list[str]) -> dict[str, set[str]]:
+    """For each name in ``tensors``, the names in ``weights`` its value depends on (``graph`` sorted).
+
+    A node's outputs depend on everything its inputs depend on, and on what the nodes of its
+    subgraphs read from outside; a weight depends on itself.
+    """
+    bit = {name: 1 << i for i, name in enumerate(weights)}
+    reach: dict[str, int] = dict(bit)
+    for node in graph.node:
+        mask = 0
+        for name in reads(node):
+            mask |= reach.get(name, 0)
+        if mask:
+            for out in node.output:
+                reach[out] = mask
+    return {t: {w for w, b in bit.items() if reach.get(t, 0) & b} for t in tensors}
+
+
+def needed_nodes(graph: onnx.GraphProto, names: list[str]) -> list[int]:
+    """Indices, in stored order, of the nodes ``graph`` must run to compute ``names`` (subgraph reads included)."""
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    todo = [producer[n] for n in names if n in producer]
+    keep: set[int] = set()
+    while todo:
+        i = todo.pop()
+        if i in keep:
+            continue
+        keep.add(i)
+        todo.extend(producer[name] for name in reads(graph.node[i]) if name in producer)
+    return sorted(keep)

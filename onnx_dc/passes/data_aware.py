@@ -7,6 +7,13 @@
 Each step can be switched off in the config's ``calib:`` section (docs/CONFIG.md); the
 statistics come from :mod:`onnx_dc.runtime.collect`. Layers without statistics go the
 data-free way (magnitude pruning, plain k-means) and are listed in the result.
+
+The passes act on one layer at a time (:func:`compress_layer`), so the statistics may come
+from the original model for every layer at once (``sequential: false``) or wave by wave
+from the model whose upstream layers are already compressed (``sequential: true``, the
+default; :func:`onnx_dc.calibrate.run_calibrated` drives the waves): each layer then aims at
+the original layer's output from the inputs it will really get, which corrects the error
+that reaches it from upstream instead of letting it compound through a deep network.
 """
 
 from __future__ import annotations
@@ -19,15 +26,16 @@ from typing import Any, Mapping
 import numpy as np
 from onnx import numpy_helper
 
+from onnx_dc import progress
 from onnx_dc.errors import ConfigError
 from onnx_dc.passes.bias_correct import correct_bias
 from onnx_dc.passes.gptq import gptq_layer
-from onnx_dc.passes.prune import prune
-from onnx_dc.passes.prune_activation import prune_by_activation
+from onnx_dc.passes.prune import prune_layer
+from onnx_dc.passes.prune_activation import prune_layer_by_activation
 from onnx_dc.passes.reconstruct import reconstruct_layer
 from onnx_dc.passes.refit import refit_layer
-from onnx_dc.passes.share import share
-from onnx_dc.passes.state import CompressionState
+from onnx_dc.passes.share import share_layer
+from onnx_dc.passes.state import CompressionState, LayerState
 from onnx_dc.passes.stats import WeightStats
 
 
@@ -48,6 +56,7 @@ class DataAwareSettings:
     refit: bool = True
     bias_correction: bool = True
     gptq: bool = False
+    sequential: bool = True
     batch_size: int = 64
     full_hessian_max_dim: int = 4096
 
@@ -98,6 +107,7 @@ class DataAwareResult:
     bias_corrected: list[str] = field(default_factory=list)
     without_stats: dict[str, str] = field(default_factory=dict)
     original_biases: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
+    waves: int | None = None  # sequential statistics: how many waves; None when measured on the original alone
 
     def passes_ran(self) -> list[str]:
         """Names of the passes that changed at least one layer."""
@@ -111,7 +121,8 @@ class DataAwareResult:
         return {"passes": self.passes_ran(), "prune_by_activation": self.pruned_by_activation,
                 "reconstruct": self.reconstructed,
                 "weighted_kmeans": self.weighted_kmeans, "gptq": self.gptq, "refit": self.refit,
-                "bias_correction": self.bias_corrected, "without_statistics": self.without_stats}
+                "bias_correction": self.bias_corrected, "without_statistics": self.without_stats,
+                "sequential_waves": self.waves}
 
 
 def original_weights(state: CompressionState, name: str) -> np.ndarray:
@@ -120,33 +131,50 @@ def original_weights(state: CompressionState, name: str) -> np.ndarray:
     return numpy_helper.to_array(init).astype(np.float32)
 
 
+def compress_plain(layer: LayerState) -> None:
+    """The data-free way, for a layer without statistics: magnitude pruning, plain k-means."""
+    prune_layer(layer)
+    share_layer(layer)
+
+
+def compress_layer(state: CompressionState, name: str, st: WeightStats, settings: DataAwareSettings,
+                   result: DataAwareResult) -> None:
+    """Prune and share one planned layer from its input statistics; record what ran in ``result``."""
+    layer = state.layers[name]
+    original = original_weights(state, name)
+    s = layer.entry.settings
+    if settings.prune_by == PruneBy.ACTIVATION:
+        prune_layer_by_activation(layer, st)
+        if s.prunes and s.prune_quality is None:
+            result.pruned_by_activation.append(name)
+    else:
+        prune_layer(layer)
+    if settings.reconstruct and reconstruct_layer(layer, original, st):
+        result.reconstructed.append(name)
+    importance = None
+    if settings.weighted_kmeans:
+        h = st.element_moment(layer.weights.shape)
+        importance = h + 1e-6 * max(float(h.mean()), 1e-30)  # dead inputs still get a tiny say
+    if share_layer(layer, importance) and importance is not None:
+        result.weighted_kmeans.append(name)
+    if settings.gptq and gptq_layer(layer, original, st):
+        result.gptq.append(name)
+    if settings.refit and refit_layer(layer, original, st):
+        result.refit.append(name)
+    if settings.bias_correction:
+        before = correct_bias(state, name, original, st)
+        if before is not None:
+            result.bias_corrected.append(name)
+            result.original_biases[name] = (st.view.bias, before)
+
+
 def run_data_aware(state: CompressionState, stats: dict[str, WeightStats], settings: DataAwareSettings,
                    without_stats: Mapping[str, str] | None = None) -> DataAwareResult:
     """Prune and share every planned layer using its input statistics (see the module docstring)."""
     result = DataAwareResult(without_stats=dict(without_stats or {}))
-    if settings.prune_by == PruneBy.ACTIVATION:
-        result.pruned_by_activation = prune_by_activation(state, stats)
-    else:
-        prune(state)
-    if settings.reconstruct:
-        result.reconstructed = [n for n, st in stats.items()
-                                if reconstruct_layer(state.layers[n], original_weights(state, n), st)]
-    importance = {}
-    if settings.weighted_kmeans:
-        for name, st in stats.items():
-            h = st.element_moment(state.layers[name].weights.shape)
-            importance[name] = h + 1e-6 * max(float(h.mean()), 1e-30)  # dead inputs still get a tiny say
-    share(state, importance)
-    result.weighted_kmeans = [n for n in importance if state.layers[n].codebook is not None]
-    for name, st in stats.items():
-        original = original_weights(state, name)
-        if settings.gptq and gptq_layer(state.layers[name], original, st):
-            result.gptq.append(name)
-        if settings.refit and refit_layer(state.layers[name], original, st):
-            result.refit.append(name)
-        if settings.bias_correction:
-            before = correct_bias(state, name, original, st)
-            if before is not None:
-                result.bias_corrected.append(name)
-                result.original_biases[name] = (st.view.bias, before)
+    for name, layer in progress.bar(state.layers.items(), total=len(state.layers), desc="data-aware", unit="layer"):
+        if name in stats:
+            compress_layer(state, name, stats[name], settings, result)
+        else:
+            compress_plain(layer)
     return result

@@ -6,7 +6,9 @@ For output row ``w`` of ``y = W2 x`` with kept columns ``S`` (pruned ones fixed 
     w'_S = argmin_v (w - v)^T H (w - v) with v_{not S} = 0   =>   (H_SS + l I) w'_S = (H w)_S
 
 (the optimal-brain-surgeon update restricted to the kept set; ``l`` is a small damping,
-1% of the mean diagonal, for inputs that never vary). It runs after pruning and before
+1% of the mean diagonal, for inputs that never vary). With sequential statistics (``x`` from
+the model whose upstream layers are compressed, ``x_o`` the original's) the target is the
+original layer's output, ``min E[(w^T x_o - v^T x)^2]``, and ``H w`` becomes ``E[x x_o^T] w``. It runs after pruning and before
 sharing, so k-means clusters the reconstructed values. Needs the full ``H`` (layers whose
 input width is under the collection's size limit); rows are solved in batches. A layer
 whose solves would cost more than ``MAX_FLOPS`` (rows x kept^3, dense layers at light
@@ -27,7 +29,7 @@ _BATCH_ELEMENTS = 1 << 24
 
 def reconstruct_layer(layer: LayerState, original: np.ndarray, stats: WeightStats) -> bool:
     """Replace a pruned layer's kept weights by the least-squares fit above; returns whether it ran."""
-    hessian = stats.stats.hessian()
+    hessian, cross = stats.stats.hessian(), stats.stats.target_cross()
     if layer.mask is None or hessian is None:
         return False
     index = stats.view.index
@@ -41,7 +43,7 @@ def reconstruct_layer(layer: LayerState, original: np.ndarray, stats: WeightStat
     for g in np.unique(groups):
         h = hessian[g]
         h = h + DAMPING * max(float(np.mean(np.diag(h))), 1e-12) * np.eye(h.shape[0])
-        hw = w2 @ h  # (H w_i) for every row, H symmetric
+        hw = w2 @ cross[g].T  # (E[x x_o^T] w_i) for every row; H w_i when not sequential
         for count in np.unique(counts[groups == g]):
             rows = np.flatnonzero((groups == g) & (counts == count))
             if count == 0:

@@ -9,7 +9,9 @@ is quadratic in ``c``; its minimum solves the K x K normal equations
 
     M c = r,   M = sum_i A_i^T H A_i,   r = sum_i A_i^T H w_i.
 
-``M`` is built from ``H A_i`` on at most 256 rows, ``r`` from ``W2 H``. A
+``M`` is built from ``H A_i`` on at most 256 rows, ``r`` from ``W2 H``. With sequential
+statistics the target is the original layer's output on the original input ``x_o``:
+``r = sum_i A_i^T E[x x_o^T] w_i`` and ``L`` gains the cross term accordingly. A
 small ridge towards the k-means codebook keeps unused or collinear codes where they were;
 a refit that does not lower ``L`` on the calibration data is discarded, so the output
 error never rises over plain k-means on the same codes.
@@ -28,21 +30,31 @@ _CHUNK = 1 << 23  # elements of H A_i built at a time
 MAX_ROWS = 256
 
 
-def output_error(w2: np.ndarray, wq2: np.ndarray, hessian: np.ndarray, groups: np.ndarray) -> float:
-    """``sum_i (w_i - wq_i)^T H_g(i) (w_i - wq_i)``: the summed squared output error per input row."""
-    d = (w2 - wq2).astype(np.float64)
+def output_error(w2: np.ndarray, wq2: np.ndarray, hessian: np.ndarray, groups: np.ndarray,
+                 cross: np.ndarray | None = None) -> float:
+    """``sum_i (w_i - wq_i)^T H_g(i) (w_i - wq_i)``: the summed squared output error per input row.
+
+    With ``cross`` (``E[x x_o^T]``, sequential statistics): ``sum_i E[(w_i^T x_o - wq_i^T x)^2]``,
+    its ``w^T E[x_o x_o^T] w`` term (not collected, the same for any ``wq``) taken as ``w^T H w``.
+    """
     total = 0.0
     for g in np.unique(groups):
-        dg = d[groups == g]
-        total += float(np.sum((dg @ hessian[g]) * dg))
+        w, q = w2[groups == g].astype(np.float64), wq2[groups == g].astype(np.float64)
+        if cross is None:
+            d = w - q
+            total += float(np.sum((d @ hessian[g]) * d))
+        else:
+            total += float(np.sum((q @ hessian[g]) * q) - 2 * np.sum((q @ cross[g]) * w) + np.sum((w @ hessian[g]) * w))
     return total
 
 
-def normal_equations(w2: np.ndarray, q2: np.ndarray, hessian: np.ndarray, groups: np.ndarray, k: int):
+def normal_equations(w2: np.ndarray, q2: np.ndarray, hessian: np.ndarray, groups: np.ndarray, k: int,
+                     cross: np.ndarray | None = None):
     """``M`` ``[k, k]`` and ``r`` ``[k]`` of the module docstring (codes ``0..k-1``).
 
     ``H A_i`` is a sparse product per chunk of rows; at most ``MAX_ROWS`` rows (a fixed seeded choice) enter the sums: ``M`` and ``r`` scale
-    alike, and K unknowns are well determined by far fewer rows.
+    alike, and K unknowns are well determined by far fewer rows. ``cross`` (``E[x x_o^T]``,
+    sequential statistics) replaces ``H`` in ``r``.
     """
     from scipy import sparse
 
@@ -55,7 +67,8 @@ def normal_equations(w2: np.ndarray, q2: np.ndarray, hessian: np.ndarray, groups
         sel = np.flatnonzero(groups == g)
         if sel.size > MAX_ROWS:
             sel = np.sort(rng.choice(sel, MAX_ROWS, replace=False))
-        r += np.bincount(q2[sel].ravel(), weights=(w2[sel].astype(np.float64) @ h).ravel(), minlength=k)
+        target = h if cross is None else cross[g].T
+        r += np.bincount(q2[sel].ravel(), weights=(w2[sel].astype(np.float64) @ target).ravel(), minlength=k)
         step = max(1, _CHUNK // max(1, cols * k))
         for s in range(0, sel.size, step):
             part = sel[s : s + step]
@@ -76,13 +89,14 @@ def refit_layer(layer: LayerState, original: np.ndarray, stats: WeightStats) -> 
     hessian = stats.stats.hessian()
     if layer.codebook is None or hessian is None:
         return False
+    cross = stats.stats.target_cross() if stats.stats.cross is not None else None
     index = stats.view.index
     w2 = original.ravel()[index]
     q2 = layer.codes.ravel()[index].astype(np.int64)
     groups = stats.view.group_of_rows()
     k = layer.codebook.size
-    before = output_error(w2, layer.codebook[q2], hessian, groups)
-    m, r = normal_equations(w2, q2, hessian, groups, k)
+    before = output_error(w2, layer.codebook[q2], hessian, groups, cross)
+    m, r = normal_equations(w2, q2, hessian, groups, k, cross)
     old = layer.codebook.astype(np.float64)
     z = int(layer.reserves_zero)
     m, r, old = m[z:, z:], r[z:], old[z:]  # a pruned layer's c_0 = 0 is fixed
@@ -92,7 +106,7 @@ def refit_layer(layer: LayerState, original: np.ndarray, stats: WeightStats) -> 
     except np.linalg.LinAlgError:
         return False
     codebook = np.concatenate(([0.0] * z, c)).astype(np.float32)
-    if not np.all(np.isfinite(codebook)) or output_error(w2, codebook[q2], hessian, groups) >= before:
+    if not np.all(np.isfinite(codebook)) or output_error(w2, codebook[q2], hessian, groups, cross) >= before:
         return False
     set_codebook(layer, codebook)
     return True

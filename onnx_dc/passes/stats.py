@@ -6,6 +6,15 @@ sums over the calibration samples are kept, never the activations:
     n = #rows,   s = sum x,   q = sum x * x,   G = sum x x^T   (G only when d <= a size limit)
 
 so ``E[x] = s / n``, ``E[x_j^2] = q_j / n`` (the diagonal Hessian proxy) and ``H = G / n``.
+
+Sequential collection (the layer's input ``x`` taken from the model whose upstream layers are
+already compressed, ``x_o`` the same input in the original model) adds
+
+    s_o = sum x_o,   C = sum x x_o^T   (C only when G is kept)
+
+so a pass can aim the compressed layer at the original layer's output, ``W_q x ~ W x_o``:
+``E[x x_o^T] = C / n`` replaces ``H`` where the target's side of a product stands, and
+``E[x_o] = s_o / n`` replaces ``E[x]``. Without it both fall back to ``H`` and ``E[x]``.
 """
 
 from __future__ import annotations
@@ -24,35 +33,54 @@ class InputStats:
     groups: int
     dim: int
     full: bool
+    paired: bool = False
     count: int = 0
     total: np.ndarray = field(init=False)
     squares: np.ndarray = field(init=False)
     gram: np.ndarray | None = field(init=False)
+    total_ref: np.ndarray | None = field(init=False)
+    cross: np.ndarray | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.total = np.zeros((self.groups, self.dim))
         self.squares = np.zeros((self.groups, self.dim))
         self.gram = np.zeros((self.groups, self.dim, self.dim)) if self.full else None
+        self.total_ref = np.zeros((self.groups, self.dim)) if self.paired else None
+        self.cross = np.zeros((self.groups, self.dim, self.dim)) if self.paired and self.full else None
 
-    def add(self, group: int, rows: np.ndarray) -> None:
-        """Accumulate input rows ``[m, d]`` of one group (count is advanced for group 0 only)."""
+    def add(self, group: int, rows: np.ndarray, reference: np.ndarray | None = None) -> None:
+        """Accumulate input rows ``[m, d]`` of one group (count is advanced for group 0 only).
+
+        ``reference``: the original model's rows at the same places (paired sums only).
+        """
         # float32 products per chunk (twice BLAS's float64 speed), summed across chunks in float64
         rows = rows.astype(np.float32, copy=False)
         self.total[group] += rows.sum(axis=0, dtype=np.float64)
         self.squares[group] += np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
         if self.gram is not None:
             self.gram[group] += rows.T @ rows
+        if reference is not None:
+            reference = reference.astype(np.float32, copy=False)
+            self.total_ref[group] += reference.sum(axis=0, dtype=np.float64)
+            if self.cross is not None:
+                self.cross[group] += rows.T @ reference
         if group == 0:
             self.count += rows.shape[0]
 
-    def add_groups(self, rows: np.ndarray) -> None:
-        """Accumulate input rows ``[m, g, d]`` of every group at once."""
+    def add_groups(self, rows: np.ndarray, reference: np.ndarray | None = None) -> None:
+        """Accumulate input rows ``[m, g, d]`` of every group at once (and the original's, when paired)."""
         rows = rows.astype(np.float32, copy=False)
         self.total += rows.sum(axis=0, dtype=np.float64)
         self.squares += np.square(rows).sum(axis=0, dtype=np.float64)
-        if self.gram is not None:
+        if self.gram is not None or self.cross is not None:
             by_group = np.ascontiguousarray(rows.transpose(1, 0, 2))  # [g, m, d]: one BLAS product per group
+        if self.gram is not None:
             self.gram += np.matmul(by_group.transpose(0, 2, 1), by_group)
+        if reference is not None:
+            reference = reference.astype(np.float32, copy=False)
+            self.total_ref += reference.sum(axis=0, dtype=np.float64)
+            if self.cross is not None:
+                self.cross += np.matmul(by_group.transpose(0, 2, 1), np.ascontiguousarray(reference.transpose(1, 0, 2)))
         self.count += rows.shape[0]
 
     def mean(self) -> np.ndarray:
@@ -67,6 +95,16 @@ class InputStats:
         """``E[x x^T]``, ``[g, d, d]``, or None when only the diagonal was kept."""
         return None if self.gram is None else self.gram / max(self.count, 1)
 
+    def target_cross(self) -> np.ndarray | None:
+        """``E[x x_o^T]``, ``[g, d, d]``: the input against the original model's (``hessian()`` when not paired)."""
+        if self.cross is None:
+            return self.hessian()
+        return self.cross / max(self.count, 1)
+
+    def reference_mean(self) -> np.ndarray:
+        """``E[x_o]``, ``[g, d]``: the original model's mean input (``mean()`` when not paired)."""
+        return self.mean() if self.total_ref is None else self.total_ref / max(self.count, 1)
+
     def merge(self, other: InputStats) -> None:
         """Add another consumer's sums (same weight, same view layout)."""
         self.count += other.count
@@ -76,6 +114,14 @@ class InputStats:
             self.gram += other.gram
         else:
             self.gram = None
+        if self.total_ref is not None and other.total_ref is not None:
+            self.total_ref += other.total_ref
+        else:
+            self.total_ref = None
+        if self.cross is not None and other.cross is not None:
+            self.cross += other.cross
+        else:
+            self.cross = None
 
 
 @dataclass

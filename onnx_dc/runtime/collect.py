@@ -9,6 +9,7 @@ most ``MAX_POSITIONS`` output positions per sample.
 
 from __future__ import annotations
 
+import copy
 import time
 import zlib
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from onnx_dc.data.calib import Samples
 from onnx_dc.graph.io import serialize
 from onnx_dc.graph.layerview import LayerView, layer_views
+from onnx_dc.graph.walk import needed_nodes, weights_upstream
 from onnx_dc.passes.state import CompressionState
 from onnx_dc.passes.stats import InputStats, WeightStats
 from onnx_dc.runtime.session import InferenceSession
@@ -45,89 +47,183 @@ def collect_stats(state: CompressionState, samples: Samples, batch_size: int = 6
                   full_max_dim: int = FULL_HESSIAN_MAX_DIM, threads: int = 0) -> Collected:
     """Run ``samples`` through ``state.model`` (the original weights) and sum each layer's input statistics."""
     start = time.perf_counter()
-    state.keep_originals()
-    views: dict[str, list[LayerView]] = {}
-    unsupported: dict[str, str] = {}
-    for name, layer in state.layers.items():
-        found, why = layer_views(state.model, layer.entry.site)
-        if found:
-            views[name] = found
-        else:
-            unsupported[name] = why
-    per_view = {(name, i): _new_stats(v, full_max_dim) for name, vs in views.items() for i, v in enumerate(vs)}
-    graph_inputs = {i.name for i in state.model.graph.input}
-    wanted = sorted({v.activation for vs in views.values() for v in vs} - graph_inputs)
-    session = InferenceSession(_with_outputs(state.model, wanted), threads=threads, spin=False)
-    # Small batches (models with a fixed batch of 1) are pooled before the sums: one large
-    # product x^T x runs far faster than many small ones.
-    pending: list[dict[str, np.ndarray]] = []
-    # One generator per view, seeded by its weight's name: a layer's statistics do not depend on
-    # which other layers are measured in the same run (a sweep collects all, compress maybe one).
-    rngs = {key: np.random.default_rng([zlib.crc32(key[0].encode()), key[1]]) for key in per_view}
-    for feed in samples.batches(batch_size):
-        outs = dict(zip(wanted, session.run(wanted, feed))) if wanted else {}
-        outs.update({k: v for k, v in feed.items() if k in graph_inputs})
-        pending.append(outs)
-        if sum(a.size for a in outs.values()) * len(pending) >= _CHUNK_ELEMENTS:
-            _flush(pending, views, per_view, rngs)
-    _flush(pending, views, per_view, rngs)
-    stats = {}
-    for name, vs in views.items():
-        first = per_view[(name, 0)]
-        for i in range(1, len(vs)):
-            if np.array_equal(vs[i].index, vs[0].index) and vs[i].groups == vs[0].groups:
-                first.merge(per_view[(name, i)])
-        stats[name] = WeightStats(vs[0], first, tuple(vs))
-    return Collected(stats, unsupported, time.perf_counter() - start, len(samples))
+    collector = Collector(state, samples, batch_size, full_max_dim, threads)
+    stats = collector.collect()
+    return Collected(stats, collector.unsupported, time.perf_counter() - start, len(samples))
 
 
-def _flush(pending: list[dict[str, np.ndarray]], views, per_view, rngs: dict) -> None:
+class Collector:
+    """Input statistics of a state's planned layers, from the original model alone or paired.
+
+    ``collect()`` measures the original model (``state.model`` with the original weights).
+    ``collect(names, current)`` measures the named layers' inputs in ``current`` (the model
+    with some layers already compressed) paired with the original model's inputs at the same
+    rows: the sequential statistics of :mod:`onnx_dc.passes.stats`. :meth:`waves` orders the
+    layers so that every layer upstream of a wave is in an earlier wave.
+    """
+
+    def __init__(self, state: CompressionState, samples: Samples, batch_size: int = 64,
+                 full_max_dim: int = FULL_HESSIAN_MAX_DIM, threads: int = 0) -> None:
+        state.keep_originals()
+        self.state, self.samples, self.batch_size = state, samples, batch_size
+        self.full_max_dim, self.threads = full_max_dim, threads
+        self.views: dict[str, list[LayerView]] = {}
+        self.unsupported: dict[str, str] = {}
+        for name, layer in state.layers.items():
+            found, why = layer_views(state.model, layer.entry.site)
+            if found:
+                self.views[name] = found
+            else:
+                self.unsupported[name] = why
+        self.graph_inputs = {i.name for i in state.model.graph.input}
+        self._reference: InferenceSession | None = None
+        # bias correction rewrites biases in state.model as waves go: the reference keeps the originals
+        biases = {v.bias for vs in self.views.values() for v in vs if v.bias}
+        self._biases = {t.name: _copy(t) for t in state.model.graph.initializer if t.name in biases}
+
+    def _activations(self, names) -> list[str]:
+        return sorted({v.activation for n in names for v in self.views[n]} - self.graph_inputs)
+
+    def reference(self) -> InferenceSession:
+        """A session of the original model with every measured layer input as an output (made once)."""
+        if self._reference is None:
+            self._reference = InferenceSession(_with_outputs(self.state.model, self._activations(self.views),
+                                                             replace=self._biases), threads=self.threads, spin=False)
+        return self._reference
+
+    def waves(self) -> list[list[str]]:
+        """The measured layers in waves: a layer's wave is one more than the latest wave upstream of its inputs."""
+        names = list(self.views)
+        acts = sorted({v.activation for n in names for v in self.views[n]})
+        upstream = weights_upstream(self.state.model.graph, names, acts)
+        depth: dict[str, int] = {}
+
+        def depth_of(name: str) -> int:
+            if name not in depth:
+                depth[name] = 0  # a weight that reaches its own input (never in a sorted graph) ends here
+                above = {u for v in self.views[name] for u in upstream[v.activation]} - {name}
+                depth[name] = 1 + max((depth_of(u) for u in above), default=-1)
+            return depth[name]
+
+        out: list[list[str]] = [[] for _ in range(1 + max((depth_of(n) for n in names), default=-1))]
+        for name in names:
+            out[depth_of(name)].append(name)
+        return out
+
+    def collect(self, names: list[str] | None = None, current: onnx.ModelProto | None = None) -> dict[str, WeightStats]:
+        """Statistics of the named layers (all measurable ones by default); paired with ``current`` when given."""
+        names = [n for n in (self.views if names is None else names) if n in self.views]
+        views = {n: self.views[n] for n in names}
+        paired = current is not None
+        per_view = {(n, i): InputStats(v.groups, v.cols, v.cols <= self.full_max_dim, paired)
+                    for n, vs in views.items() for i, v in enumerate(vs)}
+        wanted = self._activations(names)
+        reference = measured = None
+        if wanted and not paired:
+            reference = self.reference()
+        elif wanted:  # a wave: both models cut down to the nodes its inputs need
+            reference = InferenceSession(_with_outputs(self.state.model, wanted, only=True, replace=self._biases),
+                                         threads=self.threads, spin=False)
+            measured = InferenceSession(_with_outputs(current, wanted, only=True), threads=self.threads, spin=False)
+        # Small batches (models with a fixed batch of 1) are pooled before the sums: one large
+        # product x^T x runs far faster than many small ones.
+        pending: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]] = []
+        # One generator per view, seeded by its weight's name: a layer's statistics do not depend on
+        # which other layers are measured in the same run (a sweep collects all, compress maybe one).
+        rngs = {key: np.random.default_rng([zlib.crc32(key[0].encode()), key[1]]) for key in per_view}
+        for feed in self.samples.batches(self.batch_size):
+            inputs = {k: v for k, v in feed.items() if k in self.graph_inputs}
+            ref = dict(zip(wanted, reference.run(wanted, feed))) if wanted else {}
+            ref.update(inputs)
+            cur = None
+            if paired:
+                cur = dict(zip(wanted, measured.run(wanted, feed))) if wanted else {}
+                cur.update(inputs)
+            pending.append((cur if paired else ref, ref if paired else None))
+            if sum(a.size for a in ref.values()) * len(pending) * (1 + paired) >= _CHUNK_ELEMENTS:
+                _flush(pending, views, per_view, rngs)
+        _flush(pending, views, per_view, rngs)
+        stats = {}
+        for name, vs in views.items():
+            first = per_view[(name, 0)]
+            for i in range(1, len(vs)):
+                if np.array_equal(vs[i].index, vs[0].index) and vs[i].groups == vs[0].groups:
+                    first.merge(per_view[(name, i)])
+            stats[name] = WeightStats(vs[0], first, tuple(vs))
+        return stats
+
+
+def _flush(pending, views, per_view, rngs: dict) -> None:
+    """Fold the pooled batches (``(measured, reference or None)`` outputs) into the sums."""
     if not pending:
         return
     for (name, i), st in per_view.items():
         view = views[name][i]
-        parts = [np.asarray(outs[view.activation]) for outs in pending]
+        parts = [np.asarray(outs[view.activation]) for outs, _ in pending]
+        refs = [None if ref is None else np.asarray(ref[view.activation]) for _, ref in pending]
         if view.trans_a:
-            for part in parts:
-                _accumulate(view, st, part, rngs[(name, i)])
+            for part, ref in zip(parts, refs):
+                _accumulate(view, st, part, rngs[(name, i)], ref)
+        elif len(parts) == 1:
+            _accumulate(view, st, parts[0], rngs[(name, i)], refs[0])
         else:
-            _accumulate(view, st, parts[0] if len(parts) == 1 else np.concatenate(parts), rngs[(name, i)])
+            _accumulate(view, st, np.concatenate(parts), rngs[(name, i)],
+                        None if refs[0] is None else np.concatenate(refs))
     pending.clear()
 
 
-def _new_stats(view: LayerView, full_max_dim: int) -> InputStats:
-    return InputStats(view.groups, view.cols, view.cols <= full_max_dim)
+def _copy(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    out = onnx.TensorProto()
+    out.CopyFrom(tensor)
+    return out
 
 
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> bytes:
+def _with_outputs(model: onnx.ModelProto, names: list[str], only: bool = False,
+                  replace: dict[str, onnx.TensorProto] | None = None) -> bytes:
+    """``model`` with ``names`` as extra outputs; with ``only``, just those outputs and the nodes they need.
+
+    ``replace``: initializers to put in place of those of the same name.
+    """
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    for init in out.graph.initializer if replace else ():
+        if init.name in replace:
+            init.CopyFrom(replace[init.name])
+    if only:  # onnxruntime runs every node whatever the outputs asked for: drop those not needed
+        keep = needed_nodes(model.graph, names)
+        del out.graph.node[:]
+        out.graph.node.extend(model.graph.node[i] for i in keep)
+        del out.graph.output[:]
     have = {o.name for o in out.graph.output}
-    for name in names:
-        if name not in have:
-            out.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    out.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names if name not in have)
     return serialize(out)
 
 
-def _accumulate(view: LayerView, stats: InputStats, x: np.ndarray, rng: np.random.Generator) -> None:
+def _accumulate(view: LayerView, stats: InputStats, x: np.ndarray, rng: np.random.Generator,
+                reference: np.ndarray | None = None) -> None:
+    """Add the input rows of ``x`` (and of ``reference``, the original model's input, at the same rows)."""
     if view.conv is None:
-        rows = x.reshape(-1, x.shape[-1]) if not view.trans_a else x.reshape(x.shape[0], -1).T
-        for chunk in _row_chunks(rows, view.cols):
-            stats.add(0, chunk)
+        def as_rows(a):
+            return a.reshape(-1, a.shape[-1]) if not view.trans_a else a.reshape(a.shape[0], -1).T
+
+        rows = as_rows(x)
+        ref_rows = None if reference is None else as_rows(reference)
+        step = max(1, _CHUNK_ELEMENTS // max(1, view.cols))
+        for s in range(0, rows.shape[0], step):
+            stats.add(0, rows[s : s + step], None if ref_rows is None else ref_rows[s : s + step])
         return
     geo = view.conv
     pads = same_pads(x.shape[2:], geo) if geo.auto_pad.startswith("SAME") else geo.pads
     step = max(1, _CHUNK_ELEMENTS // max(1, view.cols * view.groups * MAX_POSITIONS))
     for s in range(0, x.shape[0], step):
+        twin = copy.deepcopy(rng)  # the reference's patches at the same positions
         patches = im2col(x[s : s + step], geo.kernel, geo.strides, geo.dilations, pads, MAX_POSITIONS, rng)
+        ref = None
+        if reference is not None:
+            ref = im2col(reference[s : s + step], geo.kernel, geo.strides, geo.dilations, pads, MAX_POSITIONS, twin)
+            ref = ref.reshape(-1, view.groups, view.cols)
         # [n, P, C, *kernel] -> rows [n * P, groups, Cg * prod(kernel)]
-        stats.add_groups(patches.reshape(-1, view.groups, view.cols))
-
-
-def _row_chunks(rows: np.ndarray, width: int):
-    step = max(1, _CHUNK_ELEMENTS // max(1, width))
-    for s in range(0, rows.shape[0], step):
-        yield rows[s : s + step]
+        stats.add_groups(patches.reshape(-1, view.groups, view.cols), ref)
 
 
 def same_pads(spatial_shape, geo) -> tuple[int, ...]:
@@ -174,4 +270,4 @@ def stats_summary(collected: Collected) -> str:
                                            if collected.unsupported else ""))
 
 
-__all__ = ["Collected", "collect_stats", "im2col", "stats_summary", "FULL_HESSIAN_MAX_DIM"]
+__all__ = ["Collected", "Collector", "collect_stats", "im2col", "stats_summary", "FULL_HESSIAN_MAX_DIM"]

@@ -11,6 +11,11 @@ Each rewrite is the op's definition in the ONNX spec, in ops that have CPU gradi
     Resize(x, scales=[1, 1, sh, sw]), nearest, asymmetric, floor, whole sh and sw:
                            y[n, c, i, j] = x[n, c, floor(i / sh), floor(j / sw)]
                            =  Reshape(Expand(Reshape(x, [N, C, H, 1, W, 1]), [1, 1, 1, sh, 1, sw]), [N, C, H sh, W sw])
+    ConvTranspose(x, W, B), strides s, pads p, dilations d, group g, kernel k, output_padding o:
+                           =  Conv(Pad(Z_s(x), b, e), W', B), stride 1, dilations d, group g
+        Z_s puts s - 1 zeros after every input element along each axis (Reshape -> Pad -> Reshape),
+        b = d (k - 1) - p_begin,  e = d (k - 1) - p_end + o - (s - 1)   (both >= 0, else not rewritten),
+        W'[g, o', i] = W[g, i, o'] per group, every kernel axis reversed (Reshape -> Transpose -> Reshape -> Gather)
 
 A node is rewritten only where its shapes are known (C, H, W static); otherwise it stays
 and the gradient builder names it. Parameters keep their names, so trained values return
@@ -111,10 +116,70 @@ def _batch_norm(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict
     ]
 
 
+def _conv_transpose(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto] | None:
+    """ConvTranspose as zero insertion, Pad and a Conv with the flipped, per-group transposed kernel."""
+    attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
+    x_shape, w_shape = shapes.get(node.input[0]), shapes.get(node.input[1])
+    if (x_shape is None or w_shape is None or len(x_shape) < 3 or len(w_shape) != len(x_shape)
+            or any(d <= 0 for d in x_shape[1:]) or any(d <= 0 for d in w_shape)
+            or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or "output_shape" in attrs):
+        return None
+    n = len(x_shape) - 2
+    kernel = list(w_shape[2:])
+    strides = list(attrs.get("strides", [1] * n))
+    dilations = list(attrs.get("dilations", [1] * n))
+    pads = list(attrs.get("pads", [0] * (2 * n)))
+    extra = list(attrs.get("output_padding", [0] * n))
+    g = int(attrs.get("group", 1))
+    c_in, c_out_g = w_shape[0], w_shape[1]
+    begin = [d * (k - 1) - pads[a] for a, (d, k) in enumerate(zip(dilations, kernel))]
+    end = [d * (k - 1) - pads[n + a] + extra[a] - (s - 1) for a, (d, k, s) in enumerate(zip(dilations, kernel, strides))]
+    if min(begin + end) < 0 or c_in % g:
+        return None
+    p = f"{node.name}/equiv/"
+    out: list[onnx.NodeProto] = []
+
+    def ints(tag: str, values: list[int]) -> str:
+        out.append(oh.make_node("Constant", [], [p + tag], value=oh.make_tensor(p + tag, TensorProto.INT64, [len(values)], values)))
+        return p + tag
+
+    x, shape = node.input[0], [0] + list(x_shape[1:])  # 0: Reshape copies the (maybe dynamic) batch
+    for a, s in enumerate(strides):
+        if s == 1:
+            continue
+        axis = 2 + a
+        split = shape[: axis + 1] + [1] + shape[axis + 1 :]
+        pad = [0] * (2 * len(split))
+        pad[len(split) + axis + 1] = s - 1
+        out.append(oh.make_node("Reshape", [x, ints(f"split{a}", split)], [p + f"u{a}"], name=p + f"u{a}"))
+        out.append(oh.make_node("Pad", [p + f"u{a}", ints(f"zeros{a}", pad)], [p + f"z{a}"], name=p + f"z{a}"))
+        shape = shape[:axis] + [shape[axis] * s] + shape[axis + 1 :]
+        out.append(oh.make_node("Reshape", [p + f"z{a}", ints(f"merge{a}", shape)], [p + f"s{a}"], name=p + f"s{a}"))
+        x = p + f"s{a}"
+    if any(begin + end):
+        out.append(oh.make_node("Pad", [x, ints("pads", [0, 0] + begin + [0, 0] + end)], [p + "padded"], name=p + "padded"))
+        x = p + "padded"
+    w = node.input[1]
+    out.append(oh.make_node("Reshape", [w, ints("wsplit", [g, c_in // g, c_out_g] + kernel)], [p + "w5"], name=p + "w5"))
+    perm = [0, 2, 1] + list(range(3, 3 + n))
+    out.append(oh.make_node("Transpose", [p + "w5"], [p + "wt"], name=p + "wt", perm=perm))
+    out.append(oh.make_node("Reshape", [p + "wt", ints("wshape", [g * c_out_g, c_in // g] + kernel)], [p + "w0"],
+                            name=p + "w0"))
+    w = p + "w0"
+    for a, k in enumerate(kernel):
+        if k > 1:
+            out.append(oh.make_node("Gather", [w, ints(f"rev{a}", list(range(k - 1, -1, -1)))], [p + f"w{a + 1}"],
+                                    name=p + f"flip{a}", axis=2 + a))
+            w = p + f"w{a + 1}"
+    out.append(oh.make_node("Conv", [x, w, *node.input[2:3]], list(node.output), name=p + "conv", group=g,
+                            dilations=dilations, kernel_shape=kernel, strides=[1] * n, pads=[0] * (2 * n)))
+    return out
+
+
 # Ops onnxruntime-training 1.19 has no CPU gradient for (or, BatchNormalization, trains in
 # training mode: batch statistics), written with ops that have one.
 EQUIVALENTS = {"DepthToSpace": _depth_to_space, "PRelu": _prelu, "Resize": _resize_nearest,
-               "BatchNormalization": _batch_norm}
+               "BatchNormalization": _batch_norm, "ConvTranspose": _conv_transpose}
 
 
 def differentiable_equivalents(model: onnx.ModelProto) -> int:
@@ -131,6 +196,7 @@ def differentiable_equivalents(model: onnx.ModelProto) -> int:
     for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
         dims = vi.type.tensor_type.shape.dim
         shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+    shapes.update({t.name: list(t.dims) for t in graph.initializer})
     wanted = {n.input[2] for n in graph.node if n.op_type == "Resize" and len(n.input) > 2}  # Resize scales
     wanted |= {i for n in graph.node if n.op_type == "BatchNormalization" for i in n.input[1:5]}
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in wanted}

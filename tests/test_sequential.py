@@ -1,0 +1,119 @@
+"""Sequential data-aware compression: statistics measured on the model whose upstream layers are compressed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from calib_images import require, write_folder
+from conftest import SHARED_DATA, finish_model, init, mlp_model, run
+from onnx import TensorProto
+from onnx import helper as oh
+
+import onnx_dc
+from onnx_dc.api import prepare
+from onnx_dc.data.calib import Samples, parse_calib_spec
+from onnx_dc.graph.layerview import layer_views
+from onnx_dc.graph.walk import weights_upstream
+from onnx_dc.runtime.collect import Collector
+
+REAL = SHARED_DATA / "real"
+
+
+def samples(n: int, shape: tuple[int, ...], seed: int = 0) -> Samples:
+    x = np.random.default_rng(seed).normal(size=(n, 1, *shape)).astype(np.float32)
+    return Samples({"x": x}, stackable=True)
+
+
+def branchy_model():
+    """x -> conv a -> Relu -> conv b;  x -> conv c;  b + c -> conv d (a, c in the first wave, then b, then d)."""
+    rng = np.random.default_rng(0)
+    w = {k: rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32) for k in "abcd"}
+    nodes = [oh.make_node("Conv", ["x", "wa"], ["ya"], name="a", pads=[1, 1, 1, 1]),
+             oh.make_node("Relu", ["ya"], ["ra"]),
+             oh.make_node("Conv", ["ra", "wb"], ["yb"], name="b", pads=[1, 1, 1, 1]),
+             oh.make_node("Conv", ["x", "wc"], ["yc"], name="c", pads=[1, 1, 1, 1]),
+             oh.make_node("Add", ["yb", "yc"], ["s"]),
+             oh.make_node("Conv", ["s", "wd"], ["y"], name="d", pads=[1, 1, 1, 1])]
+    g = oh.make_graph(nodes, "branchy", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6, 6])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])],
+                      [init(f"w{k}", v) for k, v in w.items()])
+    return finish_model(g)
+
+
+def test_waves_follow_the_graph():
+    state = prepare(branchy_model(), sparse_ratio=0.5, class_num=8)
+    waves = Collector(state, samples(4, (4, 6, 6))).waves()
+    assert [sorted(w) for w in waves] == [["wa", "wc"], ["wb"], ["wd"]]
+
+
+def test_waves_on_resnet20_put_every_upstream_layer_first():
+    model = require(REAL / "cifar10-resnet20" / "resnet20_cifar10_pre.onnx")
+    state = prepare(model, sparse_ratio=0.5, class_num=32)
+    collector = Collector(state, samples(2, (3, 32, 32)))
+    waves = collector.waves()
+    wave_of = {name: i for i, wave in enumerate(waves) for name in wave}
+    assert sorted(wave_of) == sorted(state.layers) and len(waves) == 20  # 22 layers, 2 shortcut convs beside others
+    names = list(state.layers)
+    for name in names:
+        acts = [v.activation for v in layer_views(state.model, state.layers[name].entry.site)[0]]
+        above = set().union(*weights_upstream(state.model.graph, names, acts).values())
+        assert all(wave_of[u] < wave_of[name] for u in above)
+
+
+def test_paired_statistics_equal_plain_ones_when_nothing_upstream_changed():
+    """Paired with an unchanged model, E[x x_o^T] is E[x x^T] and E[x_o] is E[x]."""
+    state = prepare(mlp_model(), sparse_ratio=0.5, class_num=8)
+    collector = Collector(state, samples(40, (64,)))
+    plain = collector.collect()
+    paired = collector.collect(current=state.dense_model())
+    for name, st in plain.items():
+        p = paired[name].stats
+        assert p.cross is not None and st.stats.cross is None
+        np.testing.assert_allclose(p.target_cross(), st.stats.hessian(), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(p.reference_mean(), st.stats.mean(), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(p.hessian(), st.stats.hessian(), rtol=1e-6, atol=1e-9)
+
+
+def compress_npz(model, tmp_path, sequential: bool, n: int = 200):
+    x = np.random.default_rng(3).normal(size=(n, 64)).astype(np.float32)
+    x[:, ::3] *= 4.0
+    np.savez(tmp_path / "x.npz", x=x)
+    calib = parse_calib_spec(f"npz:{tmp_path / 'x.npz'}", limit=n)
+    return onnx_dc.compress(model, None, {"defaults": {"sparse_ratio": 0.7, "class_num": 4},
+                                          "calib": {"sequential": sequential}}, calib=calib)
+
+
+def test_sequential_bias_correction_zeroes_the_mean_error_of_the_whole_model(tmp_path):
+    """b' = b + W E[x_o] - W_q E[x]: the last layer's mean output equals the original's, upstream errors included."""
+    model = mlp_model(sizes=(64, 48, 32, 10))
+    errors = {}
+    for sequential in (True, False):
+        result = compress_npz(model, tmp_path, sequential)
+        assert result.calib.result.waves == (3 if sequential else None)
+        x = result.calib.data.calib.arrays["x"].reshape(-1, 64)
+        y, yq = run(model, {"x": x})[0], run(result.model, {"x": x})[0]
+        errors[sequential] = np.abs((yq - y).mean(axis=0)).max() / np.abs(y).mean()
+    assert errors[True] < 1e-5 < 1e-2 < errors[False]
+
+
+def test_sequential_lowers_the_error_of_a_deep_mlp(tmp_path):
+    model = mlp_model(sizes=(64, 48, 48, 48, 10))
+    fid = {s: compress_npz(model, tmp_path, s).fidelity.outputs[0] for s in (True, False)}
+    assert fid[True].rel_l2 < fid[False].rel_l2 and fid[True].cosine > fid[False].cosine
+
+
+@pytest.mark.parametrize("name, rel, spec, n", [
+    ("resnet20", "cifar10-resnet20/resnet20_cifar10_pre.onnx",
+     dict(size="32,32", mean="0.485,0.456,0.406", std="0.229,0.224,0.225"), 80),
+    ("fastestdet", "fastestdet/FastestDet.onnx", dict(size="352,352", channels="bgr"), 20),
+])
+def test_sequential_gains_on_real_models(tmp_path, name, rel, spec, n):
+    """Deep real models: every output closer to the original's than with statistics of the original alone."""
+    model = require(REAL / rel)
+    h, w = (int(v) for v in spec["size"].split(","))
+    calib = parse_calib_spec(f"images:{write_folder(tmp_path / name, n, (h + 16, w + 16), seed=5, suffix='.jpg')}",
+                             **spec)
+    fid = {s: onnx_dc.compress(model, None, {"defaults": {"sparse_ratio": 0.5, "class_num": 32},
+                                             "calib": {"sequential": s}}, calib=calib).fidelity for s in (True, False)}
+    for seq, plain in zip(fid[True].outputs, fid[False].outputs):
+        assert seq.rel_l2 < plain.rel_l2 and seq.cosine > plain.cosine, (name, seq, plain)
