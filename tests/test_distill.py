@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 from calib_images import require, write_folder
-from conftest import MNIST_DIR, ROOT, SHARED_DATA, finish_model, init, mlp_model
+from conftest import MNIST_DIR, ROOT, SHARED_DATA, finish_model, init, mlp_model, run
 from onnx import TensorProto
 from onnx import helper as oh
 
@@ -255,3 +255,45 @@ def test_conv_transpose_equivalent_computes_the_same(w_shape, attrs):
     got = run_teacher(rewritten, feed, ["y"])["y"]
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("op,gates,extra_attrs", [("GRU", 3, {"linear_before_reset": 1}), ("GRU", 3, {}),
+                                                  ("LSTM", 4, {})])
+def test_bidirectional_rnn_equivalent_computes_the_same(op, gates, extra_attrs):
+    """Bidirectional GRU / LSTM (onnxruntime-training trains only the forward direction) as two forward ones."""
+    from onnx_dc.train.equivalents import differentiable_equivalents
+
+    rng = np.random.default_rng(2)
+    hidden, width, steps = 5, 4, 7
+    inits = [init("W", rng.normal(size=(2, gates * hidden, width)).astype(np.float32)),
+             init("R", rng.normal(size=(2, gates * hidden, hidden)).astype(np.float32)),
+             init("B", rng.normal(size=(2, 2 * gates * hidden)).astype(np.float32)),
+             init("h0", rng.normal(size=(2, 1, hidden)).astype(np.float32))]
+    outputs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    node = oh.make_node(op, ["x", "W", "R", "B", "", "h0"], outputs, name="rnn", hidden_size=hidden,
+                        direction="bidirectional", **extra_attrs)
+    g = oh.make_graph([node], "eq", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [steps, 1, width])],
+                      [oh.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], inits)
+    model = oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)])
+    model.ir_version = 10
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    assert differentiable_equivalents(rewritten) == 1
+    assert [n.attribute for n in rewritten.graph.node if n.op_type == op] and all(
+        oh.get_attribute_value(next(a for a in n.attribute if a.name == "direction")) == b"forward"
+        for n in rewritten.graph.node if n.op_type == op)
+    x = rng.normal(size=(steps, 1, width)).astype(np.float32)
+    for want, got in zip(run(model, {"x": x}), run(rewritten, {"x": x})):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_failure_names_the_recurrent_kernel_limit():
+    from onnx_dc.train.loop import gradient_failure
+
+    text = ("/onnxruntime_src/orttraining/orttraining/training_api/module.cc:312 onnxruntime::training::api::Module::"
+            "Module(const onnxruntime::training::api::ModelIdentifiers&) [ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : "
+            "Exception during initialization: gru_io_utils.cc:119 direction == kForward was false. GRUTraining and "
+            "GRUGrad kernel only supports the forward direction for now. Provided direction: 2")
+    assert gradient_failure(RuntimeError(text)) == ("onnxruntime-training's gradient of op GRU only supports the "
+                                                    "forward direction for now")

@@ -16,6 +16,10 @@ Each rewrite is the op's definition in the ONNX spec, in ops that have CPU gradi
         Z_s puts s - 1 zeros after every input element along each axis (Reshape -> Pad -> Reshape),
         b = d (k - 1) - p_begin,  e = d (k - 1) - p_end + o - (s - 1)   (both >= 0, else not rewritten),
         W'[g, o', i] = W[g, i, o'] per group, every kernel axis reversed (Reshape -> Transpose -> Reshape -> Gather)
+    GRU / LSTM, direction bidirectional (onnxruntime-training trains the forward direction only):
+                           =  the forward RNN on x with direction 0's parameters, beside the forward RNN on
+                              x reversed in time with direction 1's, its Y reversed back;
+                              Y = Concat(axis 1), Y_h (and LSTM's Y_c) = Concat(axis 0)
 
 A node is rewritten only where its shapes are known (C, H, W static); otherwise it stays
 and the gradient builder names it. Parameters keep their names, so trained values return
@@ -176,10 +180,60 @@ def _conv_transpose(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: 
     return out
 
 
+# per-direction inputs of GRU / LSTM (W, R, B, initial_h, initial_c, P): axis 0 is the direction
+_RNN_PER_DIRECTION = (1, 2, 3, 5, 6, 7)
+
+
+def _bidirectional_rnn(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto] | None:
+    """A bidirectional GRU / LSTM as two forward ones, the second on the time-reversed sequence."""
+    attrs = {a.name: a for a in node.attribute}
+    direction = oh.get_attribute_value(attrs["direction"]) if "direction" in attrs else b"forward"
+    x_shape = shapes.get(node.input[0])
+    if (direction not in (b"bidirectional", "bidirectional") or x_shape is None or not x_shape or x_shape[0] <= 0
+            or (len(node.input) > 4 and node.input[4]) or ("layout" in attrs and oh.get_attribute_value(attrs["layout"]))):
+        return None
+    p = f"{node.name}/equiv/"
+    steps = x_shape[0]
+    out = [oh.make_node("Constant", [], [p + "rev"], value=oh.make_tensor(p + "rev", TensorProto.INT64, [steps],
+                                                                          list(range(steps - 1, -1, -1))))]
+    out.append(oh.make_node("Gather", [node.input[0], p + "rev"], [p + "x_rev"], name=p + "x_rev", axis=0))
+    results = []
+    for d, tag in ((0, "fw"), (1, "bw")):
+        out.append(oh.make_node("Constant", [], [p + f"d{d}"], value=oh.make_tensor(p + f"d{d}", TensorProto.INT64, [1], [d])))
+        inputs = [p + "x_rev" if d else node.input[0]]
+        for i in range(1, len(node.input)):
+            name = node.input[i]
+            if i in _RNN_PER_DIRECTION and name:
+                out.append(oh.make_node("Gather", [name, p + f"d{d}"], [p + f"{tag}_in{i}"], name=p + f"{tag}_in{i}", axis=0))
+                name = p + f"{tag}_in{i}"
+            inputs.append(name)
+        rnn = oh.make_node(node.op_type, inputs, [p + f"{tag}_out{j}" if o else "" for j, o in enumerate(node.output)],
+                           name=p + tag, direction="forward")
+        for a in node.attribute:
+            if a.name in ("activations", "activation_alpha", "activation_beta"):
+                values = list(oh.get_attribute_value(a))
+                half = len(values) // 2
+                rnn.attribute.append(oh.make_attribute(a.name, values[d * half : (d + 1) * half]))
+            elif a.name != "direction":
+                rnn.attribute.append(a)
+        out.append(rnn)
+        results.append(rnn.output)
+    for j, name in enumerate(node.output):
+        if not name:
+            continue
+        fw, bw = results[0][j], results[1][j]
+        if j == 0:  # Y [steps, directions, batch, hidden]: the backward pass's steps back in order
+            out.append(oh.make_node("Gather", [bw, p + "rev"], [p + "bw_y"], name=p + "bw_y", axis=0))
+            bw = p + "bw_y"
+        out.append(oh.make_node("Concat", [fw, bw], [name], name=p + f"out{j}", axis=1 if j == 0 else 0))
+    return out
+
+
 # Ops onnxruntime-training 1.19 has no CPU gradient for (or, BatchNormalization, trains in
 # training mode: batch statistics), written with ops that have one.
 EQUIVALENTS = {"DepthToSpace": _depth_to_space, "PRelu": _prelu, "Resize": _resize_nearest,
-               "BatchNormalization": _batch_norm, "ConvTranspose": _conv_transpose}
+               "BatchNormalization": _batch_norm, "ConvTranspose": _conv_transpose,
+               "GRU": _bidirectional_rnn, "LSTM": _bidirectional_rnn}
 
 
 def differentiable_equivalents(model: onnx.ModelProto) -> int:

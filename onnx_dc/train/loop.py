@@ -86,6 +86,8 @@ _NO_GRADIENT = re.compile(r"gradient builder has not been registered: (\S+) for 
 _NO_KERNEL = re.compile(r"Could not find an implementation for (\w+?)Grad\(\d+\) node with name '([^'/]+?)_Grad/")
 # ... and for a kernel that refuses the op's attributes ("LSTM and LSTMGrad only support ...").
 _UNSUPPORTED_ATTR = re.compile(r"(\w+) and \w+Grad only support ([^\n]*?)\.?\s*$", re.M)
+# ... and the recurrent kernels' "GRUTraining and GRUGrad kernel only supports the forward direction for now."
+_UNSUPPORTED_KERNEL = re.compile(r"(\w+?)Training and \w+Grad kernel only supports ([^.\n]*)")
 
 
 def gradient_failure(exc: Exception) -> str:
@@ -97,9 +99,9 @@ def gradient_failure(exc: Exception) -> str:
     found = _NO_KERNEL.search(text)
     if found:
         return f"onnxruntime-training has no CPU gradient kernel for op {found.group(1)} (node {found.group(2)})"
-    found = _UNSUPPORTED_ATTR.search(text)
+    found = _UNSUPPORTED_ATTR.search(text) or _UNSUPPORTED_KERNEL.search(text)
     if found:
-        return f"onnxruntime-training's gradient of op {found.group(1)} only supports {found.group(2)}"
+        return f"onnxruntime-training's gradient of op {found.group(1)} only supports {found.group(2).strip()}"
     last = text.splitlines()[-1][:300] if text else type(exc).__name__
     return f"onnxruntime-training cannot build the gradient graph ({last})"
 
