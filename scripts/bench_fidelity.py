@@ -12,8 +12,8 @@ sparse 0.8 + class_num 16 (LeNet-300-100 also sparse 0.9 + class_num 32).
 Per row: fidelity on the held-out samples (worst output: max relative L2, min cosine, min
 top-1 agreement) for data-free and data-aware; MNIST test accuracy where labels exist;
 the .dcz ratio (original file bytes / packed bytes) of the data-aware model; seconds of the
-data-aware compress (collection, passes, lowering, fidelity). ``finetuned_row`` is the hook
-for a data-aware + label-free fine-tuning column (None until that path exists).
+data-aware compress (collection, passes, lowering, fidelity); the number of sequential
+waves. Label-free fine-tuning on top is measured by scripts/bench_distill.py.
 A speed row runs an ~11 MB MLP with 256 MNIST samples through the data-aware passes.
 """
 
@@ -46,11 +46,6 @@ SHARED = ROOT.parent / "shared" / "data"
 REAL = SHARED / "real"
 MNIST = SHARED / "mnist"
 SETTINGS = [(0.0, 256), (0.5, 32), (0.8, 16)]
-
-
-def finetuned_row(model: Path, calib, sparse: float, k: int) -> dict | None:
-    """Hook: data-aware + label-free fine-tuning on the same samples; None until that path exists."""
-    return None
 
 
 def worst(fid) -> dict:
@@ -168,6 +163,8 @@ def one_row(name: str, model: Path, calib, labeled: bool, sparse: float, k: int,
         return row
     row["free"] = worst(fidelity(free.model, model, calib))
     row["aware"] = worst(aware.fidelity)
+    row["calib_samples"] = len(aware.calib.data.calib)
+    row["waves"] = aware.calib.result.waves
     row["passes"] = aware.calib.result.passes_ran()
     row["culprits"] = [n for n, _ in aware.fidelity.culprits]
     row["dcz_ratio"] = round(model.stat().st_size / onnx_dc.pack(tmp / "aware.dc.onnx", tmp / "aware.dcz"), 2)
@@ -175,7 +172,6 @@ def one_row(name: str, model: Path, calib, labeled: bool, sparse: float, k: int,
         row["acc_dense"] = onnx_dc.evaluate(model, f"mnist:{MNIST}").accuracy
         row["acc_free"] = onnx_dc.evaluate(free.model, f"mnist:{MNIST}").accuracy
         row["acc_aware"] = onnx_dc.evaluate(aware.model, f"mnist:{MNIST}").accuracy
-    row["finetuned"] = finetuned_row(model, calib, sparse, k)
     return row
 
 
@@ -207,19 +203,19 @@ def speed_row(tmp: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    """Readable table: N is the calibration limit (photo folders hold at most 80 images: 64 + 16 held out)."""
+    """Readable table: N is the number of calibration samples (photo folders hold 80 images: 64 + 16 held out)."""
     head = f"{'model':<15} {'sp':>4} {'K':>4} {'N':>5} | {'free cos':>8} {'top1':>6} {'relL2':>6} | {'aware cos':>9} {'top1':>6} " \
            f"{'relL2':>6} | {'acc dense/free/aware':>20} | {'dcz x':>6} {'sec':>6}"
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['model']:<15} {r['sparse_ratio']:>4} {r['class_num']:>4} {r['calib_limit']:>5} | "
+            lines.append(f"{r['model']:<15} {r['sparse_ratio']:>4} {r['class_num']:>4} {'-':>5} | "
                          f"error: {r['error'][:90]}")
             continue
         f, a = r["free"], r["aware"]
         fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
         acc = "/".join(fmt(r.get(k)) for k in ("acc_dense", "acc_free", "acc_aware")) if "acc_dense" in r else "-"
-        lines.append(f"{r['model']:<15} {r['sparse_ratio']:>4} {r['class_num']:>4} {r['calib_limit']:>5} | {f['cosine']:8.4f} {fmt(f['top1']):>6} "
+        lines.append(f"{r['model']:<15} {r['sparse_ratio']:>4} {r['class_num']:>4} {r['calib_samples']:>5} | {f['cosine']:8.4f} {fmt(f['top1']):>6} "
                      f"{f['rel_l2']:6.3f} | {a['cosine']:9.4f} {fmt(a['top1']):>6} {a['rel_l2']:6.3f} | {acc:>20} | "
                      f"{r['dcz_ratio']:6.1f} {r['aware_seconds']:6.1f}")
     return "\n".join(lines)

@@ -297,3 +297,38 @@ def test_gradient_failure_names_the_recurrent_kernel_limit():
             "GRUGrad kernel only supports the forward direction for now. Provided direction: 2")
     assert gradient_failure(RuntimeError(text)) == ("onnxruntime-training's gradient of op GRU only supports the "
                                                     "forward direction for now")
+
+
+def test_fine_tuning_that_ends_worse_on_validation_restores_its_start():
+    """keep_better (after the data-aware passes): validated on every eighth sample; a worse end restores the start."""
+    from onnx_dc import calibrate
+    from onnx_dc.train.distill import output_error, validation_split
+
+    model = mlp_model(sizes=(64, 32, 10))
+    state = prepare(model, sparse_ratio=0.5, class_num=8)
+    run = calibrate.run_calibrated(state, calibrate.start_calib(state, "digits", None))
+    samples = run.data.calib
+    train_part, val_part = validation_split(samples)
+    assert len(val_part) == (len(samples) + 7) // 8 and len(train_part) + len(val_part) == len(samples)
+    start = state.dense_model()
+    val_teacher = run_teacher(model, val_part, ["y"])
+    start_error = output_error(start, val_part, val_teacher)
+
+    def wreck(s, step):  # a pruning step that throws most of every layer away: fine-tuning cannot recover
+        for layer in s.layers.values():
+            layer.mask = layer.mask & (np.abs(layer.weights) >= np.quantile(np.abs(layer.weights), 0.97))
+            layer.weights = layer.weights * layer.mask
+        return True
+
+    schedule = resolve_train_settings({"epochs": 1, "batch_size": 16})
+    result = distill(state, samples, schedule, teacher=model, prune_step=wreck, keep_better=True)
+    assert result.restored and result.validation[0] == pytest.approx(start_error, rel=1e-6)
+    assert result.validation[1] > result.validation[0]
+    restored = state.dense_model()
+    for a, b in zip(start.graph.initializer, restored.graph.initializer):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
+    # without the guard the same run ends worse
+    state = prepare(model, sparse_ratio=0.5, class_num=8)
+    calibrate.run_calibrated(state, calibrate.start_calib(state, "digits", None))
+    unguarded = distill(state, samples, schedule, teacher=model, prune_step=wreck)
+    assert not unguarded.restored and output_error(state.dense_model(), val_part, val_teacher) > start_error

@@ -22,7 +22,12 @@ into one feed; otherwise (fixed batch size) a step runs one forward/backward per
 and averages the gradients.
 
 A stage is kept only when it lowered the loss over all calibration samples (measured
-before and after it); otherwise it is undone. Where onnxruntime-training cannot build the
+before and after it); otherwise it is undone. Starting from a compressed result (the
+data-aware passes, ``keep_better``), every eighth calibration sample is set aside for
+validation instead: stages train on the rest and are judged on those, and when the whole
+fine-tuning (retraining, k-means again, codebooks) ends with a larger squared relative L2
+error on them than it started with, the state it started from is restored, so fine-tuning
+on few samples cannot overfit the result into something worse. Where onnxruntime-training cannot build the
 gradient graph (an op without a gradient), :func:`distill` reports the op in one line and
 leaves the state un-fine-tuned.
 """
@@ -77,11 +82,54 @@ class DistillResult:
     records: list[StageRecord] = field(default_factory=list)
     skipped: str | None = None
     seconds: float = 0.0
+    validation: tuple[float, float] | None = None  # keep_better: error on the validation samples before, after
+    restored: bool = False  # keep_better: the result fine-tuning started from was restored
 
     def to_dict(self) -> dict:
         """Plain values, for JSON."""
         return {"settings": self.settings.to_dict(), "skipped": self.skipped, "seconds": round(self.seconds, 3),
-                "losses": {t.output: t.kind for t in self.targets}, "stages": [r.to_dict() for r in self.records]}
+                "losses": {t.output: t.kind for t in self.targets}, "stages": [r.to_dict() for r in self.records],
+                "validation": self.validation, "restored": self.restored}
+
+
+VALIDATION_EVERY = 8  # keep_better: every eighth calibration sample validates (with at least 16 samples)
+
+
+def validation_split(samples: Samples) -> tuple[Samples, Samples]:
+    """(training, validation) samples: every ``VALIDATION_EVERY``-th for validation; both all when too few."""
+    n = len(samples)
+    if n < 2 * VALIDATION_EVERY:
+        return samples, samples
+    val = np.arange(0, n, VALIDATION_EVERY)
+    return samples.take(np.setdiff1d(np.arange(n), val)), samples.take(val)
+
+
+def output_error(model: onnx.ModelProto, samples: Samples, teacher: Mapping[str, np.ndarray], threads: int = 0) -> float:
+    """Mean over ``teacher``'s outputs of the squared relative L2 error of ``model``'s outputs on ``samples``."""
+    got = run_teacher(model, samples, list(teacher), threads)
+    return float(np.mean([np.sum((got[o].astype(np.float64) - t) ** 2) / max(np.sum(t.astype(np.float64) ** 2), 1e-30)
+                          for o, t in teacher.items()]))
+
+
+def _snapshot(state: CompressionState) -> tuple[dict, dict]:
+    layers = {n: (l.mask, l.codebook, l.codes, l.weights, l.threshold, l.inertia) for n, l in state.layers.items()}
+    others = {}
+    for t in state.model.graph.initializer:
+        if t.name not in state.layers:
+            others[t.name] = onnx.TensorProto()
+            others[t.name].CopyFrom(t)
+    return layers, others
+
+
+def _restore(state: CompressionState, snapshot: tuple[dict, dict]) -> None:
+    layers, others = snapshot
+    for name, (mask, codebook, codes, weights, threshold, inertia) in layers.items():
+        layer = state.layers[name]
+        layer.mask, layer.codebook, layer.codes, layer.weights = mask, codebook, codes, weights
+        layer.threshold, layer.inertia = threshold, inertia
+    for t in state.model.graph.initializer:
+        if t.name in others:
+            t.CopyFrom(others[t.name])
 
 
 def _float_outputs(model: onnx.ModelProto) -> list[str]:
@@ -238,6 +286,7 @@ def distill(
     share_state: Callable[[CompressionState], object] = share,
     evaluate: Callable[[onnx.ModelProto], float] | None = None,
     echo: Callable[[str], None] | None = None,
+    keep_better: bool = False,
 ) -> DistillResult:
     """Prune in steps and share as :func:`onnx_dc.train.schedule.run_stages`, training against the original model.
 
@@ -255,6 +304,8 @@ def distill(
         share_state: the weight-sharing pass; it runs when the layers are not shared yet or were retrained.
         evaluate: optional function of a model, recorded after every stage.
         echo: where to print progress (None: silent).
+        keep_better: validate on every eighth sample and restore the starting state when
+            fine-tuning made it worse there (for a state that is already compressed).
 
     Raises:
         TrainingUnavailable: when onnxruntime-training cannot be imported.
@@ -270,12 +321,21 @@ def distill(
         raise DataError(f"{name}: no calibration samples to fine-tune on")
     start = time.perf_counter()
     teacher_model = teacher if teacher is not None else state.dense_model()
-    teacher = run_teacher(teacher_model, samples, _float_outputs(teacher_model), settings.threads)
+    train_part, val_part = validation_split(samples) if keep_better else (samples, samples)
+    teacher = run_teacher(teacher_model, train_part, _float_outputs(teacher_model), settings.threads)
     targets = output_targets(teacher_model, teacher, list(state.layers))
     producers = {o: n.op_type for n in teacher_model.graph.node for o in n.output}
-    step, full_loss = _step_fn(replace(samples, arrays={**samples.arrays, **teacher_targets(targets, producers, teacher)}))
+    step, full_loss = _step_fn(replace(train_part, arrays={**train_part.arrays,
+                                                           **teacher_targets(targets, producers, teacher)}))
+    snapshot = val_teacher = None
+    if keep_better and targets:
+        val_teacher = run_teacher(teacher_model, val_part, [t.output for t in targets], settings.threads)
+        _, full_loss = _step_fn(replace(val_part, arrays={**val_part.arrays,
+                                                          **teacher_targets(targets, producers, val_teacher)}))
+        snapshot = _snapshot(state)
+        before = output_error(state.dense_model(), val_part, val_teacher, settings.threads)
     loss = distillation_loss(targets)
-    n = len(samples)
+    n = len(train_part)
     result = DistillResult(settings, targets)
     if not targets:
         result.skipped = f"{name}: no float output depends on a compressed weight"
@@ -300,6 +360,15 @@ def distill(
 
     run_stages(state, settings, prune_steps(state, settings), train, result.records, prune_step=prune_step,
                share_state=share_if_needed, evaluate=evaluate, echo=echo)
+    if snapshot is not None and result.skipped is None:
+        after = output_error(state.dense_model(), val_part, val_teacher, settings.threads)
+        result.validation = (before, after)
+        if after > before:
+            _restore(state, snapshot)
+            result.restored = True
+            if echo is not None:
+                echo(f"label-free fine-tuning raised the error on {len(val_part)} validation sample(s) from "
+                     f"{before:.4g} to {after:.4g}; keeping the result it started from")
     result.seconds = time.perf_counter() - start
     return result
 
@@ -309,7 +378,9 @@ def after_data_aware(original: onnx.ModelProto, run) -> dict:
 
     The masks stay as the data-aware pruning chose them; after the masked stage, the
     layers are shared again by k-means weighted by their inputs' second moments when the
-    run used weighted k-means (``run``: :class:`onnx_dc.calibrate.CalibRun`).
+    run used weighted k-means (``run``: :class:`onnx_dc.calibrate.CalibRun`). Fine-tuning
+    is validated (``keep_better``): it never leaves the data-aware result worse on the
+    validation samples.
     """
     stats = run.collected.stats if run.collected is not None and run.settings.weighted_kmeans else {}
 
@@ -320,4 +391,5 @@ def after_data_aware(original: onnx.ModelProto, run) -> dict:
             importance[name] = h + 1e-6 * max(float(h.mean()), 1e-30)
         share(state, importance)
 
-    return {"teacher": original, "prune_step": lambda state, step: True, "share_state": weighted_share}
+    return {"teacher": original, "prune_step": lambda state, step: True, "share_state": weighted_share,
+            "keep_better": True}

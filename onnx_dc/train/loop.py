@@ -348,7 +348,7 @@ def run_stage(
         if record.kept:
             trainer.commit()
         elif echo is not None:
-            echo(f"  {record.name}: loss on all samples rose from {record.loss_before:.4g} to "
+            echo(f"  {record.name}: loss on the samples that judge the stage rose from {record.loss_before:.4g} to "
                  f"{record.loss_after:.4g}; the stage is undone")
     finally:
         bar.close()
