@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnx_dc import progress
 from onnx_dc.data.calib import CalibData, CalibSpec, as_calib_spec, load_calib
 from onnx_dc.data.datasets import DataSpec, Preprocess, load_dataset
 from onnx_dc.errors import DataError
@@ -98,7 +99,7 @@ def run_calibrated(state: CompressionState, run: CalibRun, echo=None) -> CalibRu
             compress_plain(state.layers[name])
         stats = {}
         waves = collector.waves()
-        for i, wave in enumerate(waves):
+        for i, wave in enumerate(progress.bar(waves, desc="data-aware", unit="wave")):
             wave_stats = collector.collect(wave, state.dense_model())
             for name in wave:
                 compress_layer(state, name, wave_stats[name], settings, result)

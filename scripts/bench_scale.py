@@ -2,6 +2,8 @@
 
     .venv/bin/python scripts/bench_scale.py [--models alexnet,vgg16,fc4096] [--ort 1.19,latest]
                                             [--scratch DIR] [--json out/bench_scale.json] [--infer-runs 3]
+                                            [--calib N]  (also: data-aware compress from N random samples,
+                                                          one pass and sequential)
 
 Each model is built with the real layer shapes and seeded trained-like weights (Laplacian
 per layer, scaled like He init: std = sqrt(2 / fan_in)) in a scratch folder (never
@@ -250,6 +252,27 @@ def stage_compress(dense: str, config: str, out: str) -> dict:
             "external_data": result.external_data, "source_bytes": result.report.source_file_bytes}
 
 
+def stage_calib(dense: str, config: str, samples: int, sequential: bool) -> dict:
+    """onnx_dc.compress with ``samples`` random inputs as calibration samples (data-aware passes), sequential or not."""
+    import tempfile
+
+    import onnx
+
+    import onnx_dc
+
+    model = onnx.load(dense, load_external_data=False)
+    inp = model.graph.input[0]
+    shape = [d.dim_value if d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim]
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = Path(tmp) / "calib.npz"
+        np.savez(npz, **{inp.name: np.random.default_rng(0).random([samples, *shape[1:]]).astype(np.float32)})
+        cfg = {**json.loads(Path(config).read_text()), "calib": {"sequential": sequential}}
+        start = time.perf_counter()
+        result = onnx_dc.compress(dense, None, config=cfg, calib=f"npz:{npz}")
+    return {"seconds": time.perf_counter() - start, "collect_seconds": result.calib.collected.seconds,
+            "waves": result.calib.result.waves, "calib_samples": len(result.calib.data.calib)}
+
+
 def stage_pack(src: str, out: str) -> dict:
     """onnx_dc.pack (entropy coding)."""
     import onnx_dc
@@ -297,7 +320,7 @@ def stage_session(path: str, runs: int, via: str) -> dict:
 
 
 STAGES: dict[str, Callable[..., dict]] = {
-    "build": stage_build, "compress": stage_compress, "pack": stage_pack, "unpack": stage_unpack,
+    "build": stage_build, "compress": stage_compress, "calib": stage_calib, "pack": stage_pack, "unpack": stage_unpack,
     "session": stage_session,
 }
 
@@ -326,7 +349,7 @@ def run_stage(stage: str, python: Path | str = sys.executable, **kwargs) -> dict
 
 # ============================================================================ orchestration
 def run_model(name: str, scratch: Path, pythons: dict[str, dict[str, Path]], runs: int,
-              echo: Callable[[str], None]) -> dict:
+              echo: Callable[[str], None], calib: int = 0) -> dict:
     """All stages of one model; files stay in ``scratch``."""
     dense, config = scratch / f"{name}.onnx", scratch / f"{name}.config.json"
     dc, dcz, back = scratch / f"{name}.dc.onnx", scratch / f"{name}.dcz", scratch / f"{name}.unpacked.dc.onnx"
@@ -344,6 +367,13 @@ def run_model(name: str, scratch: Path, pythons: dict[str, dict[str, Path]], run
         echo(f"{name} {stage}: {row[stage]}")
         if "error" in row[stage]:
             return row
+    if calib:  # data-aware compress from random inputs: the cost of statistics, sequential against one pass
+        row["calib"] = {}
+        for sequential in (False, True):
+            key = "sequential" if sequential else "one_pass"
+            row["calib"][key] = run_stage("calib", dense=str(dense), config=str(config), samples=calib,
+                                          sequential=sequential)
+            echo(f"{name} calib {key}: {row['calib'][key]}")
     row["sessions"] = {}
     for via, by_ort in pythons.items():
         for ort_key, python in by_ort.items():
@@ -380,6 +410,16 @@ def print_table(rows: list[dict]) -> None:
                 print(f"{r['model']:14} {stage:10} {s.get('seconds', s.get('wall_seconds', 0)):>8.2f} "
                       f"{s.get('peak_mb', 0):>8.0f} {s.get('bytes', 0) / 1e6:>9.2f}" + (f"  {s['error']}" if "error" in s else "")
                       + (f"  peak {s['peak_vs_model_bytes']}x the model's bytes" if "peak_vs_model_bytes" in s else ""))
+    calibrated = [r for r in rows if r.get("calib")]
+    if calibrated:
+        print(f"\n{'model':14} {'data-aware':11} {'samples':>7} {'waves':>5} {'seconds':>8} {'collect s':>9} {'peak MB':>8}")
+        for r in calibrated:
+            for key, c in r["calib"].items():
+                if "error" in c:
+                    print(f"{r['model']:14} {key:11} error: {c['error']}")
+                    continue
+                print(f"{r['model']:14} {key:11} {c['calib_samples']:>7} {c['waves'] or '-':>5} {c['seconds']:>8.1f} "
+                      f"{c['collect_seconds']:>9.1f} {c.get('peak_mb', 0):>8.0f}")
     print(f"\n{'model':14} {'ort/via':15} {'dense s':>8} {'dc s':>8} {'x':>6} {'dense MB':>9} {'dc MB':>8} {'x':>6}"
           f" {'dense inf s':>11} {'dc inf s':>9}")
     for r in rows:
@@ -415,6 +455,8 @@ def main() -> None:
     parser.add_argument("--scratch", help="folder for the models (default: a temporary folder, removed after)")
     parser.add_argument("--json", default=str(ROOT / "out" / "bench_scale.json"))
     parser.add_argument("--infer-runs", type=int, default=3, help="inferences per session (median reported)")
+    parser.add_argument("--calib", type=int, default=0, metavar="N",
+                        help="also compress with N random calibration samples, one pass and sequential (default: skip)")
     parser.add_argument("--child", nargs=2, metavar=("STAGE", "ARGS_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -431,7 +473,7 @@ def main() -> None:
         pythons = {via: {o: PYTHONS[o] for o in args.ort.split(",")} for via in args.via.split(",")}
         if "onnx_dc" in pythons and "latest" in pythons["onnx_dc"] and args.latest_dc_python:
             pythons["onnx_dc"]["latest"] = Path(args.latest_dc_python)
-        rows = [run_model(m, scratch, pythons, args.infer_runs, lambda s: print(s, flush=True)) for m in names]
+        rows = [run_model(m, scratch, pythons, args.infer_runs, lambda s: print(s, flush=True), args.calib) for m in names]
     finally:
         if not args.scratch:
             shutil.rmtree(scratch, ignore_errors=True)
