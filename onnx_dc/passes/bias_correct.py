@@ -21,15 +21,26 @@ from onnx import numpy_helper
 from onnx_dc.passes.state import CompressionState, LayerState
 from onnx_dc.passes.stats import WeightStats
 
+_CHUNK = 1 << 22  # elements of a block of rows (float64 copies of W2 and W_q)
+
 
 def bias_shift(layer: LayerState, original: np.ndarray, stats: WeightStats) -> np.ndarray:
-    """``W2 E[x_o] - W_q E[x]`` per output row, ``[out]`` (``(W2 - W_q) E[x]`` when not sequential)."""
+    """``W2 E[x_o] - W_q E[x]`` per output row, ``[out]`` (``(W2 - W_q) E[x]`` when not sequential).
+
+    Computed a block of rows at a time, so a large layer's ``W2`` is never held in float64.
+    """
     index = stats.view.index
-    rows = stats.view.group_of_rows()
-    w2 = original.ravel()[index].astype(np.float64)
-    wq2 = layer.weights.ravel()[index].astype(np.float64)
-    mean, mean_ref = stats.stats.mean()[rows], stats.stats.reference_mean()[rows]
-    return np.einsum("ij,ij->i", w2, mean_ref) - np.einsum("ij,ij->i", wq2, mean)
+    groups = stats.view.group_of_rows()
+    mean, mean_ref = stats.stats.mean(), stats.stats.reference_mean()
+    flat_w, flat_q = original.ravel(), layer.weights.ravel()
+    out = np.empty(index.shape[0])
+    step = max(1, _CHUNK // max(1, index.shape[1]))
+    for s in range(0, index.shape[0], step):
+        rows = index[s : s + step]
+        g = groups[s : s + step]
+        w2, wq2 = flat_w[rows].astype(np.float64), flat_q[rows].astype(np.float64)
+        out[s : s + step] = np.einsum("ij,ij->i", w2, mean_ref[g]) - np.einsum("ij,ij->i", wq2, mean[g])
+    return out
 
 
 def correct_bias(state: CompressionState, name: str, original: np.ndarray, stats: WeightStats) -> np.ndarray | None:

@@ -128,7 +128,14 @@ class DataAwareResult:
 def original_weights(state: CompressionState, name: str) -> np.ndarray:
     """The uncompressed values of a planned weight (``state.model`` keeps them: see ``keep_originals``)."""
     init = next(t for t in state.model.graph.initializer if t.name == name)
-    return numpy_helper.to_array(init).astype(np.float32)
+    return numpy_helper.to_array(init).astype(np.float32, copy=False)
+
+
+def kmeans_importance(st: WeightStats, shape: tuple[int, ...]) -> np.ndarray:
+    """Weighted k-means' weight per element: ``E[x_j^2]`` of its input, plus a tiny floor so dead inputs still count."""
+    importance = st.element_moment(shape)
+    importance += np.float32(1e-6 * max(float(importance.mean(dtype=np.float64)), 1e-30))
+    return importance
 
 
 def compress_plain(layer: LayerState) -> None:
@@ -153,8 +160,7 @@ def compress_layer(state: CompressionState, name: str, st: WeightStats, settings
         result.reconstructed.append(name)
     importance = None
     if settings.weighted_kmeans:
-        h = st.element_moment(layer.weights.shape)
-        importance = h + 1e-6 * max(float(h.mean()), 1e-30)  # dead inputs still get a tiny say
+        importance = kmeans_importance(st, layer.weights.shape)
     if share_layer(layer, importance) and importance is not None:
         result.weighted_kmeans.append(name)
     if settings.gptq and gptq_layer(layer, original, st):

@@ -18,14 +18,18 @@ from onnx_dc.passes.prune import prune_layer
 from onnx_dc.passes.state import CompressionState, LayerState
 from onnx_dc.passes.stats import WeightStats
 
+_CHUNK = 1 << 24  # elements of a block of rows in row_mask
+
 
 def row_mask(scores: np.ndarray, sparse_ratio: float) -> np.ndarray:
     """Keep-mask ``[out, in]`` pruning the ``floor(sparse_ratio * in)`` lowest scores of every row."""
     k = int(np.floor(sparse_ratio * scores.shape[1]))
     mask = np.ones(scores.shape, bool)
     if k > 0:
-        lowest = np.argpartition(scores, k - 1, axis=1)[:, :k]
-        np.put_along_axis(mask, lowest, False, axis=1)
+        step = max(1, _CHUNK // max(1, scores.shape[1]))  # argpartition's int64 indices, a block of rows at a time
+        for s in range(0, scores.shape[0], step):
+            lowest = np.argpartition(scores[s : s + step], k - 1, axis=1)[:, :k]
+            np.put_along_axis(mask[s : s + step], lowest, False, axis=1)
     return mask
 
 
@@ -36,7 +40,8 @@ def prune_layer_by_activation(layer: LayerState, stats: WeightStats) -> bool:
         return prune_layer(layer)
     flat = layer.weights.ravel()
     index = stats.view.index
-    scores = np.abs(flat[index]) * np.sqrt(stats.column_moment())
+    scores = np.abs(flat[index])
+    scores *= np.sqrt(stats.column_moment())  # float32, in place: a large layer's scores are held once
     keep2 = row_mask(scores, s.sparse_ratio)
     mask = np.zeros(flat.size, bool)
     mask[index.ravel()] = keep2.ravel()

@@ -133,11 +133,13 @@ class WeightStats:
     views: tuple[LayerView, ...] = ()
 
     def column_moment(self) -> np.ndarray:
-        """``E[x_j^2]`` of each ``W2`` element's input column, ``[out, in]``."""
-        return self.stats.second_moment()[self.view.group_of_rows()]
+        """``E[x_j^2]`` of each ``W2`` element's input column, float32: ``[out, in]``, or ``[1, in]`` (it
+        broadcasts) when the layer has one group, so a large layer's moments are not repeated per row."""
+        moment = self.stats.second_moment().astype(np.float32)
+        return moment if self.view.groups == 1 else moment[self.view.group_of_rows()]
 
     def element_moment(self, shape: tuple[int, ...]) -> np.ndarray:
-        """``E[x_j^2]`` for each element of the stored weight (its column's input), in ``shape``."""
-        out = np.zeros(int(np.prod(shape)))
-        out[self.view.index.ravel()] = self.column_moment().ravel()
+        """``E[x_j^2]`` for each element of the stored weight (its column's input), float32, in ``shape``."""
+        out = np.zeros(int(np.prod(shape)), np.float32)
+        out[self.view.index.ravel()] = np.broadcast_to(self.column_moment(), self.view.index.shape).ravel()
         return out.reshape(shape)

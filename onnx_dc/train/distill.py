@@ -46,6 +46,7 @@ from onnx import numpy_helper
 
 from onnx_dc.data.calib import Samples
 from onnx_dc.errors import ConfigError, DataError, ModelError
+from onnx_dc.passes.data_aware import kmeans_importance
 from onnx_dc.passes.share import share
 from onnx_dc.passes.state import CompressionState
 from onnx_dc.train.forms import LOSS, LossBuilder, TrainForm, downstream
@@ -387,8 +388,7 @@ def after_data_aware(original: onnx.ModelProto, run) -> dict:
     def weighted_share(state: CompressionState) -> None:
         importance = {}
         for name, st in stats.items():
-            h = st.element_moment(state.layers[name].weights.shape)
-            importance[name] = h + 1e-6 * max(float(h.mean()), 1e-30)
+            importance[name] = kmeans_importance(st, state.layers[name].weights.shape)
         share(state, importance)
 
     return {"teacher": original, "prune_step": lambda state, step: True, "share_state": weighted_share,
