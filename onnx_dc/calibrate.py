@@ -155,7 +155,7 @@ def _candidates(state: CompressionState, run: CalibRun) -> list[str]:
         w2 = original_weights(state, name).ravel()[st.view.index]
         wq2 = state.layers[name].weights.ravel()[st.view.index]
         h, groups = st.stats.hessian(), st.view.group_of_rows()
-        cross = st.stats.target_cross() if st.stats.cross is not None else None
+        cross = st.stats.cross_moment()
         return output_error(w2, wq2, h, groups, cross) / max(output_error(w2, 0 * w2, h, groups), 1e-30)
 
     return sorted(names, key=own_error, reverse=True)[:ATTRIBUTION_LAYERS]

@@ -134,7 +134,7 @@ def original_weights(state: CompressionState, name: str) -> np.ndarray:
 def kmeans_importance(st: WeightStats, shape: tuple[int, ...]) -> np.ndarray:
     """Weighted k-means' weight per element: ``E[x_j^2]`` of its input, plus a tiny floor so dead inputs still count."""
     importance = st.element_moment(shape)
-    importance += np.float32(1e-6 * max(float(importance.mean(dtype=np.float64)), 1e-30))
+    importance += 1e-6 * max(float(importance.mean()), 1e-30)
     return importance
 
 

@@ -40,9 +40,13 @@ def prune_layer_by_activation(layer: LayerState, stats: WeightStats) -> bool:
         return prune_layer(layer)
     flat = layer.weights.ravel()
     index = stats.view.index
-    scores = np.abs(flat[index])
-    scores *= np.sqrt(stats.column_moment())  # float32, in place: a large layer's scores are held once
-    keep2 = row_mask(scores, s.sparse_ratio)
+    norms = np.sqrt(stats.column_moment())  # [1, in] (one group) or [out, in]
+    keep2 = np.empty(index.shape, bool)
+    step = max(1, _CHUNK // max(1, index.shape[1]))  # float64 scores a block of rows at a time
+    for r in range(0, index.shape[0], step):
+        rows = slice(r, r + step)
+        keep2[rows] = row_mask(np.abs(flat[index[rows]]) * (norms if norms.shape[0] == 1 else norms[rows]),
+                               s.sparse_ratio)
     mask = np.zeros(flat.size, bool)
     mask[index.ravel()] = keep2.ravel()
     mask = mask.reshape(layer.weights.shape)

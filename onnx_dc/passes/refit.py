@@ -89,7 +89,7 @@ def refit_layer(layer: LayerState, original: np.ndarray, stats: WeightStats) -> 
     hessian = stats.stats.hessian()
     if layer.codebook is None or hessian is None:
         return False
-    cross = stats.stats.target_cross() if stats.stats.cross is not None else None
+    cross = stats.stats.cross_moment()
     index = stats.view.index
     w2 = original.ravel()[index]
     q2 = layer.codes.ravel()[index].astype(np.int64)

@@ -95,11 +95,14 @@ class InputStats:
         """``E[x x^T]``, ``[g, d, d]``, or None when only the diagonal was kept."""
         return None if self.gram is None else self.gram / max(self.count, 1)
 
+    def cross_moment(self) -> np.ndarray | None:
+        """``E[x x_o^T]``, ``[g, d, d]``, of paired sums; None when not paired (or only the diagonal was kept)."""
+        return None if self.cross is None else self.cross / max(self.count, 1)
+
     def target_cross(self) -> np.ndarray | None:
         """``E[x x_o^T]``, ``[g, d, d]``: the input against the original model's (``hessian()`` when not paired)."""
-        if self.cross is None:
-            return self.hessian()
-        return self.cross / max(self.count, 1)
+        cross = self.cross_moment()
+        return self.hessian() if cross is None else cross
 
     def reference_mean(self) -> np.ndarray:
         """``E[x_o]``, ``[g, d]``: the original model's mean input (``mean()`` when not paired)."""
@@ -133,13 +136,13 @@ class WeightStats:
     views: tuple[LayerView, ...] = ()
 
     def column_moment(self) -> np.ndarray:
-        """``E[x_j^2]`` of each ``W2`` element's input column, float32: ``[out, in]``, or ``[1, in]`` (it
-        broadcasts) when the layer has one group, so a large layer's moments are not repeated per row."""
-        moment = self.stats.second_moment().astype(np.float32)
+        """``E[x_j^2]`` of each ``W2`` element's input column: ``[out, in]``, or ``[1, in]`` (it broadcasts)
+        when the layer has one group, so a large layer's moments are not repeated per row."""
+        moment = self.stats.second_moment()
         return moment if self.view.groups == 1 else moment[self.view.group_of_rows()]
 
     def element_moment(self, shape: tuple[int, ...]) -> np.ndarray:
-        """``E[x_j^2]`` for each element of the stored weight (its column's input), float32, in ``shape``."""
-        out = np.zeros(int(np.prod(shape)), np.float32)
-        out[self.view.index.ravel()] = np.broadcast_to(self.column_moment(), self.view.index.shape).ravel()
+        """``E[x_j^2]`` for each element of the stored weight (its column's input), in ``shape``."""
+        out = np.zeros(int(np.prod(shape)))
+        out[self.view.index] = self.column_moment()  # broadcast over rows, no [out, in] copy
         return out.reshape(shape)

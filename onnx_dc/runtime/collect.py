@@ -111,7 +111,10 @@ class Collector:
         return out
 
     def collect(self, names: list[str] | None = None, current: onnx.ModelProto | None = None) -> dict[str, WeightStats]:
-        """Statistics of the named layers (all measurable ones by default); paired with ``current`` when given."""
+        """Statistics of the named layers (all measurable ones by default); paired with ``current`` when given.
+
+        ``current`` is consumed: its nodes and outputs are cut down to what the wave needs.
+        """
         names = [n for n in (self.views if names is None else names) if n in self.views]
         views = {n: self.views[n] for n in names}
         paired = current is not None
@@ -124,7 +127,8 @@ class Collector:
         elif wanted:  # a wave: both models cut down to the nodes its inputs need
             reference = InferenceSession(_with_outputs(self.state.model, wanted, only=True, replace=self._biases),
                                          threads=self.threads, spin=False)
-            measured = InferenceSession(_with_outputs(current, wanted, only=True), threads=self.threads, spin=False)
+            measured = InferenceSession(_with_outputs(current, wanted, only=True, in_place=True), threads=self.threads,
+                                        spin=False)
         # Small batches (models with a fixed batch of 1) are pooled before the sums: one large
         # product x^T x runs far faster than many small ones.
         pending: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]] = []
@@ -179,20 +183,26 @@ def _copy(tensor: onnx.TensorProto) -> onnx.TensorProto:
 
 
 def _with_outputs(model: onnx.ModelProto, names: list[str], only: bool = False,
-                  replace: dict[str, onnx.TensorProto] | None = None) -> bytes:
+                  replace: dict[str, onnx.TensorProto] | None = None, in_place: bool = False) -> bytes:
     """``model`` with ``names`` as extra outputs; with ``only``, just those outputs and the nodes they need.
 
-    ``replace``: initializers to put in place of those of the same name.
+    ``replace``: initializers to put in place of those of the same name. ``in_place``: change
+    ``model`` itself instead of a copy (a throwaway model: one copy of the weights fewer).
     """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = model
+    if not in_place:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     for init in out.graph.initializer if replace else ():
         if init.name in replace:
             init.CopyFrom(replace[init.name])
     if only:  # onnxruntime runs every node whatever the outputs asked for: drop those not needed
-        keep = needed_nodes(model.graph, names)
+        kept = []
+        for i in needed_nodes(model.graph, names):  # copied out first: ``out`` may be ``model`` itself
+            kept.append(onnx.NodeProto())
+            kept[-1].CopyFrom(model.graph.node[i])
         del out.graph.node[:]
-        out.graph.node.extend(model.graph.node[i] for i in keep)
+        out.graph.node.extend(kept)
         del out.graph.output[:]
     have = {o.name for o in out.graph.output}
     out.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names if name not in have)
