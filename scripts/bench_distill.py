@@ -26,7 +26,6 @@ import platform
 import sys
 import tempfile
 import time
-import wave
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from calib_audio import read_wav  # noqa: E402
 from onnx_dc.api import prepare  # noqa: E402
 from onnx_dc.data.calib import CalibData, as_calib_spec, load_calib, parse_calib_spec  # noqa: E402
 from onnx_dc.data.datasets import Preprocess  # noqa: E402
@@ -59,12 +59,6 @@ def _image_spec(folder: Path, size: tuple[int, int], **options) -> object:
     if not path.is_dir():
         write_folder(path, N_IMAGES, size, seed=0, suffix=".png")
     return parse_calib_spec(f"images:{path}", size=f"{size[0]},{size[1]}", **options)
-
-
-def read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path)) as w:
-        raw = np.frombuffer(w.readframes(w.getnframes()), np.int16)
-    return raw.astype(np.float32) / 32768.0
 
 
 def _session(path: Path):

@@ -27,7 +27,6 @@ import platform
 import sys
 import tempfile
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +41,7 @@ import onnx_dc  # noqa: E402
 from onnx_dc.calibrate import fidelity  # noqa: E402
 from onnx_dc.data.calib import parse_calib_spec  # noqa: E402
 from onnx_dc.graph.io import save_model  # noqa: E402
+from calib_audio import audio_cases  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 REAL = SHARED / "real"
@@ -60,63 +60,6 @@ def photos_folder(tmp: Path, name: str, n: int, size: tuple[int, int]) -> Path:
     from calib_images import write_folder
 
     return write_folder(tmp / name, n, (size[0] + 16, size[1] + 16), seed=7, suffix=".jpg")
-
-
-def read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path)) as w:
-        raw = np.frombuffer(w.readframes(w.getnframes()), np.int16)
-    return raw.astype(np.float32) / 32768.0
-
-
-def sequential_npz(model: Path, frames: list[dict], states: dict[str, str], out: Path) -> Path:
-    """Run the original model frame by frame, feeding each state output back; save every feed as an npz."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    inputs = {i.name: i for i in sess.get_inputs()}
-    state = {name: np.zeros([d if isinstance(d, int) else 1 for d in inputs[name].shape], np.float32) for name in states}
-    feeds = {name: [] for name in inputs}
-    for frame in frames:
-        feed = {**frame, **state}
-        for k, v in feed.items():
-            if np.ndim(v) > 0:
-                feeds[k].append(v)
-        outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
-        state = {name: outs[o] for name, o in states.items()}
-    arrays = {k: np.stack(v) for k, v in feeds.items() if v}
-    arrays.update({k: v for k, v in frames[0].items() if np.ndim(v) == 0})
-    np.savez(out, **arrays)
-    return out
-
-
-def audio_cases(tmp: Path) -> list[tuple[str, Path, object]]:
-    """dtln, gtcrn and silero-vad with npz inputs built from the gtcrn recording."""
-    audio = read_wav(REAL / "gtcrn" / "test_wavs-mix.wav")
-    cases = []
-    blocks = [audio[i : i + 512] for i in range(0, min(len(audio) - 512, 300 * 128), 128)]
-    m1 = REAL / "dtln" / "model_1.onnx"
-    frames = [{"input_2": np.abs(np.fft.rfft(b)).astype(np.float32).reshape(1, 1, 257)} for b in blocks]
-    cases.append(("dtln-1", m1, sequential_npz(m1, frames, {"input_3": "tf_op_layer_stack_2"}, tmp / "dtln1.npz")))
-    m2 = REAL / "dtln" / "model_2.onnx"
-    frames = [{"input_4": b.reshape(1, 1, 512).astype(np.float32)} for b in blocks]
-    cases.append(("dtln-2", m2, sequential_npz(m2, frames, {"input_5": "tf_op_layer_stack_5"}, tmp / "dtln2.npz")))
-    g = REAL / "gtcrn" / "gtcrn_simple.onnx"
-    win = np.sqrt(np.hanning(513)[:-1]).astype(np.float32)
-    padded = np.pad(audio, 256, mode="reflect")
-    frames = []
-    for i in range(0, min(len(padded) - 512, 300 * 256), 256):
-        spec = np.fft.rfft(padded[i : i + 512] * win)
-        frames.append({"mix": np.stack([spec.real, spec.imag], -1).astype(np.float32).reshape(1, 257, 1, 2)})
-    cases.append(("gtcrn", g, sequential_npz(g, frames, {"conv_cache": "conv_cache_out", "tra_cache": "tra_cache_out",
-                                                         "inter_cache": "inter_cache_out"}, tmp / "gtcrn.npz")))
-    s = REAL / "silero-vad" / "silero_vad_16k_op15.onnx"
-    frames, ctx = [], np.zeros(64, np.float32)
-    for i in range(0, min(len(audio) - 512, 300 * 512), 512):
-        chunk = audio[i : i + 512]
-        frames.append({"input": np.concatenate([ctx, chunk]).reshape(1, 576), "sr": np.array(16000, np.int64)})
-        ctx = chunk[-64:]
-    cases.append(("silero-vad", s, sequential_npz(s, frames, {"state": "stateN"}, tmp / "silero.npz")))
-    return cases
 
 
 def cases(tmp: Path, limit: int) -> list[tuple[str, Path, object, bool]]:

@@ -5,12 +5,25 @@ Every supported consumer computes, per output position, ``y = W2 x (+ b)`` with
 * Gemm / MatMul (weight as the second input): ``W2`` is ``[out, in]``, ``x`` a row of the
   (transposed, for ``transA``) first input;
 * Conv: ``W2 = W.reshape(out, in / group * prod(kernel))`` per group, ``x`` an im2col patch
-  of the input (padding included) for that group.
+  of the input (padding included) for that group;
+* GRU / LSTM / RNN: ``W`` ``[D, gates * H, in]`` and ``R`` ``[D, gates * H, H]`` as
+  ``[D * gates * H, in]`` with one group per direction ``d``. ``W``'s rows read the step's
+  input ``x_t`` (every direction the same); ``R``'s rows of direction ``d`` read that
+  direction's previous hidden state ``h_{t-1}`` (``Y`` one step back in the direction's
+  order, ``initial_h`` at its first step). This is exact for every gate of LSTM and RNN and
+  for GRU with ``linear_before_reset=1`` (PyTorch's GRU); a GRU with ``linear_before_reset=0``
+  applies ``R_h`` to ``r_t * h_{t-1}``, which the graph does not expose, so its ``R`` has no
+  view. Nodes with ``sequence_lens`` (padded steps would count) or ``layout=1`` have none either;
+* ConvTranspose (explicit pads, no ``output_shape``): the Conv it equals,
+  ``Conv(Pad(Z_s(x), b, e), W')`` with stride 1 (train/equivalents.py states it): ``x`` an
+  im2col patch of the input with ``s - 1`` zeros put after every element along each axis
+  and padded by ``b = d (k - 1) - p_begin``, ``e = d (k - 1) - p_end + o - (s - 1)``;
+  ``W2`` row ``g * C_out/g + o'`` holds ``W[g * C_in/g + i, o', k - 1 - kernel index]``.
 
 The view stores, for each element of ``W2``, its index in the initializer's flat array
 (the initializer reaches the node through Reshape / Transpose / Identity / Squeeze /
 Unsqueeze, which only move elements), so statistics over ``W2``'s columns map back to
-the stored weight. Consumers not listed (ConvTranspose, a weight as the first input of
+the stored weight. Consumers not listed (ConvTranspose with pads past its kernel, peepholes, a weight as the first input of
 Gemm / MatMul, Conv over more than 3 spatial dims) have no view: data-aware passes leave
 such weights to the data-free path and say so.
 """
@@ -35,6 +48,25 @@ class ConvGeometry:
     dilations: tuple[int, ...]
     pads: tuple[int, ...]
     auto_pad: str
+    upsample: tuple[int, ...] = ()  # ConvTranspose: zeros inserted, ``s - 1`` after every input element per axis
+
+
+@dataclass(frozen=True)
+class Recurrent:
+    """Where a recurrent weight's input rows come from.
+
+    Attributes:
+        reads: ``x`` (the ``W`` input: rows of ``X`` ``[seq, batch, in]``) or ``h`` (``R``: the previous
+            hidden state, from ``Y`` ``[seq, D, batch, H]``).
+        reverse: per direction, whether it runs from the last step to the first.
+        initial: tensor name of ``initial_h`` when computed or fed, else None.
+        initial_value: ``initial_h`` when it is an initializer, else None (zeros when both are None).
+    """
+
+    reads: str
+    reverse: tuple[bool, ...]
+    initial: str | None = None
+    initial_value: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -43,14 +75,16 @@ class LayerView:
 
     Attributes:
         node: consumer node name.
-        op_type: Conv, Gemm or MatMul.
+        op_type: Conv, ConvTranspose, Gemm, MatMul, GRU, LSTM or RNN.
         activation: name of the tensor ``x`` is taken from.
         index: int64 ``[out, in_per_group]``: flat initializer index of each ``W2`` element.
         groups: Conv groups (1 otherwise); rows ``o`` use group ``o // (out // groups)``.
         trans_a: Gemm's transA (x is a column of the input).
-        conv: Conv geometry, None for Gemm / MatMul.
+        conv: Conv geometry (ConvTranspose: that of its equivalent Conv), None for Gemm / MatMul / recurrent.
         bias: initializer name of the bias added to ``y`` (Conv / Gemm input, or a following Add), or None.
         bias_scale: ``alpha / beta`` of Gemm (the bias absorbs ``alpha * dW x`` as ``beta * db``).
+        recurrent: for a GRU / LSTM / RNN weight, where its rows' inputs come from (``activation``
+            is ``X`` or ``Y``); None otherwise.
     """
 
     node: str
@@ -62,6 +96,13 @@ class LayerView:
     conv: ConvGeometry | None = None
     bias: str | None = None
     bias_scale: float = 1.0
+    recurrent: Recurrent | None = None
+
+    @property
+    def tensors(self) -> tuple[str, ...]:
+        """Every tensor the input rows are built from (``activation``, and a computed ``initial_h``)."""
+        extra = self.recurrent.initial if self.recurrent is not None and self.recurrent.initial else None
+        return (self.activation,) if extra is None else (self.activation, extra)
 
     @property
     def rows(self) -> int:
@@ -92,7 +133,7 @@ def layer_views(model: onnx.ModelProto, site: WeightSite) -> tuple[list[LayerVie
     for c in site.consumers:
         node = nodes.get(c.node)
         if node is None:
-            return [], f"consumer {c.node!r} not found"
+            return [], f"read by {c.node!r} inside a subgraph"
         view = _view(node, c.input_index, site, producer, inits, consumers_of)
         if isinstance(view, str):
             return [], view
@@ -129,7 +170,69 @@ def _view(node, input_index, site, producer, inits, consumers_of) -> LayerView |
     if node.op_type == "MatMul" and input_index == 1 and idx.ndim == 2:
         return LayerView(node.name, "MatMul", node.input[0], np.ascontiguousarray(idx.T),
                          bias=_following_add(node, inits, consumers_of, idx.shape[1]))
+    if node.op_type == "ConvTranspose" and input_index == 1:
+        return _conv_transpose_view(node, idx, attrs, inits, producer, consumers_of)
+    if node.op_type in RECURRENT and input_index in (1, 2) and idx.ndim == 3:
+        return _recurrent_view(node, input_index, idx, attrs, inits)
     return f"{node.op_type} reading the weight as input {input_index} (rank {idx.ndim}) has no matrix view"
+
+
+RECURRENT = ("GRU", "LSTM", "RNN")
+
+
+def _conv_transpose_view(node, idx: np.ndarray, attrs: dict, inits, producer, consumers_of) -> LayerView | str:
+    """A ConvTranspose weight as the Conv it equals on the zero-inserted, padded input."""
+    n = idx.ndim - 2
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    if not 1 <= n <= 3 or auto_pad != "NOTSET" or "output_shape" in attrs:
+        return "ConvTranspose with auto_pad, output_shape or over 3 spatial dims"
+    kernel = tuple(idx.shape[2:])
+    strides = tuple(attrs.get("strides", [1] * n))
+    dilations = tuple(attrs.get("dilations", [1] * n))
+    pads = list(attrs.get("pads", [0] * (2 * n)))
+    extra = list(attrs.get("output_padding", [0] * n))
+    g = int(attrs.get("group", 1))
+    begin = [d * (k - 1) - pads[a] for a, (d, k) in enumerate(zip(dilations, kernel))]
+    end = [d * (k - 1) - pads[n + a] + extra[a] - (s - 1) for a, (d, k, s) in enumerate(zip(dilations, kernel, strides))]
+    if min(begin + end) < 0 or idx.shape[0] % g:
+        return "ConvTranspose with pads past its kernel"
+    c_in, c_out_g = idx.shape[0], idx.shape[1]
+    w = idx.reshape((g, c_in // g, c_out_g) + kernel).swapaxes(1, 2).reshape((g * c_out_g, c_in // g) + kernel)
+    w = w[(slice(None), slice(None)) + (slice(None, None, -1),) * n]
+    geo = ConvGeometry(kernel, (1,) * n, dilations, tuple(begin + end), "NOTSET", strides)
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
+    if bias is not None and _numel(inits[bias]) != w.shape[0]:
+        bias = None
+    return LayerView(node.name, "ConvTranspose", node.input[0], np.ascontiguousarray(w.reshape(w.shape[0], -1)), g,
+                     conv=geo, bias=bias)
+
+
+def _recurrent_view(node, input_index: int, idx: np.ndarray, attrs: dict, inits) -> LayerView | str:
+    """``W`` (input 1) or ``R`` (input 2) of a GRU / LSTM / RNN node, one group per direction."""
+    if len(node.input) > 4 and node.input[4]:
+        return f"{node.op_type} with sequence_lens"
+    direction = attrs.get("direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else str(direction)
+    dirs = idx.shape[0]
+    reverse = {"forward": (False,), "reverse": (True,), "bidirectional": (False, True)}.get(direction)
+    if reverse is None or len(reverse) != dirs:
+        return f"{node.op_type} direction {direction} with {dirs} weight direction(s)"
+    if int(attrs.get("layout", 0)):
+        return f"{node.op_type} with layout=1 (batch first, which onnxruntime does not run)"
+    rows = idx.reshape(-1, idx.shape[2])
+    if input_index == 1:
+        return LayerView(node.name, node.op_type, node.input[0], rows, dirs, recurrent=Recurrent("x", reverse))
+    if node.op_type == "GRU" and not attrs.get("linear_before_reset", 0):
+        return "GRU with linear_before_reset=0 (R_h reads r * h, which the graph does not expose)"
+    if not node.output or not node.output[0]:
+        return f"{node.op_type} without its Y output (R's inputs are Y one step back)"
+    initial = node.input[5] if len(node.input) > 5 and node.input[5] else None
+    value = None
+    if initial is not None and initial in inits:
+        value, initial = numpy_helper.to_array(inits[initial]).astype(np.float32), None
+    return LayerView(node.name, node.op_type, node.output[0], rows, dirs,
+                     recurrent=Recurrent("h", reverse, initial, value))
 
 
 def _numel(t: onnx.TensorProto) -> int:

@@ -4,7 +4,9 @@ Each layer's input tensor is exposed as an extra graph output; one session runs 
 samples batch by batch and each batch's inputs are folded into running sums
 (:class:`~onnx_dc.passes.stats.InputStats`) and dropped, so memory holds one batch of
 activations, never all of them. Conv inputs become im2col patches in chunks of rows, at
-most ``MAX_POSITIONS`` output positions per sample.
+most ``MAX_POSITIONS`` output positions per sample. A recurrent node's ``R`` reads its
+previous hidden state: ``Y`` shifted one step along each direction, ``initial_h`` first
+(:func:`recurrent_rows`).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class Collector:
         self._biases = {t.name: _copy(t) for t in state.model.graph.initializer if t.name in biases}
 
     def _activations(self, names) -> list[str]:
-        return sorted({v.activation for n in names for v in self.views[n]} - self.graph_inputs)
+        return sorted({t for n in names for v in self.views[n] for t in v.tensors} - self.graph_inputs)
 
     def reference(self) -> InferenceSession:
         """A session of the original model with every measured layer input as an output (made once)."""
@@ -94,14 +96,14 @@ class Collector:
     def waves(self) -> list[list[str]]:
         """The measured layers in waves: a layer's wave is one more than the latest wave upstream of its inputs."""
         names = list(self.views)
-        acts = sorted({v.activation for n in names for v in self.views[n]})
+        acts = sorted({t for n in names for v in self.views[n] for t in v.tensors})
         upstream = weights_upstream(self.state.model.graph, names, acts)
         depth: dict[str, int] = {}
 
         def depth_of(name: str) -> int:
             if name not in depth:
                 depth[name] = 0  # a weight that reaches its own input (never in a sorted graph) ends here
-                above = {u for v in self.views[name] for u in upstream[v.activation]} - {name}
+                above = {u for v in self.views[name] for t in v.tensors for u in upstream[t]} - {name}
                 depth[name] = 1 + max((depth_of(u) for u in above), default=-1)
             return depth[name]
 
@@ -163,6 +165,10 @@ def _flush(pending, views, per_view, rngs: dict) -> None:
         return
     for (name, i), st in per_view.items():
         view = views[name][i]
+        if view.recurrent is not None:  # per batch: pooling would join sequences along the step axis
+            for outs, ref in pending:
+                _accumulate_recurrent(view, st, outs, ref)
+            continue
         parts = [np.asarray(outs[view.activation]) for outs, _ in pending]
         refs = [None if ref is None else np.asarray(ref[view.activation]) for _, ref in pending]
         if view.trans_a:
@@ -223,6 +229,9 @@ def _accumulate(view: LayerView, stats: InputStats, x: np.ndarray, rng: np.rando
             stats.add(0, rows[s : s + step], None if ref_rows is None else ref_rows[s : s + step])
         return
     geo = view.conv
+    if any(s > 1 for s in geo.upsample):
+        x = zero_insert(x, geo.upsample)
+        reference = None if reference is None else zero_insert(reference, geo.upsample)
     pads = same_pads(x.shape[2:], geo) if geo.auto_pad.startswith("SAME") else geo.pads
     step = max(1, _CHUNK_ELEMENTS // max(1, view.cols * view.groups * MAX_POSITIONS))
     for s in range(0, x.shape[0], step):
@@ -234,6 +243,54 @@ def _accumulate(view: LayerView, stats: InputStats, x: np.ndarray, rng: np.rando
             ref = ref.reshape(-1, view.groups, view.cols)
         # [n, P, C, *kernel] -> rows [n * P, groups, Cg * prod(kernel)]
         stats.add_groups(patches.reshape(-1, view.groups, view.cols), ref)
+
+
+def _accumulate_recurrent(view: LayerView, stats: InputStats, outs: dict, reference: dict | None) -> None:
+    rows = recurrent_rows(view, outs)
+    ref = None if reference is None else recurrent_rows(view, reference)
+    step = max(1, _CHUNK_ELEMENTS // max(1, view.cols * view.groups))
+    for s in range(0, rows.shape[0], step):
+        stats.add_groups(rows[s : s + step], None if ref is None else ref[s : s + step])
+
+
+def recurrent_rows(view: LayerView, outs: dict) -> np.ndarray:
+    """Input rows ``[steps * batch, D, in]`` of a GRU / LSTM / RNN weight, one group per direction.
+
+    ``W`` reads ``x_t`` (the same for every direction). ``R`` of direction ``d`` reads
+    ``h_{t-1}``: ``Y[t - 1, d]`` for a forward direction, ``Y[t + 1, d]`` for a reverse one,
+    and ``initial_h[d]`` (zeros when the node has none) at the direction's first step.
+    """
+    rec = view.recurrent
+    a = np.asarray(outs[view.activation], np.float32)
+    dirs = view.groups
+    if rec.reads == "x":
+        rows = a.reshape(-1, a.shape[-1])
+        return np.broadcast_to(rows[:, None, :], (rows.shape[0], dirs, rows.shape[1]))
+    y = a  # [seq, D, batch, H]
+    seq, _, batch, hidden = y.shape
+    if rec.initial is not None:
+        h0 = np.asarray(outs[rec.initial], np.float32)
+    elif rec.initial_value is not None:
+        h0 = rec.initial_value
+    else:
+        h0 = np.zeros((dirs, batch, hidden), np.float32)
+    h0 = np.broadcast_to(h0, (dirs, batch, hidden))
+    prev = np.empty_like(y)
+    for d in range(dirs):
+        if rec.reverse[d]:
+            prev[:-1, d], prev[-1, d] = y[1:, d], h0[d]
+        else:
+            prev[1:, d], prev[0, d] = y[:-1, d], h0[d]
+    return prev.transpose(0, 2, 1, 3).reshape(seq * batch, dirs, hidden)
+
+
+def zero_insert(x: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
+    """``x`` ``[N, C, *spatial]`` with ``s - 1`` zeros after every element of each spatial axis (ConvTranspose's input
+    as its equivalent Conv reads it)."""
+    shape = x.shape[:2] + tuple(d * s for d, s in zip(x.shape[2:], factors))
+    out = np.zeros(shape, x.dtype)
+    out[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in factors)] = x
+    return out
 
 
 def same_pads(spatial_shape, geo) -> tuple[int, ...]:

@@ -1,0 +1,95 @@
+"""Calibration inputs of the real speech models (../shared/data/real): the gtcrn recording framed as
+each model's README says, with the model's state inputs taken from running the original model
+frame by frame, saved as npz files for ``--calib npz:FILE``."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+from conftest import SHARED_DATA
+
+REAL = SHARED_DATA / "real"
+
+
+def read_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path)) as w:
+        raw = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    return raw.astype(np.float32) / 32768.0
+
+
+def sequential_npz(model: Path, frames: list[dict], states: dict[str, str], out: Path) -> Path:
+    """Run the original model frame by frame, feeding each state output back; save every feed as an npz."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in sess.get_inputs()}
+    state = {name: np.zeros([d if isinstance(d, int) else 1 for d in inputs[name].shape], np.float32) for name in states}
+    feeds = {name: [] for name in inputs}
+    for frame in frames:
+        feed = {**frame, **state}
+        for k, v in feed.items():
+            if np.ndim(v) > 0:
+                feeds[k].append(v)
+        outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+        state = {name: outs[o] for name, o in states.items()}
+    arrays = {k: np.stack(v) for k, v in feeds.items() if v}
+    arrays.update({k: v for k, v in frames[0].items() if np.ndim(v) == 0})
+    np.savez(out, **arrays)
+    return out
+
+
+AUDIO_MODELS = ("dtln-1", "dtln-2", "gtcrn", "silero-vad")
+
+
+def audio_cases(tmp: Path, only: tuple[str, ...] = AUDIO_MODELS) -> list[tuple[str, Path, Path]]:
+    """(name, model, npz) of dtln (both stages), gtcrn and silero-vad, inputs built from the gtcrn recording
+    (at most 300 frames each); ``only``: just these names."""
+    audio = read_wav(REAL / "gtcrn" / "test_wavs-mix.wav")
+    return [(name, *_BUILDERS[name](audio, tmp)) for name in only]
+
+
+def _blocks(audio: np.ndarray) -> list[np.ndarray]:
+    return [audio[i : i + 512] for i in range(0, min(len(audio) - 512, 300 * 128), 128)]
+
+
+def _dtln1(audio: np.ndarray, tmp: Path) -> tuple[Path, Path]:
+    """Stage 1 reads the magnitude spectrum of a 512-sample block (shift 128) and its LSTM states."""
+    m = REAL / "dtln" / "model_1.onnx"
+    frames = [{"input_2": np.abs(np.fft.rfft(b)).astype(np.float32).reshape(1, 1, 257)} for b in _blocks(audio)]
+    return m, sequential_npz(m, frames, {"input_3": "tf_op_layer_stack_2"}, tmp / "dtln1.npz")
+
+
+def _dtln2(audio: np.ndarray, tmp: Path) -> tuple[Path, Path]:
+    """Stage 2 reads a 512-sample time block and its LSTM states."""
+    m = REAL / "dtln" / "model_2.onnx"
+    frames = [{"input_4": b.reshape(1, 1, 512).astype(np.float32)} for b in _blocks(audio)]
+    return m, sequential_npz(m, frames, {"input_5": "tf_op_layer_stack_5"}, tmp / "dtln2.npz")
+
+
+def _gtcrn(audio: np.ndarray, tmp: Path) -> tuple[Path, Path]:
+    """STFT frames (n_fft 512, hop 256, sqrt-Hann) and the three caches."""
+    m = REAL / "gtcrn" / "gtcrn_simple.onnx"
+    win = np.sqrt(np.hanning(513)[:-1]).astype(np.float32)
+    padded = np.pad(audio, 256, mode="reflect")
+    frames = []
+    for i in range(0, min(len(padded) - 512, 300 * 256), 256):
+        spec = np.fft.rfft(padded[i : i + 512] * win)
+        frames.append({"mix": np.stack([spec.real, spec.imag], -1).astype(np.float32).reshape(1, 257, 1, 2)})
+    return m, sequential_npz(m, frames, {"conv_cache": "conv_cache_out", "tra_cache": "tra_cache_out",
+                                         "inter_cache": "inter_cache_out"}, tmp / "gtcrn.npz")
+
+
+def _silero(audio: np.ndarray, tmp: Path) -> tuple[Path, Path]:
+    """512 new samples after the previous 64, the state, and sr = 16000."""
+    m = REAL / "silero-vad" / "silero_vad_16k_op15.onnx"
+    frames, ctx = [], np.zeros(64, np.float32)
+    for i in range(0, min(len(audio) - 512, 300 * 512), 512):
+        chunk = audio[i : i + 512]
+        frames.append({"input": np.concatenate([ctx, chunk]).reshape(1, 576), "sr": np.array(16000, np.int64)})
+        ctx = chunk[-64:]
+    return m, sequential_npz(m, frames, {"state": "stateN"}, tmp / "silero.npz")
+
+
+_BUILDERS = {"dtln-1": _dtln1, "dtln-2": _dtln2, "gtcrn": _gtcrn, "silero-vad": _silero}
