@@ -166,13 +166,15 @@ def state_model(state: CompressionState, dense: str | None, run: CalibRun) -> on
     model = state.dense_model()
     if dense is None:
         return model
-    originals = {dense: next(t for t in state.model.graph.initializer if t.name == dense)}
-    if run.result is not None and dense in run.result.original_biases:
-        bias, values = run.result.original_biases[dense]
-        originals[bias] = numpy_helper.from_array(values, bias)
+    original = next(t for t in state.model.graph.initializer if t.name == dense)
+    bias, rows, values = run.result.original_biases.get(dense, (None, None, None)) if run.result else (None,) * 3
     for init in model.graph.initializer:
-        if init.name in originals:
-            init.CopyFrom(originals[init.name])
+        if init.name == dense:
+            init.CopyFrom(original)
+        elif init.name == bias:  # only this layer's entries: another layer may have corrected the rest
+            restored = numpy_helper.to_array(init).copy()
+            restored.flat[rows] = values
+            init.CopyFrom(numpy_helper.from_array(restored, bias))
     return model
 
 

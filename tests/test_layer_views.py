@@ -10,11 +10,16 @@ from calib_images import require
 from conftest import SHARED_DATA, finish_model, init, run
 from onnx import TensorProto
 from onnx import helper as oh
+from onnx import numpy_helper
 
 import onnx_dc
 from onnx_dc.api import prepare
 from onnx_dc.data.calib import Samples, parse_calib_spec
 from onnx_dc.graph.layerview import layer_views
+from onnx_dc.passes.bias_correct import correct_bias
+from onnx_dc.passes.data_aware import original_weights
+from onnx_dc.passes.prune import prune
+from onnx_dc.passes.share import share
 from onnx_dc.runtime.collect import collect_stats, im2col, recurrent_rows, zero_insert
 
 REAL = SHARED_DATA / "real"
@@ -148,3 +153,29 @@ def test_real_speech_models_compress_every_recurrent_weight_from_data(tmp_path, 
     assert result.calib.result.without_stats == {}
     assert {layer.entry.site.op_type for layer in prepare(str(model)).layers.values()} & {"LSTM", "GRU"}
     assert max(o.rel_l2 for o in result.fidelity.outputs) < bound
+
+
+def test_recurrent_bias_correction_moves_its_own_half_of_b():
+    """W's correction goes to Wb, R's to Rb (B = [Wb, Rb] per direction): each makes its part's mean
+    pre-activation on the calibration inputs equal the original's."""
+    model, w, r, bias, _ = rnn_model("bidirectional", "none")
+    state = prepare(model, sparse_ratio=0.6, class_num=4)
+    x = np.random.default_rng(4).normal(size=(5, 6, 3, 4)).astype(np.float32)
+    stats = collect_stats(state, Samples({"x": x}, stackable=False)).stats
+    prune(state)
+    share(state)
+    hidden = w.shape[1]
+    b0 = bias.copy()
+    for name, original, half in (("W", w, 0), ("R", r, 1)):
+        before = correct_bias(state, name, original_weights(state, name), stats[name])
+        after = next(numpy_helper.to_array(t) for t in state.model.graph.initializer if t.name == "B")
+        part = slice(half * hidden, (half + 1) * hidden)
+        np.testing.assert_array_equal(after[:, slice((1 - half) * hidden, (2 - half) * hidden)],
+                                      before[:, slice((1 - half) * hidden, (2 - half) * hidden)])
+        view, mean = stats[name].view, stats[name].stats.mean()  # [D, in]
+        full, shared = original.ravel()[view.index], state.layers[name].weights.ravel()[view.index]
+        for d in range(2):
+            rows = slice(d * hidden, (d + 1) * hidden)
+            np.testing.assert_allclose(shared[rows] @ mean[d] + after[d, part], full[rows] @ mean[d] + b0[d, part],
+                                       rtol=1e-5, atol=1e-5)
+        assert not np.allclose(after[:, part], b0[:, part])

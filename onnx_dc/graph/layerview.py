@@ -83,6 +83,8 @@ class LayerView:
         conv: Conv geometry (ConvTranspose: that of its equivalent Conv), None for Gemm / MatMul / recurrent.
         bias: initializer name of the bias added to ``y`` (Conv / Gemm input, or a following Add), or None.
         bias_scale: ``alpha / beta`` of Gemm (the bias absorbs ``alpha * dW x`` as ``beta * db``).
+        bias_rows: flat index in ``bias`` of each row's entry; None when ``bias`` is the rows' bias in order
+            (a recurrent ``B`` holds ``[Wb, Rb]`` per direction: ``W``'s rows use the first half, ``R``'s the second).
         recurrent: for a GRU / LSTM / RNN weight, where its rows' inputs come from (``activation``
             is ``X`` or ``Y``); None otherwise.
     """
@@ -97,6 +99,11 @@ class LayerView:
     bias: str | None = None
     bias_scale: float = 1.0
     recurrent: Recurrent | None = None
+    bias_rows: np.ndarray | None = None
+
+    def bias_index(self) -> np.ndarray:
+        """Flat index in ``bias`` of each row's entry."""
+        return np.arange(self.rows) if self.bias_rows is None else self.bias_rows
 
     @property
     def tensors(self) -> tuple[str, ...]:
@@ -221,8 +228,16 @@ def _recurrent_view(node, input_index: int, idx: np.ndarray, attrs: dict, inits)
     if int(attrs.get("layout", 0)):
         return f"{node.op_type} with layout=1 (batch first, which onnxruntime does not run)"
     rows = idx.reshape(-1, idx.shape[2])
+    per_dir = idx.shape[1]  # gates * hidden
+    bias = node.input[3] if len(node.input) > 3 and node.input[3] in inits else None
+    if bias is not None and _numel(inits[bias]) != 2 * dirs * per_dir:
+        bias = None
+    # B is [D, 2 * gates * H]: W's bias first, then R's
+    half = 0 if input_index == 1 else per_dir
+    bias_rows = (np.arange(dirs)[:, None] * 2 * per_dir + half + np.arange(per_dir)).ravel()
     if input_index == 1:
-        return LayerView(node.name, node.op_type, node.input[0], rows, dirs, recurrent=Recurrent("x", reverse))
+        return LayerView(node.name, node.op_type, node.input[0], rows, dirs, bias=bias,
+                         recurrent=Recurrent("x", reverse), bias_rows=bias_rows)
     if node.op_type == "GRU" and not attrs.get("linear_before_reset", 0):
         return "GRU with linear_before_reset=0 (R_h reads r * h, which the graph does not expose)"
     if not node.output or not node.output[0]:
@@ -231,8 +246,8 @@ def _recurrent_view(node, input_index: int, idx: np.ndarray, attrs: dict, inits)
     value = None
     if initial is not None and initial in inits:
         value, initial = numpy_helper.to_array(inits[initial]).astype(np.float32), None
-    return LayerView(node.name, node.op_type, node.output[0], rows, dirs,
-                     recurrent=Recurrent("h", reverse, initial, value))
+    return LayerView(node.name, node.op_type, node.output[0], rows, dirs, bias=bias,
+                     recurrent=Recurrent("h", reverse, initial, value), bias_rows=bias_rows)
 
 
 def _numel(t: onnx.TensorProto) -> int:

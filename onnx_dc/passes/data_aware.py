@@ -106,7 +106,7 @@ class DataAwareResult:
     refit: list[str] = field(default_factory=list)
     bias_corrected: list[str] = field(default_factory=list)
     without_stats: dict[str, str] = field(default_factory=dict)
-    original_biases: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
+    original_biases: dict[str, tuple[str, np.ndarray, np.ndarray]] = field(default_factory=dict)  # (bias, rows, values)
     waves: int | None = None  # sequential statistics: how many waves; None when measured on the original alone
 
     def passes_ran(self) -> list[str]:
@@ -171,7 +171,8 @@ def compress_layer(state: CompressionState, name: str, st: WeightStats, settings
         before = correct_bias(state, name, original, st)
         if before is not None:
             result.bias_corrected.append(name)
-            result.original_biases[name] = (st.view.bias, before)
+            rows = st.view.bias_index()
+            result.original_biases[name] = (st.view.bias, rows, before.ravel()[rows])
 
 
 def run_data_aware(state: CompressionState, stats: dict[str, WeightStats], settings: DataAwareSettings,
