@@ -21,11 +21,11 @@ from onnx_dc.data.datasets import DataSpec, Preprocess, load_dataset
 from onnx_dc.errors import DataError
 from onnx_dc.graph.io import load_model
 from onnx_dc.passes.data_aware import (DataAwareResult, DataAwareSettings, compress_layer, compress_plain,
-                                       parse_data_aware, run_data_aware)
+                                       original_weights, parse_data_aware, run_data_aware)
 from onnx_dc.passes.state import CompressionState
 from onnx_dc.runtime.collect import Collected, Collector
 from onnx_dc.runtime.fidelity import Fidelity, compare_outputs, mean_error, measure_fidelity, responsible_layers
-from onnx_dc.runtime.session import load_any
+from onnx_dc.runtime.session import InferenceSession, load_any
 
 ATTRIBUTION_SAMPLES = 32
 ATTRIBUTION_LAYERS = 8  # layers measured by putting them back to dense, chosen by their own output error
@@ -129,14 +129,44 @@ def fidelity_of(original: onnx.ModelProto | bytes, compressed: onnx.ModelProto, 
     if len(held) == 0:
         return None
     batch = run.settings.batch_size
-    fid = measure_fidelity(original, compressed, held, run.data.source, batch)
+    reference = InferenceSession(_bytes(original), spin=False)
+    fid = Fidelity(tuple(compare_outputs(reference, _bytes(compressed), held, batch)), len(held), run.data.source)
     if not fid.poor():
         return fid
     few = held.take(slice(0, ATTRIBUTION_SAMPLES))
-    total = mean_error(compare_outputs(_bytes(original), _bytes(state_model(state, None, run)), few, batch))
-    variants = ((name, state_model(state, name, run)) for name in _candidates(state, run))
-    culprits = responsible_layers(original, variants, few, total, batch_size=batch)
+    names = _candidates(state, run)
+    restore = {name: _dense_again(state, name, run) for name in names}
+    probe_model = state.dense_model()
+    _overridable(probe_model, {t for r in restore.values() for t in r})
+    probe = InferenceSession(_bytes(probe_model), spin=False)
+    del probe_model
+    total = mean_error(compare_outputs(reference, probe, few, batch))
+    variants = ((name, {t: values() for t, values in restore[name].items()}) for name in names)
+    culprits = responsible_layers(reference, probe, variants, few, total, batch_size=batch)
     return Fidelity(fid.outputs, fid.samples, fid.source, culprits, ranked=True)
+
+
+def _dense_again(state: CompressionState, name: str, run: CalibRun) -> dict[str, Any]:
+    """Tensor name -> a function giving the value that puts layer ``name`` back to its original form
+    (its weight, and the entries of its bias that bias correction moved), made when called."""
+    out: dict[str, Any] = {name: lambda: original_weights(state, name)}
+    if run.result is not None and name in run.result.original_biases:
+        bias, rows, values = run.result.original_biases[name]
+
+        def restored() -> np.ndarray:
+            arr = numpy_helper.to_array(next(t for t in state.model.graph.initializer if t.name == bias)).copy()
+            arr.flat[rows] = values
+            return arr
+        out[bias] = restored
+    return out
+
+
+def _overridable(model: onnx.ModelProto, names: set[str]) -> None:
+    """List the initializers ``names`` as graph inputs too, so a run can feed other values for them."""
+    have = {i.name for i in model.graph.input}
+    for init in model.graph.initializer:
+        if init.name in names and init.name not in have:
+            model.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
 
 
 def _candidates(state: CompressionState, run: CalibRun) -> list[str]:
@@ -145,7 +175,6 @@ def _candidates(state: CompressionState, run: CalibRun) -> list[str]:
     stats = run.collected.stats if run.collected is not None else {}
     if len(names) <= ATTRIBUTION_LAYERS or not stats:
         return names
-    from onnx_dc.passes.data_aware import original_weights
     from onnx_dc.passes.refit import output_error
 
     def own_error(name: str) -> float:
@@ -159,23 +188,6 @@ def _candidates(state: CompressionState, run: CalibRun) -> list[str]:
         return output_error(w2, wq2, h, groups, cross) / max(output_error(w2, 0 * w2, h, groups), 1e-30)
 
     return sorted(names, key=own_error, reverse=True)[:ATTRIBUTION_LAYERS]
-
-
-def state_model(state: CompressionState, dense: str | None, run: CalibRun) -> onnx.ModelProto:
-    """The state's current weights as a plain model, with layer ``dense`` back to its original values."""
-    model = state.dense_model()
-    if dense is None:
-        return model
-    original = next(t for t in state.model.graph.initializer if t.name == dense)
-    bias, rows, values = run.result.original_biases.get(dense, (None, None, None)) if run.result else (None,) * 3
-    for init in model.graph.initializer:
-        if init.name == dense:
-            init.CopyFrom(original)
-        elif init.name == bias:  # only this layer's entries: another layer may have corrected the rest
-            restored = numpy_helper.to_array(init).copy()
-            restored.flat[rows] = values
-            init.CopyFrom(numpy_helper.from_array(restored, bias))
-    return model
 
 
 def _bytes(model) -> bytes:

@@ -131,14 +131,18 @@ def float_outputs(session) -> list[str]:
     return [o.name for o in session.get_outputs() if "float" in o.type or "double" in o.type]
 
 
-def compare_outputs(reference, candidate, samples: Samples, batch_size: int = 64) -> list[OutputFidelity]:
-    """Per-output fidelity of ``candidate`` against ``reference`` (sessions or models) on ``samples``."""
+def compare_outputs(reference, candidate, samples: Samples, batch_size: int = 64,
+                    overrides: dict[str, np.ndarray] | None = None) -> list[OutputFidelity]:
+    """Per-output fidelity of ``candidate`` against ``reference`` (sessions or models) on ``samples``.
+
+    ``overrides``: extra feeds of the candidate only (values of its overridable initializers).
+    """
     ref = reference if hasattr(reference, "run") else InferenceSession(reference, spin=False)
     cand = candidate if hasattr(candidate, "run") else InferenceSession(candidate, spin=False)
     names = [n for n in float_outputs(ref) if n in {o.name for o in cand.get_outputs()}]
     sums = {n: _Sums() for n in names}
     for feed in samples.batches(batch_size):
-        for n, y, yq in zip(names, ref.run(names, feed), cand.run(names, feed)):
+        for n, y, yq in zip(names, ref.run(names, feed), cand.run(names, {**feed, **(overrides or {})})):
             sums[n].add(np.asarray(y), np.asarray(yq))
     return [sums[n].result(n) for n in names]
 
@@ -155,20 +159,22 @@ def mean_error(outputs: list[OutputFidelity]) -> float:
     return float(np.mean([o.rel_l2 for o in outputs])) if outputs else 0.0
 
 
-def responsible_layers(reference: onnx.ModelProto | bytes, variants, samples: Samples, total: float,
-                       top: int = 3, batch_size: int = 64) -> tuple[tuple[str, float], ...]:
+def responsible_layers(reference, probe, variants, samples: Samples, total: float, top: int = 3,
+                       batch_size: int = 64) -> tuple[tuple[str, float], ...]:
     """Rank layers by how much of the error ``total`` goes away when each alone is dense.
 
     Args:
-        reference: the original model.
-        variants: iterable of (layer name, model with that layer back to its original values).
+        reference: the original model (session or model).
+        probe: a session of the compressed model whose candidates' weights (and biases) are
+            overridable initializers: one session serves every candidate.
+        variants: iterable of (layer name, feeds that put that layer back to its original values).
         samples: where to measure (a few dozen held-out samples are enough to rank).
         total: the compressed model's :func:`mean_error` on the same samples.
     """
-    ref = InferenceSession(model_bytes(reference), spin=False)
+    ref = reference if hasattr(reference, "run") else InferenceSession(model_bytes(reference), spin=False)
     gains = []
-    for name, model in variants:
-        err = mean_error(compare_outputs(ref, model_bytes(model), samples, batch_size))
+    for name, overrides in variants:
+        err = mean_error(compare_outputs(ref, probe, samples, batch_size, overrides))
         gains.append((name, (total - err) / total if total > 0 else 0.0))
     gains.sort(key=lambda t: -t[1])
     # A layer whose original values raise the error (after fine-tuning the others adapted to
