@@ -138,8 +138,10 @@ def fidelity_of(original: onnx.ModelProto | bytes, compressed: onnx.ModelProto, 
     restore = {name: _dense_again(state, name, run) for name in names}
     probe_model = state.dense_model()
     _overridable(probe_model, {t for r in restore.values() for t in r})
-    probe = InferenceSession(_bytes(probe_model), spin=False)
-    del probe_model
+    probe_bytes = _bytes(probe_model)
+    del probe_model  # one copy of the weights at a time: the proto, then its bytes, then the session's
+    probe = InferenceSession(probe_bytes, spin=False, decode=False)
+    del probe_bytes
     total = mean_error(compare_outputs(reference, probe, few, batch))
     variants = ((name, {t: values() for t, values in restore[name].items()}) for name in names)
     culprits = responsible_layers(reference, probe, variants, few, total, batch_size=batch)
