@@ -77,6 +77,22 @@ def test_prune_by_activation_reaches_ratio_per_row():
     assert w2[:, ::3].mean() > w2.mean()
 
 
+def test_prune_by_activation_prunes_exact_zeros_too():
+    """A weight matrix that is mostly exact zeros (a fixed filterbank): every zero is pruned, as magnitude pruning
+    does, so the mask and the codebook hold only the real weights."""
+    model = mlp_model(sizes=(64, 48, 10))
+    w0 = next(t for t in model.graph.initializer if t.name == "w0")
+    arr = numpy_helper.to_array(w0).copy()
+    arr[:, 8:] = 0.0  # 8 non-zero inputs per row of 64
+    w0.CopyFrom(numpy_helper.from_array(arr, "w0"))
+    state = prepare(model, sparse_ratio=0.5)
+    stats = collect_stats(state, feeds(50, (64,))).stats
+    prune_by_activation(state, stats)
+    mask = state.layers["w0"].mask
+    assert not mask[:, 8:].any()  # all 56 zeros of each row pruned, though the ratio asks for 32
+    assert np.all(mask[:, :8].sum(axis=1) == 8)  # and no real weight: the zeros took the ratio's place
+
+
 def test_weighted_kmeans_equals_sklearn_from_same_start():
     from sklearn.cluster import KMeans
 

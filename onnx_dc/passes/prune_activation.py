@@ -1,7 +1,8 @@
 """Data-aware pruning: score each weight by what it contributes on the calibration inputs.
 
     score_ij = |W2_ij| * sqrt(E[x_j^2])       (W2: the layer as [out, in], x: its input rows)
-    in each output row i, the floor(sparse_ratio * in) lowest scores are pruned
+    in each output row i, the floor(sparse_ratio * in) lowest scores are pruned,
+    and every weight that is exactly zero (as magnitude pruning's |w| > t does)
 
 ``sqrt(E[x_j^2])`` is the input activation norm ``||x_j||`` up to a constant, so a weight on
 an input that is always near zero goes first however large it is. Comparing within a row
@@ -52,6 +53,7 @@ def prune_layer_by_activation(layer: LayerState, stats: WeightStats) -> bool:
     mask = mask.reshape(layer.weights.shape)
     if layer.mask is not None:
         mask &= layer.mask
+    mask &= layer.weights != 0  # exact zeros (a fixed filterbank's, say) are pruned as magnitude pruning does
     layer.mask = mask
     layer.threshold = -1.0  # per-row scores: no single magnitude threshold
     layer.weights = np.where(mask, layer.weights, np.float32(0.0)).astype(np.float32)
