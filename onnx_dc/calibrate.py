@@ -100,7 +100,7 @@ def run_calibrated(state: CompressionState, run: CalibRun, echo=None) -> CalibRu
         stats = {}
         waves = collector.waves()
         for i, wave in enumerate(progress.bar(waves, desc="data-aware", unit="wave")):
-            wave_stats = collector.collect(wave, state.dense_model())
+            wave_stats = collector.collect(wave, {n: layer.weights for n, layer in state.layers.items()})
             for name in wave:
                 compress_layer(state, name, wave_stats[name], settings, result)
             stats.update(wave_stats)

@@ -65,7 +65,7 @@ def test_paired_statistics_equal_plain_ones_when_nothing_upstream_changed():
     state = prepare(mlp_model(), sparse_ratio=0.5, class_num=8)
     collector = Collector(state, samples(40, (64,)))
     plain = collector.collect()
-    paired = collector.collect(current=state.dense_model())
+    paired = collector.collect(current={n: layer.weights for n, layer in state.layers.items()})
     for name, st in plain.items():
         p = paired[name].stats
         assert p.cross is not None and st.stats.cross is None

@@ -14,16 +14,19 @@ from __future__ import annotations
 import copy
 import time
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from numpy.lib.stride_tricks import sliding_window_view
+from onnx import numpy_helper
 
 from onnx_dc.data.calib import Samples
+from onnx_dc.graph import external
 from onnx_dc.graph.io import serialize
 from onnx_dc.graph.layerview import LayerView, layer_views
-from onnx_dc.graph.walk import needed_nodes, weights_upstream
+from onnx_dc.graph.walk import needed_nodes, reads, weights_upstream
 from onnx_dc.passes.state import CompressionState
 from onnx_dc.passes.stats import InputStats, WeightStats
 from onnx_dc.runtime.session import InferenceSession
@@ -90,7 +93,7 @@ class Collector:
         """A session of the original model with every measured layer input as an output (made once)."""
         if self._reference is None:
             self._reference = InferenceSession(_with_outputs(self.state.model, self._activations(self.views),
-                                                             replace=self._biases), threads=self.threads, spin=False)
+                                                             self._biases), threads=self.threads, spin=False)
         return self._reference
 
     def waves(self) -> list[list[str]]:
@@ -112,10 +115,13 @@ class Collector:
             out[depth_of(name)].append(name)
         return out
 
-    def collect(self, names: list[str] | None = None, current: onnx.ModelProto | None = None) -> dict[str, WeightStats]:
-        """Statistics of the named layers (all measurable ones by default); paired with ``current`` when given.
+    def collect(self, names: list[str] | None = None,
+                current: Mapping[str, np.ndarray] | None = None) -> dict[str, WeightStats]:
+        """Statistics of the named layers (all measurable ones by default); paired when ``current`` is given.
 
-        ``current`` is consumed: its nodes and outputs are cut down to what the wave needs.
+        ``current``: the present values of planned weights (name -> array); the measured model is
+        ``state.model`` (its biases as bias correction left them) with these in place, beside the
+        original. Both are cut down to the nodes the wave's inputs need and the initializers those read.
         """
         names = [n for n in (self.views if names is None else names) if n in self.views]
         views = {n: self.views[n] for n in names}
@@ -126,11 +132,10 @@ class Collector:
         reference = measured = None
         if wanted and not paired:
             reference = self.reference()
-        elif wanted:  # a wave: both models cut down to the nodes its inputs need
-            reference = InferenceSession(_with_outputs(self.state.model, wanted, only=True, replace=self._biases),
-                                         threads=self.threads, spin=False)
-            measured = InferenceSession(_with_outputs(current, wanted, only=True, in_place=True), threads=self.threads,
-                                        spin=False)
+        elif wanted:  # a wave
+            reference = InferenceSession(cut_model(self.state.model, wanted, self._biases), threads=self.threads,
+                                         spin=False)
+            measured = InferenceSession(cut_model(self.state.model, wanted, current), threads=self.threads, spin=False)
         # Small batches (models with a fixed batch of 1) are pooled before the sums: one large
         # product x^T x runs far faster than many small ones.
         pending: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]] = []
@@ -188,30 +193,47 @@ def _copy(tensor: onnx.TensorProto) -> onnx.TensorProto:
     return out
 
 
-def _with_outputs(model: onnx.ModelProto, names: list[str], only: bool = False,
-                  replace: dict[str, onnx.TensorProto] | None = None, in_place: bool = False) -> bytes:
-    """``model`` with ``names`` as extra outputs; with ``only``, just those outputs and the nodes they need.
-
-    ``replace``: initializers to put in place of those of the same name. ``in_place``: change
-    ``model`` itself instead of a copy (a throwaway model: one copy of the weights fewer).
-    """
-    out = model
-    if not in_place:
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
-    for init in out.graph.initializer if replace else ():
+def _with_outputs(model: onnx.ModelProto, names: list[str], replace: dict[str, onnx.TensorProto]) -> bytes:
+    """A copy of ``model`` with ``names`` as extra outputs and ``replace``'s initializers in place of its own."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for init in out.graph.initializer:
         if init.name in replace:
             init.CopyFrom(replace[init.name])
-    if only:  # onnxruntime runs every node whatever the outputs asked for: drop those not needed
-        kept = []
-        for i in needed_nodes(model.graph, names):  # copied out first: ``out`` may be ``model`` itself
-            kept.append(onnx.NodeProto())
-            kept[-1].CopyFrom(model.graph.node[i])
-        del out.graph.node[:]
-        out.graph.node.extend(kept)
-        del out.graph.output[:]
     have = {o.name for o in out.graph.output}
     out.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names if name not in have)
+    return serialize(out)
+
+
+def cut_model(model: onnx.ModelProto, names: list[str], replace: Mapping[str, onnx.TensorProto | np.ndarray]) -> bytes:
+    """``model`` cut down to the nodes that compute ``names`` (its only outputs) and the initializers they read.
+
+    onnxruntime runs every node whatever outputs are asked for, and a session loads every
+    initializer: an early wave of a large model needs a small part of both. ``replace``: values
+    (tensors or arrays) to put in place of initializers of the same name. Every graph input that
+    is not an initializer stays, so the same feeds run it.
+    """
+    graph = model.graph
+    nodes = [graph.node[i] for i in needed_nodes(graph, names)]
+    read = set().union(*(reads(n) for n in nodes))
+    out = onnx.ModelProto()
+    out.ir_version = model.ir_version
+    out.opset_import.extend(model.opset_import)
+    out.functions.extend(model.functions)
+    g = out.graph
+    g.name = graph.name
+    g.node.extend(nodes)
+    for init in graph.initializer:
+        if init.name not in read:
+            continue
+        value = replace.get(init.name, init)
+        g.initializer.append(value if isinstance(value, onnx.TensorProto) else numpy_helper.from_array(value, init.name))
+        if external.is_external(g.initializer[-1]):
+            external.embed(g.initializer[-1])
+    g.sparse_initializer.extend(t for t in graph.sparse_initializer if t.values.name in read)
+    stored = {t.name for t in graph.initializer}
+    g.input.extend(i for i in graph.input if i.name not in stored or i.name in read)
+    g.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
     return serialize(out)
 
 
@@ -337,4 +359,5 @@ def stats_summary(collected: Collected) -> str:
                                            if collected.unsupported else ""))
 
 
-__all__ = ["Collected", "Collector", "collect_stats", "im2col", "stats_summary", "FULL_HESSIAN_MAX_DIM"]
+__all__ = ["Collected", "Collector", "collect_stats", "cut_model", "im2col", "recurrent_rows", "stats_summary",
+           "zero_insert", "FULL_HESSIAN_MAX_DIM"]
