@@ -25,7 +25,8 @@ def sequential_npz(model: Path, frames: list[dict], states: dict[str, str], out:
 
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     inputs = {i.name: i for i in sess.get_inputs()}
-    state = {name: np.zeros([d if isinstance(d, int) else 1 for d in inputs[name].shape], np.float32) for name in states}
+    state = {name: np.zeros([d if isinstance(d, int) else 1 for d in inputs[name].shape], np.float32)
+             for name in states}
     feeds = {name: [] for name in inputs}
     for frame in frames:
         feed = {**frame, **state}

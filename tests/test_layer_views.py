@@ -86,8 +86,8 @@ def rnn_model(direction: str, initial: str, seq: int = 6, batch: int = 3, hidden
         names = names[:4]
         h0 = np.zeros_like(h0)
     node = oh.make_node("RNN", names, ["y"], name="rnn", hidden_size=hidden, direction=direction)
-    g = oh.make_graph([node], "rnn", inputs, [oh.make_tensor_value_info("y", TensorProto.FLOAT, [seq, dirs, batch, hidden])],
-                      inits)
+    out = oh.make_tensor_value_info("y", TensorProto.FLOAT, [seq, dirs, batch, hidden])
+    g = oh.make_graph([node], "rnn", inputs, [out], inits)
     return finish_model(g), w, r, bias, h0
 
 
@@ -130,7 +130,8 @@ def test_recurrent_weights_without_a_view_say_why():
     w, r = rng.normal(size=(1, 9, 4)).astype(np.float32), rng.normal(size=(1, 9, 3)).astype(np.float32)
     lens = np.full(2, 5, np.int32)
     nodes = [oh.make_node("GRU", ["x", "W", "R"], ["y"], name="gru0", hidden_size=3),
-             oh.make_node("GRU", ["x", "W2", "R2", "", "lens"], ["y2"], name="gru1", hidden_size=3, linear_before_reset=1)]
+             oh.make_node("GRU", ["x", "W2", "R2", "", "lens"], ["y2"], name="gru1", hidden_size=3,
+                          linear_before_reset=1)]
     g = oh.make_graph(nodes, "gru", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [5, 2, 4])],
                       [oh.make_tensor_value_info("y", TensorProto.FLOAT, [5, 1, 2, 3]),
                        oh.make_tensor_value_info("y2", TensorProto.FLOAT, [5, 1, 2, 3])],

@@ -23,9 +23,10 @@ Every supported consumer computes, per output position, ``y = W2 x (+ b)`` with
 The view stores, for each element of ``W2``, its index in the initializer's flat array
 (the initializer reaches the node through Reshape / Transpose / Identity / Squeeze /
 Unsqueeze, which only move elements), so statistics over ``W2``'s columns map back to
-the stored weight. Consumers not listed (ConvTranspose with pads past its kernel, peepholes, a weight as the first input of
-Gemm / MatMul, Conv over more than 3 spatial dims) have no view: data-aware passes leave
-such weights to the data-free path and say so.
+the stored weight. Consumers not listed (ConvTranspose with pads past its kernel, LSTM
+peepholes, a weight as the first input of Gemm / MatMul, Conv over more than 3 spatial
+dims, nodes inside subgraphs) have no view: data-aware passes leave such weights to the
+data-free path and say so.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def _view(node, input_index, site, producer, inits, consumers_of) -> LayerView |
         return LayerView(node.name, "MatMul", node.input[0], np.ascontiguousarray(idx.T),
                          bias=_following_add(node, inits, consumers_of, idx.shape[1]))
     if node.op_type == "ConvTranspose" and input_index == 1:
-        return _conv_transpose_view(node, idx, attrs, inits, producer, consumers_of)
+        return _conv_transpose_view(node, idx, attrs, inits)
     if node.op_type in RECURRENT and input_index in (1, 2) and idx.ndim == 3:
         return _recurrent_view(node, input_index, idx, attrs, inits)
     return f"{node.op_type} reading the weight as input {input_index} (rank {idx.ndim}) has no matrix view"
@@ -187,7 +188,7 @@ def _view(node, input_index, site, producer, inits, consumers_of) -> LayerView |
 RECURRENT = ("GRU", "LSTM", "RNN")
 
 
-def _conv_transpose_view(node, idx: np.ndarray, attrs: dict, inits, producer, consumers_of) -> LayerView | str:
+def _conv_transpose_view(node, idx: np.ndarray, attrs: dict, inits) -> LayerView | str:
     """A ConvTranspose weight as the Conv it equals on the zero-inserted, padded input."""
     n = idx.ndim - 2
     auto_pad = attrs.get("auto_pad", b"NOTSET")
@@ -201,7 +202,8 @@ def _conv_transpose_view(node, idx: np.ndarray, attrs: dict, inits, producer, co
     extra = list(attrs.get("output_padding", [0] * n))
     g = int(attrs.get("group", 1))
     begin = [d * (k - 1) - pads[a] for a, (d, k) in enumerate(zip(dilations, kernel))]
-    end = [d * (k - 1) - pads[n + a] + extra[a] - (s - 1) for a, (d, k, s) in enumerate(zip(dilations, kernel, strides))]
+    end = [d * (k - 1) - pads[n + a] + extra[a] - (s - 1)
+           for a, (d, k, s) in enumerate(zip(dilations, kernel, strides))]
     if min(begin + end) < 0 or idx.shape[0] % g:
         return "ConvTranspose with pads past its kernel"
     c_in, c_out_g = idx.shape[0], idx.shape[1]

@@ -5,12 +5,14 @@ For ``y = W2 x + b`` compressed to ``W_q``, on the calibration inputs
     E[y - y_q] = (W2 - W_q) E[x]   so   b' = b + (alpha / beta) (W2 - W_q) E[x]
 
 (``alpha / beta`` is Gemm's scaling; 1 elsewhere; Conv uses the mean im2col patch of each
-group; a GRU / LSTM / RNN weight moves its half of ``B``: ``Wb`` for ``W``, ``Rb`` for ``R``). The compressed layer's mean output then equals the original's on those inputs.
-With sequential statistics (input ``x`` from the model whose upstream layers are
-compressed, ``x_o`` the original's) the shift is ``W2 E[x_o] - W_q E[x]``: it also takes
-out the mean error that reaches the layer from upstream.
+group; a GRU / LSTM / RNN weight moves its half of ``B``: ``Wb`` for ``W``, ``Rb`` for ``R``).
+The compressed layer's mean output then equals the original's on those inputs. With
+sequential statistics (input ``x`` from the model whose upstream layers are compressed,
+``x_o`` the original's) the shift is ``W2 E[x_o] - W_q E[x]``: it also takes out the mean
+error that reaches the layer from upstream.
 Layers without a bias (a Conv / ConvTranspose / Gemm bias input, a recurrent ``B``, or a
-following Add of a per-channel initializer), and weights read by several nodes, are left as they are.
+following Add of a per-channel initializer), and weights read by several nodes, are left as
+they are.
 """
 
 from __future__ import annotations

@@ -227,7 +227,9 @@ def cut_model(model: onnx.ModelProto, names: list[str], replace: Mapping[str, on
         if init.name not in read:
             continue
         value = replace.get(init.name, init)
-        g.initializer.append(value if isinstance(value, onnx.TensorProto) else numpy_helper.from_array(value, init.name))
+        if not isinstance(value, onnx.TensorProto):
+            value = numpy_helper.from_array(value, init.name)
+        g.initializer.append(value)
         if external.is_external(g.initializer[-1]):
             external.embed(g.initializer[-1])
     g.sparse_initializer.extend(t for t in graph.sparse_initializer if t.values.name in read)
