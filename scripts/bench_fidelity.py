@@ -14,7 +14,10 @@ Per row: fidelity on the held-out samples (worst output: max relative L2, min co
 top-1 agreement) for data-free and data-aware; MNIST test accuracy where labels exist;
 the .dcz ratio (original file bytes / packed bytes) of the data-aware model; seconds of the
 data-aware compress (collection, passes, lowering, fidelity); the number of sequential
-waves. Label-free fine-tuning on top is measured by scripts/bench_distill.py.
+waves. The streaming speech models are also run closed-loop (each model fed back its own
+states over the recording, as in real use, so state errors carry into later frames): the
+cosine and relative L2 of their non-state outputs. Label-free fine-tuning on top is
+measured by scripts/bench_distill.py.
 A speed row runs an ~11 MB MLP with 256 MNIST samples through the data-aware passes.
 """
 
@@ -41,7 +44,7 @@ import onnx_dc  # noqa: E402
 from onnx_dc.calibrate import fidelity  # noqa: E402
 from onnx_dc.data.calib import parse_calib_spec  # noqa: E402
 from onnx_dc.graph.io import save_model  # noqa: E402
-from calib_audio import audio_cases  # noqa: E402
+from calib_audio import AUDIO_MODELS, audio_cases, stream_fidelity  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 REAL = SHARED / "real"
@@ -114,6 +117,9 @@ def one_row(name: str, model: Path, calib, labeled: bool, sparse: float, k: int,
     row["passes"] = aware.calib.result.passes_ran()
     row["culprits"] = [n for n, _ in aware.fidelity.culprits]
     row["dcz_ratio"] = round(model.stat().st_size / onnx_dc.pack(tmp / "aware.dc.onnx", tmp / "aware.dcz"), 2)
+    if name in AUDIO_MODELS:  # streaming models: also fed back their own states, frame after frame
+        row["free_stream"] = stream_fidelity(name, free.model)
+        row["aware_stream"] = stream_fidelity(name, tmp / "aware.dc.onnx")
     if labeled:
         row["acc_dense"] = onnx_dc.evaluate(model, f"mnist:{MNIST}").accuracy
         row["acc_free"] = onnx_dc.evaluate(free.model, f"mnist:{MNIST}").accuracy
@@ -167,6 +173,13 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def stream_line(row: dict) -> str:
+    """Closed-loop fidelity of a streaming model's outputs, data-free and data-aware."""
+    parts = [f"{k} {row['free_stream'][k]['cosine']:.4f} -> {v['cosine']:.4f} (rel L2 {v['rel_l2']:.3f})"
+             for k, v in row["aware_stream"].items()]
+    return f"{'':<15} closed loop, cosine free -> aware: " + "; ".join(parts)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=str(ROOT / "out" / "bench_fidelity.json"))
@@ -200,6 +213,8 @@ def main() -> int:
             for sparse, k, spec in settings:
                 rows.append(one_row(name, model, spec, labeled, sparse, k, tmp, not args.no_sequential))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
+                if "aware_stream" in rows[-1]:
+                    print(stream_line(rows[-1]), flush=True)
                 save()
         speed = out["speed"] = None if args.no_speed else speed_row(tmp)
     save()

@@ -1,6 +1,7 @@
 """Calibration inputs of the real speech models (../shared/data/real): the gtcrn recording framed as
 each model's README says, with the model's state inputs taken from running the original model
-frame by frame, saved as npz files for ``--calib npz:FILE``."""
+frame by frame, saved as npz files for ``--calib npz:FILE``; and closed-loop fidelity, where each
+model is fed back its own states."""
 
 from __future__ import annotations
 
@@ -19,25 +20,61 @@ def read_wav(path: Path) -> np.ndarray:
     return raw.astype(np.float32) / 32768.0
 
 
-def sequential_npz(model: Path, frames: list[dict], states: dict[str, str], out: Path) -> Path:
-    """Run the original model frame by frame, feeding each state output back; save every feed as an npz."""
-    import onnxruntime as ort
+def run_stream(session, frames: list[dict], states: dict[str, str]) -> tuple[dict[str, list], dict[str, list]]:
+    """Run a model frame by frame, feeding each state output back (zeros first).
 
-    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    inputs = {i.name: i for i in sess.get_inputs()}
+    Returns:
+        (every feed, per input name; every output that is not a state, per output name).
+    """
+    inputs = {i.name: i for i in session.get_inputs()}
+    names = [o.name for o in session.get_outputs()]
     state = {name: np.zeros([d if isinstance(d, int) else 1 for d in inputs[name].shape], np.float32)
              for name in states}
-    feeds = {name: [] for name in inputs}
+    feeds: dict[str, list] = {name: [] for name in inputs}
+    outputs: dict[str, list] = {name: [] for name in names if name not in states.values()}
     for frame in frames:
         feed = {**frame, **state}
         for k, v in feed.items():
             if np.ndim(v) > 0:
                 feeds[k].append(v)
-        outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+        outs = dict(zip(names, session.run(None, feed)))
+        for name in outputs:
+            outputs[name].append(outs[name])
         state = {name: outs[o] for name, o in states.items()}
+    return feeds, outputs
+
+
+def sequential_npz(model: Path, frames: list[dict], states: dict[str, str], out: Path) -> Path:
+    """Run the original model frame by frame, feeding each state output back; save every feed as an npz."""
+    import onnxruntime as ort
+
+    feeds, _ = run_stream(ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]), frames, states)
     arrays = {k: np.stack(v) for k, v in feeds.items() if v}
     arrays.update({k: v for k, v in frames[0].items() if np.ndim(v) == 0})
     np.savez(out, **arrays)
+    return out
+
+
+def stream_fidelity(name: str, compressed) -> dict[str, dict[str, float]]:
+    """Closed-loop fidelity of a compressed speech model: both models run the recording frame by frame,
+    each fed back its own states (as in real streaming use, where state errors carry into later frames).
+
+    Returns:
+        output name (the non-state outputs) -> {"rel_l2", "cosine"} over all frames.
+    """
+    import onnxruntime as ort
+
+    from onnx_dc.runtime.session import InferenceSession
+
+    model, frames, states = _BUILDERS[name](read_wav(REAL / "gtcrn" / "test_wavs-mix.wav"))
+    _, want = run_stream(ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]), frames, states)
+    _, got = run_stream(InferenceSession(compressed), frames, states)
+    out = {}
+    for key, ys in want.items():
+        y = np.concatenate([np.ravel(v) for v in ys]).astype(np.float64)
+        yq = np.concatenate([np.ravel(v) for v in got[key]]).astype(np.float64)
+        out[key] = {"rel_l2": float(np.linalg.norm(yq - y) / max(np.linalg.norm(y), 1e-30)),
+                    "cosine": float(y @ yq / max(np.linalg.norm(y) * np.linalg.norm(yq), 1e-30))}
     return out
 
 
@@ -48,28 +85,32 @@ def audio_cases(tmp: Path, only: tuple[str, ...] = AUDIO_MODELS) -> list[tuple[s
     """(name, model, npz) of dtln (both stages), gtcrn and silero-vad, inputs built from the gtcrn recording
     (at most 300 frames each); ``only``: just these names."""
     audio = read_wav(REAL / "gtcrn" / "test_wavs-mix.wav")
-    return [(name, *_BUILDERS[name](audio, tmp)) for name in only]
+    cases = []
+    for name in only:
+        model, frames, states = _BUILDERS[name](audio)
+        cases.append((name, model, sequential_npz(model, frames, states, tmp / f"{name}.npz")))
+    return cases
 
 
 def _blocks(audio: np.ndarray) -> list[np.ndarray]:
     return [audio[i : i + 512] for i in range(0, min(len(audio) - 512, 300 * 128), 128)]
 
 
-def _dtln1(audio: np.ndarray, tmp: Path) -> tuple[Path, Path]:
+def _dtln1(audio: np.ndarray) -> tuple[Path, list[dict], dict[str, str]]:
     """Stage 1 reads the magnitude spectrum of a 512-sample block (shift 128) and its LSTM states."""
     m = REAL / "dtln" / "model_1.onnx"
     frames = [{"input_2": np.abs(np.fft.rfft(b)).astype(np.float32).reshape(1, 1, 257)} for b in _blocks(audio)]
-    return m, sequential_npz(m, frames, {"input_3": "tf_op_layer_stack_2"}, tmp / "dtln1.npz")
+    return m, frames, {"input_3": "tf_op_layer_stack_2"}
 
 
-def _dtln2(audio: np.ndarray, tmp: Path) -> tuple[Path, Path]:
+def _dtln2(audio: np.ndarray) -> tuple[Path, list[dict], dict[str, str]]:
     """Stage 2 reads a 512-sample time block and its LSTM states."""
     m = REAL / "dtln" / "model_2.onnx"
     frames = [{"input_4": b.reshape(1, 1, 512).astype(np.float32)} for b in _blocks(audio)]
-    return m, sequential_npz(m, frames, {"input_5": "tf_op_layer_stack_5"}, tmp / "dtln2.npz")
+    return m, frames, {"input_5": "tf_op_layer_stack_5"}
 
 
-def _gtcrn(audio: np.ndarray, tmp: Path) -> tuple[Path, Path]:
+def _gtcrn(audio: np.ndarray) -> tuple[Path, list[dict], dict[str, str]]:
     """STFT frames (n_fft 512, hop 256, sqrt-Hann) and the three caches."""
     m = REAL / "gtcrn" / "gtcrn_simple.onnx"
     win = np.sqrt(np.hanning(513)[:-1]).astype(np.float32)
@@ -78,11 +119,10 @@ def _gtcrn(audio: np.ndarray, tmp: Path) -> tuple[Path, Path]:
     for i in range(0, min(len(padded) - 512, 300 * 256), 256):
         spec = np.fft.rfft(padded[i : i + 512] * win)
         frames.append({"mix": np.stack([spec.real, spec.imag], -1).astype(np.float32).reshape(1, 257, 1, 2)})
-    return m, sequential_npz(m, frames, {"conv_cache": "conv_cache_out", "tra_cache": "tra_cache_out",
-                                         "inter_cache": "inter_cache_out"}, tmp / "gtcrn.npz")
+    return m, frames, {"conv_cache": "conv_cache_out", "tra_cache": "tra_cache_out", "inter_cache": "inter_cache_out"}
 
 
-def _silero(audio: np.ndarray, tmp: Path) -> tuple[Path, Path]:
+def _silero(audio: np.ndarray) -> tuple[Path, list[dict], dict[str, str]]:
     """512 new samples after the previous 64, the state, and sr = 16000."""
     m = REAL / "silero-vad" / "silero_vad_16k_op15.onnx"
     frames, ctx = [], np.zeros(64, np.float32)
@@ -90,7 +130,7 @@ def _silero(audio: np.ndarray, tmp: Path) -> tuple[Path, Path]:
         chunk = audio[i : i + 512]
         frames.append({"input": np.concatenate([ctx, chunk]).reshape(1, 576), "sr": np.array(16000, np.int64)})
         ctx = chunk[-64:]
-    return m, sequential_npz(m, frames, {"state": "stateN"}, tmp / "silero.npz")
+    return m, frames, {"state": "stateN"}
 
 
 _BUILDERS = {"dtln-1": _dtln1, "dtln-2": _dtln2, "gtcrn": _gtcrn, "silero-vad": _silero}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from calib_audio import audio_cases
+from calib_audio import audio_cases, stream_fidelity
 from calib_images import require
 from conftest import SHARED_DATA, finish_model, init, run
 from onnx import TensorProto
@@ -180,3 +180,18 @@ def test_recurrent_bias_correction_moves_its_own_half_of_b():
             np.testing.assert_allclose(shared[rows] @ mean[d] + after[d, part], full[rows] @ mean[d] + b0[d, part],
                                        rtol=1e-5, atol=1e-5)
         assert not np.allclose(after[:, part], b0[:, part])
+
+
+def test_closed_loop_fidelity_of_a_speech_model(tmp_path):
+    """dtln stage 1 run frame by frame on its own states: the original matches itself exactly, and the data-aware
+    result (LSTM statistics included) stays closer to it than the data-free one."""
+    require(REAL / "gtcrn" / "test_wavs-mix.wav")
+    ((_, model, npz),) = audio_cases(tmp_path, ("dtln-1",))
+    same = stream_fidelity("dtln-1", require(model))
+    assert all(v["rel_l2"] < 1e-6 and v["cosine"] > 1 - 1e-9 for v in same.values())
+    calib = parse_calib_spec(f"npz:{npz}", limit=256)
+    free = onnx_dc.compress(model, None, sparse_ratio=0.5, class_num=32).model
+    aware = onnx_dc.compress(model, None, calib=calib, sparse_ratio=0.5, class_num=32).model
+    free_fid, aware_fid = stream_fidelity("dtln-1", free), stream_fidelity("dtln-1", aware)
+    assert set(aware_fid) == {"activation_2"}  # the mask; the state output is fed back, not compared
+    assert aware_fid["activation_2"]["rel_l2"] < free_fid["activation_2"]["rel_l2"]
