@@ -195,3 +195,32 @@ def test_closed_loop_fidelity_of_a_speech_model(tmp_path):
     free_fid, aware_fid = stream_fidelity("dtln-1", free), stream_fidelity("dtln-1", aware)
     assert set(aware_fid) == {"activation_2"}  # the mask; the state output is fed back, not compared
     assert aware_fid["activation_2"]["rel_l2"] < free_fid["activation_2"]["rel_l2"]
+
+
+def test_recurrent_node_with_unnamed_y_gets_r_statistics(tmp_path):
+    """A GRU whose Y is unnamed (only Y_h used): the collection models name Y, so R's statistics are those of the
+    same node with Y named, in one pass and in sequential waves."""
+    rng = np.random.default_rng(0)
+    w, r = rng.normal(0, 0.5, (1, 9, 4)).astype(np.float32), rng.normal(0, 0.5, (1, 9, 3)).astype(np.float32)
+
+    def gru(y: str):
+        node = oh.make_node("GRU", ["x", "W", "R"], [y, "h"], name="gru", hidden_size=3, linear_before_reset=1)
+        head = oh.make_node("MatMul", ["h2", "V"], ["out"], name="head")
+        flat = oh.make_node("Reshape", ["h", "shape"], ["h2"], name="flat")
+        g = oh.make_graph([node, flat, head], "gru", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [5, 2, 4])],
+                          [oh.make_tensor_value_info("out", TensorProto.FLOAT, [2, 2])],
+                          [init("W", w), init("R", r), init("V", rng.normal(size=(3, 2)).astype(np.float32)),
+                           init("shape", np.array([2, 3], np.int64))])
+        return finish_model(g)
+
+    x = np.random.default_rng(1).normal(size=(6, 5, 2, 4)).astype(np.float32)
+    unnamed, named = gru(""), gru("y")
+    (view,), why = views_of(unnamed, "R")
+    assert why == "" and view.recurrent.expose
+    got = collect_stats(prepare(unnamed), Samples({"x": x})).stats["R"].stats
+    want = collect_stats(prepare(named), Samples({"x": x})).stats["R"].stats
+    np.testing.assert_allclose(got.mean(), want.mean(), rtol=1e-6)
+    np.testing.assert_allclose(got.hessian(), want.hessian(), rtol=1e-6)
+    np.savez(tmp_path / "x.npz", x=x)  # sequential waves: W, then R, then the head
+    result = onnx_dc.compress(unnamed, None, sparse_ratio=0.5, class_num=4, calib=f"npz:{tmp_path / 'x.npz'}")
+    assert result.calib.result.without_stats == {} and result.calib.result.waves == 3

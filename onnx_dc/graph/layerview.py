@@ -13,7 +13,8 @@ Every supported consumer computes, per output position, ``y = W2 x (+ b)`` with
   order, ``initial_h`` at its first step). This is exact for every gate of LSTM and RNN and
   for GRU with ``linear_before_reset=1`` (PyTorch's GRU); a GRU with ``linear_before_reset=0``
   applies ``R_h`` to ``r_t * h_{t-1}``, which the graph does not expose, so its ``R`` has no
-  view. Nodes with ``sequence_lens`` (padded steps would count) or ``layout=1`` have none either;
+  view. Nodes with ``sequence_lens`` (padded steps would count) or ``layout=1`` have none either.
+  A node that leaves ``Y`` unnamed gets it named in the models statistics are collected from;
 * ConvTranspose (explicit pads, no ``output_shape``): the Conv it equals,
   ``Conv(Pad(Z_s(x), b, e), W')`` with stride 1 (train/equivalents.py states it): ``x`` an
   im2col patch of the input with ``s - 1`` zeros put after every element along each axis
@@ -62,12 +63,15 @@ class Recurrent:
         reverse: per direction, whether it runs from the last step to the first.
         initial: tensor name of ``initial_h`` when computed or fed, else None.
         initial_value: ``initial_h`` when it is an initializer, else None (zeros when both are None).
+        expose: the node leaves ``Y`` unnamed (only ``Y_h`` / ``Y_c`` are used): the collection
+            models name it ``activation`` (see :func:`hidden_output_name`).
     """
 
     reads: str
     reverse: tuple[bool, ...]
     initial: str | None = None
     initial_value: np.ndarray | None = None
+    expose: bool = False
 
 
 @dataclass(frozen=True)
@@ -242,14 +246,21 @@ def _recurrent_view(node, input_index: int, idx: np.ndarray, attrs: dict, inits)
                          recurrent=Recurrent("x", reverse), bias_rows=bias_rows)
     if node.op_type == "GRU" and not attrs.get("linear_before_reset", 0):
         return "GRU with linear_before_reset=0 (R_h reads r * h, which the graph does not expose)"
-    if not node.output or not node.output[0]:
-        return f"{node.op_type} without its Y output (R's inputs are Y one step back)"
+    expose = not node.output or not node.output[0]
+    if expose and (not node.name or not any(node.output)):
+        return f"{node.op_type} without a name or any output (R's inputs are Y one step back)"
     initial = node.input[5] if len(node.input) > 5 and node.input[5] else None
     value = None
     if initial is not None and initial in inits:
         value, initial = numpy_helper.to_array(inits[initial]).astype(np.float32), None
-    return LayerView(node.name, node.op_type, node.output[0], rows, dirs, bias=bias,
-                     recurrent=Recurrent("h", reverse, initial, value), bias_rows=bias_rows)
+    y = hidden_output_name(node.name) if expose else node.output[0]
+    return LayerView(node.name, node.op_type, y, rows, dirs, bias=bias,
+                     recurrent=Recurrent("h", reverse, initial, value, expose), bias_rows=bias_rows)
+
+
+def hidden_output_name(node: str) -> str:
+    """The name the collection models give a recurrent node's unnamed ``Y`` output."""
+    return f"{node}/onnx_dc_Y"
 
 
 def _numel(t: onnx.TensorProto) -> int:

@@ -85,6 +85,9 @@ class Collector:
         # bias correction rewrites biases in state.model as waves go: the reference keeps the originals
         biases = {v.bias for vs in self.views.values() for v in vs if v.bias}
         self._biases = {t.name: _copy(t) for t in state.model.graph.initializer if t.name in biases}
+        # recurrent nodes whose Y the collection models name (node -> tensor)
+        self._expose = {v.node: v.activation for vs in self.views.values() for v in vs
+                        if v.recurrent is not None and v.recurrent.expose}
 
     def _activations(self, names) -> list[str]:
         return sorted({t for n in names for v in self.views[n] for t in v.tensors} - self.graph_inputs)
@@ -93,20 +96,22 @@ class Collector:
         """A session of the original model with every measured layer input as an output (made once)."""
         if self._reference is None:
             self._reference = InferenceSession(_with_outputs(self.state.model, self._activations(self.views),
-                                                             self._biases), threads=self.threads, spin=False)
+                                                             self._biases, self._expose), threads=self.threads,
+                                               spin=False)
         return self._reference
 
     def waves(self) -> list[list[str]]:
         """The measured layers in waves: a layer's wave is one more than the latest wave upstream of its inputs."""
         names = list(self.views)
-        acts = sorted({t for n in names for v in self.views[n] for t in v.tensors})
+        alias = _aliases(self.state.model.graph, self._expose)  # an exposed Y has its node's other outputs' upstream
+        acts = sorted({alias.get(t, t) for n in names for v in self.views[n] for t in v.tensors})
         upstream = weights_upstream(self.state.model.graph, names, acts)
         depth: dict[str, int] = {}
 
         def depth_of(name: str) -> int:
             if name not in depth:
                 depth[name] = 0  # a weight that reaches its own input (never in a sorted graph) ends here
-                above = {u for v in self.views[name] for t in v.tensors for u in upstream[t]} - {name}
+                above = {u for v in self.views[name] for t in v.tensors for u in upstream[alias.get(t, t)]} - {name}
                 depth[name] = 1 + max((depth_of(u) for u in above), default=-1)
             return depth[name]
 
@@ -133,9 +138,10 @@ class Collector:
         if wanted and not paired:
             reference = self.reference()
         elif wanted:  # a wave
-            reference = InferenceSession(cut_model(self.state.model, wanted, self._biases), threads=self.threads,
-                                         spin=False)
-            measured = InferenceSession(cut_model(self.state.model, wanted, current), threads=self.threads, spin=False)
+            reference = InferenceSession(cut_model(self.state.model, wanted, self._biases, self._expose),
+                                         threads=self.threads, spin=False)
+            measured = InferenceSession(cut_model(self.state.model, wanted, current, self._expose),
+                                        threads=self.threads, spin=False)
         # Small batches (models with a fixed batch of 1) are pooled before the sums: one large
         # product x^T x runs far faster than many small ones.
         pending: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]] = []
@@ -193,10 +199,30 @@ def _copy(tensor: onnx.TensorProto) -> onnx.TensorProto:
     return out
 
 
-def _with_outputs(model: onnx.ModelProto, names: list[str], replace: dict[str, onnx.TensorProto]) -> bytes:
-    """A copy of ``model`` with ``names`` as extra outputs and ``replace``'s initializers in place of its own."""
+def _aliases(graph: onnx.GraphProto, expose: Mapping[str, str]) -> dict[str, str]:
+    """Exposed ``Y`` name -> an output the node already has (the same nodes compute both)."""
+    if not expose:
+        return {}
+    return {expose[n.name]: next(o for o in n.output if o) for n in graph.node if n.name in expose}
+
+
+def _expose_outputs(nodes, expose: Mapping[str, str]) -> None:
+    """Name the ``Y`` output (output 0) of the recurrent nodes in ``expose`` (node -> tensor), in place."""
+    for node in nodes:
+        if node.name in expose:
+            if node.output:
+                node.output[0] = expose[node.name]
+            else:
+                node.output.append(expose[node.name])
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str], replace: dict[str, onnx.TensorProto],
+                  expose: Mapping[str, str]) -> bytes:
+    """A copy of ``model`` with ``names`` as extra outputs and ``replace``'s initializers in place of its own;
+    ``expose``: recurrent nodes whose unnamed ``Y`` output gets a name (node -> tensor)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    _expose_outputs(out.graph.node, expose)
     for init in out.graph.initializer:
         if init.name in replace:
             init.CopyFrom(replace[init.name])
@@ -205,16 +231,19 @@ def _with_outputs(model: onnx.ModelProto, names: list[str], replace: dict[str, o
     return serialize(out)
 
 
-def cut_model(model: onnx.ModelProto, names: list[str], replace: Mapping[str, onnx.TensorProto | np.ndarray]) -> bytes:
+def cut_model(model: onnx.ModelProto, names: list[str], replace: Mapping[str, onnx.TensorProto | np.ndarray],
+              expose: Mapping[str, str] | None = None) -> bytes:
     """``model`` cut down to the nodes that compute ``names`` (its only outputs) and the initializers they read.
 
     onnxruntime runs every node whatever outputs are asked for, and a session loads every
     initializer: an early wave of a large model needs a small part of both. ``replace``: values
     (tensors or arrays) to put in place of initializers of the same name. Every graph input that
-    is not an initializer stays, so the same feeds run it.
+    is not an initializer stays, so the same feeds run it. ``expose``: recurrent nodes whose
+    unnamed ``Y`` output gets a name (node -> tensor).
     """
     graph = model.graph
-    nodes = [graph.node[i] for i in needed_nodes(graph, names)]
+    alias = _aliases(graph, expose or {})
+    nodes = [graph.node[i] for i in needed_nodes(graph, [alias.get(n, n) for n in names])]
     read = set().union(*(reads(n) for n in nodes))
     out = onnx.ModelProto()
     out.ir_version = model.ir_version
@@ -223,6 +252,7 @@ def cut_model(model: onnx.ModelProto, names: list[str], replace: Mapping[str, on
     g = out.graph
     g.name = graph.name
     g.node.extend(nodes)
+    _expose_outputs(g.node, expose or {})
     for init in graph.initializer:
         if init.name not in read:
             continue
