@@ -208,12 +208,9 @@ def _aliases(graph: onnx.GraphProto, expose: Mapping[str, str]) -> dict[str, str
 
 def _expose_outputs(nodes, expose: Mapping[str, str]) -> None:
     """Name the ``Y`` output (output 0) of the recurrent nodes in ``expose`` (node -> tensor), in place."""
-    for node in nodes:
+    for node in nodes:  # such a node has Y_h or Y_c (layer_views refuses one without outputs)
         if node.name in expose:
-            if node.output:
-                node.output[0] = expose[node.name]
-            else:
-                node.output.append(expose[node.name])
+            node.output[0] = expose[node.name]
 
 
 def _with_outputs(model: onnx.ModelProto, names: list[str], replace: dict[str, onnx.TensorProto],
