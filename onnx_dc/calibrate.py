@@ -24,7 +24,8 @@ from onnx_dc.passes.data_aware import (DataAwareResult, DataAwareSettings, compr
                                        original_weights, parse_data_aware, run_data_aware)
 from onnx_dc.passes.state import CompressionState
 from onnx_dc.runtime.collect import Collected, Collector
-from onnx_dc.runtime.fidelity import Fidelity, compare_outputs, mean_error, measure_fidelity, responsible_layers
+from onnx_dc.runtime.fidelity import (Fidelity, compare_outputs, mean_error, measure_fidelity, record_outputs,
+                                      responsible_layers)
 from onnx_dc.runtime.session import InferenceSession, load_any
 
 ATTRIBUTION_SAMPLES = 32
@@ -134,32 +135,30 @@ def fidelity_of(original: onnx.ModelProto | bytes, compressed: onnx.ModelProto, 
     if not fid.poor():
         return fid
     few = held.take(slice(0, ATTRIBUTION_SAMPLES))
+    recorded = record_outputs(reference, few, batch)  # the original runs once for every candidate
     names = _candidates(state, run)
-    restore = {name: _dense_again(state, name, run) for name in names}
+    biases = run.result.original_biases if run.result is not None else {}
     probe_model = state.dense_model()
-    _overridable(probe_model, {t for r in restore.values() for t in r})
+    _overridable(probe_model, set(names) | {biases[n][0] for n in names if n in biases})
     probe_bytes = _bytes(probe_model)
     del probe_model  # one copy of the weights at a time: the proto, then its bytes, then the session's
     probe = InferenceSession(probe_bytes, spin=False, decode=False)
     del probe_bytes
-    total = mean_error(compare_outputs(reference, probe, few, batch))
-    variants = ((name, {t: values() for t, values in restore[name].items()}) for name in names)
-    culprits = responsible_layers(reference, probe, variants, few, total, batch_size=batch)
+    total = mean_error(compare_outputs(recorded, probe, few, batch))
+    variants = ((name, _originals(state, name, biases)) for name in names)
+    culprits = responsible_layers(recorded, probe, variants, few, total, batch_size=batch)
     return Fidelity(fid.outputs, fid.samples, fid.source, culprits, ranked=True)
 
 
-def _dense_again(state: CompressionState, name: str, run: CalibRun) -> dict[str, Any]:
-    """Tensor name -> a function giving the value that puts layer ``name`` back to its original form
-    (its weight, and the entries of its bias that bias correction moved), made when called."""
-    out: dict[str, Any] = {name: lambda: original_weights(state, name)}
-    if run.result is not None and name in run.result.original_biases:
-        bias, rows, values = run.result.original_biases[name]
-
-        def restored() -> np.ndarray:
-            arr = numpy_helper.to_array(next(t for t in state.model.graph.initializer if t.name == bias)).copy()
-            arr.flat[rows] = values
-            return arr
-        out[bias] = restored
+def _originals(state: CompressionState, name: str, biases: Mapping[str, tuple]) -> dict[str, np.ndarray]:
+    """The feeds that put layer ``name`` back to its original form: its weight, and its bias with the
+    entries bias correction moved for it restored (``biases``: ``DataAwareResult.original_biases``)."""
+    out = {name: original_weights(state, name)}
+    if name in biases:
+        bias, rows, values = biases[name]
+        arr = numpy_helper.to_array(next(t for t in state.model.graph.initializer if t.name == bias)).copy()
+        arr.flat[rows] = values
+        out[bias] = arr
     return out
 
 

@@ -118,8 +118,7 @@ def one_row(name: str, model: Path, calib, labeled: bool, sparse: float, k: int,
     row["culprits"] = [n for n, _ in aware.fidelity.culprits]
     row["dcz_ratio"] = round(model.stat().st_size / onnx_dc.pack(tmp / "aware.dc.onnx", tmp / "aware.dcz"), 2)
     if name in AUDIO_MODELS:  # streaming models: also fed back their own states, frame after frame
-        row["free_stream"] = stream_fidelity(name, free.model)
-        row["aware_stream"] = stream_fidelity(name, tmp / "aware.dc.onnx")
+        row["free_stream"], row["aware_stream"] = stream_fidelity(name, free.model, tmp / "aware.dc.onnx")
     if labeled:
         row["acc_dense"] = onnx_dc.evaluate(model, f"mnist:{MNIST}").accuracy
         row["acc_free"] = onnx_dc.evaluate(free.model, f"mnist:{MNIST}").accuracy

@@ -55,27 +55,33 @@ def sequential_npz(model: Path, frames: list[dict], states: dict[str, str], out:
     return out
 
 
-def stream_fidelity(name: str, compressed) -> dict[str, dict[str, float]]:
-    """Closed-loop fidelity of a compressed speech model: both models run the recording frame by frame,
-    each fed back its own states (as in real streaming use, where state errors carry into later frames).
+def stream_fidelity(name: str, *compressed) -> list[dict[str, dict[str, float]]]:
+    """Closed-loop fidelity of compressed versions of a speech model: every model runs the recording frame
+    by frame, each fed back its own states (as in real streaming use, where state errors carry into later
+    frames); the original runs once for all of them.
 
     Returns:
-        output name (the non-state outputs) -> {"rel_l2", "cosine"} over all frames.
+        per compressed model: output name (the non-state outputs) -> {"rel_l2", "cosine"} over all frames.
     """
     import onnxruntime as ort
 
+    from onnx_dc.runtime.fidelity import OutputSums
     from onnx_dc.runtime.session import InferenceSession
 
     model, frames, states = _BUILDERS[name](read_wav(REAL / "gtcrn" / "test_wavs-mix.wav"))
     _, want = run_stream(ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]), frames, states)
-    _, got = run_stream(InferenceSession(compressed), frames, states)
-    out = {}
-    for key, ys in want.items():
-        y = np.concatenate([np.ravel(v) for v in ys]).astype(np.float64)
-        yq = np.concatenate([np.ravel(v) for v in got[key]]).astype(np.float64)
-        out[key] = {"rel_l2": float(np.linalg.norm(yq - y) / max(np.linalg.norm(y), 1e-30)),
-                    "cosine": float(y @ yq / max(np.linalg.norm(y) * np.linalg.norm(yq), 1e-30))}
-    return out
+    results = []
+    for candidate in compressed:
+        _, got = run_stream(InferenceSession(candidate), frames, states)
+        result = {}
+        for key, ys in want.items():
+            sums = OutputSums()
+            for y, yq in zip(ys, got[key]):
+                sums.add(np.asarray(y), np.asarray(yq))
+            fid = sums.result(key)
+            result[key] = {"rel_l2": fid.rel_l2, "cosine": fid.cosine}
+        results.append(result)
+    return results
 
 
 AUDIO_MODELS = ("dtln-1", "dtln-2", "gtcrn", "silero-vad")

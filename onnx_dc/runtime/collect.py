@@ -317,7 +317,7 @@ def recurrent_rows(view: LayerView, outs: dict) -> np.ndarray:
     if rec.reads == "x":
         rows = a.reshape(-1, a.shape[-1])
         return np.broadcast_to(rows[:, None, :], (rows.shape[0], dirs, rows.shape[1]))
-    y = a  # [seq, D, batch, H]
+    y = a  # Y: [seq, D, batch, H]
     seq, _, batch, hidden = y.shape
     if rec.initial is not None:
         h0 = np.asarray(outs[rec.initial], np.float32)

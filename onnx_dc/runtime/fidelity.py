@@ -97,7 +97,9 @@ def is_class_scores(y: np.ndarray) -> bool:
 
 
 @dataclass
-class _Sums:
+class OutputSums:
+    """Running sums over (original, candidate) batches of one output; :meth:`result` is its fidelity."""
+
     err: float = 0.0
     ref: float = 0.0
     cand: float = 0.0
@@ -131,18 +133,39 @@ def float_outputs(session) -> list[str]:
     return [o.name for o in session.get_outputs() if "float" in o.type or "double" in o.type]
 
 
+@dataclass(frozen=True)
+class RecordedOutputs:
+    """A reference model's float outputs on some samples, batch by batch: several candidates
+    compare against it without running the reference again."""
+
+    names: tuple[str, ...]
+    batches: tuple[dict[str, np.ndarray], ...]
+
+
+def record_outputs(reference, samples: Samples, batch_size: int = 64) -> RecordedOutputs:
+    """The float outputs of ``reference`` (session or model) on ``samples``, held in memory (keep ``samples`` few)."""
+    ref = reference if hasattr(reference, "run") else InferenceSession(reference, spin=False)
+    names = float_outputs(ref)
+    return RecordedOutputs(tuple(names), tuple(dict(zip(names, ref.run(names, feed)))
+                                               for feed in samples.batches(batch_size)))
+
+
 def compare_outputs(reference, candidate, samples: Samples, batch_size: int = 64,
                     overrides: dict[str, np.ndarray] | None = None) -> list[OutputFidelity]:
-    """Per-output fidelity of ``candidate`` against ``reference`` (sessions or models) on ``samples``.
+    """Per-output fidelity of ``candidate`` against ``reference`` (sessions, models, or recorded outputs
+    of the reference on the same ``samples`` and ``batch_size``) on ``samples``.
 
     ``overrides``: extra feeds of the candidate only (values of its overridable initializers).
     """
-    ref = reference if hasattr(reference, "run") else InferenceSession(reference, spin=False)
+    recorded = reference if isinstance(reference, RecordedOutputs) else None
+    ref = None if recorded else reference if hasattr(reference, "run") else InferenceSession(reference, spin=False)
     cand = candidate if hasattr(candidate, "run") else InferenceSession(candidate, spin=False)
-    names = [n for n in float_outputs(ref) if n in {o.name for o in cand.get_outputs()}]
-    sums = {n: _Sums() for n in names}
-    for feed in samples.batches(batch_size):
-        for n, y, yq in zip(names, ref.run(names, feed), cand.run(names, {**feed, **(overrides or {})})):
+    have = {o.name for o in cand.get_outputs()}
+    names = [n for n in (recorded.names if recorded else float_outputs(ref)) if n in have]
+    sums = {n: OutputSums() for n in names}
+    for b, feed in enumerate(samples.batches(batch_size)):
+        ys = [recorded.batches[b][n] for n in names] if recorded else ref.run(names, feed)
+        for n, y, yq in zip(names, ys, cand.run(names, {**feed, **(overrides or {})})):
             sums[n].add(np.asarray(y), np.asarray(yq))
     return [sums[n].result(n) for n in names]
 
@@ -164,14 +187,15 @@ def responsible_layers(reference, probe, variants, samples: Samples, total: floa
     """Rank layers by how much of the error ``total`` goes away when each alone is dense.
 
     Args:
-        reference: the original model (session or model).
+        reference: the original model (session, model, or its :func:`record_outputs` on ``samples``).
         probe: a session of the compressed model whose candidates' weights (and biases) are
             overridable initializers: one session serves every candidate.
         variants: iterable of (layer name, feeds that put that layer back to its original values).
         samples: where to measure (a few dozen held-out samples are enough to rank).
         total: the compressed model's :func:`mean_error` on the same samples.
     """
-    ref = reference if hasattr(reference, "run") else InferenceSession(model_bytes(reference), spin=False)
+    ref = reference if isinstance(reference, RecordedOutputs) else record_outputs(
+        reference if hasattr(reference, "run") else model_bytes(reference), samples, batch_size)
     gains = []
     for name, overrides in variants:
         err = mean_error(compare_outputs(ref, probe, samples, batch_size, overrides))
