@@ -90,7 +90,8 @@ def run_calibrated(state: CompressionState, run: CalibRun, echo=None) -> CalibRu
     """
     start = time.perf_counter()
     settings = run.settings
-    collector = Collector(state, run.data.calib, settings.batch_size, settings.full_hessian_max_dim)
+    collector = Collector(state, run.data.calib, settings.batch_size, settings.full_hessian_max_dim,
+                          carry_bytes=settings.carry_mb << 20)
     if not settings.sequential:
         stats = collector.collect()
         result = run_data_aware(state, stats, settings, collector.unsupported)
@@ -101,7 +102,7 @@ def run_calibrated(state: CompressionState, run: CalibRun, echo=None) -> CalibRu
         stats = {}
         waves = collector.waves()
         for i, wave in enumerate(progress.bar(waves, desc="data-aware", unit="wave")):
-            wave_stats = collector.collect(wave, {n: layer.weights for n, layer in state.layers.items()})
+            wave_stats = collector.collect(wave, {n: layer.weights for n, layer in state.layers.items()}, carry=True)
             for name in wave:
                 compress_layer(state, name, wave_stats[name], settings, result)
             stats.update(wave_stats)

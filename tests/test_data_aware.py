@@ -176,8 +176,9 @@ def test_bias_correction_on_a_gemm_layer():
 def test_calib_section_is_validated():
     assert parse_data_aware({"prune_by": "magnitude", "refit": False}).refit is False
     with pytest.raises(ConfigError) as exc:
-        parse_data_aware({"prune_by": "size", "refit": 1, "typo": True})
-    assert "prune_by" in str(exc.value) and "refit" in str(exc.value) and "typo" in str(exc.value)
+        parse_data_aware({"prune_by": "size", "refit": 1, "typo": True, "carry_mb": -1})
+    assert all(k in str(exc.value) for k in ("prune_by", "refit", "typo", "carry_mb"))
+    assert parse_data_aware({"carry_mb": 0}).carry_mb == 0 and parse_data_aware(None).carry_mb == 2048
 
 
 def test_gptq_keeps_mask_and_codebook():

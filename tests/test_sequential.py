@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from calib_audio import audio_cases
 from calib_images import require, write_folder
 from conftest import SHARED_DATA, finish_model, init, mlp_model, run
 from onnx import TensorProto
@@ -14,14 +15,15 @@ from onnx_dc.api import prepare
 from onnx_dc.data.calib import Samples, parse_calib_spec
 from onnx_dc.graph.layerview import layer_views
 from onnx_dc.graph.walk import weights_upstream
+from onnx_dc.passes.data_aware import DataAwareResult, DataAwareSettings, compress_layer
 from onnx_dc.runtime.collect import Collector
 
 REAL = SHARED_DATA / "real"
 
 
-def samples(n: int, shape: tuple[int, ...], seed: int = 0) -> Samples:
+def samples(n: int, shape: tuple[int, ...], seed: int = 0, name: str = "x", stackable: bool = True) -> Samples:
     x = np.random.default_rng(seed).normal(size=(n, 1, *shape)).astype(np.float32)
-    return Samples({"x": x}, stackable=True)
+    return Samples({name: x}, stackable=stackable)
 
 
 def branchy_model():
@@ -72,6 +74,68 @@ def test_paired_statistics_equal_plain_ones_when_nothing_upstream_changed():
         np.testing.assert_allclose(p.target_cross(), st.stats.hessian(), rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(p.reference_mean(), st.stats.mean(), rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(p.hessian(), st.stats.hessian(), rtol=1e-6, atol=1e-9)
+
+
+def shared_weight_model():
+    """x -> conv a (weight w) -> Relu -> conv b (the same w) -> conv d: w's second consumer reads its first one."""
+    rng = np.random.default_rng(1)
+    nodes = [oh.make_node("Conv", ["x", "w"], ["ya"], name="a", pads=[1, 1, 1, 1]),
+             oh.make_node("Relu", ["ya"], ["ra"]),
+             oh.make_node("Conv", ["ra", "w"], ["yb"], name="b", pads=[1, 1, 1, 1]),
+             oh.make_node("Conv", ["yb", "wd"], ["y"], name="d", pads=[1, 1, 1, 1])]
+    g = oh.make_graph(nodes, "shared", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6, 6])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])],
+                      [init(k, rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32)) for k in ("w", "wd")])
+    return finish_model(g)
+
+
+def in_lockstep(model, data: Samples, carry_bytes: int) -> tuple[Collector, Collector]:
+    """Sequential waves on one state measured twice: each wave's model run from the graph inputs, and carried
+    (:class:`onnx_dc.runtime.collect._Carry`, at most ``carry_bytes``); the wave is compressed between waves,
+    so both see the same upstream. Asserts every wave's statistics agree; returns (from inputs, carried)."""
+    state = prepare(model, sparse_ratio=0.5, class_num=16)
+    plain, carried = Collector(state, data, carry_bytes=0), Collector(state, data, carry_bytes=carry_bytes)
+    result = DataAwareResult()
+    for wave in plain.waves():
+        current = {n: layer.weights for n, layer in state.layers.items()}
+        want, got = plain.collect(wave, current, carry=True), carried.collect(wave, current, carry=True)
+        for name in wave:
+            for field in ("total", "squares", "gram", "total_ref", "cross"):
+                a, b = getattr(want[name].stats, field), getattr(got[name].stats, field)
+                if a is not None:  # float32 activations: parts cut at other places round differently
+                    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * np.abs(a).max(), err_msg=f"{name} {field}")
+            compress_layer(state, name, want[name], DataAwareSettings(), result)
+    return plain, carried
+
+
+def test_carried_waves_measure_what_waves_from_the_inputs_measure_on_resnet20():
+    """ResNet-20 (shortcuts carry tensors past several waves): the same statistics, and each node runs about once
+    per model instead of once per wave."""
+    model = require(REAL / "cifar10-resnet20" / "resnet20_cifar10_pre.onnx")
+    plain, carried = in_lockstep(str(model), samples(24, (3, 32, 32), name="input", stackable=False), 1 << 30)
+    nodes = len(plain.state.model.graph.node)
+    assert carried.nodes_run <= 2 * nodes < plain.nodes_run / 4
+
+
+def test_carried_waves_rerun_a_node_whose_weight_changed_after_it_ran(tmp_path):
+    """A weight read by two nodes, the second downstream of the first (its wave ran the first with the
+    uncompressed weight), and LSTMs upstream of their own R input (dtln stage 1): such nodes run again with the
+    compressed weight, with what depends on them."""
+    in_lockstep(shared_weight_model(), samples(16, (4, 6, 6)), 1 << 30)
+    require(REAL / "gtcrn" / "test_wavs-mix.wav")
+    ((_, model, npz),) = audio_cases(tmp_path, ("dtln-1",))
+    arrays = dict(np.load(npz))
+    data = Samples({k: v[:40] for k, v in arrays.items() if v.ndim > 1},
+                   constants={k: v for k, v in arrays.items() if v.ndim <= 1})
+    plain, carried = in_lockstep(str(require(model)), data, 1 << 30)
+    assert carried.nodes_run < plain.nodes_run
+
+
+def test_carrying_stops_above_its_byte_limit():
+    """Past the limit the waves run from the graph inputs again: the same statistics, as many nodes as without."""
+    model = require(REAL / "cifar10-resnet20" / "resnet20_cifar10_pre.onnx")
+    plain, carried = in_lockstep(str(model), samples(8, (3, 32, 32), name="input", stackable=False), 1)
+    assert carried.nodes_run == plain.nodes_run
 
 
 def compress_npz(model, tmp_path, sequential: bool, n: int = 200):

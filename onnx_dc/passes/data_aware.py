@@ -59,6 +59,7 @@ class DataAwareSettings:
     sequential: bool = True
     batch_size: int = 64
     full_hessian_max_dim: int = 4096
+    carry_mb: int = 2048  # sequential: activations carried between waves, both models (0: none)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values."""
@@ -84,6 +85,11 @@ def parse_data_aware(raw: Mapping[str, Any] | None, source: str = "calib") -> Da
         elif key in ("batch_size", "full_hessian_max_dim"):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 problems.append(f"{key}: {value!r} must be a positive integer")
+            else:
+                out[key] = value
+        elif key == "carry_mb":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                problems.append(f"{key}: {value!r} must be a whole number of megabytes (0 turns carrying off)")
             else:
                 out[key] = value
         elif not isinstance(value, bool):

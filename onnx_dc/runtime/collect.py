@@ -36,6 +36,10 @@ _CHUNK_ELEMENTS = 1 << 22  # im2col rows are built this many elements at a time
 # Conv statistics use at most this many output positions per sample (a seeded choice):
 # neighbouring patches are highly correlated, and the d x d sums cost rows x d^2.
 MAX_POSITIONS = 256
+# Sequential waves carry the activations later waves read (both models, all samples) up to this
+# many bytes by default (the config's calib: carry_mb); above it the waves run each model from
+# its inputs again (slower, no memory held).
+CARRY_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ class Collector:
     """
 
     def __init__(self, state: CompressionState, samples: Samples, batch_size: int = 64,
-                 full_max_dim: int = FULL_HESSIAN_MAX_DIM, threads: int = 0) -> None:
+                 full_max_dim: int = FULL_HESSIAN_MAX_DIM, threads: int = 0, carry_bytes: int | None = None) -> None:
         state.keep_originals()
         self.state, self.samples, self.batch_size = state, samples, batch_size
         self.full_max_dim, self.threads = full_max_dim, threads
@@ -88,6 +92,9 @@ class Collector:
         # recurrent nodes whose Y the collection models name (node -> tensor)
         self._expose = {v.node: v.activation for vs in self.views.values() for v in vs
                         if v.recurrent is not None and v.recurrent.expose}
+        self.carry_bytes = CARRY_BYTES if carry_bytes is None else carry_bytes
+        self._carries: tuple[_Carry, _Carry] | None = None  # reference, measured (collect with carry=True)
+        self.nodes_run = 0  # nodes the waves' models ran, both models summed (each once per sample)
 
     def _activations(self, names) -> list[str]:
         return sorted({t for n in names for v in self.views[n] for t in v.tensors} - self.graph_inputs)
@@ -120,13 +127,15 @@ class Collector:
             out[depth_of(name)].append(name)
         return out
 
-    def collect(self, names: list[str] | None = None,
-                current: Mapping[str, np.ndarray] | None = None) -> dict[str, WeightStats]:
+    def collect(self, names: list[str] | None = None, current: Mapping[str, np.ndarray] | None = None,
+                carry: bool = False) -> dict[str, WeightStats]:
         """Statistics of the named layers (all measurable ones by default); paired when ``current`` is given.
 
         ``current``: the present values of planned weights (name -> array); the measured model is
         ``state.model`` (its biases as bias correction left them) with these in place, beside the
         original. Both are cut down to the nodes the wave's inputs need and the initializers those read.
+        ``carry``: the calls come wave by wave in the order of :meth:`waves`, and between calls only the
+        layers measured so far change; each call then runs only the nodes no earlier call ran (:class:`_Carry`).
         """
         names = [n for n in (self.views if names is None else names) if n in self.views]
         views = {n: self.views[n] for n in names}
@@ -134,32 +143,42 @@ class Collector:
         per_view = {(n, i): InputStats(v.groups, v.cols, v.cols <= self.full_max_dim, paired)
                     for n, vs in views.items() for i, v in enumerate(vs)}
         wanted = self._activations(names)
-        reference = measured = None
+        runs = []  # (carry, step, session) of the reference, then of the measured model
         if wanted and not paired:
-            reference = self.reference()
+            runs.append((None, None, self.reference()))
         elif wanted:  # a wave
-            reference = InferenceSession(cut_model(self.state.model, wanted, self._biases, self._expose),
-                                         threads=self.threads, spin=False)
-            measured = InferenceSession(cut_model(self.state.model, wanted, current, self._expose),
-                                        threads=self.threads, spin=False)
+            if not carry or self._carries is None:
+                limit = self.carry_bytes // 2 if carry else 0
+                self._carries = (_Carry(self.state.model, self._expose, limit),
+                                 _Carry(self.state.model, self._expose, limit))
+            changed = set(names) | {v.bias for n in names for v in self.views[n] if v.bias}  # after the wave
+            for c, replace, changing in zip(self._carries, (self._biases, current), (set(), changed)):
+                step = c.step(self.state.model, wanted, replace, self._expose, changing)
+                session = None if step.model is None else InferenceSession(step.model, threads=self.threads, spin=False)
+                runs.append((c, step, session))
+                self.nodes_run += step.nodes
         # Small batches (models with a fixed batch of 1) are pooled before the sums: one large
         # product x^T x runs far faster than many small ones.
         pending: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]] = []
         # One generator per view, seeded by its weight's name: a layer's statistics do not depend on
         # which other layers are measured in the same run (a sweep collects all, compress maybe one).
         rngs = {key: np.random.default_rng([zlib.crc32(key[0].encode()), key[1]]) for key in per_view}
-        for feed in self.samples.batches(self.batch_size):
+        for b, feed in enumerate(self.samples.batches(self.batch_size)):
             inputs = {k: v for k, v in feed.items() if k in self.graph_inputs}
-            ref = dict(zip(wanted, reference.run(wanted, feed))) if wanted else {}
-            ref.update(inputs)
-            cur = None
-            if paired:
-                cur = dict(zip(wanted, measured.run(wanted, feed))) if wanted else {}
-                cur.update(inputs)
-            pending.append((cur if paired else ref, ref if paired else None))
-            if sum(a.size for a in ref.values()) * len(pending) * (1 + paired) >= _CHUNK_ELEMENTS:
+            outs = []
+            for c, step, session in runs:
+                got = dict(zip(wanted, session.run(wanted, feed))) if c is None else c.run(step, session, b, feed)
+                got.update(inputs)
+                outs.append(got)
+            if not outs:
+                outs = [dict(inputs)] * (1 + paired)
+            pending.append((outs[-1], outs[0] if paired else None))
+            if sum(a.size for a in outs[0].values()) * len(pending) * (1 + paired) >= _CHUNK_ELEMENTS:
                 _flush(pending, views, per_view, rngs)
         _flush(pending, views, per_view, rngs)
+        for c, step, _ in runs:
+            if c is not None:
+                c.commit(step)
         stats = {}
         for name, vs in views.items():
             first = per_view[(name, 0)]
@@ -241,7 +260,17 @@ def cut_model(model: onnx.ModelProto, names: list[str], replace: Mapping[str, on
     graph = model.graph
     alias = _aliases(graph, expose or {})
     nodes = [graph.node[i] for i in needed_nodes(graph, [alias.get(n, n) for n in names])]
-    read = set().union(*(reads(n) for n in nodes))
+    return _part_model(model, nodes, names, replace, expose or {}, {}, keep_inputs=True)
+
+
+def _part_model(model: onnx.ModelProto, nodes: list[onnx.NodeProto], outputs: list[str],
+                replace: Mapping[str, onnx.TensorProto | np.ndarray], expose: Mapping[str, str],
+                fed: Mapping[str, int], keep_inputs: bool = False) -> bytes:
+    """A model of ``nodes`` (of ``model``'s graph, in its order) with ``outputs``, the initializers they read
+    (``replace``'s values in place of their own), the graph inputs they read (all that are not
+    initializers with ``keep_inputs``), and ``fed``: tensors made by other nodes, fed as inputs (name -> element type)."""
+    graph = model.graph
+    read = set().union(*(reads(n) for n in nodes)) | set(outputs)
     out = onnx.ModelProto()
     out.ir_version = model.ir_version
     out.opset_import.extend(model.opset_import)
@@ -249,7 +278,7 @@ def cut_model(model: onnx.ModelProto, names: list[str], replace: Mapping[str, on
     g = out.graph
     g.name = graph.name
     g.node.extend(nodes)
-    _expose_outputs(g.node, expose or {})
+    _expose_outputs(g.node, expose)
     for init in graph.initializer:
         if init.name not in read:
             continue
@@ -261,9 +290,117 @@ def cut_model(model: onnx.ModelProto, names: list[str], replace: Mapping[str, on
             external.embed(g.initializer[-1])
     g.sparse_initializer.extend(t for t in graph.sparse_initializer if t.values.name in read)
     stored = {t.name for t in graph.initializer}
-    g.input.extend(i for i in graph.input if i.name not in stored or i.name in read)
-    g.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
+    g.input.extend(i for i in graph.input if i.name in read or (keep_inputs and i.name not in stored))
+    g.input.extend(onnx.helper.make_tensor_value_info(name, elem, None) for name, elem in sorted(fed.items()))
+    g.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in outputs)
     return serialize(out)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One wave of a :class:`_Carry`: the nodes it runs and what goes in and out."""
+
+    model: bytes | None  # None: every wanted tensor is carried already
+    inputs: tuple[str, ...]  # graph inputs fed from the samples
+    fed: tuple[str, ...]  # carried tensors fed as inputs
+    outputs: tuple[str, ...]
+    wanted: tuple[str, ...]
+    done: frozenset[int]  # nodes whose outputs stay valid after the wave
+    live: frozenset[str]  # tensors to carry after the wave: read by a node not in ``done``
+    nodes: int = 0  # how many nodes the part runs
+
+
+class _Carry:
+    """One model's activations on every batch of samples, carried from wave to wave.
+
+    Without it each wave runs its model from the graph inputs up to the wave's layer inputs,
+    so a deep model's early nodes run once per wave. With it each wave runs only the nodes no
+    earlier wave ran, fed the tensors they read from what the earlier waves kept: every node
+    runs about once. A node's outputs stay valid while the weights it reads do not change; in
+    wave order only the measured layers change, after their wave, and a node that reads one of
+    them and already ran (a recurrent node upstream of its own ``R`` input, a weight shared by
+    two nodes) runs again later, with its downstream. Kept tensors are those a node not run yet
+    reads; above ``limit`` bytes the carry stops and later waves run from the graph inputs.
+    """
+
+    def __init__(self, model: onnx.ModelProto, expose: Mapping[str, str], limit: int) -> None:
+        self.graph = onnx.GraphProto()
+        self.graph.node.extend(model.graph.node)
+        _expose_outputs(self.graph.node, expose)
+        self.reads = [reads(n) for n in self.graph.node]
+        self.producer = {o: i for i, n in enumerate(self.graph.node) for o in n.output if o}
+        self.limit = limit
+        self.on = limit > 0
+        self.done: frozenset[int] = frozenset()
+        self.values: list[dict[str, np.ndarray]] = []
+
+    def step(self, model: onnx.ModelProto, wanted: list[str], replace, expose: Mapping[str, str],
+             changing: set[str]) -> _Step:
+        """The part of ``model`` this wave runs; ``changing``: weights that change after the wave."""
+        nodes = self.graph.node
+        carried = set(self.values[0]) if self.values else set()
+        new = self._to_run(wanted, carried)
+        done = set(self.done) | set(new)
+        made: set[str] = set()
+        for i in sorted(done):  # stored order is topological: staleness flows down
+            if self.reads[i] & (changing | made):
+                done.discard(i)
+                made.update(o for o in nodes[i].output if o)
+        live = set()
+        if self.on:
+            live = set().union(*(self.reads[i] for i in range(len(nodes)) if i not in done)) - made
+        produced = {o for i in new for o in nodes[i].output if o}
+        outputs = sorted(t for t in produced if t in live or t in wanted)
+        outputs += sorted(t for t in wanted if t not in produced and t not in carried and t not in outputs)
+        fed = sorted(set().union(*(self.reads[i] for i in new)) & carried) if new else []
+        if not outputs:
+            return _Step(None, (), (), (), tuple(wanted), frozenset(done), frozenset(live))
+        types = {n: onnx.helper.np_dtype_to_tensor_dtype(self.values[0][n].dtype) for n in fed}
+        part = _part_model(model, [nodes[i] for i in new], outputs, replace, expose, types)
+        proto_inputs = {i.name for i in model.graph.input}
+        inputs = sorted(t for t in set().union(*(self.reads[i] for i in new), outputs) if t in proto_inputs
+                        and t not in types)
+        return _Step(part, tuple(inputs), tuple(fed), tuple(outputs), tuple(wanted), frozenset(done), frozenset(live),
+                     len(new))
+
+    def _to_run(self, wanted: list[str], carried: set[str]) -> list[int]:
+        """Nodes (stored order) that compute ``wanted`` from the carried tensors and the graph's inputs."""
+        todo = [t for t in wanted if t not in carried]
+        run: set[int] = set()
+        while todo:
+            i = self.producer.get(todo.pop())
+            if i is not None and i not in run:
+                run.add(i)
+                todo.extend(t for t in self.reads[i] if t not in carried)
+        return sorted(run)
+
+    def run(self, step: _Step, session: InferenceSession | None, b: int, feed: Mapping[str, np.ndarray]) -> dict:
+        """The wanted tensors of batch ``b`` (``feed``), keeping what later waves read."""
+        carried = self.values[b] if b < len(self.values) else {}
+        got = {}
+        if session is not None:
+            inputs = {k: feed[k] for k in step.inputs if k in feed}
+            inputs.update((k, carried[k]) for k in step.fed)
+            got = dict(zip(step.outputs, session.run(list(step.outputs), inputs)))
+        if self.on:
+            keep = {k: v for k, v in got.items() if k in step.live}
+            if b < len(self.values):
+                self.values[b].update(keep)
+            else:
+                self.values.append(keep)
+        return {w: got[w] if w in got else carried[w] for w in step.wanted}
+
+    def commit(self, step: _Step) -> None:
+        """After the wave: drop what no later node reads; stop carrying above the limit."""
+        if not self.on:
+            return
+        self.done = step.done
+        for values in self.values:
+            for k in [k for k in values if k not in step.live]:
+                del values[k]
+        arrays = [v for values in self.values for v in values.values()]
+        if not all(isinstance(v, np.ndarray) for v in arrays) or sum(v.nbytes for v in arrays) > self.limit:
+            self.on, self.done, self.values = False, frozenset(), []
 
 
 def _accumulate(view: LayerView, stats: InputStats, x: np.ndarray, rng: np.random.Generator,
