@@ -6,7 +6,8 @@ samples batch by batch and each batch's inputs are folded into running sums
 activations, never all of them. Conv inputs become im2col patches in chunks of rows, at
 most ``MAX_POSITIONS`` output positions per sample. A recurrent node's ``R`` reads its
 previous hidden state: ``Y`` shifted one step along each direction, ``initial_h`` first
-(:func:`recurrent_rows`).
+(:func:`recurrent_rows`). Sequential waves keep the activations later waves read, so each
+wave runs only the nodes no earlier wave ran (:class:`_Carry`).
 """
 
 from __future__ import annotations
