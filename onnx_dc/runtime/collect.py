@@ -321,7 +321,8 @@ class _Carry:
     wave order only the measured layers change, after their wave, and a node that reads one of
     them and already ran (a recurrent node upstream of its own ``R`` input, a weight shared by
     two nodes) runs again later, with its downstream. Kept tensors are those a node not run yet
-    reads; above ``limit`` bytes the carry stops and later waves run from the graph inputs.
+    reads. A wave whose tensors would pass ``limit`` bytes keeps none: the next wave runs from the
+    graph inputs and carries from there (deeper waves usually carry fewer, smaller tensors).
     """
 
     def __init__(self, model: onnx.ModelProto, expose: Mapping[str, str], limit: int) -> None:
@@ -332,6 +333,8 @@ class _Carry:
         self.producer = {o: i for i, n in enumerate(self.graph.node) for o in n.output if o}
         self.limit = limit
         self.on = limit > 0
+        self.overflow = False  # this wave's tensors went past the limit: keep no more of them
+        self.nbytes = 0
         self.done: frozenset[int] = frozenset()
         self.values: list[dict[str, np.ndarray]] = []
 
@@ -376,32 +379,39 @@ class _Carry:
         return sorted(run)
 
     def run(self, step: _Step, session: InferenceSession | None, b: int, feed: Mapping[str, np.ndarray]) -> dict:
-        """The wanted tensors of batch ``b`` (``feed``), keeping what later waves read."""
+        """The wanted tensors of batch ``b`` (``feed``), keeping what later waves read while it fits the limit."""
         carried = self.values[b] if b < len(self.values) else {}
         got = {}
         if session is not None:
             inputs = {k: feed[k] for k in step.inputs if k in feed}
             inputs.update((k, carried[k]) for k in step.fed)
             got = dict(zip(step.outputs, session.run(list(step.outputs), inputs)))
-        if self.on:
+        if self.on and not self.overflow:
             keep = {k: v for k, v in got.items() if k in step.live}
-            if b < len(self.values):
-                self.values[b].update(keep)
+            if not all(isinstance(v, np.ndarray) for v in keep.values()):  # a sequence or map: not fed back
+                self.on = False
             else:
-                self.values.append(keep)
+                size = sum(v.nbytes for v in keep.values())
+                self.overflow = self.nbytes + size > self.limit
+                if not self.overflow:
+                    self.nbytes += size
+                    if b < len(self.values):
+                        self.values[b].update(keep)
+                    else:
+                        self.values.append(keep)
         return {w: got[w] if w in got else carried[w] for w in step.wanted}
 
     def commit(self, step: _Step) -> None:
-        """After the wave: drop what no later node reads; stop carrying above the limit."""
-        if not self.on:
+        """After the wave: drop what no later node reads. When the wave's tensors did not fit (or could not be
+        carried), drop everything: the next wave runs from the graph inputs and carries from there."""
+        if not self.on or self.overflow:
+            self.done, self.values, self.nbytes, self.overflow = frozenset(), [], 0, False
             return
         self.done = step.done
         for values in self.values:
             for k in [k for k in values if k not in step.live]:
                 del values[k]
-        arrays = [v for values in self.values for v in values.values()]
-        if not all(isinstance(v, np.ndarray) for v in arrays) or sum(v.nbytes for v in arrays) > self.limit:
-            self.on, self.done, self.values = False, frozenset(), []
+        self.nbytes = sum(v.nbytes for values in self.values for v in values.values())
 
 
 def _accumulate(view: LayerView, stats: InputStats, x: np.ndarray, rng: np.random.Generator,
