@@ -23,10 +23,11 @@ Every supported consumer computes, per output position, ``y = W2 x (+ b)`` with
 
 The view stores, for each element of ``W2``, its index in the initializer's flat array
 (the initializer reaches the node through Reshape / Transpose / Identity / Squeeze /
-Unsqueeze, which only move elements), so statistics over ``W2``'s columns map back to
+Unsqueeze / Slice, and Concat of such parts, which only move elements), so statistics over ``W2``'s columns map back to
 the stored weight. Consumers not listed (ConvTranspose with pads past its kernel, LSTM
 peepholes, a weight as the first input of Gemm / MatMul, Conv over more than 3 spatial
-dims, nodes inside subgraphs) have no view: data-aware passes leave such weights to the
+dims, nodes inside subgraphs; the collector replaces an If the samples always take one way by
+that branch first) have no view: data-aware passes leave such weights to the
 data-free path and say so.
 """
 
@@ -288,20 +289,44 @@ def _following_add(node, inits, consumers_of, out: int, spatial: int = 0) -> str
 
 
 def _traced_index(name, site, producer, inits) -> np.ndarray | str:
-    """Flat initializer indices as the consumer sees the weight (after the pass-through chain)."""
-    chain = []
-    while name != site.name:
-        node = producer.get(name)
-        if node is None:
-            return f"weight path through {name!r} not understood"
-        chain.append(node)
-        name = node.input[0]
-    arr = np.arange(site.numel, dtype=np.int64).reshape(site.shape)
-    for node in reversed(chain):
-        arr = _apply(node, arr, inits)
-        if isinstance(arr, str):
-            return arr
-    return arr
+    """Flat initializer indices as the consumer sees the weight: pass-through ops (Identity, Transpose,
+    Reshape, Squeeze, Unsqueeze, Slice) and Concat of parts of the weight (an exporter's gate reorder)
+    from the initializer to the consumer; shapes, axes and bounds from initializers or Constant nodes."""
+    if name == site.name:
+        return np.arange(site.numel, dtype=np.int64).reshape(site.shape)
+    node = producer.get(name)
+    if node is None:
+        return f"weight path through {name!r} not understood"
+    if node.op_type == "Concat":
+        parts = [_traced_index(i, site, producer, inits) for i in node.input]
+        bad = next((p for p in parts if isinstance(p, str)), None)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        return bad if bad is not None else np.concatenate(parts, axis=axis)
+    if node.op_type == "Constant" or not node.input:
+        return f"weight path through {name!r} not understood"
+    arr = _traced_index(node.input[0], site, producer, inits)
+    return arr if isinstance(arr, str) else _apply(node, arr, _Values(producer, inits))
+
+
+class _Values:
+    """Constant int values of the weight path's shape / axes / bounds inputs: initializers or Constant nodes."""
+
+    def __init__(self, producer, inits) -> None:
+        self.producer, self.inits = producer, inits
+
+    def __contains__(self, name: str) -> bool:
+        return self.get(name) is not None
+
+    def __getitem__(self, name: str) -> onnx.TensorProto:
+        return self.get(name)
+
+    def get(self, name: str) -> onnx.TensorProto | None:
+        if name in self.inits:
+            return self.inits[name]
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant":
+            return next((a.t for a in node.attribute if a.name == "value"), None)
+        return None
 
 
 def _apply(node, arr: np.ndarray, inits) -> np.ndarray | str:
@@ -316,6 +341,8 @@ def _apply(node, arr: np.ndarray, inits) -> np.ndarray | str:
         shape = [int(d) for d in numpy_helper.to_array(inits[node.input[1]])]
         shape = [arr.shape[i] if d == 0 and not attrs.get("allowzero", 0) else d for i, d in enumerate(shape)]
         return arr.reshape(shape)
+    if node.op_type == "Slice":
+        return _slice(node, arr, inits)
     axes = attrs.get("axes")
     if axes is None and len(node.input) > 1 and node.input[1] in inits:
         axes = [int(a) for a in numpy_helper.to_array(inits[node.input[1]])]
@@ -327,3 +354,24 @@ def _apply(node, arr: np.ndarray, inits) -> np.ndarray | str:
             out = np.expand_dims(out, a)
         return out
     return f"{node.op_type} on the weight path"
+
+
+def _slice(node, arr: np.ndarray, inits) -> np.ndarray | str:
+    """``Slice`` (opset 10+: starts, ends, axes, steps as inputs) with constant bounds and positive steps."""
+    given = list(node.input[1:])
+    if not given:  # opset 1-9: bounds as attributes
+        attrs = {a.name: list(a.ints) for a in node.attribute}
+        vals = [attrs.get("starts"), attrs.get("ends"), attrs.get("axes")]
+    elif len(given) < 2 or any(n and n not in inits for n in given):
+        return "Slice with computed bounds on the weight path"
+    else:
+        vals = [None if not n else [int(v) for v in numpy_helper.to_array(inits[n]).ravel()] for n in given]
+    starts, ends = vals[0], vals[1]
+    axes = vals[2] if len(vals) > 2 and vals[2] is not None else list(range(len(starts)))
+    steps = vals[3] if len(vals) > 3 and vals[3] is not None else [1] * len(starts)
+    if any(st <= 0 for st in steps):
+        return "Slice with a negative step on the weight path"
+    index = [slice(None)] * arr.ndim
+    for a, b, e, st in zip(axes, starts, ends, steps):
+        index[a % arr.ndim] = slice(b, e, st)
+    return arr[tuple(index)]

@@ -133,3 +133,37 @@ def needed_nodes(graph: onnx.GraphProto, names: list[str]) -> list[int]:
         keep.add(i)
         todo.extend(producer[name] for name in reads(graph.node[i]) if name in producer)
     return sorted(keep)
+
+
+def inline_if(graph: onnx.GraphProto, taken: dict[str, bool]) -> set[str]:
+    """Replace the ``If`` nodes named in ``taken`` by the nodes of the branch taken (``True``: then_branch),
+    in place, at the node's position; each branch output is copied to the node's output by an
+    ``Identity``. Returns the names of the nodes of the branches not taken (nested ones included).
+
+    Meant for a graph whose ``If`` conditions are known to be constant on some inputs (the
+    collection models of :mod:`onnx_dc.runtime.collect`): the result computes the same outputs
+    on those inputs. Branch tensors keep their names (ONNX forbids a subgraph to shadow an outer name).
+    """
+    dropped: set[str] = set()
+    nodes: list[onnx.NodeProto] = []
+    for node in [_copy_node(n) for n in graph.node]:
+        if node.op_type != "If" or node.name not in taken:
+            nodes.append(node)
+            continue
+        branches = {a.name: a.g for a in node.attribute}
+        branch = branches["then_branch" if taken[node.name] else "else_branch"]
+        other = branches["else_branch" if taken[node.name] else "then_branch"]
+        dropped.update(n.name for n in all_nodes(other))
+        nodes.extend(branch.node)
+        for inner, outer in zip(branch.output, node.output):
+            if outer:
+                nodes.append(onnx.helper.make_node("Identity", [inner.name], [outer], name=f"{node.name}/{outer}"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return dropped
+
+
+def _copy_node(node: onnx.NodeProto) -> onnx.NodeProto:
+    out = onnx.NodeProto()
+    out.CopyFrom(node)
+    return out

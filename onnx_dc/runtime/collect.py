@@ -13,6 +13,7 @@ wave runs only the nodes no earlier wave ran (:class:`_Carry`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 import zlib
 from collections.abc import Mapping
@@ -27,7 +28,7 @@ from onnx_dc.data.calib import Samples
 from onnx_dc.graph import external
 from onnx_dc.graph.io import serialize
 from onnx_dc.graph.layerview import LayerView, layer_views
-from onnx_dc.graph.walk import needed_nodes, reads, weights_upstream
+from onnx_dc.graph.walk import all_nodes, inline_if, needed_nodes, node_subgraphs, reads, weights_upstream
 from onnx_dc.passes.state import CompressionState
 from onnx_dc.passes.stats import InputStats, WeightStats
 from onnx_dc.runtime.session import InferenceSession
@@ -77,15 +78,23 @@ class Collector:
         state.keep_originals()
         self.state, self.samples, self.batch_size = state, samples, batch_size
         self.full_max_dim, self.threads = full_max_dim, threads
+        self.graph_inputs = {i.name for i in state.model.graph.input}
+        # the model the collection runs: state.model, or a copy with the If nodes the samples always
+        # take one way replaced by that branch, when a weight is read inside one (its nodes; the
+        # initializers, which bias correction changes, always come from state.model)
+        sites = {name: layer.entry.site for name, layer in state.layers.items()}
+        self.model, dropped = _inline_constant_ifs(state.model, {c.node for s in sites.values() for c in s.consumers},
+                                                   samples, batch_size, threads)
         self.views: dict[str, list[LayerView]] = {}
         self.unsupported: dict[str, str] = {}
-        for name, layer in state.layers.items():
-            found, why = layer_views(state.model, layer.entry.site)
+        for name, site in sites.items():
+            taken = tuple(c for c in site.consumers if c.node not in dropped)
+            found, why = layer_views(self.model, dataclasses.replace(site, consumers=taken)) if taken else (
+                [], "read only inside If branches the calibration samples do not take")
             if found:
                 self.views[name] = found
             else:
                 self.unsupported[name] = why
-        self.graph_inputs = {i.name for i in state.model.graph.input}
         self._reference: InferenceSession | None = None
         # bias correction rewrites biases in state.model as waves go: the reference keeps the originals
         biases = {v.bias for vs in self.views.values() for v in vs if v.bias}
@@ -103,7 +112,7 @@ class Collector:
     def reference(self) -> InferenceSession:
         """A session of the original model with every measured layer input as an output (made once)."""
         if self._reference is None:
-            self._reference = InferenceSession(_with_outputs(self.state.model, self._activations(self.views),
+            self._reference = InferenceSession(_with_outputs(self.model, self._activations(self.views),
                                                              self._biases, self._expose), threads=self.threads,
                                                spin=False)
         return self._reference
@@ -111,9 +120,9 @@ class Collector:
     def waves(self) -> list[list[str]]:
         """The measured layers in waves: a layer's wave is one more than the latest wave upstream of its inputs."""
         names = list(self.views)
-        alias = _aliases(self.state.model.graph, self._expose)  # an exposed Y has its node's other outputs' upstream
+        alias = _aliases(self.model.graph, self._expose)  # an exposed Y has its node's other outputs' upstream
         acts = sorted({alias.get(t, t) for n in names for v in self.views[n] for t in v.tensors})
-        upstream = weights_upstream(self.state.model.graph, names, acts)
+        upstream = weights_upstream(self.model.graph, names, acts)
         depth: dict[str, int] = {}
 
         def depth_of(name: str) -> int:
@@ -150,8 +159,7 @@ class Collector:
         elif wanted:  # a wave
             if not carry or self._carries is None:
                 limit = self.carry_bytes // 2 if carry else 0
-                self._carries = (_Carry(self.state.model, self._expose, limit),
-                                 _Carry(self.state.model, self._expose, limit))
+                self._carries = (_Carry(self.model, self._expose, limit), _Carry(self.model, self._expose, limit))
             changed = set(names) | {v.bias for n in names for v in self.views[n] if v.bias}  # after the wave
             for c, replace, changing in zip(self._carries, (self._biases, current), (set(), changed)):
                 step = c.step(self.state.model, wanted, replace, self._expose, changing)
@@ -188,6 +196,42 @@ class Collector:
                     first.merge(per_view[(name, i)])
             stats[name] = WeightStats(vs[0], first, tuple(vs))
         return stats
+
+
+MAX_INLINE_ROUNDS = 8  # nested If nodes reach the top one level per round
+
+
+def _inline_constant_ifs(model: onnx.ModelProto, consumers: set[str], samples: Samples, batch_size: int,
+                         threads: int) -> tuple[onnx.ModelProto, set[str]]:
+    """``model``, or a copy whose top-level ``If`` nodes holding a node of ``consumers`` (in a branch, at any
+    depth) are replaced by the branch every sample takes (nested ones too, level by level), and the names
+    of the nodes in the branches not taken. An ``If`` whose condition differs between samples stays."""
+    flat, dropped = model, set()
+    for _ in range(MAX_INLINE_ROUNDS):
+        ifs = [n for n in flat.graph.node if n.op_type == "If"
+               and any(inner.name in consumers for sub in node_subgraphs(n) for inner in all_nodes(sub))]
+        if not ifs:
+            break
+        conds = sorted({n.input[0] for n in ifs} - {t.name for t in flat.graph.initializer})
+        seen: dict[str, set[bool]] = {c: set() for c in conds}
+        if conds:
+            session = InferenceSession(cut_model(flat, conds, {}), threads=threads, spin=False)
+            names = [i.name for i in session.get_inputs()]
+            for feed in samples.batches(batch_size):
+                for c, v in zip(conds, session.run(conds, {k: feed[k] for k in names if k in feed})):
+                    seen[c].update(bool(x) for x in np.asarray(v).ravel())
+        inits = {t.name: t for t in flat.graph.initializer}
+        for n in ifs:
+            if n.input[0] in inits:
+                seen[n.input[0]] = {bool(x) for x in numpy_helper.to_array(inits[n.input[0]]).ravel()}
+        taken = {n.name: next(iter(seen[n.input[0]])) for n in ifs if len(seen[n.input[0]]) == 1}
+        if not taken:
+            break
+        if flat is model:
+            flat = onnx.ModelProto()
+            flat.CopyFrom(model)
+        dropped |= inline_if(flat.graph, taken)
+    return flat, dropped
 
 
 def _flush(pending, views, per_view, rngs: dict) -> None:
