@@ -301,3 +301,23 @@ def test_silero_lstm_inside_if_branches_gets_statistics(tmp_path):
     assert result.calib.result.without_stats == {}
     assert {"model.decoder.rnn.weight_ih", "model.decoder.rnn.weight_hh"} <= set(result.calib.result.reconstructed)
     assert max(o.rel_l2 for o in result.fidelity.outputs) < 0.07
+
+
+def test_inline_if_puts_the_taken_branch_in_place():
+    """The taken branch's nodes replace the If, an Identity copies its output; the other branch's nodes are
+    named as dropped unless the taken branch has a node of the same name."""
+    from onnx_dc.graph.walk import inline_if
+
+    model = branch_model("sr")
+    graph = model.graph
+    dropped = inline_if(graph, {"branch": True})
+    assert [n.op_type for n in graph.node] == ["Equal", "Gemm", "Relu", "Gemm", "Identity"]
+    assert dropped == {"fc3"} and graph.node[-1].input[0] == "y_then" and graph.node[-1].output[0] == "y"
+    x = np.random.default_rng(7).normal(size=(3, 8)).astype(np.float32)
+    sr = np.array(16000, np.int64)
+    np.testing.assert_allclose(run(model, {"x": x, "sr": sr})[0], run(branch_model("sr"), {"x": x, "sr": sr})[0],
+                               rtol=1e-6)
+    same = branch_model("sr")
+    else_branch = next(a.g for a in same.graph.node[-1].attribute if a.name == "else_branch")
+    else_branch.node[0].name = "fc1"  # the same name in both branches
+    assert inline_if(same.graph, {"branch": False}) == {"fc2"}

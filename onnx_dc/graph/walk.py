@@ -138,7 +138,8 @@ def needed_nodes(graph: onnx.GraphProto, names: list[str]) -> list[int]:
 def inline_if(graph: onnx.GraphProto, taken: dict[str, bool]) -> set[str]:
     """Replace the ``If`` nodes named in ``taken`` by the nodes of the branch taken (``True``: then_branch),
     in place, at the node's position; each branch output is copied to the node's output by an
-    ``Identity``. Returns the names of the nodes of the branches not taken (nested ones included).
+    ``Identity``. Returns the names of the nodes of the branches not taken (nested ones included)
+    that no node of a taken branch also has (unnamed nodes are not listed).
 
     Meant for a graph whose ``If`` conditions are known to be constant on some inputs (the
     collection models of :mod:`onnx_dc.runtime.collect`): the result computes the same outputs
@@ -153,7 +154,7 @@ def inline_if(graph: onnx.GraphProto, taken: dict[str, bool]) -> set[str]:
         branches = {a.name: a.g for a in node.attribute}
         branch = branches["then_branch" if taken[node.name] else "else_branch"]
         other = branches["else_branch" if taken[node.name] else "then_branch"]
-        dropped.update(n.name for n in all_nodes(other))
+        dropped.update({n.name for n in all_nodes(other)} - {n.name for n in all_nodes(branch)} - {""})
         nodes.extend(branch.node)
         for inner, outer in zip(branch.output, node.output):
             if outer:
