@@ -200,7 +200,10 @@ def _distill(model: Any, state: CompressionState, run: Any, cfg: Config, schedul
     settings = resolve_train_settings(DISTILL_DEFAULTS, cfg.train, {"seed": seed} if seed is not None else None,
                                       schedule, {"epochs": epochs}, source=f"{cfg.source}: train")
     name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
-    distill(state, run.data.calib, settings, name=name, echo=echo, **after_data_aware(load_model(model), run))
+    from onnx_dc import calibrate
+
+    distill(state, run.data.calib, settings, name=name, echo=echo,
+            **after_data_aware(load_model(model), lambda s: calibrate.share_again(s, run)))
 
 
 def finetune(

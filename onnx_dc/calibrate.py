@@ -114,6 +114,29 @@ def run_calibrated(state: CompressionState, run: CalibRun, echo=None) -> CalibRu
     return CalibRun(run.data, settings, collected, result)
 
 
+def share_again(state: CompressionState, run: CalibRun) -> DataAwareResult:
+    """The data-aware passes again on ``state``'s present weights (after retraining in the masked form).
+
+    The retrained model takes the original's place: each layer's statistics are measured as
+    :func:`run_calibrated` measures them, on a fresh state started from ``state``'s dense model,
+    and the passes aim at the retrained layers' outputs. Pruned weights are exact zeros there, and
+    pruning removes zeros first, so each row keeps its mask. The new masks, codebooks, codes and
+    the corrected biases go back into ``state``; its planned initializers (the original weights,
+    which fidelity attribution reads) stay.
+    """
+    fresh = CompressionState.start(state.dense_model(), state.plan, state.source_bytes)
+    again = run_calibrated(fresh, CalibRun(run.data, run.settings, None, None)).result
+    for name, layer in fresh.layers.items():
+        into = state.layers[name]
+        into.mask, into.codebook, into.codes, into.weights = layer.mask, layer.codebook, layer.codes, layer.weights
+        into.threshold, into.inertia = layer.threshold, layer.inertia
+    others = {t.name: t for t in fresh.model.graph.initializer if t.name not in state.layers}
+    for t in state.model.graph.initializer:
+        if t.name in others:
+            t.CopyFrom(others[t.name])
+    return again
+
+
 def run_with_stats(state: CompressionState, stats: Mapping[str, Any], settings: DataAwareSettings) -> DataAwareResult:
     """The data-aware passes on ``state`` with statistics collected before (those of its planned layers only).
 
