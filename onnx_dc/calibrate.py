@@ -119,21 +119,26 @@ def share_again(state: CompressionState, run: CalibRun) -> DataAwareResult:
 
     The retrained model takes the original's place: each layer's statistics are measured as
     :func:`run_calibrated` measures them, on a fresh state started from ``state``'s dense model,
-    and the passes aim at the retrained layers' outputs. Pruned weights are exact zeros there, and
-    pruning removes zeros first, so each row keeps its mask. The new masks, codebooks, codes and
-    the corrected biases go back into ``state``; its planned initializers (the original weights,
-    which fidelity attribution reads) stay.
+    and the passes aim at the retrained layers' outputs. The fresh layers start from ``state``'s
+    masks (pruning only narrows a mask it is given); pruned weights are exact zeros and pruning
+    removes zeros first, so a ratio-pruned row keeps its mask exactly. The new masks, codebooks,
+    codes and the biases bias correction moved go back into ``state``; its planned initializers
+    (the original weights, which fidelity attribution reads) stay.
     """
     fresh = CompressionState.start(state.dense_model(), state.plan, state.source_bytes)
+    fresh.keep_originals()  # before the masks: it refuses a state that any pass has touched
+    for name, layer in fresh.layers.items():
+        layer.mask = state.layers[name].mask
     again = run_calibrated(fresh, CalibRun(run.data, run.settings, None, None)).result
     for name, layer in fresh.layers.items():
         into = state.layers[name]
         into.mask, into.codebook, into.codes, into.weights = layer.mask, layer.codebook, layer.codes, layer.weights
         into.threshold, into.inertia = layer.threshold, layer.inertia
-    others = {t.name: t for t in fresh.model.graph.initializer if t.name not in state.layers}
+    moved = {bias for bias, _, _ in again.original_biases.values()}
+    corrected = {t.name: t for t in fresh.model.graph.initializer if t.name in moved}
     for t in state.model.graph.initializer:
-        if t.name in others:
-            t.CopyFrom(others[t.name])
+        if t.name in corrected:
+            t.CopyFrom(corrected[t.name])
     return again
 
 
