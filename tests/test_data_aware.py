@@ -16,6 +16,7 @@ from onnx_dc.passes.bias_correct import correct_bias
 from onnx_dc.passes.data_aware import original_weights, parse_data_aware
 from onnx_dc.passes.prune import prune
 from onnx_dc.passes.prune_activation import prune_by_activation
+from onnx_dc.passes.reconstruct import reconstruct_layer
 from onnx_dc.passes.refit import output_error, refit_layer
 from onnx_dc.passes.share import share
 from onnx_dc.runtime.collect import collect_stats, im2col
@@ -75,6 +76,39 @@ def test_prune_by_activation_reaches_ratio_per_row():
     # the scores differ from magnitude: inputs scaled x4 keep more of their weights
     w2 = state.layers["w0"].mask.ravel()[stats["w0"].view.index]
     assert w2[:, ::3].mean() > w2.mean()
+
+
+def test_reconstruct_with_fewer_samples_than_inputs_keeps_what_the_samples_do_not_show():
+    """56 samples of a 64-wide input span a 56-dimensional subspace. The least-squares re-solve of
+    each row's kept weights is damped toward the original weights: a row nothing was pruned from
+    keeps its weights exactly, the error on the samples never rises over plain pruning, and on
+    fresh samples (directions the calibration never saw) the result beats plain pruning."""
+    rng = np.random.default_rng(3)
+    basis = rng.normal(size=(64, 64))
+    scales = np.linspace(2.0, 0.2, 64)
+
+    def draw(n: int, seed: int) -> np.ndarray:
+        z = np.random.default_rng(seed).normal(size=(n, 64)) * scales
+        return (z @ basis.T / 8).astype(np.float32)[:, None]
+
+    state = prepare(mlp_model(sizes=(64, 10)), sparse_ratio=0.5)
+    calib = Samples({"x": draw(56, 1)}, stackable=True)
+    stats = collect_stats(state, calib).stats["w0"]
+    prune_by_activation(state, {"w0": stats})
+    layer = state.layers["w0"]
+    layer.mask[0] = True  # row 0 loses nothing
+    layer.weights[0] = original_weights(state, "w0")[0]
+    pruned = layer.weights.copy()
+    assert reconstruct_layer(layer, original_weights(state, "w0"), stats)
+    np.testing.assert_allclose(layer.weights[0], original_weights(state, "w0")[0], rtol=1e-6, atol=1e-7)
+    assert np.all(layer.weights[~layer.mask] == 0)
+
+    def error(w: np.ndarray, x: np.ndarray) -> float:
+        return float(np.sum(((x[:, 0] @ (w - original_weights(state, "w0")).T)) ** 2))
+
+    x_cal, x_new = calib.arrays["x"], draw(2000, 2)
+    assert error(layer.weights, x_cal) <= error(pruned, x_cal)
+    assert error(layer.weights, x_new) < 0.9 * error(pruned, x_new)
 
 
 def test_prune_by_activation_prunes_exact_zeros_too():

@@ -3,12 +3,20 @@
 For output row ``w`` of ``y = W2 x`` with kept columns ``S`` (pruned ones fixed at zero) and
 ``H = E[x x^T]`` on the calibration inputs,
 
-    w'_S = argmin_v (w - v)^T H (w - v) with v_{not S} = 0   =>   (H_SS + l I) w'_S = (H w)_S
+    w'_S = argmin_v (w - v)^T H (w - v) + l |v_S - w_S|^2 with v_{not S} = 0
+         =>   (H_SS + l I) w'_S = (H w)_S + l w_S
 
-(the optimal-brain-surgeon update restricted to the kept set; ``l`` is a small damping,
-1% of the mean diagonal, for inputs that never vary). With sequential statistics (``x`` from
-the model whose upstream layers are compressed, ``x_o`` the original's) the target is the
-original layer's output, ``min E[(w^T x_o - v^T x)^2]``, and ``H w`` becomes ``E[x x_o^T] w``. It runs after pruning and before
+(the optimal-brain-surgeon update restricted to the kept set). The damping ``l`` (1% of the
+mean diagonal) pulls toward the original weights, not toward zero: where the samples do not
+span the input space (fewer samples than input width, as a 512-wide recurrent layer on a few
+hundred frames), the directions they never excite keep the original row's response, and a
+row that lost nothing keeps its weights exactly. Damping toward zero instead shrank those
+directions away: DTLN's second model at 0.5 / 32 on 240 frames, held-out cosine .955 against
+.974 now.
+
+With sequential statistics (``x`` from the model whose upstream layers are compressed,
+``x_o`` the original's) the target is the original layer's output,
+``min E[(w^T x_o - v^T x)^2]``, and ``H w`` becomes ``E[x x_o^T] w``. It runs after pruning and before
 sharing, so k-means clusters the reconstructed values. Needs the full ``H`` (layers whose
 input width is under the collection's size limit); rows are solved in batches. A layer
 whose solves would cost more than ``MAX_FLOPS`` (rows x kept^3, dense layers at light
@@ -42,8 +50,9 @@ def reconstruct_layer(layer: LayerState, original: np.ndarray, stats: WeightStat
         return False
     for g in np.unique(groups):
         h = hessian[g]
-        h = h + DAMPING * max(float(np.mean(np.diag(h))), 1e-12) * np.eye(h.shape[0])
-        hw = w2 @ cross[g].T  # (E[x x_o^T] w_i) for every row; H w_i when not sequential
+        lam = DAMPING * max(float(np.mean(np.diag(h))), 1e-12)
+        h = h + lam * np.eye(h.shape[0])
+        hw = w2 @ cross[g].T + lam * w2  # (E[x x_o^T] w_i) for every row; H w_i when not sequential
         for count in np.unique(counts[groups == g]):
             rows = np.flatnonzero((groups == g) & (counts == count))
             if count == 0:
