@@ -54,7 +54,8 @@ def reconstruct_layer(layer: LayerState, original: np.ndarray, stats: WeightStat
         h = hessian[g]
         lam = DAMPING * max(float(np.mean(np.diag(h))), 1e-12)
         h = h + lam * np.eye(h.shape[0])
-        hw = w2 @ cross[g].T + lam * w2  # (E[x x_o^T] w_i) for every row; H w_i when not sequential
+        # E[x x_o^T] w_i for every row (H w_i when not sequential), plus the damping's pull toward w_i
+        hw = w2 @ cross[g].T + lam * w2
         for count in np.unique(counts[groups == g]):
             rows = np.flatnonzero((groups == g) & (counts == count))
             if count == 0:
