@@ -173,9 +173,23 @@ def _compress_calibrated(model, state, cfg, calib, data, preprocess, output_path
     if data is None:
         if schedule is not None and not epochs:
             raise ConfigError("a fine-tuning schedule was given without epochs; pass epochs=N to fine-tune")
+        full, validation = run, None
+        if epochs:  # the samples that will judge fine-tuning take no part in the data-aware passes either
+            from onnx_dc.train.distill import validation_split
+
+            train_part, validation = validation_split(run.data.calib)
+            if validation is not train_part:
+                run = dataclasses.replace(run, data=dataclasses.replace(run.data, calib=train_part))
         run = calibrate.run_calibrated(state, run, echo)
         if epochs:
-            _distill(model, state, run, cfg, schedule, epochs, echo, overrides.get("seed"))
+            tuned = _distill(model, state, run, cfg, schedule, epochs, echo, overrides.get("seed"), validation)
+            if run is not full and not tuned.changed:
+                # Nothing of fine-tuning stayed: the result is the data-aware one, fitted to every sample.
+                if echo is not None:
+                    echo(f"fine-tuning kept nothing; the data-aware passes run again on all "
+                         f"{len(full.data.calib)} calibration samples")
+                state = prepare(model, cfg, **overrides)
+                run = calibrate.run_calibrated(state, full, echo)
         out = finish(state, output_path, preprocess, input_path)
     else:
         from onnx_dc.train.schedule import run_schedule
@@ -192,8 +206,8 @@ def _compress_calibrated(model, state, cfg, calib, data, preprocess, output_path
 
 
 def _distill(model: Any, state: CompressionState, run: Any, cfg: Config, schedule: Mapping[str, Any] | None,
-             epochs: int, echo: Callable[[str], None] | None, seed: int | None) -> None:
-    """Label-free fine-tuning of the data-aware result on the calibration part of the samples."""
+             epochs: int, echo: Callable[[str], None] | None, seed: int | None, validation: Any) -> Any:
+    """Label-free fine-tuning of the data-aware result on the calibration part of the samples, judged on ``validation``."""
     from onnx_dc.train.distill import DISTILL_DEFAULTS, after_data_aware, distill
     from onnx_dc.train.settings import resolve_train_settings
 
@@ -202,7 +216,7 @@ def _distill(model: Any, state: CompressionState, run: Any, cfg: Config, schedul
     name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
     from onnx_dc import calibrate
 
-    distill(state, run.data.calib, settings, name=name, echo=echo,
+    return distill(state, run.data.calib, settings, name=name, echo=echo, validation=validation,
             **after_data_aware(load_model(model), lambda s: calibrate.share_again(s, run)))
 
 

@@ -155,10 +155,12 @@ def test_unsupported_op_gives_one_line_and_the_untrained_result(tmp_path):
     assert len(skipped) == 1 and "\n" not in skipped[0]
     assert "op Resize" in skipped[0] and "node up" in skipped[0]
     onnx.checker.check_model(onnx.load(tmp_path / "m.dc.onnx"))
-    # the data-aware result, kept as it is
-    expected = onnx_dc.compress(model, calib=f"npz:{tmp_path / 'calib.npz'}", **settings).model
+    # the data-aware result on every calibration sample (the validation eighth set aside for fine-tuning included)
+    assert any("data-aware passes run again on all" in line for line in lines)
+    plain = onnx_dc.compress(model, calib=f"npz:{tmp_path / 'calib.npz'}", **settings)
+    assert result.calib.collected.samples == plain.calib.collected.samples == len(plain.calib.data.calib)
     feed = Samples({"x": x[:, None]}, stackable=True)
-    np.testing.assert_array_equal(run_teacher(result.model, feed, ["y"])["y"], run_teacher(expected, feed, ["y"])["y"])
+    np.testing.assert_array_equal(run_teacher(result.model, feed, ["y"])["y"], run_teacher(plain.model, feed, ["y"])["y"])
 
 
 def test_control_flow_is_refused_before_onnxruntime_aborts():
@@ -332,6 +334,23 @@ def test_fine_tuning_that_ends_worse_on_validation_restores_its_start():
     calibrate.run_calibrated(state, calibrate.start_calib(state, "digits", None))
     unguarded = distill(state, samples, schedule, teacher=model, prune_step=wreck)
     assert not unguarded.restored and output_error(state.dense_model(), val_part, val_teacher) > start_error
+
+
+def test_samples_that_validate_fine_tuning_are_not_seen_by_the_data_aware_passes():
+    """compress(calib=..., epochs=N): every eighth calibration sample judges fine-tuning, so the statistics the
+    data-aware passes fit to come from the other seven eighths; without epochs they come from all."""
+    from onnx_dc.train.distill import validation_split
+
+    model = mlp_model(sizes=(64, 32, 10))
+    plain = onnx_dc.compress(model, calib="digits", sparse_ratio=0.5, class_num=8)
+    n = len(plain.calib.data.calib)
+    assert plain.calib.collected.samples == n
+    lines: list[str] = []
+    tuned = onnx_dc.compress(model, calib="digits", sparse_ratio=0.5, class_num=8, epochs=1, echo=lines.append)
+    train_part, val_part = validation_split(plain.calib.data.calib)
+    assert tuned.calib.collected.samples == len(train_part) == n - len(val_part)
+    np.testing.assert_array_equal(tuned.calib.data.calib.arrays["x"], train_part.arrays["x"])
+    assert tuned.fidelity is not None and len(tuned.calib.data.heldout) == len(plain.calib.data.heldout)
 
 
 def test_after_retraining_the_data_aware_passes_share_again_keeping_the_masks(tmp_path):

@@ -80,6 +80,50 @@ def test_shared_codebook_gradient_is_the_per_cluster_sum(digits):
         trainer.close()
 
 
+def test_codebook_training_with_reassignment_steps_latent_values_and_moves_codes(digits):
+    """reassign_lr > 0: latent values take the weights' gradient step, each weight then takes its nearest centroid."""
+    from onnx_dc.train.loop import Trainer, fit
+    from onnx_dc.train.optim import Optimizer
+
+    x, y = digits[0][:128], digits[1][:128]
+    state = prepare(mlp_model(sizes=SIZES), CONFIG)
+    prune(state)
+    share(state)
+    masks = {w: layer.mask.copy() for w, layer in state.layers.items()}
+    trainer = Trainer(state, TrainForm.SHARED, reassign_lr=20.0)
+    try:
+        sh = trainer.shared["w0"]
+        latent0, codes0 = sh.latent.copy(), sh.codes.copy()
+        np.testing.assert_array_equal(latent0, sh.codebook[codes0])  # latent values start at codebook[codes]
+        ws = [state.layers[w].weights for w in ("w0", "w1")]
+        bs = [trainer.values[b].astype(np.float64) for b in ("b0", "b1")]
+        g = _numpy_grads(ws, bs, x.astype(np.float64), y)[0].ravel()[sh.index]
+        trainer.step(x, y, Optimizer(StageSettings(lr=0.01, momentum=0.0, optimizer=OptimizerKind.SGD), 1))
+        np.testing.assert_allclose(sh.latent, latent0 - 20.0 * g, rtol=1e-4, atol=1e-5)
+        # every kept weight now has the code of the non-zero centroid nearest its latent value
+        distance = np.abs(sh.latent[:, None] - sh.codebook[None, 1:])
+        np.testing.assert_array_equal(sh.codes, distance.argmin(1) + 1)
+        assert np.any(sh.codes != codes0)
+        np.testing.assert_array_equal(sh.weights.ravel()[sh.index], sh.codebook[sh.codes])
+    finally:
+        trainer.close()
+    # a whole stage: codes move, masks and the number of shared values stay, weights are codebook[codes]
+    codes_before = {w: layer.codes.copy() for w, layer in state.layers.items()}
+    record = fit(state, TrainForm.SHARED, digits[0], digits[1],
+                 StageSettings(epochs=2, lr=1e-3, optimizer=OptimizerKind.ADAMW, reassign_lr=1e-2))
+    assert record.losses[-1] < record.losses[0]
+    for w, layer in state.layers.items():
+        assert np.any(layer.codes != codes_before[w])
+        np.testing.assert_array_equal(layer.codes != 0, masks[w])
+        np.testing.assert_array_equal(layer.weights, layer.codebook[layer.codes])
+        assert np.unique(layer.weights[layer.weights != 0]).size <= 8
+    # reassign_lr 0 (the paper's Eq. 3 alone): codes stay as they are
+    codes_before = {w: layer.codes.copy() for w, layer in state.layers.items()}
+    fit(state, TrainForm.SHARED, digits[0], digits[1], StageSettings(epochs=1, lr=1e-3, optimizer=OptimizerKind.ADAMW))
+    for w, layer in state.layers.items():
+        np.testing.assert_array_equal(layer.codes, codes_before[w])
+
+
 def test_training_graph_trains_on_logits_before_softmax():
     import onnx
     from onnx import helper as oh
@@ -166,12 +210,14 @@ def test_prune_ramp_cubic_takes_big_steps_first():
 def test_train_settings_report_every_problem():
     with pytest.raises(ConfigError) as err:
         resolve_train_settings({"epochs": -1, "optimizer": "rmsprop", "bogus": 1,
-                                "retrain": {"lr": 0, "speed": 2}, "batch_size": 0})
+                                "retrain": {"lr": 0, "speed": 2}, "batch_size": 0, "codebook": {"reassign_lr": -1}})
     text = str(err.value)
-    for fragment in ("epochs", "rmsprop", "bogus", "lr", "speed", "batch_size"):
+    for fragment in ("epochs", "rmsprop", "bogus", "lr", "speed", "batch_size", "codebook.reassign_lr: -1"):
         assert fragment in text
     s = resolve_train_settings({"epochs": 5, "codebook": {"epochs": 1}}, {"optimizer": "adamw"}, {"epochs": 2})
     assert (s.retrain.epochs, s.codebook.epochs, s.retrain.optimizer) == (2, 2, OptimizerKind.ADAMW)
+    assert resolve_train_settings({"codebook": {"reassign_lr": 1e-3}}).codebook.reassign_lr == 1e-3
+    assert resolve_train_settings({}).codebook.reassign_lr == 0.0  # labeled training keeps the paper's codes
 
 
 def test_finetune_restores_the_state_and_keeps_the_layout(tmp_path):

@@ -11,7 +11,13 @@ on the averaged gradient.
 
 For masked layers the gradient is multiplied by the mask before the step; for shared
 layers the step is on the codebook (Eq. 3, see :mod:`onnx_dc.train.forms`) and the
-written parameter is ``codebook[codes]``. When a stage ends, :meth:`Trainer.commit`
+written parameter is ``codebook[codes]``. With the stage's ``reassign_lr`` > 0 a shared
+layer also keeps latent float values ``v`` of its kept weights, starting at
+``codebook[codes]`` and stepped by the same dense gradient (the straight-through estimator:
+the forward pass sees ``codebook[codes]``, the gradient goes to ``v``); after every step each
+kept weight takes the code of the centroid nearest its ``v``, so a weight whose value wants
+to move past the midpoint between two centroids changes cluster, which Eq. 3 alone never
+lets it do. When a stage ends, :meth:`Trainer.commit`
 puts weights, codebooks and biases back into the :class:`CompressionState` by name.
 """
 
@@ -51,6 +57,15 @@ class _Shared:
     codes: np.ndarray  # intp codes of the kept weights (or of all weights when none is pruned)
     index: np.ndarray | None  # flat positions of the kept weights; None: every weight
     weights: np.ndarray  # float32 dense W = codebook[codes], written to onnxruntime each step
+    latent: np.ndarray | None = None  # float32 latent values of the kept weights (reassign_lr > 0)
+
+    def reassign(self) -> None:
+        """Each kept weight takes the code of the centroid nearest its latent value (entry 0 stays reserved)."""
+        first = 0 if self.index is None else 1
+        order = np.argsort(self.codebook[first:], kind="stable")
+        ordered = self.codebook[first:][order]
+        nearest = np.searchsorted((ordered[1:] + ordered[:-1]) / 2, self.latent)
+        self.codes = order[nearest] + first
 
 
 def _silence_ort() -> None:
@@ -110,7 +125,7 @@ class Trainer:
     """One training stage's onnxruntime session over a compression state."""
 
     def __init__(self, state: CompressionState, form: TrainForm, threads: int = 0, name: str = "model",
-                 loss: LossBuilder = cross_entropy_loss):
+                 loss: LossBuilder = cross_entropy_loss, reassign_lr: float = 0.0):
         artifacts, api = training_modules()
         _silence_ort()
         self.state = state
@@ -159,8 +174,11 @@ class Trainer:
                 flat = layer.codes.ravel()
                 index = np.flatnonzero(flat) if layer.mask is not None else None
                 codes = (flat[index] if index is not None else flat).astype(np.intp)
-                self.shared[wname] = _Shared(layer.codebook.astype(np.float32, copy=True), codes, index,
-                                             self.values[binding.parameter])
+                sh = _Shared(layer.codebook.astype(np.float32, copy=True), codes, index, self.values[binding.parameter])
+                if reassign_lr > 0:
+                    sh.latent = sh.codebook[codes]
+                self.shared[wname] = sh
+        self.reassign_lr = reassign_lr
 
     def close(self) -> None:
         """Drop the session and its temporary files."""
@@ -194,7 +212,7 @@ class Trainer:
             grad = param.grad if grad_scale == 1.0 else param.grad * np.float32(grad_scale)
             binding = self.graph.layers.get(name)
             if binding is not None and binding.kind == "shared":
-                self._step_shared(name, grad, opt, lr)
+                self._step_shared(name, grad, opt, lr, lr * self.reassign_lr / opt.stage.lr)
             else:
                 w = self.values[name]
                 mask = self.masks.get(name)
@@ -204,7 +222,7 @@ class Trainer:
                 param.data = w
         self.module.lazy_reset_grad()
 
-    def _step_shared(self, name: str, grad: np.ndarray, opt: Optimizer, lr: float) -> None:
+    def _step_shared(self, name: str, grad: np.ndarray, opt: Optimizer, lr: float, latent_lr: float) -> None:
         sh = self.shared[name]
         g = grad.ravel()
         if sh.index is not None:
@@ -216,6 +234,9 @@ class Trainer:
         opt.update(f"{name}/codebook", sh.codebook, cb_grad, lr, decay=False)
         if sh.index is not None:
             sh.codebook[0] = 0.0
+        if sh.latent is not None:  # straight-through: the step the weights want goes to the latent values
+            opt.update(f"{name}/latent", sh.latent, g.astype(np.float32, copy=False), latent_lr, decay=False)
+            sh.reassign()
         flat = sh.weights.reshape(-1)
         if sh.index is not None:
             flat[sh.index] = sh.codebook[sh.codes]
@@ -227,7 +248,12 @@ class Trainer:
         """Put the trained weights, codebooks and other parameters back into the state, by name."""
         for wname, binding in self.graph.layers.items():
             if binding.kind == "shared":
-                set_codebook(self.state.layers[wname], self.shared[wname].codebook)
+                sh, layer = self.shared[wname], self.state.layers[wname]
+                if sh.latent is not None:
+                    codes = layer.codes.reshape(-1).copy()
+                    codes[sh.index if sh.index is not None else slice(None)] = sh.codes
+                    layer.codes = codes.reshape(layer.codes.shape)
+                set_codebook(layer, sh.codebook)
             else:
                 self.state.set_weights(wname, self.values[binding.parameter])
         updates = {n: self.values[n] for n in self.graph.others}
@@ -282,7 +308,8 @@ def fit(
     def step(trainer: Trainer, idx: np.ndarray, opt: Optimizer) -> float:
         return trainer.step(random_shift(x[idx], shift, moves, channels_last), y[idx], opt)
 
-    return run_stage(Trainer(state, form, threads) if stage.epochs and len(y) else None, len(y), step, stage,
+    return run_stage(Trainer(state, form, threads, reassign_lr=stage.reassign_lr) if stage.epochs and len(y) else None,
+                     len(y), step, stage,
                      StageRecord(name, form.value, stage.epochs), batch_size=batch_size, seed=seed, echo=echo)
 
 

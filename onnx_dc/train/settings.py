@@ -67,6 +67,10 @@ class StageSettings:
     momentum: float = 0.9
     weight_decay: float = 0.0
     lr_schedule: LrSchedule = LrSchedule.CONSTANT
+    # Shared form only: > 0 trains latent values of the kept weights at this rate (scaled by the
+    # schedule as lr is) and gives each weight the code of its nearest centroid after every step
+    # (onnx_dc/train/loop.py); 0 keeps the codes and trains the centroids alone (Eq. 3).
+    reassign_lr: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values."""
@@ -130,7 +134,7 @@ def _stage_value(key: str, value: Any) -> tuple[Any, str | None]:
         if not number or not 0 <= value < 1:
             return bad("must be a number in [0, 1)")
         return float(value), None
-    if key == "weight_decay":
+    if key in ("weight_decay", "reassign_lr"):
         if not number or value < 0:
             return bad("must be a non-negative number")
         return float(value), None
