@@ -124,6 +124,32 @@ def test_codebook_training_with_reassignment_steps_latent_values_and_moves_codes
         np.testing.assert_array_equal(layer.codes, codes_before[w])
 
 
+@pytest.mark.parametrize("pruned", [True, False])
+def test_reassignment_gives_every_weight_its_nearest_centroid(pruned):
+    """Only weights that left their interval are searched again; the codes equal a brute-force nearest centroid,
+    also after large moves, with centroids out of order and with two equal centroids."""
+    from onnx_dc.train.loop import _Shared
+
+    rng = np.random.default_rng(3)
+    codebook = rng.normal(size=9).astype(np.float32)
+    codebook[3] = codebook[5]  # two centroids with one value
+    first = 1 if pruned else 0
+    if pruned:
+        codebook[0] = 0.0
+    latent = rng.normal(size=5000).astype(np.float32)
+    codes = np.abs(latent[:, None] - codebook[None, first:]).argmin(1) + first
+    sh = _Shared(codebook, codes, np.arange(5000) if pruned else None, np.zeros(5000, np.float32), latent.copy())
+    for scale in (1e-3, 0.3, 3.0):
+        sh.latent += rng.normal(scale=scale, size=5000).astype(np.float32)
+        sh.codebook[first:] += rng.normal(scale=scale / 10, size=9 - first).astype(np.float32)
+        sh.codebook[3] = sh.codebook[5]
+        sh.reassign()
+        got = sh.codebook[sh.codes]
+        best = np.abs(sh.latent[:, None] - sh.codebook[None, first:]).min(1)
+        np.testing.assert_array_equal(np.abs(sh.latent - got), best)
+        assert sh.codes.min() >= first
+
+
 def test_training_graph_trains_on_logits_before_softmax():
     import onnx
     from onnx import helper as oh
