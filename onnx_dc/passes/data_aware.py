@@ -46,11 +46,15 @@ class PruneBy(str, enum.Enum):
     ACTIVATION = "activation"  # |w| x ||x_j|| within each output row (needs samples)
 
 
+PRUNE_SCOPES = ("row", "layer")
+
+
 @dataclass(frozen=True)
 class DataAwareSettings:
     """The ``calib:`` section of a config."""
 
     prune_by: PruneBy = PruneBy.ACTIVATION
+    prune_scope: str = "row"  # activation scores compared within each output row, or over the layer
     reconstruct: bool = True
     weighted_kmeans: bool = True
     refit: bool = True
@@ -82,6 +86,11 @@ def parse_data_aware(raw: Mapping[str, Any] | None, source: str = "calib") -> Da
                 out[key] = PruneBy(value)
             except ValueError:
                 problems.append(f"prune_by: {value!r} must be magnitude or activation")
+        elif key == "prune_scope":
+            if value not in PRUNE_SCOPES:
+                problems.append(f"prune_scope: {value!r} must be one of {', '.join(PRUNE_SCOPES)}")
+            else:
+                out[key] = value
         elif key in ("batch_size", "full_hessian_max_dim"):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 problems.append(f"{key}: {value!r} must be a positive integer")
@@ -157,7 +166,7 @@ def compress_layer(state: CompressionState, name: str, st: WeightStats, settings
     original = original_weights(state, name)
     s = layer.entry.settings
     if settings.prune_by == PruneBy.ACTIVATION:
-        prune_layer_by_activation(layer, st)
+        prune_layer_by_activation(layer, st, settings.prune_scope)
         if s.prunes and s.prune_quality is None:
             result.pruned_by_activation.append(name)
     else:
