@@ -1,10 +1,11 @@
 """Label-free fine-tuning: fidelity to the original model without and with it, per model.
 
 For LeNet-300-100 (models/, sparse 0.9 / class_num 32, MNIST train images without labels)
-and the real models in ../shared/data/real (sparse 0.5 / class_num 32), four ways:
+and the real models in ../shared/data/real (sparse 0.5 / class_num 32), five ways:
 data-free (prune by magnitude, plain k-means); data-free + label-free fine-tuning
 (onnx_dc.train.distill: masked retraining, k-means, codebook training, all against the
-original model's outputs); data-aware (compress(calib=...)); data-aware + label-free
+original model's outputs); data-aware (compress(calib=...)); the same with the activation
+scores compared over each layer (calib: prune_scope: layer); data-aware + label-free
 fine-tuning (compress(calib=..., epochs=N)). Each is measured against the original model
 on held-out samples: relative L2 error and cosine similarity per output (and MNIST top-1
 accuracy on the 10,000 test images for LeNet). Where onnxruntime-training cannot build a
@@ -16,7 +17,7 @@ audio models, the feeds the real streaming loop produces on gtcrn's test_wavs-mi
 (16 kHz noisy speech; recurrent states carried along), every fifth feed held out.
 
     python scripts/bench_distill.py [--models lenet_300_100,superres,...] [--epochs 2] [--limit 64]
-        [--audio-epochs 8] [--audio-limit 0] [--json out/bench_distill.json] [--update]
+        [--audio-epochs 16] [--audio-limit 0] [--json out/bench_distill.json] [--update]
 
 Image models take --epochs and --limit (photo crops; more of them did not help FastestDet:
 held-out cosine .903 with 128); the audio models take --audio-epochs and --audio-limit (0:
@@ -161,7 +162,8 @@ def _timed(fn):
 
 
 def bench_model(name: str, path: Path, spec, settings: dict, schedule: dict, accuracy=None, note: str = "") -> dict:
-    """Data-free, data-free + label-free fine-tuning, data-aware, data-aware + label-free fine-tuning."""
+    """Data-free, data-free + label-free fine-tuning, data-aware (prune_scope row, the default, and layer),
+    data-aware + label-free fine-tuning."""
     import onnx_dc
 
     row: dict = {"model": name, "file": str(path.relative_to(ROOT.parent)) if path.is_relative_to(ROOT.parent) else str(path),
@@ -195,6 +197,8 @@ def bench_model(name: str, path: Path, spec, settings: dict, schedule: dict, acc
             stages=[r.to_dict() for r in result.records])
     aware, seconds = _timed(lambda: onnx_dc.compress(str(path), calib=spec, **settings))
     measure("data_aware", aware.model, seconds, passes=aware.calib.to_dict().get("passes"))
+    layer, seconds = _timed(lambda: onnx_dc.compress(str(path), config=LAYER_SCOPE, calib=spec, **settings))
+    measure("data_aware_layer", layer.model, seconds)
     lines: list[str] = []
     tuned, seconds = _timed(lambda: onnx_dc.compress(str(path), calib=spec, epochs=schedule["epochs"],
                                                      schedule={k: v for k, v in schedule.items() if k != "epochs"},
@@ -204,7 +208,7 @@ def bench_model(name: str, path: Path, spec, settings: dict, schedule: dict, acc
     return row
 
 
-def cases(folder: Path, epochs: int, limit: int, audio_epochs: int = 8, audio_limit: int = 0) -> dict:
+def cases(folder: Path, epochs: int, limit: int, audio_epochs: int = 16, audio_limit: int = 0) -> dict:
     """name -> zero-argument function returning bench_model's keyword arguments."""
     real = {"sparse_ratio": 0.5, "class_num": 32}
     sched = {"epochs": epochs}
@@ -268,7 +272,9 @@ def _worst(fid: dict) -> str:
     return f"{min(v['cosine'] for v in fid.values()):.4f} / {max(v['rel_l2'] for v in fid.values()):.3f}"
 
 
-METHODS = ("data_free", "data_free_ft", "data_aware", "data_aware_ft")
+METHODS = ("data_free", "data_free_ft", "data_aware", "data_aware_layer", "data_aware_ft")
+# The data-aware passes with activation scores compared over each layer instead of each row.
+LAYER_SCOPE = {"version": 1, "calib": {"prune_scope": "layer"}}
 
 
 def table(rows: list[dict]) -> str:
@@ -283,7 +289,10 @@ def table(rows: list[dict]) -> str:
         s = r["settings"]
         cells = []
         for m in METHODS:
-            got = r[m]
+            got = r.get(m)
+            if got is None:  # a row of an earlier run (--update) without this method
+                cells.append("")
+                continue
             acc = f" [{got['accuracy']:.4f}]" if "accuracy" in got else ""
             cells.append(f"{_worst(got['fidelity'])}{acc} ({got['seconds']:.0f})")
         reason = r["data_free_ft"].get("skipped") or ""
@@ -297,7 +306,7 @@ def main() -> int:
     parser.add_argument("--models", help="comma-separated subset (default: all)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per stage for the real models (default 2)")
     parser.add_argument("--limit", type=int, default=64, help="calibration samples of the real image models (default 64)")
-    parser.add_argument("--audio-epochs", type=int, default=8, help="epochs per stage for the audio models (default 8)")
+    parser.add_argument("--audio-epochs", type=int, default=16, help="epochs per stage for the audio models (default 16)")
     parser.add_argument("--audio-limit", type=int, default=0,
                         help="calibration samples of the audio models (default 0: every feed of the recording)")
     parser.add_argument("--json", default=str(ROOT / "out" / "bench_distill.json"))
