@@ -3,7 +3,8 @@
     .venv/bin/python scripts/bench_scale.py [--models alexnet,vgg16,fc4096] [--ort 1.19,latest]
                                             [--scratch DIR] [--json out/bench_scale.json] [--infer-runs 3]
                                             [--calib N]  (also: data-aware compress from N random samples,
-                                                          one pass and sequential)
+                                                          one pass, sequential, and sequential with
+                                                          prune_scope: layer)
 
 Each model is built with the real layer shapes and seeded trained-like weights (Laplacian
 per layer, scaled like He init: std = sqrt(2 / fan_in)) in a scratch folder (never
@@ -252,8 +253,9 @@ def stage_compress(dense: str, config: str, out: str) -> dict:
             "external_data": result.external_data, "source_bytes": result.report.source_file_bytes}
 
 
-def stage_calib(dense: str, config: str, samples: int, sequential: bool) -> dict:
-    """onnx_dc.compress with ``samples`` random inputs as calibration samples (data-aware passes), sequential or not."""
+def stage_calib(dense: str, config: str, samples: int, sequential: bool, prune_scope: str = "row") -> dict:
+    """onnx_dc.compress with ``samples`` random inputs as calibration samples (data-aware passes), sequential or not,
+    activation scores compared per row or over each layer (``prune_scope``)."""
     import tempfile
 
     import onnx
@@ -266,7 +268,7 @@ def stage_calib(dense: str, config: str, samples: int, sequential: bool) -> dict
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / "calib.npz"
         np.savez(npz, **{inp.name: np.random.default_rng(0).random([samples, *shape[1:]]).astype(np.float32)})
-        cfg = {**json.loads(Path(config).read_text()), "calib": {"sequential": sequential}}
+        cfg = {**json.loads(Path(config).read_text()), "calib": {"sequential": sequential, "prune_scope": prune_scope}}
         start = time.perf_counter()
         result = onnx_dc.compress(dense, None, config=cfg, calib=f"npz:{npz}")
     return {"seconds": time.perf_counter() - start, "collect_seconds": result.calib.collected.seconds,
@@ -369,10 +371,10 @@ def run_model(name: str, scratch: Path, pythons: dict[str, dict[str, Path]], run
             return row
     if calib:  # data-aware compress from random inputs: the cost of statistics, sequential against one pass
         row["calib"] = {}
-        for sequential in (False, True):
-            key = "sequential" if sequential else "one_pass"
+        for key, sequential, scope in (("one_pass", False, "row"), ("sequential", True, "row"),
+                                       ("seq_layer", True, "layer")):  # prune_scope: layer's whole-layer scores
             row["calib"][key] = run_stage("calib", dense=str(dense), config=str(config), samples=calib,
-                                          sequential=sequential)
+                                          sequential=sequential, prune_scope=scope)
             echo(f"{name} calib {key}: {row['calib'][key]}")
     row["sessions"] = {}
     for via, by_ort in pythons.items():
