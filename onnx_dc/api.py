@@ -183,6 +183,8 @@ def _compress_calibrated(model, state, cfg, calib, data, preprocess, output_path
         run = calibrate.run_calibrated(state, run, echo)
         if epochs:
             tuned = _distill(model, state, run, cfg, schedule, epochs, echo, overrides.get("seed"), validation)
+            if tuned.settings.start == "both" and tuned.skipped is None and run is not full:
+                state, tuned = _better_start(model, state, tuned, run.data.calib, validation, cfg, overrides, echo)
             if run is not full and not tuned.changed:
                 # Nothing of fine-tuning stayed: the result is the data-aware one, fitted to every sample.
                 if echo is not None:
@@ -203,6 +205,24 @@ def _compress_calibrated(model, state, cfg, calib, data, preprocess, output_path
     original = load_model(model)
     fid = calibrate.fidelity_of(original, out.model, state, run)
     return dataclasses.replace(out, fidelity=fid, calib=run)
+
+
+def _better_start(model: Any, state: CompressionState, tuned: Any, samples: Any, validation: Any, cfg: Config,
+                  overrides: Mapping[str, Any], echo: Callable[[str], None] | None) -> tuple[CompressionState, Any]:
+    """``train: start: both``: fine-tune from magnitude pruning and plain k-means too; the smaller validation error wins."""
+    from onnx_dc.train.distill import distill, output_error, run_teacher
+
+    original = load_model(model)
+    outputs = [t.output for t in tuned.targets]
+    teacher = run_teacher(original, validation, outputs, tuned.settings.threads)
+    other = prepare(model, cfg, **overrides)
+    name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
+    alternative = distill(other, samples, tuned.settings, name=name, teacher=original, echo=echo)
+    errors = [output_error(s.dense_model(), validation, teacher, tuned.settings.threads) for s in (state, other)]
+    if echo is not None:
+        echo(f"start: both: error on {len(validation)} validation sample(s) {errors[0]:.4g} from the data-aware "
+             f"result, {errors[1]:.4g} from magnitude pruning; keeping the {'latter' if errors[1] < errors[0] else 'former'}")
+    return (other, alternative) if errors[1] < errors[0] else (state, tuned)
 
 
 def _distill(model: Any, state: CompressionState, run: Any, cfg: Config, schedule: Mapping[str, Any] | None,

@@ -21,6 +21,7 @@ import onnx_dc
 from onnx_dc.api import finish, prepare
 from onnx_dc.cli import main
 from onnx_dc.data.calib import Samples, as_calib_spec, load_calib, parse_calib_spec
+from onnx_dc.errors import ConfigError
 from onnx_dc.passes.prune import prune
 from onnx_dc.passes.share import share
 from onnx_dc.train import ort_training
@@ -351,6 +352,25 @@ def test_samples_that_validate_fine_tuning_are_not_seen_by_the_data_aware_passes
     assert tuned.calib.collected.samples == len(train_part) == n - len(val_part)
     np.testing.assert_array_equal(tuned.calib.data.calib.arrays["x"], train_part.arrays["x"])
     assert tuned.fidelity is not None and len(tuned.calib.data.heldout) == len(plain.calib.data.heldout)
+
+
+def test_start_both_keeps_the_fine_tuned_result_with_the_smaller_validation_error():
+    """train: start: both on LeNet-300-100 at 0.9 / 32 (3000 MNIST images, no labels): fine-tuning from magnitude
+    pruning ends closer to the original than from the data-aware result (whose per-row masks bind at 90%), the
+    validation error says so, and that result is the one returned."""
+    require(MNIST_DIR)
+    spec = replace(as_calib_spec(f"mnist:{MNIST_DIR}"), limit=3000)
+    settings = {"sparse_ratio": 0.9, "class_num": 32}
+    aware = onnx_dc.compress(LENET, calib=spec, epochs=2, **settings)
+    lines: list[str] = []
+    both = onnx_dc.compress(LENET, calib=spec, epochs=2, schedule={"start": "both"}, echo=lines.append, **settings)
+    chosen = [line for line in lines if line.startswith("start: both:")]
+    assert len(chosen) == 1 and chosen[0].endswith("keeping the latter"), chosen
+    assert both.fidelity.outputs[0].rel_l2 < 0.8 * aware.fidelity.outputs[0].rel_l2
+    check_compressed(both.state, 32)
+    assert resolve_train_settings({"start": "both"}).to_dict()["start"] == "both"
+    with pytest.raises(ConfigError, match="start: 'magnitude' must be one of data_aware, both"):
+        resolve_train_settings({"start": "magnitude"})
 
 
 def test_after_retraining_the_data_aware_passes_share_again_keeping_the_masks(tmp_path):

@@ -26,12 +26,11 @@ before and after it); otherwise it is undone. Starting from a compressed result 
 data-aware passes, ``keep_better``), every eighth calibration sample is set aside for
 validation instead (``compress`` sets them aside before the data-aware passes too, so the
 start is not judged on samples it was fitted to): stages train on the rest and are judged
-on those, and when the whole
-fine-tuning (retraining, sharing again, codebooks) ends with a larger squared relative L2
-error on them than it started with, the state it started from is restored, so fine-tuning
-on few samples cannot overfit the result into something worse. Where onnxruntime-training cannot build the
-gradient graph (an op without a gradient), :func:`distill` reports the op in one line and
-leaves the state un-fine-tuned.
+on those, and when the whole fine-tuning (retraining, sharing again, codebooks) ends with a
+larger squared relative L2 error on them than it started with, the state it started from is
+restored, so fine-tuning on few samples cannot overfit the result into something worse.
+Where onnxruntime-training cannot build the gradient graph (an op without a gradient),
+:func:`distill` reports the op in one line and leaves the state un-fine-tuned.
 """
 
 from __future__ import annotations

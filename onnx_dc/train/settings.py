@@ -102,6 +102,9 @@ class TrainSettings:
     codebook: StageSettings = DEFAULT_CODEBOOK
     threads: int = 0  # onnxruntime intra-op threads (0: its default)
     shift: int = 0  # random translation of training images by up to this many pixels (onnx_dc/train/augment.py)
+    # Label-free fine-tuning after the data-aware passes starts from their result ("data_aware"),
+    # or also from magnitude pruning and plain k-means, keeping the better on validation ("both").
+    start: str = "data_aware"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, for JSON."""
@@ -109,12 +112,13 @@ class TrainSettings:
         return {"batch_size": self.batch_size, "seed": self.seed, "prune_steps": steps,
                 "prune_ramp": self.prune_ramp.value,
                 "retrain": self.retrain.to_dict(), "codebook": self.codebook.to_dict(), "threads": self.threads,
-                "shift": self.shift}
+                "shift": self.shift, "start": self.start}
 
 
 STAGES = ("retrain", "codebook")
 STAGE_KEYS = tuple(f.name for f in dataclasses.fields(StageSettings))
-TOP_KEYS = ("batch_size", "seed", "prune_steps", "prune_ramp", "threads", "shift", *STAGES, *STAGE_KEYS)
+STARTS = ("data_aware", "both")
+TOP_KEYS = ("batch_size", "seed", "prune_steps", "prune_ramp", "threads", "shift", "start", *STAGES, *STAGE_KEYS)
 
 
 def _stage_value(key: str, value: Any) -> tuple[Any, str | None]:
@@ -158,7 +162,7 @@ def _parse_layer(raw: Any, where: str, problems: list[str]) -> dict[str, Any]:
     if isinstance(raw, TrainSettings):
         return {"batch_size": raw.batch_size, "seed": raw.seed, "prune_steps": raw.prune_steps,
                 "prune_ramp": raw.prune_ramp,
-                "threads": raw.threads, "shift": raw.shift, "retrain": dataclasses.asdict(raw.retrain),
+                "threads": raw.threads, "shift": raw.shift, "start": raw.start, "retrain": dataclasses.asdict(raw.retrain),
                 "codebook": dataclasses.asdict(raw.codebook)}
     if not isinstance(raw, Mapping):
         problems.append(f"{where}: expected a mapping, got {type(raw).__name__}")
@@ -184,6 +188,11 @@ def _parse_layer(raw: Any, where: str, problems: list[str]) -> dict[str, Any]:
             steps = _parse_steps(value, f"{where}: prune_steps", problems)
             if steps is not None:
                 out[key] = steps
+        elif key == "start":
+            if value not in STARTS:
+                problems.append(f"{where}: start: {value!r} must be one of {', '.join(STARTS)}")
+            else:
+                out[key] = value
         elif key == "prune_ramp":
             try:
                 out[key] = PruneRamp(str(value).lower())
