@@ -42,6 +42,11 @@ class CompressResult:
         return self.report.layers
 
 
+def _model_name(model: Any) -> str:
+    """The model's name in messages: its path, or "model" for a proto or bytes."""
+    return str(model) if isinstance(model, (str, os.PathLike)) else "model"
+
+
 def prepare(
     model: onnx.ModelProto | str | os.PathLike | bytes,
     config: Config | Mapping[str, Any] | str | Path | None = None,
@@ -52,7 +57,7 @@ def prepare(
     ``overrides`` are global settings (``sparse_ratio=0.9``, ``class_num=32``, ...)
     applied over the config's defaults, as the CLI flags are.
     """
-    name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
+    name = _model_name(model)
     source_bytes = None
     if isinstance(model, (str, os.PathLike)):
         proto, source_bytes = read_model(model, lazy=True)  # read and checked once; weights stay in the file
@@ -170,6 +175,7 @@ def _compress_calibrated(model, state, cfg, calib, data, preprocess, output_path
     from onnx_dc import calibrate
 
     run = calibrate.start_calib(state, calib, cfg.calib, data, preprocess)
+    original = None
     if data is None:
         if schedule is not None and not epochs:
             raise ConfigError("a fine-tuning schedule was given without epochs; pass epochs=N to fine-tune")
@@ -182,9 +188,11 @@ def _compress_calibrated(model, state, cfg, calib, data, preprocess, output_path
                 run = dataclasses.replace(run, data=dataclasses.replace(run.data, calib=train_part))
         run = calibrate.run_calibrated(state, run, echo)
         if epochs:
-            tuned = _distill(model, state, run, cfg, schedule, epochs, echo, overrides.get("seed"), validation)
+            original = load_model(model)  # the teacher, read once for fine-tuning and the fidelity below
+            tuned = _distill(model, original, state, run, cfg, schedule, epochs, echo, overrides.get("seed"), validation)
             if tuned.settings.start == "both" and tuned.skipped is None and run is not full:
-                state, tuned = _better_start(model, state, tuned, run.data.calib, validation, cfg, overrides, echo)
+                state, tuned = _better_start(model, original, state, tuned, run.data.calib, validation, cfg, overrides,
+                                             echo)
             if run is not full and not tuned.changed:
                 # Nothing of fine-tuning stayed: the result is the data-aware one, fitted to every sample.
                 if echo is not None:
@@ -202,21 +210,22 @@ def _compress_calibrated(model, state, cfg, calib, data, preprocess, output_path
                                           source=f"{cfg.source}: train")
         trained = run_schedule(state, data, settings, preprocess, echo=echo)
         out = finish(state, output_path, trained.preprocess, input_path)
-    original = load_model(model)
+    if original is None:  # read after lowering, so that a large model is not held twice while it is written
+        original = load_model(model)
     fid = calibrate.fidelity_of(original, out.model, state, run)
     return dataclasses.replace(out, fidelity=fid, calib=run)
 
 
-def _better_start(model: Any, state: CompressionState, tuned: Any, samples: Any, validation: Any, cfg: Config,
-                  overrides: Mapping[str, Any], echo: Callable[[str], None] | None) -> tuple[CompressionState, Any]:
+def _better_start(model: Any, original: onnx.ModelProto, state: CompressionState, tuned: Any, samples: Any,
+                  validation: Any, cfg: Config, overrides: Mapping[str, Any],
+                  echo: Callable[[str], None] | None) -> tuple[CompressionState, Any]:
     """``train: start: both``: fine-tune from magnitude pruning and plain k-means too; the smaller validation error wins."""
     from onnx_dc.train.distill import distill, output_error, run_teacher
 
-    original = load_model(model)
     outputs = [t.output for t in tuned.targets]
     teacher = run_teacher(original, validation, outputs, tuned.settings.threads)
     other = prepare(model, cfg, **overrides)
-    name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
+    name = _model_name(model)
     alternative = distill(other, samples, tuned.settings, name=name, teacher=original, echo=echo)
     errors = [output_error(s.dense_model(), validation, teacher, tuned.settings.threads) for s in (state, other)]
     if echo is not None:
@@ -225,7 +234,8 @@ def _better_start(model: Any, state: CompressionState, tuned: Any, samples: Any,
     return (other, alternative) if errors[1] < errors[0] else (state, tuned)
 
 
-def _distill(model: Any, state: CompressionState, run: Any, cfg: Config, schedule: Mapping[str, Any] | None,
+def _distill(model: Any, original: onnx.ModelProto, state: CompressionState, run: Any, cfg: Config,
+             schedule: Mapping[str, Any] | None,
              epochs: int, echo: Callable[[str], None] | None, seed: int | None, validation: Any) -> Any:
     """Label-free fine-tuning of the data-aware result on the calibration part of the samples, judged on ``validation``."""
     from onnx_dc.train.distill import DISTILL_DEFAULTS, after_data_aware, distill
@@ -233,11 +243,11 @@ def _distill(model: Any, state: CompressionState, run: Any, cfg: Config, schedul
 
     settings = resolve_train_settings(DISTILL_DEFAULTS, cfg.train, {"seed": seed} if seed is not None else None,
                                       schedule, {"epochs": epochs}, source=f"{cfg.source}: train")
-    name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
+    name = _model_name(model)
     from onnx_dc import calibrate
 
     return distill(state, run.data.calib, settings, name=name, echo=echo, validation=validation,
-            **after_data_aware(load_model(model), lambda s: calibrate.share_again(s, run)))
+                   **after_data_aware(original, lambda s: calibrate.share_again(s, run)))
 
 
 def finetune(
@@ -277,7 +287,7 @@ def finetune(
     training_modules()
     if output_path is not None and isinstance(model, (str, os.PathLike)) and same_file(model, output_path):
         raise ModelError(f"{output_path}: refusing to overwrite the input model; choose another output path")
-    name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
+    name = _model_name(model)
     state = state_from_dc(load_any(model), name)
     settings = resolve_train_settings(schedule, {"epochs": epochs} if epochs is not None else None)
     trained = finetune_codebooks(state, data, settings, preprocess, echo=echo)
@@ -289,7 +299,7 @@ def report(model: onnx.ModelProto | str | os.PathLike, baseline: str | os.PathLi
     """Per-layer report of a ``*.dc.onnx`` or ``.dcz`` file (``baseline``: the original model, for its size)."""
     from onnx_dc.formats import dcz
 
-    name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
+    name = _model_name(model)
     if baseline is not None and not Path(baseline).is_file():
         raise ModelError(f"{baseline}: no such file (the --baseline model)")
     baseline_bytes = Path(baseline).stat().st_size if baseline is not None else None
@@ -359,7 +369,7 @@ def export_dense(model: str | os.PathLike | onnx.ModelProto | bytes,
     """
     from onnx_dc.runtime.session import load_any
 
-    name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
+    name = _model_name(model)
     if output_path is not None and isinstance(model, (str, os.PathLike)) and same_file(model, output_path):
         raise ModelError(f"{output_path}: refusing to overwrite the input model; choose another output path")
     proto = load_any(model)
