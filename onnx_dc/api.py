@@ -1,50 +1,40 @@
-"""The public Python API: thin orchestration of load -> inspect -> plan -> passes -> lower -> save."""
+"""The public Python API: thin orchestration over the stages of :mod:`onnx_dc.pipeline` and the formats."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import onnx
 
+from onnx_dc import pipeline
 from onnx_dc.config import Config, as_config
-from onnx_dc.data.datasets import METADATA_KEY, DataSpec, Preprocess
-from onnx_dc.errors import ConfigError, FormatError, ModelError
-from onnx_dc.graph import external, layout
-from onnx_dc.graph.io import load_model, read_model, same_file, save_model, serialize, write_model
-from onnx_dc.graph.normalize import initializer_inputs, normalize
-from onnx_dc.graph.weights import find_weights
-from onnx_dc.passes.lower import lower, set_metadata
-from onnx_dc.passes.prune import prune
-from onnx_dc.passes.share import share
+from onnx_dc.data.datasets import DataSpec, Preprocess
+from onnx_dc.errors import FormatError, ModelError
+from onnx_dc.graph import layout
+from onnx_dc.graph.io import check_output, load_model, refuse_overwrite, save_model, serialize
+from onnx_dc.graph.normalize import normalize
 from onnx_dc.passes.state import CompressionState
-from onnx_dc.plan import Plan, make_plan
+from onnx_dc.pipeline import CompressResult
 from onnx_dc.report import Report, make_report
-
-
-@dataclass(frozen=True)
-class CompressResult:
-    """What :func:`compress` produced: the compressed model, its report, and the run's state."""
-
-    model: onnx.ModelProto
-    report: Report
-    state: CompressionState
-    external_data: str | None = None  # data file beside the output, when the model did not fit in one file
-    fidelity: Any = None  # onnx_dc.runtime.fidelity.Fidelity when held-out samples were given
-    calib: Any = None  # onnx_dc.calibrate.CalibRun when calibration samples were given
-
-    @property
-    def layers(self):
-        """Per-layer rows (see :class:`onnx_dc.report.LayerRow`)."""
-        return self.report.layers
 
 
 def _model_name(model: Any) -> str:
     """The model's name in messages: its path, or "model" for a proto or bytes."""
     return str(model) if isinstance(model, (str, os.PathLike)) else "model"
+
+
+def _path_of(model: Any) -> str | os.PathLike | None:
+    """The model's path when it was given as one (the file an output must not overwrite)."""
+    return model if isinstance(model, (str, os.PathLike)) else None
+
+
+def _config(config: Config | Mapping[str, Any] | str | Path | None, overrides: Mapping[str, Any]) -> Config:
+    """The config, parsed once, with the global settings of ``overrides`` over its defaults."""
+    cfg = as_config(config)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return cfg.with_overrides(given) if given else cfg
 
 
 def prepare(
@@ -57,31 +47,7 @@ def prepare(
     ``overrides`` are global settings (``sparse_ratio=0.9``, ``class_num=32``, ...)
     applied over the config's defaults, as the CLI flags are.
     """
-    name = _model_name(model)
-    source_bytes = None
-    if isinstance(model, (str, os.PathLike)):
-        proto, source_bytes = read_model(model, lazy=True)  # read and checked once; weights stay in the file
-    else:
-        proto = load_model(model)
-    if any(f.domain == layout.DOMAIN for f in proto.functions):
-        raise ModelError(f"{name}: already compressed by onnx_dc; compress the original model instead")
-    cfg = as_config(config)
-    if overrides:
-        cfg = cfg.with_overrides({k: v for k, v in overrides.items() if v is not None})
-    if source_bytes is None and isinstance(model, onnx.ModelProto):
-        source_bytes = model.ByteSize()
-    as_inputs = initializer_inputs(proto)
-    proto = normalize(proto, name, copy=False)  # proto is this call's own copy
-    plan: Plan = make_plan(find_weights(proto), cfg, name)
-    if as_inputs:
-        plan = dataclasses.replace(plan, notes=(*plan.notes, (
-            f"{len(as_inputs)} initializers were also listed as graph inputs (e.g. {as_inputs[0]!r}); the "
-            "compressed model no longer takes them as inputs, so onnxruntime folds its weights")))
-    if not plan.entries:
-        first = next(s for s in plan.skipped if s.reason.startswith(("skip:", "quantize_term")))
-        raise ConfigError(f"{name}: nothing to compress, every weight is skipped (e.g. {first.tensor}: {first.reason});"
-                          " give settings for them (--sparse-ratio / --class-num, or a config)")
-    return CompressionState.start(proto, plan, source_bytes)
+    return pipeline.prepared(pipeline.Context(model, _config(config, overrides), overrides))
 
 
 def finish(
@@ -91,19 +57,9 @@ def finish(
     input_path: str | os.PathLike | None = None,
 ) -> CompressResult:
     """Lower the state to ``*.dc.onnx``, record preprocessing, and write it atomically if asked."""
-    dc = lower(state)
-    if preprocess is not None:
-        set_metadata(dc, {METADATA_KEY: preprocess.to_metadata()})
-    report = make_report(dc)  # before writing: a model too big for one file moves its tensors out
-    file_bytes, data_file = dc.ByteSize(), None
-    if output_path is None and external.fits(dc):
-        external.embed_all(dc)  # tensors still mapped from the input file join the returned proto
-        file_bytes = dc.ByteSize()
-    if output_path is not None:
-        if input_path is not None and same_file(input_path, output_path):
-            raise ModelError(f"{output_path}: refusing to overwrite the input model; choose another output path")
-        file_bytes, data_file = write_model(dc, output_path)
-    return CompressResult(dc, dataclasses.replace(report, file_bytes=file_bytes), state, external_data=data_file)
+    ctx = pipeline.Context(input_path, Config(), output_path=output_path, preprocess=preprocess)
+    state, ran = pipeline.run([pipeline.LOWER, pipeline.WRITE], ctx, state)
+    return pipeline.result(state, ctx, ran)
 
 
 def compress(
@@ -120,6 +76,9 @@ def compress(
     **overrides: Any,
 ) -> CompressResult:
     """Prune and share the weights of an ONNX model; return (and optionally write) the ``*.dc.onnx``.
+
+    The work is a declared list of stages (:mod:`onnx_dc.pipeline`) chosen from these arguments;
+    the result lists the stages that ran.
 
     Args:
         model: a ModelProto (not modified), ONNX bytes, or a path (never overwritten).
@@ -145,109 +104,12 @@ def compress(
     Raises:
         TrainingUnavailable: when ``data`` is given and onnxruntime-training cannot be imported.
     """
-    if output_path is not None and isinstance(model, (str, os.PathLike)) and same_file(model, output_path):
-        raise ModelError(f"{output_path}: refusing to overwrite the input model; choose another output path")
-    state = prepare(model, config, **overrides)
-    input_path = model if isinstance(model, (str, os.PathLike)) else None
-    if calib is not None:
-        return _compress_calibrated(model, state, as_config(config), calib, data, preprocess, output_path,
-                                    input_path, schedule, epochs, echo, overrides)
-    if data is None:
-        if schedule is not None or epochs is not None:
-            raise ConfigError("a fine-tuning schedule or epochs were given without data; pass data=... to fine-tune")
-        prune(state)
-        share(state)
-        return finish(state, output_path, preprocess, input_path)
-    from onnx_dc.train.schedule import run_schedule
-    from onnx_dc.train.settings import resolve_train_settings
-
-    cfg = as_config(config)
-    seed = {"seed": overrides["seed"]} if overrides.get("seed") is not None else None
-    settings = resolve_train_settings(cfg.train, seed, schedule, {"epochs": epochs} if epochs is not None else None,
-                                      source=f"{cfg.source}: train")
-    trained = run_schedule(state, data, settings, preprocess, echo=echo)
-    return finish(state, output_path, trained.preprocess, input_path)
-
-
-def _compress_calibrated(model, state, cfg, calib, data, preprocess, output_path, input_path, schedule, epochs,
-                         echo, overrides) -> CompressResult:
-    """compress() with calibration samples: data-aware passes (or the labeled schedule), then fidelity."""
-    from onnx_dc import calibrate
-
-    run = calibrate.start_calib(state, calib, cfg.calib, data, preprocess)
-    original = None
-    if data is None:
-        if schedule is not None and not epochs:
-            raise ConfigError("a fine-tuning schedule was given without epochs; pass epochs=N to fine-tune")
-        full, validation = run, None
-        if epochs:  # the samples that will judge fine-tuning take no part in the data-aware passes either
-            from onnx_dc.train.distill import validation_split
-
-            train_part, validation = validation_split(run.data.calib)
-            if validation is not train_part:
-                run = dataclasses.replace(run, data=dataclasses.replace(run.data, calib=train_part))
-        run = calibrate.run_calibrated(state, run, echo)
-        if epochs:
-            original = load_model(model)  # the teacher, read once for fine-tuning and the fidelity below
-            tuned = _distill(model, original, state, run, cfg, schedule, epochs, echo, overrides.get("seed"), validation)
-            if tuned.settings.start == "both" and tuned.skipped is None and run is not full:
-                state, tuned = _better_start(model, original, state, tuned, run.data.calib, validation, cfg, overrides,
-                                             echo)
-            if run is not full and not tuned.changed:
-                # Nothing of fine-tuning stayed: the result is the data-aware one, fitted to every sample.
-                if echo is not None:
-                    echo(f"fine-tuning kept nothing; the data-aware passes run again on all "
-                         f"{len(full.data.calib)} calibration samples")
-                state = prepare(model, cfg, **overrides)
-                run = calibrate.run_calibrated(state, full, echo)
-        out = finish(state, output_path, preprocess, input_path)
-    else:
-        from onnx_dc.train.schedule import run_schedule
-        from onnx_dc.train.settings import resolve_train_settings
-
-        seed = {"seed": overrides["seed"]} if overrides.get("seed") is not None else None
-        settings = resolve_train_settings(cfg.train, seed, schedule, {"epochs": epochs} if epochs is not None else None,
-                                          source=f"{cfg.source}: train")
-        trained = run_schedule(state, data, settings, preprocess, echo=echo)
-        out = finish(state, output_path, trained.preprocess, input_path)
-    if original is None:  # read after lowering, so that a large model is not held twice while it is written
-        original = load_model(model)
-    fid = calibrate.fidelity_of(original, out.model, state, run)
-    return dataclasses.replace(out, fidelity=fid, calib=run)
-
-
-def _better_start(model: Any, original: onnx.ModelProto, state: CompressionState, tuned: Any, samples: Any,
-                  validation: Any, cfg: Config, overrides: Mapping[str, Any],
-                  echo: Callable[[str], None] | None) -> tuple[CompressionState, Any]:
-    """``train: start: both``: fine-tune from magnitude pruning and plain k-means too; the smaller validation error wins."""
-    from onnx_dc.train.distill import distill, output_error, run_teacher
-
-    outputs = [t.output for t in tuned.targets]
-    teacher = run_teacher(original, validation, outputs, tuned.settings.threads)
-    other = prepare(model, cfg, **overrides)
-    name = _model_name(model)
-    alternative = distill(other, samples, tuned.settings, name=name, teacher=original, echo=echo)
-    errors = [output_error(s.dense_model(), validation, teacher, tuned.settings.threads) for s in (state, other)]
-    if echo is not None:
-        echo(f"start: both: error on {len(validation)} validation sample(s) {errors[0]:.4g} from the data-aware "
-             f"result, {errors[1]:.4g} from magnitude pruning; keeping the {'latter' if errors[1] < errors[0] else 'former'}")
-    return (other, alternative) if errors[1] < errors[0] else (state, tuned)
-
-
-def _distill(model: Any, original: onnx.ModelProto, state: CompressionState, run: Any, cfg: Config,
-             schedule: Mapping[str, Any] | None,
-             epochs: int, echo: Callable[[str], None] | None, seed: int | None, validation: Any) -> Any:
-    """Label-free fine-tuning of the data-aware result on the calibration part of the samples, judged on ``validation``."""
-    from onnx_dc.train.distill import DISTILL_DEFAULTS, after_data_aware, distill
-    from onnx_dc.train.settings import resolve_train_settings
-
-    settings = resolve_train_settings(DISTILL_DEFAULTS, cfg.train, {"seed": seed} if seed is not None else None,
-                                      schedule, {"epochs": epochs}, source=f"{cfg.source}: train")
-    name = _model_name(model)
-    from onnx_dc import calibrate
-
-    return distill(state, run.data.calib, settings, name=name, echo=echo, validation=validation,
-                   **after_data_aware(original, lambda s: calibrate.share_again(s, run)))
+    if output_path is not None:
+        refuse_overwrite(output_path, [_path_of(model)])
+    ctx = pipeline.Context(model, _config(config, overrides), overrides, output_path=output_path,
+                           preprocess=preprocess, data=data, calib=calib, schedule=schedule, epochs=epochs, echo=echo)
+    state, ran = pipeline.run(pipeline.stages_for(ctx), ctx)
+    return pipeline.result(state, ctx, ran)
 
 
 def finetune(
@@ -285,8 +147,8 @@ def finetune(
     from onnx_dc.train.settings import resolve_train_settings
 
     training_modules()
-    if output_path is not None and isinstance(model, (str, os.PathLike)) and same_file(model, output_path):
-        raise ModelError(f"{output_path}: refusing to overwrite the input model; choose another output path")
+    if output_path is not None:
+        refuse_overwrite(output_path, [_path_of(model)])
     name = _model_name(model)
     state = state_from_dc(load_any(model), name)
     settings = resolve_train_settings(schedule, {"epochs": epochs} if epochs is not None else None)
@@ -322,7 +184,7 @@ def report(model: onnx.ModelProto | str | os.PathLike, baseline: str | os.PathLi
     file_bytes = len(raw)
     if not any(n.domain == layout.DOMAIN for n in proto.graph.node):
         raise ModelError(f"{name}: not a compressed model (no onnx_dc decoders); run onnx-dc compress on it first")
-    rep = make_report(proto, file_bytes=file_bytes, baseline_bytes=baseline_bytes, streams=streams)
+    rep = make_report(proto, file_bytes=file_bytes, baseline_bytes=baseline_bytes, streams=streams, name=name)
     if baseline is not None:
         _check_baseline(rep, baseline, name)
     return rep
@@ -370,8 +232,8 @@ def export_dense(model: str | os.PathLike | onnx.ModelProto | bytes,
     from onnx_dc.runtime.session import load_any
 
     name = _model_name(model)
-    if output_path is not None and isinstance(model, (str, os.PathLike)) and same_file(model, output_path):
-        raise ModelError(f"{output_path}: refusing to overwrite the input model; choose another output path")
+    if output_path is not None:
+        refuse_overwrite(output_path, [_path_of(model)])
     proto = load_any(model)
     if not layout.decoder_nodes(proto.graph):
         raise ModelError(f"{name}: not a compressed model (no onnx_dc decoders); it is already plain ONNX")
@@ -398,12 +260,11 @@ def import_caffe(
     Returns:
         The ONNX model and the config mapping (docs/CONFIG.md layout).
     """
-    from onnx_dc.argcheck import output_file
     from onnx_dc.importers.caffe import import_caffe as _import, write_config_yaml
 
     for path, flag in ((output_path, "output_path"), (config_out, "config_out")):
         if path is not None:  # both checked before either is written
-            output_file(path, flag, inputs=[prototxt, caffemodel])
+            check_output(path, flag, [prototxt, caffemodel])
     model, config = _import(prototxt, caffemodel, input_shape=input_shape)
     if output_path is not None:
         save_model(model, output_path)

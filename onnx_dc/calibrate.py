@@ -131,9 +131,7 @@ def share_again(state: CompressionState, run: CalibRun) -> DataAwareResult:
         layer.mask = state.layers[name].mask
     again = run_calibrated(fresh, CalibRun(run.data, run.settings, None, None)).result
     for name, layer in fresh.layers.items():
-        into = state.layers[name]
-        into.mask, into.codebook, into.codes, into.weights = layer.mask, layer.codebook, layer.codes, layer.weights
-        into.threshold, into.inertia = layer.threshold, layer.inertia
+        state.layers[name].assign(layer)
     moved = {bias for bias, _, _ in again.original_biases.values()}
     corrected = {t.name: t for t in fresh.model.graph.initializer if t.name in moved}
     for t in state.model.graph.initializer:

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from onnx_dc.errors import ConfigError
+from onnx_dc.graph.ops import compressible as compressible_ops
+from onnx_dc.sections import Field, Section
 
 CONFIG_VERSION = 1
-COMPRESSIBLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Gather")
 
 
 class CentroidInit(str, enum.Enum):
@@ -79,69 +80,23 @@ class Settings:
 SETTING_KEYS = tuple(f.name for f in dataclasses.fields(Settings))
 
 
-def _check_value(key: str, value: Any) -> tuple[Any, str | None]:
-    """Convert one raw setting value; returns (value, problem or None)."""
-    def bad(why: str) -> tuple[Any, str]:
-        return None, f"{key}: {value!r} {why}"
-
-    if key == "sparse_ratio":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-            return bad("must be a number in [0, 1)")
-        return float(value), None
-    if key == "prune_quality":
-        if value is None:
-            return None, None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            return bad("must be a positive number (threshold = quality x std(W)) or null")
-        return float(value), None
-    if key == "class_num":
-        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 256:
-            return bad("must be an integer in 2..256")
-        return value, None
-    if key in ("quantize_term", "skip"):
-        if not isinstance(value, bool):
-            return bad("must be true or false")
-        return value, None
-    if key == "centroid_init":
-        try:
-            return CentroidInit(value), None
-        except ValueError:
-            return bad(f"must be one of {', '.join(c.value for c in CentroidInit)}")
-    if key == "form":
-        try:
-            return Form(value), None
-        except ValueError:
-            return bad(f"must be one of {', '.join(f.value for f in Form)}")
-    if key == "bias":
-        try:
-            return BiasType(value), None
-        except ValueError:
-            return bad(f"must be one of {', '.join(b.value for b in BiasType)}")
-    if key == "index_bits":
-        if value in (None, "auto"):
-            return None, None
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
-            return bad("must be auto or an integer in 1..16")
-        return value, None
-    if key == "seed":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            return bad("must be a non-negative integer")
-        return value, None
-    return None, f"unknown setting {key!r} (known: {', '.join(SETTING_KEYS)})"
+SETTINGS_SECTION = Section(
+    Field("sparse_ratio", float, low=0.0, high=1.0, high_open=True),
+    Field("prune_quality", float, low=0.0, low_open=True, optional=True, note="threshold = quality x std(W)"),
+    Field("class_num", int, low=2, high=256),
+    Field("quantize_term", bool),
+    Field("centroid_init", CentroidInit),
+    Field("index_bits", int, low=1, high=16, none_words=("auto",)),
+    Field("form", Form),
+    Field("seed", int, low=0),
+    Field("skip", bool),
+    Field("bias", BiasType),
+)
 
 
 def parse_settings(raw: Mapping[str, Any], where: str, problems: list[str]) -> dict[str, Any]:
     """Validate a mapping of settings; append problems (prefixed by ``where``) instead of raising."""
-    out: dict[str, Any] = {}
-    if not isinstance(raw, Mapping):
-        problems.append(f"{where}: expected a mapping of settings, got {type(raw).__name__}")
-        return out
-    for key, value in raw.items():
-        converted, problem = _check_value(str(key), value)
-        if problem:
-            problems.append(f"{where}: {problem}")
-        else:
-            out[str(key)] = converted
+    out = SETTINGS_SECTION.check(raw, where, problems)
     if "sparse_ratio" in out and out.get("prune_quality") is not None:
         problems.append(f"{where}: give sparse_ratio or prune_quality, not both")
     return out
@@ -226,8 +181,8 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
     defaults = parse_settings(raw.get("defaults") or {}, "defaults", problems)
     by_op: dict[str, dict[str, Any]] = {}
     for op, settings in (raw.get("by_op_type") or {}).items():
-        if op not in COMPRESSIBLE_OPS:
-            problems.append(f"by_op_type: {op!r} is not a compressible op ({', '.join(COMPRESSIBLE_OPS)})")
+        if op not in compressible_ops():
+            problems.append(f"by_op_type: {op!r} is not a compressible op ({', '.join(compressible_ops())})")
             continue
         by_op[op] = parse_settings(settings or {}, f"by_op_type.{op}", problems)
     rules: list[NodeRule] = []

@@ -7,11 +7,11 @@ with nothing to compress are reported together.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from onnx_dc.config import Config, Settings
 from onnx_dc.errors import ConfigError, ModelError
+from onnx_dc.graph import ops
 from onnx_dc.graph.weights import Inventory, Skipped, WeightSite
 
 
@@ -82,16 +82,7 @@ def make_plan(inventory: Inventory, config: Config, model_name: str = "model") -
     if not inventory.sites:
         reasons = "; ".join(f"{s.node} ({s.op_type}): {s.reason}" for s in inventory.skipped[:3])
         raise ModelError(
-            f"{model_name}: no compressible weights (Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU, RNN or "
-            f"Gather with a float32 initializer weight){': ' + reasons if reasons else ''}"
+            f"{model_name}: no compressible weights ({', '.join(ops.compressible()[:-1])} or "
+            f"{ops.compressible()[-1]} with a float32 initializer weight){': ' + reasons if reasons else ''}"
         )
     return Plan(tuple(entries), tuple(skipped), inventory.notes)
-
-
-def with_settings(plan: Plan, weight: str, **changes) -> Plan:
-    """A copy of ``plan`` with some settings of one weight changed (schedules use this)."""
-    entries = tuple(
-        dataclasses.replace(e, settings=dataclasses.replace(e.settings, **changes)) if e.site.name == weight else e
-        for e in plan.entries
-    )
-    return dataclasses.replace(plan, entries=entries)

@@ -17,10 +17,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnx_dc.errors import FormatError
 from onnx_dc.graph import layout
-from onnx_dc.graph.layout import META_NOTES, META_SOURCE_BYTES, META_SOURCE_WEIGHT_BYTES
+from onnx_dc.graph.layout import META_NOTES, META_SKIPPED, META_SOURCE_BYTES, META_SOURCE_WEIGHT_BYTES
 from onnx_dc.graph.walk import all_nodes
-from onnx_dc.graph.weights import PASS_THROUGH
+from onnx_dc.graph.ops import PASS_THROUGH
 from onnx_dc.numerics.bitpack import unpack_bits
 
 
@@ -258,6 +259,7 @@ def make_report(
     file_bytes: int | None = None,
     baseline_bytes: int | None = None,
     streams: list[dict] | None = None,
+    name: str = "model",
 ) -> Report:
     """Build the report of a compressed model.
 
@@ -266,16 +268,26 @@ def make_report(
         file_bytes: size of the file reported on (``.dc.onnx`` or ``.dcz``).
         baseline_bytes: size of the original model; overrides the size recorded at compression.
         streams: ``onnx_dc.formats.dcz.stream_report`` rows of a ``.dcz``, for the P+Q+H columns.
+        name: the model's name in error messages.
+
+    Raises:
+        FormatError: when a metadata record onnx_dc wrote cannot be read back.
     """
     meta = layout.metadata(model)
-    skipped = tuple(tuple(s) for s in layout.skipped_entries(meta, model.graph))
-    source = baseline_bytes if baseline_bytes is not None else _int_or_none(meta.get(META_SOURCE_BYTES))
+    try:
+        skipped = tuple(tuple(s) for s in layout.skipped_entries(meta, model.graph))
+    except json.JSONDecodeError as exc:
+        raise _corrupt(name, META_SKIPPED, meta, f"not JSON: {exc.msg}") from None
+    source = baseline_bytes if baseline_bytes is not None else _count(meta, META_SOURCE_BYTES, name)
     rows = layer_rows(model)
     if streams is not None:
         by_name = {s["name"]: s for s in streams}
         rows = tuple(_with_coded(r, by_name.get(r.weight)) for r in rows)
-    notes = tuple(json.loads(meta.get(META_NOTES, "[]")))
-    return Report(rows, skipped, file_bytes, _int_or_none(meta.get(META_SOURCE_WEIGHT_BYTES)), source, notes)
+    try:
+        notes = tuple(json.loads(meta.get(META_NOTES, "[]")))
+    except json.JSONDecodeError as exc:
+        raise _corrupt(name, META_NOTES, meta, f"not JSON: {exc.msg}") from None
+    return Report(rows, skipped, file_bytes, _count(meta, META_SOURCE_WEIGHT_BYTES, name), source, notes)
 
 
 def _with_coded(row: LayerRow, stream: dict | None) -> LayerRow:
@@ -302,11 +314,21 @@ def _fmt_bytes(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def _int_or_none(text: str | None) -> int | None:
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
+def _count(meta: dict[str, str], key: str, name: str) -> int | None:
+    """The whole number a metadata record holds; None when the file has no such record."""
+    text = meta.get(key)
+    if text is None:
         return None
+    try:
+        return int(text)
+    except ValueError:
+        raise _corrupt(name, key, meta, "not a whole number") from None
+
+
+def _corrupt(name: str, key: str, meta: dict[str, str], why: str) -> FormatError:
+    value = meta[key] if len(meta[key]) <= 40 else meta[key][:40] + "..."
+    return FormatError(f"{name}: metadata {key} holds {value!r}, {why}; the file was altered after "
+                       "compression: compress the original model again")
 
 
 def _nbytes(tensor: onnx.TensorProto) -> int:

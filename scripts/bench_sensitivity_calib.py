@@ -20,7 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 from onnx_dc.data.calib import parse_calib_spec  # noqa: E402
 from onnx_dc.graph.io import load_model, serialize  # noqa: E402
-from onnx_dc.analysis.sensitivity import Agreement, parse_class_nums, parse_ratios, run_sensitivity  # noqa: E402
+from onnx_dc.analysis.sensitivity import Agreement, run_sensitivity  # noqa: E402
+from onnx_dc.sweep_grid import parse_class_nums, parse_ratios  # noqa: E402
 
 
 def main() -> int:

@@ -27,7 +27,7 @@ from onnx_dc.api import prepare
 from onnx_dc.passes.prune import prune
 from onnx_dc.passes.share import share
 from onnx_dc.train.forms import TrainForm
-from onnx_dc.train.lenet import lenet_300_100
+from lenet import lenet_300_100
 from onnx_dc.train.loop import Trainer
 from onnx_dc.train.optim import Optimizer
 from onnx_dc.train.settings import OptimizerKind, StageSettings

@@ -36,7 +36,8 @@ from onnx_dc.api import finish, prepare
 from onnx_dc.config import load_config
 from onnx_dc.data.datasets import load_dataset
 from onnx_dc.formats import dcz
-from onnx_dc.runtime.evaluate import evaluate, predict, resolve_preprocess, sample_shape
+from onnx_dc.data.datasets import resolve_preprocess
+from onnx_dc.runtime.evaluate import evaluate, predict, sample_shape
 from onnx_dc.runtime.session import InferenceSession
 from onnx_dc.train.schedule import run_schedule
 from onnx_dc.train.settings import resolve_train_settings

@@ -28,7 +28,7 @@ from onnx_dc.api import prepare
 from onnx_dc.graph.io import save_model
 from onnx_dc.runtime.evaluate import evaluate
 from onnx_dc.train.forms import TrainForm
-from onnx_dc.train.lenet import BUILDERS, PREPROCESS
+from lenet import BUILDERS, PREPROCESS
 from onnx_dc.train.loop import fit
 from onnx_dc.train.schedule import training_data
 from onnx_dc.train.settings import LrSchedule, OptimizerKind, StageSettings

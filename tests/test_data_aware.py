@@ -15,7 +15,7 @@ from onnx_dc.numerics.kmeans import kmeans_1d
 from onnx_dc.passes.bias_correct import correct_bias
 from onnx_dc.passes.data_aware import original_weights, parse_data_aware
 from onnx_dc.passes.prune import prune
-from onnx_dc.passes.prune_activation import prune_by_activation
+from onnx_dc.passes.prune_activation import prune_layer_by_activation
 from onnx_dc.passes.reconstruct import reconstruct_layer
 from onnx_dc.passes.refit import output_error, refit_layer
 from onnx_dc.passes.share import share
@@ -27,6 +27,15 @@ def feeds(n: int, shape: tuple[int, ...], seed: int = 0, name: str = "x") -> Sam
     x = np.random.default_rng(seed).normal(size=(n, 1, *shape)).astype(np.float32)
     x[..., ::3] *= 4.0  # uneven input scales, so data-aware choices differ from magnitude ones
     return Samples({name: x}, stackable=True)
+
+
+def prune_by_activation(state, stats, scope: str = "row") -> None:
+    """Data-aware pruning of every layer with statistics, one layer at a time as the data-aware passes run it;
+    each is pruned by its activation scores (no single magnitude threshold), not by magnitude."""
+    for name, st in stats.items():
+        layer = state.layers[name]
+        assert prune_layer_by_activation(layer, st, scope)
+        assert layer.threshold == -1.0
 
 
 def grouped_conv_model():
@@ -66,8 +75,8 @@ def test_im2col_reproduces_conv():
 def test_prune_by_activation_reaches_ratio_per_row():
     state = prepare(mlp_model(sizes=(64, 48, 10)), sparse_ratio=0.7)
     stats = collect_stats(state, feeds(50, (64,))).stats
-    done = prune_by_activation(state, stats)
-    assert set(done) == {"w0", "w1"}
+    assert set(stats) == {"w0", "w1"}
+    prune_by_activation(state, stats)
     for name, layer in state.layers.items():
         w2_mask = layer.mask.ravel()[stats[name].view.index]
         pruned_per_row = (~w2_mask).sum(axis=1)
@@ -85,7 +94,8 @@ def test_prune_by_activation_over_the_layer_reaches_the_ratio_and_prunes_the_low
                                 (grouped_conv_model(), (4, 9, 10), ("w",))):
         state = prepare(model, sparse_ratio=0.7)
         stats = collect_stats(state, feeds(50, shape)).stats
-        assert set(prune_by_activation(state, stats, scope="layer")) == set(names)
+        assert set(stats) == set(names)
+        prune_by_activation(state, stats, scope="layer")
         for name in names:
             layer, view = state.layers[name], stats[name].view
             w2 = original_weights(state, name).ravel()[view.index]

@@ -154,31 +154,3 @@ def plot_bits(rows, path: str | os.PathLike) -> Path:
     ax.tick_params(axis="x", labelsize=8, rotation=30 if len(rows) > 6 else 0)
     fig.tight_layout()
     return _save(fig, path)
-
-
-def plot_model(model: str | os.PathLike, baseline: str | os.PathLike, out_dir: str | os.PathLike,
-               sensitivity=None) -> list[Path]:
-    """Write histograms.png, bytes.png, bits.png (and sensitivity.png when a sweep is given) under ``out_dir``."""
-    from onnx_dc.api import report
-    from onnx_dc.graph.io import load_model
-    from onnx_dc.graph.normalize import normalize
-    from onnx_dc.runtime.session import load_any
-    from onnx_dc.train.restore import state_from_dc
-
-    rep = report(model, baseline=baseline)  # also refuses a baseline the model was not compressed from
-    from onnx import numpy_helper
-
-    base = normalize(load_model(baseline), str(baseline))
-    originals = {t.name: numpy_helper.to_array(t) for t in base.graph.initializer}
-    state = state_from_dc(load_any(model), str(model))
-    hist = []
-    for row in rep.layers:
-        layer = state.layers[row.weight]
-        centroids = layer.codebook[1:] if layer.codebook is not None else None
-        hist.append((row.nodes, originals[row.weight], layer.mask, layer.weights, centroids))
-    out = Path(out_dir)
-    paths = [plot_histograms(hist, out / "histograms.png"), plot_bytes(rep.layers, out / "bytes.png"),
-             plot_bits(rep.layers, out / "bits.png")]
-    if sensitivity is not None:
-        paths.append(plot_sensitivity(sensitivity, out / "sensitivity.png"))
-    return paths

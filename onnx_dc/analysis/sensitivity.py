@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +32,6 @@ import onnx
 
 from onnx_dc import progress
 from onnx_dc.data.datasets import Preprocess
-from onnx_dc.errors import ArgumentError
 from onnx_dc.graph.io import serialize
 from onnx_dc.passes.lower import encode_layer
 from onnx_dc.passes.data_aware import DataAwareSettings
@@ -42,9 +40,8 @@ from onnx_dc.passes.share import share
 from onnx_dc.passes.state import CompressionState, LayerState
 from onnx_dc.plan import Plan, PlanEntry
 from onnx_dc.analysis.sweep import Runner, run_jobs
+from onnx_dc.sweep_grid import DEFAULT_CLASS_NUMS, DEFAULT_RATIOS, parse_class_nums, parse_ratios
 
-DEFAULT_RATIOS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
-DEFAULT_CLASS_NUMS = (256, 64, 32, 16)
 DEFAULT_MAX_DROP = 1.0
 
 Metric = Callable[[onnx.ModelProto], float]
@@ -140,35 +137,6 @@ def settings_grid(ratios: Sequence[float], class_nums: Sequence[int]) -> tuple[S
     """Every ratio alone, every class_num alone, then every (ratio, class_num) pair."""
     return (tuple(Setting(r, None) for r in ratios if r > 0) + tuple(Setting(0.0, k) for k in class_nums)
             + tuple(Setting(r, k) for r in ratios if r > 0 for k in class_nums))
-
-
-def parse_ratios(text: str | Sequence[float], flag: str = "--ratios") -> tuple[float, ...]:
-    """Sparse ratios, each in [0, 1), at least one; sorted, without repeats."""
-    values = _numbers(text, flag, float)
-    bad = [v for v in values if not 0.0 <= v < 1.0 or math.isnan(v)]
-    if bad:
-        raise ArgumentError(f"{flag}: {bad[0]:g} is outside [0, 1); give fractions pruned, like 0.5,0.9")
-    return tuple(sorted(set(values)))
-
-
-def parse_class_nums(text: str | Sequence[int], flag: str = "--class-nums") -> tuple[int, ...]:
-    """class_num values, each in 2..256; sorted from most to fewest values, without repeats."""
-    values = _numbers(text, flag, int)
-    bad = [v for v in values if not 2 <= v <= 256]
-    if bad:
-        raise ArgumentError(f"{flag}: {bad[0]} is outside 2..256; give numbers of shared values, like 256,32,16")
-    return tuple(sorted(set(values), reverse=True))
-
-
-def _numbers(text: str | Sequence, flag: str, kind: type) -> list:
-    items = [p.strip() for p in text.split(",") if p.strip()] if isinstance(text, str) else list(text)
-    if not items:
-        raise ArgumentError(f"{flag}: empty list; give comma-separated values, like "
-                            f"{'0.5,0.9' if kind is float else '256,32'}")
-    try:
-        return [kind(v) for v in items]
-    except (TypeError, ValueError):
-        raise ArgumentError(f"{flag} {text!r}: give comma-separated {'numbers' if kind is float else 'integers'}") from None
 
 
 @dataclass(frozen=True)

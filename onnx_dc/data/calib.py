@@ -34,6 +34,7 @@ import onnx
 
 from onnx_dc.data.datasets import KINDS, load_dataset
 from onnx_dc.errors import DataError
+from onnx_dc.sections import Field, Section
 
 CALIB_KINDS = ("images",) + KINDS
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -103,37 +104,83 @@ class CalibSpec:
         return self.kind if self.path is None else f"{self.kind}:{self.path}"
 
 
+LAYOUTS = ("nchw", "nhwc")
+FLOATS_WHY = "must be a number or comma-separated numbers like 0.485,0.456,0.406"
+SIZE_WHY = "must be the height and width as H,W, e.g. 240,320"
+
+
+def _floats(value: str | float | tuple | list) -> tuple[float, ...]:
+    """``0.485,0.456,0.406`` (or one number, or a sequence) as finite floats; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(FLOATS_WHY)
+    try:
+        if isinstance(value, (int, float)):
+            values = (float(value),)
+        elif isinstance(value, (tuple, list)):
+            values = tuple(float(v) for v in value)
+        else:
+            values = tuple(float(v) for v in str(value).split(",") if v.strip())
+    except (TypeError, ValueError):
+        raise ValueError(FLOATS_WHY) from None
+    if not values or not all(np.isfinite(values)):
+        raise ValueError(FLOATS_WHY)
+    return values
+
+
+def _positive_floats(value: str | float | tuple | list) -> tuple[float, ...]:
+    values = _floats(value)
+    if not all(v > 0 for v in values):
+        raise ValueError("must be a positive number or comma-separated positive numbers like 0.229,0.224,0.225")
+    return values
+
+
+def _size(value: str | tuple | list) -> tuple[int, int]:
+    """``H,W`` (or ``HxW``, or a pair) as two positive integers; ValueError otherwise."""
+    try:
+        if isinstance(value, (tuple, list)):
+            dims = tuple(int(v) for v in value)
+        else:
+            dims = tuple(int(v) for v in str(value).replace("x", ",").split(",") if v.strip())
+    except (TypeError, ValueError):
+        dims = ()
+    if len(dims) != 2 or min(dims) < 1:
+        raise ValueError(SIZE_WHY)
+    return dims  # type: ignore[return-value]
+
+
 def parse_floats(text: str | float | tuple | list | None, flag: str) -> tuple[float, ...] | None:
     """``0.485,0.456,0.406`` (or one number) as a tuple of floats; None stays None."""
     if text is None:
         return None
-    if isinstance(text, (int, float)):
-        return (float(text),)
-    if isinstance(text, (tuple, list)):
-        return tuple(float(v) for v in text)
     try:
-        values = tuple(float(v) for v in str(text).split(",") if v.strip())
-    except ValueError:
-        raise DataError(f"{flag} {text!r}: give a number or comma-separated numbers like 0.485,0.456,0.406") from None
-    if not values:
-        raise DataError(f"{flag} {text!r}: give a number or comma-separated numbers like 0.485,0.456,0.406")
-    return values
+        return _floats(text)
+    except ValueError as exc:
+        raise DataError(f"{flag} {text!r} {exc}") from None
 
 
 def parse_size(text: str | tuple | list | None) -> tuple[int, int] | None:
     """``H,W`` (or ``HxW``) as a pair of positive integers; None stays None."""
     if text is None:
         return None
-    if isinstance(text, (tuple, list)):
-        dims = tuple(int(v) for v in text)
-    else:
-        try:
-            dims = tuple(int(v) for v in str(text).replace("x", ",").split(",") if v.strip())
-        except ValueError:
-            dims = ()
-    if len(dims) != 2 or min(dims) < 1:
-        raise DataError(f"--size {text!r}: give the height and width as H,W, e.g. 240,320")
-    return dims  # type: ignore[return-value]
+    try:
+        return _size(text)
+    except ValueError as exc:
+        raise DataError(f"--size {text!r} {exc}") from None
+
+
+# The options of a spec, named by their command-line flags (the names users see in messages).
+CALIB_OPTIONS = Section(
+    Field("--size", _size),
+    Field("--channels", Channels),
+    Field("--scale", float, low=0.0, low_open=True),
+    Field("--mean", _floats),
+    Field("--std", _positive_floats),
+    Field("--layout", LAYOUTS),
+    Field("--calib-limit", int, low=1),
+    Field("--seed", int, low=0),
+)
+OPTION_FLAGS = {"size": "--size", "channels": "--channels", "scale": "--scale", "mean": "--mean", "std": "--std",
+                "layout": "--layout", "limit": "--calib-limit", "seed": "--seed"}
 
 
 def parse_calib_spec(
@@ -152,6 +199,9 @@ def parse_calib_spec(
 
     Options are the CLI flags (``--size``, ``--channels``, ``--scale``, ``--mean``, ``--std``,
     ``--layout``, ``--calib-limit``, ``--seed``); None leaves the default.
+
+    Raises:
+        DataError: a bad spec, or every bad option at once.
     """
     kind, sep, path = text.partition(":")
     kind = kind.strip().lower()
@@ -164,16 +214,11 @@ def parse_calib_spec(
         path = None
     elif not path:
         raise DataError(f"calibration spec {text!r} needs a path: {kind}:PATH")
-    if channels is not None and not isinstance(channels, Channels):
-        try:
-            channels = Channels(str(channels).lower())
-        except ValueError:
-            raise DataError(f"--channels {channels!r}: use rgb, bgr or gray") from None
-    options = {
-        "size": parse_size(size), "channels": channels, "scale": scale, "mean": parse_floats(mean, "--mean"),
-        "std": parse_floats(std, "--std"), "layout": layout, "limit": limit, "seed": seed,
-    }
-    return CalibSpec(kind, path, **{k: v for k, v in options.items() if v is not None})
+    given = {"size": size, "channels": channels, "scale": scale, "mean": mean, "std": std, "layout": layout,
+             "limit": limit, "seed": seed}
+    parsed = CALIB_OPTIONS.parse({OPTION_FLAGS[k]: v for k, v in given.items() if v is not None},
+                                 f"--calib {text}", DataError)
+    return CalibSpec(kind, path, **{k: parsed[flag] for k, flag in OPTION_FLAGS.items() if flag in parsed})
 
 
 def as_calib_spec(spec: CalibSpec | str) -> CalibSpec:

@@ -98,6 +98,21 @@ class Preprocess:
         return np.ascontiguousarray(x.reshape((x.shape[0], *sample_shape)))
 
 
+def stored_preprocess(model) -> Preprocess | None:
+    """The preprocessing recorded in a model's metadata (``metadata_props`` of an ONNX ModelProto), if any."""
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            return Preprocess.from_metadata(prop.value)
+    return None
+
+
+def resolve_preprocess(model, dataset: Dataset, given: Preprocess | None) -> Preprocess:
+    """Given settings win, then the model's metadata, then the dataset's natural scale."""
+    if given is not None:
+        return given
+    return stored_preprocess(model) or Preprocess(scale=dataset.default_scale)
+
+
 def _fits(laid_out: tuple[int, ...], wanted: tuple[int, ...]) -> bool:
     """Whether samples of shape ``laid_out`` are the model's ``wanted`` input, not only as many numbers.
 

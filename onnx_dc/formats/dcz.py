@@ -21,7 +21,6 @@ limits below before anything is allocated. docs/FORMAT.md is the byte-level spec
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import lzma
@@ -37,14 +36,13 @@ import onnx
 
 from onnx_dc import progress
 from onnx_dc.errors import ConfigError, FormatError, ModelError
-from onnx_dc.formats import dczmask
+from onnx_dc.formats import MAGIC, dczmask, is_dcz  # noqa: F401 (is_dcz: dcz.is_dcz is the format's own test)
 from onnx_dc.graph import layout
-from onnx_dc.graph.io import write_bytes_atomic
+from onnx_dc.graph.io import refuse_overwrite, write_bytes_atomic
 from onnx_dc.numerics import huffman, rangecoder
 from onnx_dc.numerics.bitpack import MAX_BITS, pack_bits, packed_size, unpack_bits
 from onnx_dc.numerics.symstream import entropy_bits
 
-MAGIC = b"\x89DCZ\r\n\x1a\n"
 VERSION = 2
 READ_VERSIONS = (1, 2)
 """Version 2 adds the position models (codecs MASK and REAL_CODES, onnx_dc/formats/dczmask.py)."""
@@ -716,17 +714,6 @@ def _symbols(payload: memoryview, e: _Entry, index: int) -> np.ndarray:
 
 
 # ============================================================================ files
-def is_dcz(data_or_path: bytes | bytearray | memoryview | str | os.PathLike) -> bool:
-    """Whether bytes, or the file at a path, start with the ``.dcz`` magic (False if unreadable)."""
-    if isinstance(data_or_path, (bytes, bytearray, memoryview)):
-        return bytes(data_or_path[: len(MAGIC)]) == MAGIC
-    try:
-        with open(data_or_path, "rb") as f:
-            return f.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
-
-
 def load_dc_bytes(path: str | os.PathLike) -> bytes:
     """The ``*.dc.onnx`` bytes of a file that is either a ``.dcz`` or a ``.dc.onnx``.
 
@@ -751,7 +738,7 @@ def pack(src_path: str | os.PathLike, dst_path: str | os.PathLike, codec: str = 
         ModelError: when the input cannot be read or parsed, or ``dst_path`` is the input.
         OnnxDcError: when the output cannot be written.
     """
-    _refuse_same_file(src_path, dst_path)
+    refuse_overwrite(dst_path, [src_path])
     data = read_file(src_path)
     if is_dcz(data):
         raise ModelError(f"{src_path}: already a packed .dcz")
@@ -773,7 +760,7 @@ def unpack(src_path: str | os.PathLike, dst_path: str | os.PathLike) -> None:
         ModelError: when the input cannot be read or ``dst_path`` is the input.
         OnnxDcError: when the output cannot be written.
     """
-    _refuse_same_file(src_path, dst_path)
+    refuse_overwrite(dst_path, [src_path])
     packed = read_file(src_path)
     try:
         data = unpack_bytes(packed)
@@ -789,10 +776,3 @@ def read_file(path: str | os.PathLike) -> bytes:
     except OSError as err:
         raise ModelError(f"cannot read {path}: {err.strerror or err}") from None
 
-
-def _refuse_same_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    same = Path(src).resolve() == Path(dst).resolve()
-    with contextlib.suppress(OSError):  # a missing output is fine
-        same = same or os.path.samefile(src, dst)
-    if same:
-        raise ModelError(f"refusing to overwrite the input file {src}; choose another output path")

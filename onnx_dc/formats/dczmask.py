@@ -207,11 +207,6 @@ def decode_real_codes(payload: memoryview, real: np.ndarray, width: int) -> np.n
     return codes
 
 
-def real_codes_codec(payload: memoryview) -> int:
-    """The inner codec id of a REAL_CODES payload."""
-    return payload[0] if len(payload) else -1
-
-
 # ============================================================================ report
 def mask_row(decoded: DecodedMask) -> dict:
     """Report fields of a mask-coded gaps section (see onnx_dc.formats.dcz.stream_report)."""

@@ -1,8 +1,8 @@
 """Biases of compressed layers: found from the graph, and optionally stored in half precision.
 
 A compressed layer's bias is the bias input of a node that reads a decoded weight (directly
-or through pass-through ops): input C of Conv / ConvTranspose / Gemm, input B of LSTM / GRU /
-RNN. The ``*.dc.onnx`` does not list these biases in its ``onnx_dc.skipped`` record: the
+or through pass-through ops): the input the op table names as its bias (C of Conv / ConvTranspose /
+Gemm, B of LSTM / GRU / RNN). The ``*.dc.onnx`` does not list these biases in its ``onnx_dc.skipped`` record: the
 readers derive the entries from the graph (:func:`bias_entries`).
 
 With the setting ``bias: float16`` a bias ``b`` is stored as
@@ -22,11 +22,10 @@ from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper
 
-from onnx_dc.graph import external
+from onnx_dc.graph import external, ops
+from onnx_dc.graph.ops import PASS_THROUGH
 from onnx_dc.graph.walk import all_nodes
-from onnx_dc.graph.weights import PASS_THROUGH
 
-BIAS_SLOT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2, "LSTM": 3, "GRU": 3, "RNN": 3}
 FLOAT32_REASON = "bias (biases stay float32)"  # the inventory's reason (onnx_dc/graph/weights.py)
 FLOAT16_REASON = "bias stored as float16 (bias: float16)"
 HALF_SUFFIX, CAST_SUFFIX = "/dc/f16", "/dc/cast"
@@ -46,7 +45,8 @@ def layer_biases(graph: onnx.GraphProto, weights: list[str]) -> dict[str, list[t
                 if reader.op_type in PASS_THROUGH and reader.domain in ("", "ai.onnx"):
                     frontier.append(reader.output[0])
                     continue
-                slot = BIAS_SLOT.get(reader.op_type)
+                spec = ops.of(reader)
+                slot = spec.bias if spec is not None and spec.compressible else None
                 if slot is not None and len(reader.input) > slot and reader.input[slot]:
                     entry = (reader.name, reader.op_type, reader.input[slot])
                     if entry not in found:

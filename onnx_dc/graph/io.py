@@ -11,7 +11,7 @@ from typing import BinaryIO, Callable
 import onnx
 from google.protobuf.message import DecodeError
 
-from onnx_dc.errors import ModelError, OnnxDcError
+from onnx_dc.errors import ArgumentError, ModelError, OnnxDcError
 from onnx_dc.graph import external, wire
 from onnx_dc.graph.walk import sort_graph
 
@@ -218,6 +218,42 @@ def write_model(model: onnx.ModelProto, path: str | os.PathLike) -> tuple[int, s
         (bytes written, the external data file name or None).
     """
     return external.write_model(model, path, write_bytes_atomic)
+
+
+def check_output(path: str | os.PathLike, flag: str = "-o", inputs=()) -> Path:
+    """A file path that can be written: not a folder, in an existing writable folder, not one of ``inputs``.
+
+    Raises:
+        ArgumentError: naming ``flag``, the path and what to do.
+        ModelError: when the path is one of the inputs (:func:`refuse_overwrite`).
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise ArgumentError(f"{flag} {p}: is a folder; give a file name, e.g. {p / 'model.dc.onnx'}")
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.is_dir():
+        raise ArgumentError(f"{flag} {p}: folder {folder} does not exist; create it first (mkdir -p {folder})")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ArgumentError(f"{flag} {p}: folder {folder} is not writable")
+    refuse_overwrite(p, inputs, flag)
+    return p
+
+
+def refuse_overwrite(output: str | os.PathLike, inputs, flag: str | None = None) -> None:
+    """The one check that an output path names none of the inputs (the same file, also through links).
+
+    Args:
+        output: the path to be written.
+        inputs: paths (or None, ignored) the command reads.
+        flag: the option the output was given to, named in the message (e.g. ``-o``).
+
+    Raises:
+        ModelError: naming the output, the input it would overwrite, and what to do.
+    """
+    for other in inputs:
+        if other is not None and same_file(other, output):
+            where = f"{flag} " if flag else ""
+            raise ModelError(f"{where}{output}: refusing to overwrite the input {other}; choose another output path")
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

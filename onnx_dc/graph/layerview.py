@@ -39,6 +39,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnx_dc.graph import ops
 from onnx_dc.graph.weights import WeightSite
 
 
@@ -158,43 +159,68 @@ def _view(node, input_index, site, producer, inits, consumers_of) -> LayerView |
     idx = _traced_index(node.input[input_index], site, producer, inits)
     if isinstance(idx, str):
         return idx
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    if node.op_type == "Conv" and input_index == 1:
-        spatial = idx.ndim - 2
-        if not 1 <= spatial <= 3:
-            return f"Conv with {spatial} spatial dims"
-        geo = ConvGeometry(tuple(idx.shape[2:]), tuple(attrs.get("strides", [1] * spatial)),
-                           tuple(attrs.get("dilations", [1] * spatial)), tuple(attrs.get("pads", [0] * 2 * spatial)),
-                           attrs.get("auto_pad", b"NOTSET").decode() if isinstance(attrs.get("auto_pad"), bytes)
-                           else str(attrs.get("auto_pad", "NOTSET")))
-        if geo.auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
-            return f"Conv auto_pad {geo.auto_pad}"
-        bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else _following_add(node, inits, consumers_of, idx.shape[0], spatial)
-        return LayerView(node.name, "Conv", node.input[0], idx.reshape(idx.shape[0], -1), int(attrs.get("group", 1)),
-                         conv=geo, bias=bias)
-    if node.op_type == "Gemm" and input_index == 1 and idx.ndim == 2:
-        w2 = idx if attrs.get("transB", 0) else idx.T
-        alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
-        bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
-        if bias is not None and _numel(inits[bias]) != w2.shape[0]:
-            bias = None
-        return LayerView(node.name, "Gemm", node.input[0], np.ascontiguousarray(w2), trans_a=bool(attrs.get("transA", 0)),
-                         bias=bias, bias_scale=alpha / beta if beta else 0.0)
-    if node.op_type == "MatMul" and input_index == 1 and idx.ndim == 2:
-        return LayerView(node.name, "MatMul", node.input[0], np.ascontiguousarray(idx.T),
-                         bias=_following_add(node, inits, consumers_of, idx.shape[1]))
-    if node.op_type == "ConvTranspose" and input_index == 1:
-        return _conv_transpose_view(node, idx, attrs, inits)
-    if node.op_type in RECURRENT and input_index in (1, 2) and idx.ndim == 3:
-        return _recurrent_view(node, input_index, idx, attrs, inits)
-    return f"{node.op_type} reading the weight as input {input_index} (rank {idx.ndim}) has no matrix view"
+    spec = ops.of(node)
+    build = _VIEWS.get(spec.view) if spec is not None else None
+    view = build(node, input_index, idx, _attributes(node), inits, consumers_of) if build is not None else None
+    if view is None:
+        return f"{node.op_type} reading the weight as input {input_index} (rank {idx.ndim}) has no matrix view"
+    return view
 
 
-RECURRENT = ("GRU", "LSTM", "RNN")
+def _attributes(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _conv_transpose_view(node, idx: np.ndarray, attrs: dict, inits) -> LayerView | str:
+def _conv_view(node, input_index: int, idx: np.ndarray, attrs: dict, inits, consumers_of) -> LayerView | str | None:
+    """The weight of a Conv-like op (input 1, ``[out, in / group, *kernel]``) over im2col patches of input 0."""
+    if input_index != 1:
+        return None
+    spatial = idx.ndim - 2
+    if not 1 <= spatial <= 3:
+        return f"{node.op_type} with {spatial} spatial dims"
+    geo = ConvGeometry(tuple(idx.shape[2:]), tuple(attrs.get("strides", [1] * spatial)),
+                       tuple(attrs.get("dilations", [1] * spatial)), tuple(attrs.get("pads", [0] * 2 * spatial)),
+                       attrs.get("auto_pad", b"NOTSET").decode() if isinstance(attrs.get("auto_pad"), bytes)
+                       else str(attrs.get("auto_pad", "NOTSET")))
+    if geo.auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        return f"{node.op_type} auto_pad {geo.auto_pad}"
+    slot = ops.of(node).bias
+    bias = (node.input[slot] if slot is not None and len(node.input) > slot and node.input[slot] in inits
+            else _following_add(node, inits, consumers_of, idx.shape[0], spatial))
+    return LayerView(node.name, node.op_type, node.input[0], idx.reshape(idx.shape[0], -1), int(attrs.get("group", 1)),
+                     conv=geo, bias=bias)
+
+
+def _gemm_view(node, input_index: int, idx: np.ndarray, attrs: dict, inits, consumers_of) -> LayerView | None:
+    """Gemm's B (``transB``: ``[out, in]``, else ``[in, out]``), rows of A (columns with ``transA``)."""
+    if input_index != 1 or idx.ndim != 2:
+        return None
+    w2 = idx if attrs.get("transB", 0) else idx.T
+    alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+    slot = ops.of(node).bias
+    bias = node.input[slot] if slot is not None and len(node.input) > slot and node.input[slot] in inits else None
+    if bias is not None and _numel(inits[bias]) != w2.shape[0]:
+        bias = None
+    return LayerView(node.name, node.op_type, node.input[0], np.ascontiguousarray(w2),
+                     trans_a=bool(attrs.get("transA", 0)), bias=bias, bias_scale=alpha / beta if beta else 0.0)
+
+
+def _matmul_view(node, input_index: int, idx: np.ndarray, attrs: dict, inits, consumers_of) -> LayerView | None:
+    """A ``[in, out]`` weight as the second input of a matrix product over the last axis of input 0."""
+    if input_index != 1 or idx.ndim != 2:
+        return None
+    slot = ops.of(node).bias
+    bias = node.input[slot] if slot is not None and len(node.input) > slot and node.input[slot] in inits else None
+    if bias is None or _numel(inits[bias]) != idx.shape[1]:
+        bias = _following_add(node, inits, consumers_of, idx.shape[1])
+    return LayerView(node.name, node.op_type, node.input[0], np.ascontiguousarray(idx.T), bias=bias)
+
+
+def _conv_transpose_view(node, input_index: int, idx: np.ndarray, attrs: dict, inits,
+                         consumers_of) -> LayerView | str | None:
     """A ConvTranspose weight as the Conv it equals on the zero-inserted, padded input."""
+    if input_index != 1:
+        return None
     n = idx.ndim - 2
     auto_pad = attrs.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
@@ -218,12 +244,15 @@ def _conv_transpose_view(node, idx: np.ndarray, attrs: dict, inits) -> LayerView
     bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
     if bias is not None and _numel(inits[bias]) != w.shape[0]:
         bias = None
-    return LayerView(node.name, "ConvTranspose", node.input[0], np.ascontiguousarray(w.reshape(w.shape[0], -1)), g,
+    return LayerView(node.name, node.op_type, node.input[0], np.ascontiguousarray(w.reshape(w.shape[0], -1)), g,
                      conv=geo, bias=bias)
 
 
-def _recurrent_view(node, input_index: int, idx: np.ndarray, attrs: dict, inits) -> LayerView | str:
+def _recurrent_view(node, input_index: int, idx: np.ndarray, attrs: dict, inits,
+                    consumers_of) -> LayerView | str | None:
     """``W`` (input 1) or ``R`` (input 2) of a GRU / LSTM / RNN node, one group per direction."""
+    if input_index not in (1, 2) or idx.ndim != 3:
+        return None
     if len(node.input) > 4 and node.input[4]:
         return f"{node.op_type} with sequence_lens"
     direction = attrs.get("direction", b"forward")
@@ -245,8 +274,8 @@ def _recurrent_view(node, input_index: int, idx: np.ndarray, attrs: dict, inits)
     if input_index == 1:
         return LayerView(node.name, node.op_type, node.input[0], rows, dirs, bias=bias,
                          recurrent=Recurrent("x", reverse), bias_rows=bias_rows)
-    if node.op_type == "GRU" and not attrs.get("linear_before_reset", 0):
-        return "GRU with linear_before_reset=0 (R_h reads r * h, which the graph does not expose)"
+    if _resets_before_r(node) and not attrs.get("linear_before_reset", 0):
+        return f"{node.op_type} with linear_before_reset=0 (R_h reads r * h, which the graph does not expose)"
     expose = not node.output or not node.output[0]
     if expose and (not node.name or not any(node.output)):
         return f"{node.op_type} without a name or any output (R's inputs are Y one step back)"
@@ -257,6 +286,15 @@ def _recurrent_view(node, input_index: int, idx: np.ndarray, attrs: dict, inits)
     y = hidden_output_name(node.name) if expose else node.output[0]
     return LayerView(node.name, node.op_type, y, rows, dirs, bias=bias,
                      recurrent=Recurrent("h", reverse, initial, value, expose), bias_rows=bias_rows)
+
+
+def _resets_before_r(node: onnx.NodeProto) -> bool:
+    """Whether the op has a reset gate that may apply before ``R`` (the ``linear_before_reset`` attribute)."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, domain="" if node.domain in ops.STANDARD_DOMAINS else node.domain)
+    except onnx.defs.SchemaError:
+        return False
+    return "linear_before_reset" in schema.attributes
 
 
 def hidden_output_name(node: str) -> str:
@@ -280,10 +318,10 @@ def _following_add(node, inits, consumers_of, out: int, spatial: int = 0) -> str
     if _numel(inits[other[0]]) != out or inits[other[0]].data_type != onnx.TensorProto.FLOAT:
         return None
     # a Conv output is [N, C, *spatial]: the bias must broadcast along the channel axis only
-    if node.op_type == "Conv":
+    if spatial:
         if len(dims) < spatial + 1 or dims[len(dims) - spatial - 1] != out:
             return None
-    if node.op_type != "Conv" and dims and dims[-1] != out:
+    if not spatial and dims and dims[-1] != out:
         return None
     return other[0]
 
@@ -375,3 +413,9 @@ def _slice(node, arr: np.ndarray, inits) -> np.ndarray | str:
     for a, b, e, st in zip(axes, starts, ends, steps):
         index[a % arr.ndim] = slice(b, e, st)
     return arr[tuple(index)]
+
+
+# op table view kind -> builder; a builder returns the view, a reason it has none, or None when
+# the weight is not the input the kind reads
+_VIEWS = {"conv": _conv_view, "conv_transpose": _conv_transpose_view, "gemm": _gemm_view, "matmul": _matmul_view,
+          "recurrent": _recurrent_view}

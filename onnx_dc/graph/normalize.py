@@ -125,7 +125,9 @@ def _convert_opset(model: onnx.ModelProto, name: str, opset: int) -> onnx.ModelP
 
     try:
         converted = version_converter.convert_version(model, MIN_OPSET)
-    except Exception as exc:  # the converter raises bare RuntimeErrors of many kinds
+    except (RuntimeError, version_converter.ConvertError) as exc:
+        # how the converter refuses a model: its ConvertError, or a bare RuntimeError from a failed
+        # assertion of an adapter; an error of another type comes from the call, not from the model
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
             f"{name}: cannot convert ai.onnx opset {opset} to {MIN_OPSET} ({first}); re-export with opset >= {MIN_OPSET}"

@@ -24,25 +24,12 @@ from typing import Mapping
 import numpy as np
 import onnx
 
+from onnx_dc.graph import ops
+from onnx_dc.graph.ops import PASS_THROUGH, PIECES
 from onnx_dc.graph.walk import node_subgraphs
 
-# op type -> indices of inputs that may carry a weight
-WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
-    "Conv": (1,),
-    "ConvTranspose": (1,),
-    "Gemm": (1, 0),
-    "MatMul": (1, 0),
-    "LSTM": (1, 2),
-    "GRU": (1, 2),
-    "RNN": (1, 2),
-    "Gather": (0,),
-}
-# ops whose every listed input is a weight of its own (the others take the first constant one)
-EVERY_SLOT = ("LSTM", "GRU", "RNN")
-QUANTIZED_OPS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM", "QGemm", "DequantizeLinear")
 INTEGER_DTYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4,
                   onnx.TensorProto.INT16, onnx.TensorProto.UINT16)
-PASS_THROUGH = ("Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze")
 COMPRESSIBLE_DTYPES = (onnx.TensorProto.FLOAT,)
 
 
@@ -129,16 +116,16 @@ class _Scan:
         self.graphs.append(graph)
         producer = outer.new_child({out: node for node in graph.node for out in node.output})
         for node in graph.node:
-            if node.domain in ("", "ai.onnx", "com.microsoft") and (node.op_type in QUANTIZED_OPS
-                                                                     or node.op_type.startswith("QLinear")):
+            spec = ops.of(node)
+            if ops.quantized(node):
                 self.quantized_node(node)
-            elif node.domain in ("", "ai.onnx") and node.op_type in WEIGHT_INPUTS:
-                self.node(node, producer)
+            elif spec is not None and spec.compressible:
+                self.node(node, spec, producer)
             for sub in node_subgraphs(node):
                 self.graph(sub, producer)
 
-    def node(self, node: onnx.NodeProto, producer: ChainMap) -> None:
-        slots = WEIGHT_INPUTS[node.op_type]
+    def node(self, node: onnx.NodeProto, spec: ops.OpSpec, producer: ChainMap) -> None:
+        slots = spec.weights
         hit = False
         for idx in slots:
             if idx >= len(node.input) or not node.input[idx]:
@@ -146,15 +133,15 @@ class _Scan:
             source, via = _trace(node.input[idx], producer)
             if source not in self.inits:
                 continue
-            if node.op_type == "Gather" and not self.is_table(node, self.inits[source], producer):
+            if spec.lookup and not self.is_table(node, self.inits[source], producer):
                 return
             self.claim(node, idx, source, via)
             hit = True
-            if node.op_type not in EVERY_SLOT:
+            if not spec.every_slot:
                 break
-        if node.op_type in EVERY_SLOT and len(node.input) > 3 and node.input[3]:
-            self.recurrent_bias(node, node.input[3], producer)
-        if not hit and node.op_type != "Gather":
+        if spec.every_slot and spec.bias is not None and len(node.input) > spec.bias and node.input[spec.bias]:
+            self.recurrent_bias(node, node.input[spec.bias], producer)
+        if not hit and not spec.lookup:
             first = node.input[slots[0]] if len(node.input) > slots[0] else ""
             self.skipped.append(Skipped(node.name, node.op_type, first,
                                         "no constant weight input (it is computed at run time or is a graph input)"))
@@ -167,7 +154,7 @@ class _Scan:
             if name in self.inits and name not in self.claimed:
                 self.skipped.append(Skipped(node.name, node.op_type, name, "bias (biases stay float32)"))
                 self.claimed.add(name)
-            elif name in producer and producer[name].op_type in PASS_THROUGH + ("Slice", "Concat"):
+            elif name in producer and producer[name].op_type in PASS_THROUGH + PIECES:
                 src = producer[name]
                 frontier.extend(src.input if src.op_type == "Concat" else src.input[:1])
 
@@ -245,12 +232,13 @@ def _numel(tensor: onnx.TensorProto) -> int:
 
 
 def _other_reason(node: onnx.NodeProto) -> str:
-    if node.op_type in WEIGHT_INPUTS and node.op_type != "Gather":
+    spec = ops.of(node)
+    if spec is not None and spec.compressible and not spec.lookup:
         return "bias (biases stay float32)"
-    if node.op_type in ("Add", "Sub", "Mul", "Div", "BatchNormalization", "InstanceNormalization", "LayerNormalization", "PRelu"):
+    if spec is not None and spec.parameters:
         return f"{node.op_type} parameter (biases, scales and norms stay float32)"
     if node.op_type in PASS_THROUGH:
         return f"shape or constant of {node.op_type}"
-    if node.op_type == "Gather":
-        return "Gather with constant indices or a table that is not rank 2 (not an embedding lookup)"
-    return f"{node.op_type} is not a compressible op ({', '.join(WEIGHT_INPUTS)})"
+    if spec is not None and spec.lookup:
+        return f"{node.op_type} with constant indices or a table that is not rank 2 (not an embedding lookup)"
+    return f"{node.op_type} is not a compressible op ({', '.join(ops.compressible())})"

@@ -37,6 +37,7 @@ from onnx_dc.passes.refit import refit_layer
 from onnx_dc.passes.share import share_layer
 from onnx_dc.passes.state import CompressionState, LayerState
 from onnx_dc.passes.stats import WeightStats
+from onnx_dc.sections import Field, Section
 
 
 class PruneBy(str, enum.Enum):
@@ -70,44 +71,28 @@ class DataAwareSettings:
         return {**dataclasses.asdict(self), "prune_by": self.prune_by.value}
 
 
+DATA_AWARE_SECTION = Section(
+    Field("prune_by", PruneBy),
+    Field("prune_scope", PRUNE_SCOPES),
+    Field("reconstruct", bool),
+    Field("weighted_kmeans", bool),
+    Field("refit", bool),
+    Field("bias_correction", bool),
+    Field("gptq", bool),
+    Field("sequential", bool),
+    Field("batch_size", int, low=1),
+    Field("full_hessian_max_dim", int, low=1),
+    Field("carry_mb", int, low=0, note="megabytes, 0 turns carrying off"),
+)
+
+
 def parse_data_aware(raw: Mapping[str, Any] | None, source: str = "calib") -> DataAwareSettings:
-    """Validate the ``calib:`` mapping (every problem reported at once)."""
-    if raw is None:
-        return DataAwareSettings()
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{source}: expected a mapping")
-    problems, out = [], {}
-    known = {f.name: f for f in dataclasses.fields(DataAwareSettings)}
-    for key, value in raw.items():
-        if key not in known:
-            problems.append(f"unknown key {key!r} (known: {', '.join(known)})")
-        elif key == "prune_by":
-            try:
-                out[key] = PruneBy(value)
-            except ValueError:
-                problems.append(f"prune_by: {value!r} must be magnitude or activation")
-        elif key == "prune_scope":
-            if value not in PRUNE_SCOPES:
-                problems.append(f"prune_scope: {value!r} must be one of {', '.join(PRUNE_SCOPES)}")
-            else:
-                out[key] = value
-        elif key in ("batch_size", "full_hessian_max_dim"):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                problems.append(f"{key}: {value!r} must be a positive integer")
-            else:
-                out[key] = value
-        elif key == "carry_mb":
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                problems.append(f"{key}: {value!r} must be a whole number of megabytes (0 turns carrying off)")
-            else:
-                out[key] = value
-        elif not isinstance(value, bool):
-            problems.append(f"{key}: {value!r} must be true or false")
-        else:
-            out[key] = value
-    if problems:
-        raise ConfigError(f"{source}: " + "; ".join(problems))
-    return DataAwareSettings(**out)
+    """Validate the ``calib:`` mapping (every problem reported at once).
+
+    Raises:
+        ConfigError: listing every problem, each prefixed by ``source``.
+    """
+    return DataAwareSettings(**DATA_AWARE_SECTION.parse(raw, source, ConfigError))
 
 
 @dataclass

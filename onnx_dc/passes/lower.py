@@ -28,14 +28,6 @@ from onnx import numpy_helper
 from onnx_dc.config import BiasType, Form
 from onnx_dc.errors import ModelError
 from onnx_dc.graph import biases, decoders, layout
-from onnx_dc.graph.layout import (  # noqa: F401  (re-exported: the metadata keys' historical home)
-    FORMAT_VERSION,
-    META_NOTES,
-    META_SKIPPED,
-    META_SOURCE_BYTES,
-    META_SOURCE_WEIGHT_BYTES,
-    META_VERSION,
-)
 from onnx_dc.graph.normalize import ai_onnx_opset
 from onnx_dc.graph.weights import Skipped
 from onnx_dc.numerics.bitpack import pack_bits, packed_size
@@ -164,14 +156,14 @@ def _add_functions(model: onnx.ModelProto, used_ops: set[str]) -> None:
 
 def _set_metadata(model: onnx.ModelProto, state: CompressionState, skipped: list[Skipped]) -> None:
     entries = {
-        META_VERSION: FORMAT_VERSION,
-        META_SKIPPED: json.dumps([[s.node, s.op_type, s.tensor, s.reason] for s in skipped]),
-        META_SOURCE_WEIGHT_BYTES: str(float_parameter_bytes(state.model)),
+        layout.META_VERSION: layout.FORMAT_VERSION,
+        layout.META_SKIPPED: json.dumps([[s.node, s.op_type, s.tensor, s.reason] for s in skipped]),
+        layout.META_SOURCE_WEIGHT_BYTES: str(float_parameter_bytes(state.model)),
     }
     if state.source_bytes is not None:
-        entries[META_SOURCE_BYTES] = str(state.source_bytes)
+        entries[layout.META_SOURCE_BYTES] = str(state.source_bytes)
     if state.plan.notes:
-        entries[META_NOTES] = json.dumps(list(state.plan.notes))
+        entries[layout.META_NOTES] = json.dumps(list(state.plan.notes))
     set_metadata(model, entries)
 
 

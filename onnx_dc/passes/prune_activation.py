@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnx_dc.passes.prune import prune_layer
-from onnx_dc.passes.state import CompressionState, LayerState
+from onnx_dc.passes.state import LayerState
 from onnx_dc.passes.stats import WeightStats
 
 _CHUNK = 1 << 24  # elements of a block of rows in row_mask
@@ -78,19 +78,3 @@ def prune_layer_by_activation(layer: LayerState, stats: WeightStats, scope: str 
     layer.threshold = -1.0  # activation scores: no single magnitude threshold
     layer.weights = np.where(mask, layer.weights, np.float32(0.0)).astype(np.float32)
     return True
-
-
-def prune_by_activation(state: CompressionState, stats: dict[str, WeightStats], scope: str = "row") -> list[str]:
-    """Prune every planned layer: by activation where statistics exist, else by magnitude.
-
-    Returns:
-        Names of the layers pruned by activation.
-    """
-    done = []
-    for name, layer in state.layers.items():
-        if name in stats and layer.entry.settings.prunes and layer.entry.settings.prune_quality is None:
-            prune_layer_by_activation(layer, stats[name], scope)
-            done.append(name)
-        else:
-            prune_layer(layer)
-    return done

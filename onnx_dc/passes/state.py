@@ -7,6 +7,7 @@ evaluation and fine-tuning) and by the lowering pass.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +52,20 @@ class LayerState:
     def kept(self) -> int:
         """Number of weights not pruned."""
         return int(self.mask.sum()) if self.mask is not None else int(self.weights.size)
+
+    def copy(self) -> LayerState:
+        """A new state of this layer holding every field's present value.
+
+        The arrays are shared, not copied: the passes and fine-tuning give a layer new arrays
+        and never write into the ones it holds, so a copy keeps the values it was taken with,
+        and a snapshot of a large model costs no second copy of its weights.
+        """
+        return dataclasses.replace(self)
+
+    def assign(self, other: LayerState) -> None:
+        """Take every field of ``other`` (its arrays themselves, as :meth:`copy` shares them)."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(other, f.name))
 
 
 @dataclass

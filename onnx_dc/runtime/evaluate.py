@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from onnx_dc import progress
-from onnx_dc.data.datasets import METADATA_KEY, Dataset, DataSpec, Preprocess, load_dataset
+from onnx_dc.data.datasets import DataSpec, Preprocess, load_dataset, resolve_preprocess
 from onnx_dc.errors import DataError
 from onnx_dc.runtime.session import InferenceSession, model_bytes
 
@@ -34,21 +34,6 @@ class EvalResult:
         """Plain values for JSON."""
         return {"accuracy": self.accuracy, "correct": self.correct, "n": self.n, "data": self.data,
                 "preprocess": vars(self.preprocess).copy(), "seconds": round(self.seconds, 3)}
-
-
-def stored_preprocess(model: onnx.ModelProto) -> Preprocess | None:
-    """The preprocessing recorded in a model's metadata, if any."""
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            return Preprocess.from_metadata(prop.value)
-    return None
-
-
-def resolve_preprocess(model: onnx.ModelProto, dataset: Dataset, given: Preprocess | None) -> Preprocess:
-    """Given settings win, then the model's metadata, then the dataset's natural scale."""
-    if given is not None:
-        return given
-    return stored_preprocess(model) or Preprocess(scale=dataset.default_scale)
 
 
 def predict(session, x: np.ndarray, batch_size: int = 500) -> np.ndarray:

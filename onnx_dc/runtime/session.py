@@ -7,8 +7,10 @@ import tempfile
 from pathlib import Path
 
 import onnx
+from google.protobuf.message import DecodeError
 
 from onnx_dc.errors import ModelError
+from onnx_dc.runtime.ort import onnxruntime_errors
 from onnx_dc.graph.io import load_model, serialize
 
 
@@ -38,7 +40,7 @@ def load_any(model: onnx.ModelProto | str | os.PathLike | bytes) -> onnx.ModelPr
     return load_model(model)
 
 
-def _open_rebuilt(proto: onnx.ModelProto, threads: int, spin: bool):
+def _open_rebuilt(proto: onnx.ModelProto, threads: int, spin: bool, name: str):
     """A session on the plain model, its compressed weights rebuilt one at a time into a temporary data file.
 
     onnxruntime's constant folding keeps every intermediate of the decoder functions until
@@ -48,8 +50,6 @@ def _open_rebuilt(proto: onnx.ModelProto, threads: int, spin: bool):
     appended to the file at a page-aligned offset (so onnxruntime can map it) and freed,
     so at most one rebuilt layer is held here at a time.
     """
-    import onnxruntime as ort
-
     from onnx_dc.graph import layout
 
     plain, decoders, arrays = layout.without_decoders(proto)
@@ -66,7 +66,7 @@ def _open_rebuilt(proto: onnx.ModelProto, threads: int, spin: bool):
         path.write_bytes(serialize(plain))
         del plain, arrays
         # onnxruntime has read or mapped the data when the session exists; a mapping outlives the file's name
-        return ort.InferenceSession(str(path), _options(threads, spin), providers=["CPUExecutionProvider"])
+        return _ort_session(str(path), threads, spin, name)
 
 
 _DATA_FILE = "weights.bin"
@@ -81,11 +81,33 @@ def _external_stub(name: str, shape: tuple[int, ...], offset: int, length: int) 
     return stub
 
 
-def _parse(data: bytes) -> onnx.ModelProto:
+def _parse(data: bytes, name: str) -> onnx.ModelProto:
     """The model in ``data``, parsed only: onnxruntime checks what it loads itself."""
     proto = onnx.ModelProto()
-    proto.ParseFromString(data)
+    try:
+        proto.ParseFromString(data)
+    except DecodeError:
+        raise ModelError(f"{name}: not an ONNX model, or the file is truncated (protobuf cannot parse it)") from None
     return proto
+
+
+def _ort_session(source: bytes | str, threads: int, spin: bool, name: str):
+    """onnxruntime's session on ONNX bytes or a path; a model it refuses becomes a :class:`ModelError`.
+
+    Only onnxruntime's own load errors are caught: an error in onnx_dc's decoding of the
+    weights before this call is a bug, not the model's fault, and shows as what it is.
+    """
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(source, _options(threads, spin), providers=["CPUExecutionProvider"])
+    except onnxruntime_errors() as exc:
+        raise ModelError(f"{name}: onnxruntime cannot load it ({_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _options(threads: int, spin: bool = True):
@@ -113,19 +135,16 @@ def InferenceSession(  # noqa: N802
         spin: False stops idle worker threads from spinning between runs, for callers that
             do NumPy work between runs (spinning threads starve it on a small machine).
     """
-    import onnxruntime as ort
-
     from onnx_dc.graph import layout
 
+    name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
     try:
         data = model_bytes(model)
-        proto = _parse(data) if decode else None
-        if proto is not None and layout.decoder_nodes(proto.graph):
-            del data
-            return _open_rebuilt(proto, threads, spin)
-        del proto
-        return ort.InferenceSession(data, _options(threads, spin), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        name = model if isinstance(model, (str, os.PathLike)) else "model"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{name}: onnxruntime cannot load it ({first})") from None
+    except OSError as exc:
+        raise ModelError(f"{name}: cannot read it ({exc.strerror or exc})") from None
+    proto = _parse(data, name) if decode else None
+    if proto is not None and layout.decoder_nodes(proto.graph):
+        del data
+        return _open_rebuilt(proto, threads, spin, name)
+    del proto
+    return _ort_session(data, threads, spin, name)

@@ -120,7 +120,7 @@ def output_error(model: onnx.ModelProto, samples: Samples, teacher: Mapping[str,
 
 
 def _snapshot(state: CompressionState) -> tuple[dict, dict]:
-    layers = {n: (l.mask, l.codebook, l.codes, l.weights, l.threshold, l.inertia) for n, l in state.layers.items()}
+    layers = {n: layer.copy() for n, layer in state.layers.items()}
     others = {}
     for t in state.model.graph.initializer:
         if t.name not in state.layers:
@@ -131,10 +131,8 @@ def _snapshot(state: CompressionState) -> tuple[dict, dict]:
 
 def _restore(state: CompressionState, snapshot: tuple[dict, dict]) -> None:
     layers, others = snapshot
-    for name, (mask, codebook, codes, weights, threshold, inertia) in layers.items():
-        layer = state.layers[name]
-        layer.mask, layer.codebook, layer.codes, layer.weights = mask, codebook, codes, weights
-        layer.threshold, layer.inertia = threshold, inertia
+    for name, saved in layers.items():
+        state.layers[name].assign(saved)
     for t in state.model.graph.initializer:
         if t.name in others:
             t.CopyFrom(others[t.name])

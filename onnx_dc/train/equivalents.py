@@ -34,6 +34,8 @@ from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper
 
+from onnx_dc.graph import ops
+
 
 def _depth_to_space(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto] | None:
     """DepthToSpace as Reshape -> Transpose -> Reshape (its definition in the ONNX spec)."""
@@ -229,11 +231,16 @@ def _bidirectional_rnn(node: onnx.NodeProto, shapes: dict[str, list[int]], const
     return out
 
 
-# Ops onnxruntime-training 1.19 has no CPU gradient for (or, BatchNormalization, trains in
-# training mode: batch statistics), written with ops that have one.
-EQUIVALENTS = {"DepthToSpace": _depth_to_space, "PRelu": _prelu, "Resize": _resize_nearest,
-               "BatchNormalization": _batch_norm, "ConvTranspose": _conv_transpose,
-               "GRU": _bidirectional_rnn, "LSTM": _bidirectional_rnn}
+# The op table's equivalent names -> rewrites. The ops onnxruntime-training 1.19 has no CPU
+# gradient for (or, BatchNormalization, trains in training mode: batch statistics), written with
+# ops that have one; which op takes which rewrite is the table's ``equivalent`` field.
+REWRITES = {"depth_to_space": _depth_to_space, "prelu": _prelu, "resize_nearest": _resize_nearest,
+            "batch_norm": _batch_norm, "conv_transpose": _conv_transpose, "bidirectional_rnn": _bidirectional_rnn}
+
+
+def _rewrite_of(node: onnx.NodeProto):
+    spec = ops.of(node)
+    return REWRITES[spec.equivalent] if spec is not None and spec.equivalent is not None else None
 
 
 def differentiable_equivalents(model: onnx.ModelProto) -> int:
@@ -243,7 +250,7 @@ def differentiable_equivalents(model: onnx.ModelProto) -> int:
     to the unchanged inference model.
     """
     graph = model.graph
-    if not any(n.op_type in EQUIVALENTS and n.domain in ("", "ai.onnx") for n in graph.node):
+    if not any(_rewrite_of(n) is not None for n in graph.node):
         return 0
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes = {}
@@ -256,7 +263,7 @@ def differentiable_equivalents(model: onnx.ModelProto) -> int:
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in wanted}
     nodes, count = [], 0
     for node in graph.node:
-        rewrite = EQUIVALENTS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        rewrite = _rewrite_of(node)
         replacement = rewrite(node, shapes, consts) if rewrite else None
         if replacement is None:
             nodes.append(node)

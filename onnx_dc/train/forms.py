@@ -38,13 +38,12 @@ from onnx import TensorProto
 from onnx import helper as oh
 
 from onnx_dc.errors import ModelError
+from onnx_dc.graph import ops
 from onnx_dc.passes.state import CompressionState
 from onnx_dc.train.equivalents import differentiable_equivalents
 
 LABELS = "onnx_dc_train/labels"
 LOSS = "onnx_dc_train/loss"
-# Ops whose float initializer inputs (biases, scales) are trained along with the weights.
-PARAMETER_CONSUMERS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "PRelu")
 
 
 class TrainForm(str, enum.Enum):
@@ -200,7 +199,8 @@ def _other_parameters(graph: onnx.GraphProto, planned: set[str]) -> list[str]:
     inits = {t.name: t for t in graph.initializer}
     out: list[str] = []
     for node in graph.node:
-        if node.op_type not in PARAMETER_CONSUMERS or node.domain not in ("", "ai.onnx"):
+        spec = ops.of(node)
+        if spec is None or not spec.trains_parameters:  # the op table says whose biases and scales train
             continue
         for name in node.input:
             t = inits.get(name)

@@ -36,12 +36,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from onnx.checker import ValidationError
+from onnx.shape_inference import InferenceError
 
 from onnx_dc import progress
 from onnx_dc.errors import ConfigError, ModelError
 from onnx_dc.graph.io import MAX_IR_VERSION
 from onnx_dc.passes.share import set_codebook
 from onnx_dc.passes.state import CompressionState
+from onnx_dc.runtime.ort import onnxruntime_errors
 from onnx_dc.train.augment import random_shift
 from onnx_dc.train.forms import LossBuilder, TrainForm, TrainingGraph, build_training_graph, cross_entropy_loss
 from onnx_dc.train.optim import Optimizer
@@ -117,6 +120,16 @@ _UNSUPPORTED_ATTR = re.compile(r"(\w+) and \w+Grad only support ([^\n]*?)\.?\s*$
 _UNSUPPORTED_KERNEL = re.compile(r"(\w+?)Training and \w+Grad kernel only supports ([^.\n]*)")
 
 
+def _gradient_build_errors() -> tuple[type[Exception], ...]:
+    """How onnxruntime-training's artifact generation refuses a graph it cannot differentiate.
+
+    Its gradient builder and its Python side raise RuntimeError, onnxruntime's status types
+    come from its sessions, and it checks and shape-infers the training graph with onnx's
+    checker. Anything else is not the model's fault.
+    """
+    return (RuntimeError, ValidationError, InferenceError, *onnxruntime_errors())
+
+
 def gradient_failure(exc: Exception) -> str:
     """One line on why the gradient graph could not be built, naming the op where onnxruntime does."""
     text = str(exc).strip()
@@ -150,7 +163,7 @@ class Trainer:
                 artifacts.generate_artifacts(self.graph.model, requires_grad=self.graph.requires_grad,
                                              frozen_params=self.graph.frozen, loss=None, optimizer=None,
                                              artifact_directory=folder)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime's gradient builder raises many exception types
+        except _gradient_build_errors() as exc:
             raise ModelError(f"{name}: {gradient_failure(exc)}") from None
         for path in folder.glob("*.onnx"):
             # generate_artifacts writes at the installed onnx's IR version; ORT 1.19 reads <= 10.
@@ -168,7 +181,7 @@ class Trainer:
             with _quiet_stderr():
                 self.module = api.Module(os.fspath(folder / "training_model.onnx"), self.checkpoint,
                                          os.fspath(folder / "eval_model.onnx"), session_options=options)
-        except Exception as exc:  # noqa: BLE001 - a gradient op without a CPU kernel fails only here
+        except (RuntimeError, *onnxruntime_errors()) as exc:  # a gradient op without a CPU kernel fails only here
             self._tmp.cleanup()
             raise ModelError(f"{name}: {gradient_failure(exc)}") from None
         self.module.train()

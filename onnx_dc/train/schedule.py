@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnx_dc.data.datasets import DataSpec, Preprocess, load_dataset
+from onnx_dc.data.datasets import DataSpec, Preprocess, load_dataset, resolve_preprocess
 from onnx_dc.errors import ConfigError
 from onnx_dc.passes.prune import prune_layer
 from onnx_dc.passes.share import share
 from onnx_dc.passes.state import CompressionState, LayerState
-from onnx_dc.runtime.evaluate import resolve_preprocess
 from onnx_dc.train.forms import TrainForm, model_input
 from onnx_dc.train.loop import fit
 from onnx_dc.train.settings import StageRecord, StageSettings, TrainSettings

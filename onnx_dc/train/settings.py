@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from onnx_dc.errors import ConfigError
+from onnx_dc.sections import Field, Section
 
 
 class OptimizerKind(str, enum.Enum):
@@ -118,41 +118,49 @@ class TrainSettings:
 STAGES = ("retrain", "codebook")
 STAGE_KEYS = tuple(f.name for f in dataclasses.fields(StageSettings))
 STARTS = ("data_aware", "both")
-TOP_KEYS = ("batch_size", "seed", "prune_steps", "prune_ramp", "threads", "shift", "start", *STAGES, *STAGE_KEYS)
+STEPS_WHY = "must be a positive integer or a non-empty list of lists of node-name patterns"
 
 
-def _stage_value(key: str, value: Any) -> tuple[Any, str | None]:
-    def bad(why: str) -> tuple[Any, str]:
-        return None, f"{key}: {value!r} {why}"
+def _steps(value: Any) -> int | tuple[tuple[str, ...], ...]:
+    """``prune_steps``: a number of steps, or the node patterns pruned at each step."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError(STEPS_WHY)
+        return value
+    if not isinstance(value, list) or not value:
+        raise ValueError(STEPS_WHY)
+    steps = []
+    for i, step in enumerate(value):
+        if isinstance(step, str):
+            step = [step]
+        if not isinstance(step, list) or not step or not all(isinstance(p, str) and p for p in step):
+            raise ValueError(f"{STEPS_WHY} (step {i} is not)")
+        steps.append(tuple(step))
+    return tuple(steps)
 
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if key == "epochs":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            return bad("must be a non-negative integer")
-        return value, None
-    if key == "lr":
-        if not number or not value > 0:
-            return bad("must be a positive number")
-        return float(value), None
-    if key in ("momentum",):
-        if not number or not 0 <= value < 1:
-            return bad("must be a number in [0, 1)")
-        return float(value), None
-    if key in ("weight_decay", "reassign_lr"):
-        if not number or value < 0:
-            return bad("must be a non-negative number")
-        return float(value), None
-    if key == "optimizer":
-        try:
-            return OptimizerKind(str(value).lower()), None
-        except ValueError:
-            return bad(f"must be one of {', '.join(o.value for o in OptimizerKind)}")
-    if key == "lr_schedule":
-        try:
-            return LrSchedule(str(value).lower()), None
-        except ValueError:
-            return bad(f"must be one of {', '.join(s.value for s in LrSchedule)}")
-    return None, f"unknown stage setting {key!r} (known: {', '.join(STAGE_KEYS)})"
+
+STAGE_SECTION = Section(
+    Field("epochs", int, low=0),
+    Field("lr", float, low=0.0, low_open=True),
+    Field("optimizer", OptimizerKind),
+    Field("momentum", float, low=0.0, high=1.0, high_open=True),
+    Field("weight_decay", float, low=0.0),
+    Field("lr_schedule", LrSchedule),
+    Field("reassign_lr", float, low=0.0),
+)
+# The stage settings also stand at the top, as shorthands for every stage that does not set them.
+TRAIN_SECTION = Section(
+    Field("batch_size", int, low=1),
+    Field("seed", int, low=0),
+    Field("prune_steps", _steps),
+    Field("prune_ramp", PruneRamp),
+    Field("threads", int, low=0),
+    Field("shift", int, low=0, high=8, note="pixels of translation augmentation"),
+    Field("start", STARTS),
+    *(Field(stage, STAGE_SECTION) for stage in STAGES),
+    *STAGE_SECTION.fields.values(),
+)
+TOP_KEYS = TRAIN_SECTION.names
 
 
 def _parse_layer(raw: Any, where: str, problems: list[str]) -> dict[str, Any]:
@@ -164,81 +172,11 @@ def _parse_layer(raw: Any, where: str, problems: list[str]) -> dict[str, Any]:
                 "prune_ramp": raw.prune_ramp,
                 "threads": raw.threads, "shift": raw.shift, "start": raw.start, "retrain": dataclasses.asdict(raw.retrain),
                 "codebook": dataclasses.asdict(raw.codebook)}
-    if not isinstance(raw, Mapping):
-        problems.append(f"{where}: expected a mapping, got {type(raw).__name__}")
-        return {}
-    out: dict[str, Any] = {s: {} for s in STAGES}
-    shorthand: dict[str, Any] = {}
-    for key, value in raw.items():
-        key = str(key)
-        if key in ("batch_size", "threads", "shift"):
-            lo = 1 if key == "batch_size" else 0
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                problems.append(f"{where}: {key}: {value!r} must be an integer >= {lo}")
-            elif key == "shift" and value > 8:
-                problems.append(f"{where}: shift: {value!r} pixels is more than a translation augmentation; use 0-8")
-            else:
-                out[key] = value
-        elif key == "seed":
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                problems.append(f"{where}: seed: {value!r} must be a non-negative integer")
-            else:
-                out[key] = value
-        elif key == "prune_steps":
-            steps = _parse_steps(value, f"{where}: prune_steps", problems)
-            if steps is not None:
-                out[key] = steps
-        elif key == "start":
-            if value not in STARTS:
-                problems.append(f"{where}: start: {value!r} must be one of {', '.join(STARTS)}")
-            else:
-                out[key] = value
-        elif key == "prune_ramp":
-            try:
-                out[key] = PruneRamp(str(value).lower())
-            except ValueError:
-                problems.append(f"{where}: prune_ramp: {value!r} must be one of {', '.join(r.value for r in PruneRamp)}")
-        elif key in STAGES:
-            if not isinstance(value, Mapping):
-                problems.append(f"{where}: {key}: expected a mapping of stage settings")
-                continue
-            for k, v in value.items():
-                converted, problem = _stage_value(str(k), v)
-                if problem:
-                    problems.append(f"{where}: {key}.{problem}")
-                else:
-                    out[key][str(k)] = converted
-        elif key in STAGE_KEYS:
-            converted, problem = _stage_value(key, value)
-            if problem:
-                problems.append(f"{where}: {problem}")
-            else:
-                shorthand[key] = converted
-        else:
-            problems.append(f"{where}: unknown key {key!r} (known: {', '.join(TOP_KEYS)})")
+    out = TRAIN_SECTION.check(raw, where, problems)
+    shorthand = {k: out.pop(k) for k in STAGE_KEYS if k in out}
     for stage in STAGES:
-        out[stage] = {**shorthand, **out[stage]}
+        out[stage] = {**shorthand, **out.get(stage, {})}
     return out
-
-
-def _parse_steps(value: Any, where: str, problems: list[str]) -> int | tuple[tuple[str, ...], ...] | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            problems.append(f"{where}: {value!r} must be >= 1")
-            return None
-        return value
-    if not isinstance(value, list) or not value:
-        problems.append(f"{where}: expected an integer or a non-empty list of lists of node patterns")
-        return None
-    steps = []
-    for i, step in enumerate(value):
-        if isinstance(step, str):
-            step = [step]
-        if not isinstance(step, list) or not step or not all(isinstance(p, str) and p for p in step):
-            problems.append(f"{where}[{i}]: expected a list of node-name patterns")
-            continue
-        steps.append(tuple(step))
-    return tuple(steps)
 
 
 def resolve_train_settings(*layers: Any, source: str = "train") -> TrainSettings:
@@ -263,11 +201,6 @@ def resolve_train_settings(*layers: Any, source: str = "train") -> TrainSettings
         raise ConfigError("; ".join(problems))
     stages = {s: StageSettings(**merged.pop(s)) for s in STAGES}
     return TrainSettings(**merged, **stages)
-
-
-def with_stage(settings: TrainSettings, stage: str, **changes: Any) -> TrainSettings:
-    """A copy with some settings of one stage changed."""
-    return dataclasses.replace(settings, **{stage: dataclasses.replace(getattr(settings, stage), **changes)})
 
 
 @dataclass

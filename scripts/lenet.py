@@ -1,4 +1,4 @@
-"""The paper's two MNIST networks as ONNX, built with onnx.helper (reference models and tests).
+"""The paper's two MNIST networks as ONNX, built with onnx.helper (the reference models of models/).
 
     LeNet-300-100: Flatten, fc 300, ReLU, fc 100, ReLU, fc 10, Softmax          (266K weights)
     LeNet-5:       Caffe's LeNet: conv 20 5x5, max-pool 2, conv 50 5x5, max-pool 2,

@@ -31,7 +31,7 @@ def input_file(path: str | os.PathLike, flag: str | None = None) -> Path:
 
 def unpacked_model(path: str | os.PathLike, flag: str | None = None) -> Path:
     """An existing file that is not a packed ``.dcz`` (commands that edit the graph need the ONNX)."""
-    from onnx_dc.formats.dcz import is_dcz
+    from onnx_dc.formats import is_dcz
 
     p = input_file(path, flag)
     if is_dcz(p):
@@ -42,20 +42,9 @@ def unpacked_model(path: str | os.PathLike, flag: str | None = None) -> Path:
 
 def output_file(path: str | os.PathLike, flag: str = "-o", inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
     """A file path that can be written: not a folder, in an existing writable folder, not an input."""
-    from onnx_dc.graph.io import same_file
+    from onnx_dc.graph.io import check_output
 
-    p = Path(path)
-    if p.is_dir():
-        raise ArgumentError(f"{flag} {p}: is a folder; give a file name, e.g. {p / 'model.dc.onnx'}")
-    folder = p.parent if str(p.parent) else Path(".")
-    if not folder.is_dir():
-        raise ArgumentError(f"{flag} {p}: folder {folder} does not exist; create it first (mkdir -p {folder})")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ArgumentError(f"{flag} {p}: folder {folder} is not writable")
-    for other in inputs:
-        if other is not None and same_file(other, p):
-            raise ArgumentError(f"{flag} {p}: refusing to overwrite the input {other}; choose another output path")
-    return p
+    return check_output(path, flag, inputs)
 
 
 def data_spec(text: str, flag: str = "--data", split: str = "test"):
@@ -98,14 +87,14 @@ def shape(text: str | None, flag: str = "--input-shape") -> tuple[int, ...] | No
 
 def ratio_list(text: str | None, flag: str = "--ratios") -> tuple[float, ...] | None:
     """Comma-separated sparse ratios, each in [0, 1), at least one (None: not given)."""
-    from onnx_dc.analysis.sensitivity import parse_ratios
+    from onnx_dc.sweep_grid import parse_ratios
 
     return None if text is None else parse_ratios(text, flag)
 
 
 def class_num_list(text: str | None, flag: str = "--class-nums") -> tuple[int, ...] | None:
     """Comma-separated class_num values, each in 2..256, at least one (None: not given)."""
-    from onnx_dc.analysis.sensitivity import parse_class_nums
+    from onnx_dc.sweep_grid import parse_class_nums
 
     return None if text is None else parse_class_nums(text, flag)
 

@@ -1,7 +1,7 @@
 """The ``sensitivity`` and ``plot`` commands, and ``compress --target-drop``: argument parsing over
 :mod:`onnx_dc.analysis.sensitivity`, :mod:`onnx_dc.analysis.target` and :mod:`onnx_dc.analysis.plots`.
 
-Every argument is checked (onnx_dc.argcheck) before a model is loaded or a sweep starts.
+Every argument is checked (onnx_dc.cli.argcheck) before a model is loaded or a sweep starts.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
-from onnx_dc import argcheck, progress
+from onnx_dc import progress
+from onnx_dc.cli import argcheck
+from onnx_dc.cli.args import add_calib_args, add_preprocess_args, calib_from, preprocess_from
 from onnx_dc.errors import ArgumentError
 
 SWEEP_FLAGS = ("ratios", "class_nums", "workers", "ray", "limit", "sensitivity")
@@ -18,7 +20,7 @@ SWEEP_FLAGS = ("ratios", "class_nums", "workers", "ray", "limit", "sensitivity")
 
 def add_sweep_args(p: argparse.ArgumentParser, title: str) -> None:
     """--ratios --class-nums --limit --workers --ray."""
-    from onnx_dc.analysis.sensitivity import DEFAULT_CLASS_NUMS, DEFAULT_RATIOS
+    from onnx_dc.sweep_grid import DEFAULT_CLASS_NUMS, DEFAULT_RATIOS
 
     g = p.add_argument_group(title)
     g.add_argument("--ratios", help="sparse ratios to try, in [0, 1) (default "
@@ -47,7 +49,7 @@ def _runner(args: argparse.Namespace):
 
 
 def _grid(args: argparse.Namespace) -> dict:
-    from onnx_dc.analysis.sensitivity import DEFAULT_CLASS_NUMS, DEFAULT_RATIOS
+    from onnx_dc.sweep_grid import DEFAULT_CLASS_NUMS, DEFAULT_RATIOS
 
     return {"ratios": argcheck.ratio_list(args.ratios) or DEFAULT_RATIOS,
             "class_nums": argcheck.class_num_list(args.class_nums) or DEFAULT_CLASS_NUMS}
@@ -55,14 +57,13 @@ def _grid(args: argparse.Namespace) -> dict:
 
 def _metric(args: argparse.Namespace, model: str):
     """The evaluation function of the flags: accuracy on --data, or fidelity to the original on --calib."""
-    from onnx_dc.cli import _calib_from, _preprocess_from
     from onnx_dc.graph.io import serialize
     from onnx_dc.runtime.session import load_any
     from onnx_dc.analysis.sensitivity import Accuracy, Agreement
 
     if args.calib is not None:
-        return Agreement(_calib_from(args), serialize(load_any(model)))
-    return Accuracy(args.data, _preprocess_from(args, load_any(model)), "test", args.limit)
+        return Agreement(calib_from(args), serialize(load_any(model)))
+    return Accuracy(args.data, preprocess_from(args, load_any(model)), "test", args.limit)
 
 
 def _check_data_args(args: argparse.Namespace) -> None:
@@ -73,9 +74,7 @@ def _check_data_args(args: argparse.Namespace) -> None:
     if args.data is not None:
         argcheck.data_spec(args.data)
     else:
-        from onnx_dc.cli import _calib_from
-
-        _calib_from(args)
+        calib_from(args)
     if args.calib is not None and args.limit is not None:
         raise ArgumentError("--limit applies to --data; with --calib give --calib-limit")
 
@@ -122,7 +121,7 @@ def _write_sensitivity(args: argparse.Namespace, sens) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from onnx_dc.analysis.plots import plot_model
+    from onnx_dc.analysis.model_plots import plot_model
     from onnx_dc.analysis.sensitivity import load_sensitivity
 
     argcheck.input_file(args.model)
@@ -232,7 +231,6 @@ def _check_target_args(args: argparse.Namespace) -> None:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The ``sensitivity`` and ``plot`` subcommands."""
-    from onnx_dc.cli import _add_calib_args, _add_preprocess_args
     from onnx_dc.analysis.sensitivity import DEFAULT_MAX_DROP
 
     p = sub.add_parser("sensitivity", help="per-layer accuracy against pruning ratio and class_num; suggested config")
@@ -245,8 +243,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="FILE", help="write every measurement and the suggestion as JSON")
     p.add_argument("--plot", metavar="PNG", help="write the curves, one per layer (needs onnx_dc[plot])")
     p.add_argument("--config-out", metavar="YAML", help="write the suggested per-layer settings (docs/CONFIG.md)")
-    _add_preprocess_args(p)
-    _add_calib_args(p)
+    add_preprocess_args(p)
+    add_calib_args(p)
     p.add_argument("--seed", type=int, help="seed of the calibration sample choice")
     p.set_defaults(func=cmd_sensitivity)
 

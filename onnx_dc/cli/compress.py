@@ -1,0 +1,195 @@
+"""The commands that write a model: ``compress`` (also ``--target-drop``), ``finetune`` and ``import-caffe``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from onnx_dc import progress
+from onnx_dc.cli import argcheck
+from onnx_dc.cli.analysis import add_target_args, compress_target
+from onnx_dc.cli.args import (add_calib_args, add_preprocess_args, add_settings_args, add_training_args, calib_from,
+                              check_training_args, preprocess_flags, preprocess_from, print_json, say, settings_from,
+                              training_from)
+from onnx_dc.errors import ArgumentError, ConfigError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The ``compress``, ``finetune`` and ``import-caffe`` subcommands."""
+    p = sub.add_parser("compress", help="prune and share weights: model.onnx -> model.dc.onnx")
+    p.add_argument("model", nargs="?", help="input .onnx (never modified)")
+    p.add_argument("-o", "--output", required=True, help="output .dc.onnx (written atomically)")
+    p.add_argument("--caffe", nargs=2, metavar=("PROTOTXT", "CAFFEMODEL"),
+                   help="compress a Caffe net; its CmpConvolution / CmpInnerProduct fields become the config, "
+                        "and the settings flags apply to its plain Convolution / InnerProduct layers")
+    p.add_argument("--input-shape", help="with --caffe: per-sample input shape C,H,W (no batch), e.g. 1,28,28")
+    p.add_argument("--config", help="YAML config with per-node settings (docs/CONFIG.md)")
+    add_settings_args(p)
+    p.add_argument("--data", help="fine-tune on this data while compressing: mnist:DIR, fashion-mnist:DIR, npz:FILE, digits")
+    add_training_args(p, "retrain")
+    add_preprocess_args(p)
+    add_calib_args(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_target_args(p)
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("finetune", help="train the codebooks and biases of a .dc.onnx on data")
+    p.add_argument("model", help="input .dc.onnx or .dcz (never modified)")
+    p.add_argument("-o", "--output", required=True, help="output .dc.onnx (written atomically)")
+    p.add_argument("--data", required=True, help="mnist:DIR, fashion-mnist:DIR, npz:FILE or digits")
+    add_training_args(p, "codebook")
+    p.add_argument("--seed", type=int, help="shuffling seed (default 0)")
+    add_preprocess_args(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("import-caffe", help="convert a Caffe prototxt + caffemodel to ONNX")
+    p.add_argument("prototxt")
+    p.add_argument("caffemodel")
+    p.add_argument("-o", "--output", required=True, help="output .onnx")
+    p.add_argument("--config-out", help="write the Cmp* layer settings as a YAML config")
+    p.add_argument("--input-shape", help="per-sample input shape C,H,W when the net gives none (no batch), e.g. 1,28,28")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    p.set_defaults(func=cmd_import_caffe)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    import onnx_dc
+
+    if compress_target(args) is not None:  # --target-drop: settings from a sensitivity sweep
+        return 0
+    config = args.config
+    _check_compress_args(args)
+    if args.caffe:
+        if args.model:
+            raise ConfigError("give either a model file or --caffe PROTOTXT CAFFEMODEL, not both")
+        shape = argcheck.shape(args.input_shape)
+        model_arg, caffe_config = onnx_dc.import_caffe(*args.caffe, input_shape=shape)
+        if config is None and settings_from(args):
+            caffe_config = _unskip_plain_layers(caffe_config)
+        config = config or caffe_config  # the Cmp* fields of the prototxt, unless a config file is given
+    elif args.model:
+        model_arg = args.model
+    else:
+        raise ConfigError("give a model file to compress (or --caffe PROTOTXT CAFFEMODEL)")
+    prep = preprocess_from(args, _metadata_only(args, model_arg))
+    calib = calib_from(args)
+    result = onnx_dc.compress(model_arg, args.output, config, preprocess=prep, calib=calib, **settings_from(args),
+                              **training_from(args, "retrain"))
+    _print_compressed(args, result)
+    return 0
+
+
+def _metadata_only(args: argparse.Namespace, model):
+    """The model, for its stored preprocessing, only when a preprocessing flag is given.
+
+    Read without checking and without external data: compress reads and checks the model
+    itself, once; a file it cannot read is reported there.
+    """
+    import onnx
+
+    if isinstance(model, onnx.ModelProto) or not preprocess_flags(args):
+        return model if isinstance(model, onnx.ModelProto) else None
+    try:
+        return onnx.load_model(model, load_external_data=False)
+    except Exception:  # unreadable or not ONNX: compress names the problem
+        return None
+
+
+def _print_compressed(args: argparse.Namespace, result) -> None:
+    """The report, the stages that ran (with what each did under --verbose), then the fidelity table (or the
+    line saying accuracy was not checked)."""
+    from onnx_dc.calibrate import NOT_CHECKED
+
+    unchecked = result.fidelity is None and args.data is None
+    note = NOT_CHECKED.format(out=args.output, model=args.model or "MODEL.onnx") if unchecked else None
+    if args.json:
+        out = json.loads(result.report.to_json())
+        out["fidelity"] = result.fidelity.to_dict() if result.fidelity is not None else None
+        out["data_aware"] = result.calib.to_dict() if result.calib is not None else None
+        out["note"] = note
+        out["stages"] = [{"name": s.name, "did": s.did} for s in result.stages]
+        print(json.dumps(out, indent=2))
+    else:
+        say(result.report.to_table(verbose=progress.verbose()))
+        if progress.verbose():
+            say("stages:\n" + "\n".join(f"  {s}" for s in result.stages))
+        else:
+            say("stages: " + " -> ".join(s.name for s in result.stages))
+        if result.calib is not None:
+            ran = result.calib.to_dict().get("passes")
+            say(f"data-aware passes: {', '.join(ran) if ran else 'none'} ({result.calib.data.summary()})")
+        if result.fidelity is not None:
+            say(result.fidelity.to_table())
+        extra = f" (over 2 GB: its large tensors are in {result.external_data} beside it)" if result.external_data else ""
+        say(f"wrote {args.output}{extra}")
+    if note:
+        progress.note(note)
+
+
+def _check_compress_args(args: argparse.Namespace) -> None:
+    """Every check of compress's arguments that needs no model."""
+    if args.caffe:
+        for path in args.caffe:
+            argcheck.input_file(path, "--caffe")
+        argcheck.shape(args.input_shape)
+    elif args.input_shape is not None:
+        raise ArgumentError("--input-shape applies only with --caffe (an ONNX model states its input shape)")
+    if args.model:
+        argcheck.unpacked_model(args.model)
+    argcheck.output_file(args.output, inputs=[args.model, *(args.caffe or ())])
+    if args.config is not None:
+        argcheck.config_file(args.config)
+    check_training_args(args)
+
+
+def _unskip_plain_layers(caffe_config: dict) -> dict:
+    """The imported config without its ``skip: true`` entries for plain Convolution / InnerProduct layers.
+
+    Caffe never compresses a plain layer, so the importer skips them; a user who gives
+    --sparse-ratio / --class-num on the command line asks for exactly that, for every layer
+    whose prototxt says nothing (Cmp* layers keep their own fields).
+    """
+    nodes = [n for n in caffe_config.get("nodes", []) if not n.get("skip")]
+    return {**caffe_config, "nodes": nodes}
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import onnx_dc
+    from onnx_dc.runtime.session import load_any
+
+    argcheck.input_file(args.model)
+    argcheck.output_file(args.output, inputs=[args.model])
+    check_training_args(args)
+    # without preprocessing flags the model is read once, by the API
+    prep = preprocess_from(args, load_any(args.model) if preprocess_flags(args) else None)
+    kwargs = training_from(args, "codebook")
+    result = onnx_dc.finetune(args.model, args.output, kwargs.pop("data"), preprocess=prep, **kwargs)
+    if args.json:
+        print(result.report.to_json())
+    else:
+        say(result.report.to_table(verbose=progress.verbose()))
+        say(f"wrote {args.output}")
+    return 0
+
+
+def cmd_import_caffe(args: argparse.Namespace) -> int:
+    import onnx_dc
+
+    for path in (args.prototxt, args.caffemodel):
+        argcheck.input_file(path, "import-caffe")
+    argcheck.output_file(args.output, inputs=[args.prototxt, args.caffemodel])
+    if args.config_out is not None:
+        argcheck.output_file(args.config_out, "--config-out", inputs=[args.prototxt, args.caffemodel, args.output])
+    shape = argcheck.shape(args.input_shape)
+    model, config = onnx_dc.import_caffe(args.prototxt, args.caffemodel, args.output, args.config_out,
+                                         input_shape=shape)
+    if args.json:
+        print_json({"output": args.output, "bytes": os.path.getsize(args.output), "config_out": args.config_out,
+                     "inputs": {i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim]
+                                for i in model.graph.input},
+                     "config_nodes": config["nodes"]})
+    else:
+        say(f"wrote {args.output}" + (f" and {args.config_out}" if args.config_out else ""))
+    return 0
