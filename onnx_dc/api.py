@@ -8,12 +8,14 @@ from typing import Any, Callable, Mapping
 
 import onnx
 
-from onnx_dc import pipeline
+from onnx_dc import pipeline, progress
 from onnx_dc.config import Config, as_config
 from onnx_dc.data.datasets import DataSpec, Preprocess
 from onnx_dc.errors import FormatError, ModelError
 from onnx_dc.graph import layout
-from onnx_dc.graph.io import check_output, load_model, refuse_overwrite, save_model, serialize
+from onnx_dc.graph.io import check_output, refuse_overwrite, serialize
+from onnx_dc.formats.models import load_model
+from onnx_dc.graph.io import write_model
 from onnx_dc.graph.normalize import normalize
 from onnx_dc.passes.state import CompressionState
 from onnx_dc.pipeline import CompressResult
@@ -90,7 +92,8 @@ def compress(
         schedule: overrides of the config's ``train:`` section, in the same layout
             (``{"epochs": 2, "retrain": {"lr": 0.01}}``; see :mod:`onnx_dc.train.settings`).
         epochs: epochs of every training stage (over config and ``schedule``).
-        echo: where fine-tuning prints its progress (None: silent).
+        echo: a callback that receives the call's log lines (INFO and above: fine-tuning's progress, warnings)
+            as they are logged; they go to the ``onnx_dc`` logger either way (None: there only).
         calib: unlabeled samples (``images:DIR``, ``npz:FILE``, ... or a
             :class:`~onnx_dc.data.calib.CalibSpec`): the data-aware passes run (config ``calib:``
             section) and the result carries its fidelity on the held-out samples. With
@@ -107,8 +110,9 @@ def compress(
     if output_path is not None:
         refuse_overwrite(output_path, [_path_of(model)])
     ctx = pipeline.Context(model, _config(config, overrides), overrides, output_path=output_path,
-                           preprocess=preprocess, data=data, calib=calib, schedule=schedule, epochs=epochs, echo=echo)
-    state, ran = pipeline.run(pipeline.stages_for(ctx), ctx)
+                           preprocess=preprocess, data=data, calib=calib, schedule=schedule, epochs=epochs)
+    with progress.echoed(echo):
+        state, ran = pipeline.run(pipeline.stages_for(ctx), ctx)
     return pipeline.result(state, ctx, ran)
 
 
@@ -135,12 +139,13 @@ def finetune(
             ``batch_size``, ``seed`` and ``threads`` matter here.
         epochs: epochs of the codebook stage (over ``schedule``).
         preprocess: input preprocessing (default: the model's metadata, else the dataset's scale).
-        echo: where to print progress (None: silent).
+        echo: a callback that receives the call's log lines (INFO and above) as they are logged; they go to
+            the ``onnx_dc`` logger either way (None: there only).
 
     Raises:
         TrainingUnavailable: when onnxruntime-training cannot be imported.
     """
-    from onnx_dc.runtime.session import load_any
+    from onnx_dc.formats.models import load_model
     from onnx_dc.train.ort_training import training_modules
     from onnx_dc.train.restore import state_from_dc
     from onnx_dc.train.schedule import finetune_codebooks
@@ -150,9 +155,10 @@ def finetune(
     if output_path is not None:
         refuse_overwrite(output_path, [_path_of(model)])
     name = _model_name(model)
-    state = state_from_dc(load_any(model), name)
+    state = state_from_dc(load_model(model), name)
     settings = resolve_train_settings(schedule, {"epochs": epochs} if epochs is not None else None)
-    trained = finetune_codebooks(state, data, settings, preprocess, echo=echo)
+    with progress.echoed(echo):
+        trained = finetune_codebooks(state, data, settings, preprocess)
     input_path = model if isinstance(model, (str, os.PathLike)) else None
     return finish(state, output_path, trained.preprocess, input_path)
 
@@ -229,12 +235,12 @@ def export_dense(model: str | os.PathLike | onnx.ModelProto | bytes,
     Raises:
         ModelError: when the model holds no onnx_dc decoder, or the output would overwrite the input.
     """
-    from onnx_dc.runtime.session import load_any
+    from onnx_dc.formats.models import load_model
 
     name = _model_name(model)
     if output_path is not None:
         refuse_overwrite(output_path, [_path_of(model)])
-    proto = load_any(model)
+    proto = load_model(model)
     if not layout.decoder_nodes(proto.graph):
         raise ModelError(f"{name}: not a compressed model (no onnx_dc decoders); it is already plain ONNX")
     dense, _ = layout.strip_decoders(proto)
@@ -244,7 +250,7 @@ def export_dense(model: str | os.PathLike | onnx.ModelProto | bytes,
     for key, value in kept:
         dense.metadata_props.add(key=key, value=value)
     if output_path is not None:
-        save_model(dense, output_path)
+        write_model(dense, output_path)
     return dense
 
 
@@ -267,7 +273,7 @@ def import_caffe(
             check_output(path, flag, [prototxt, caffemodel])
     model, config = _import(prototxt, caffemodel, input_shape=input_shape)
     if output_path is not None:
-        save_model(model, output_path)
+        write_model(model, output_path)
     if config_out is not None:
         write_config_yaml(config, config_out)
     return model, config

@@ -6,6 +6,7 @@ the passes themselves live in :mod:`onnx_dc.passes` and the measurements in :mod
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -19,14 +20,16 @@ from onnx_dc import progress
 from onnx_dc.data.calib import CalibData, CalibSpec, as_calib_spec, load_calib
 from onnx_dc.data.datasets import DataSpec, Preprocess, load_dataset
 from onnx_dc.errors import DataError
-from onnx_dc.graph.io import load_model
+from onnx_dc.formats.models import load_model, model_bytes
 from onnx_dc.passes.data_aware import (DataAwareResult, DataAwareSettings, compress_layer, compress_plain,
                                        original_weights, parse_data_aware, run_data_aware)
 from onnx_dc.passes.state import CompressionState
 from onnx_dc.runtime.collect import Collected, Collector
 from onnx_dc.runtime.fidelity import (Fidelity, compare_outputs, mean_error, measure_fidelity, record_outputs,
                                       responsible_layers)
-from onnx_dc.runtime.session import InferenceSession, load_any
+from onnx_dc.runtime.session import InferenceSession
+
+log = logging.getLogger(__name__)
 
 ATTRIBUTION_SAMPLES = 32
 ATTRIBUTION_LAYERS = 8  # layers measured by putting them back to dense, chosen by their own output error
@@ -80,13 +83,14 @@ def check_data_agrees(calib: CalibData, data: DataSpec | str, preprocess: Prepro
                         "give both for the same input size")
 
 
-def run_calibrated(state: CompressionState, run: CalibRun, echo=None) -> CalibRun:
+def run_calibrated(state: CompressionState, run: CalibRun) -> CalibRun:
     """Collect statistics on the calibration part and run the data-aware passes on ``state``.
 
     With ``sequential`` (the default) the layers go in waves (:meth:`Collector.waves`): each
     wave's statistics are measured on the model whose earlier waves are already compressed,
     paired with the original model's, then the wave is compressed. Layers without statistics
-    are compressed the data-free way first, so the waves see them compressed too.
+    are compressed the data-free way first, so the waves see them compressed too. Every tenth
+    wave, and the last, is logged (DEBUG: the passes draw their own progress bar).
     """
     start = time.perf_counter()
     settings = run.settings
@@ -106,9 +110,9 @@ def run_calibrated(state: CompressionState, run: CalibRun, echo=None) -> CalibRu
             for name in wave:
                 compress_layer(state, name, wave_stats[name], settings, result)
             stats.update(wave_stats)
-            if echo is not None and (i + 1 == len(waves) or (i + 1) % 10 == 0):
-                echo(f"data-aware: wave {i + 1}/{len(waves)} ({len(stats)} layer(s)) in "
-                     f"{time.perf_counter() - start:.1f} s")
+            if i + 1 == len(waves) or (i + 1) % 10 == 0:
+                log.debug("data-aware: wave %d/%d (%d layer(s)) in %.1f s", i + 1, len(waves), len(stats),
+                          time.perf_counter() - start)
         result.waves = len(waves)
     collected = Collected(stats, collector.unsupported, time.perf_counter() - start, len(run.data.calib))
     return CalibRun(run.data, settings, collected, result)
@@ -157,8 +161,8 @@ def fidelity_of(original: onnx.ModelProto | bytes, compressed: onnx.ModelProto, 
     if len(held) == 0:
         return None
     batch = run.settings.batch_size
-    reference = InferenceSession(_bytes(original), spin=False)
-    fid = Fidelity(tuple(compare_outputs(reference, _bytes(compressed), held, batch)), len(held), run.data.source)
+    reference = InferenceSession(model_bytes(original), spin=False)
+    fid = Fidelity(tuple(compare_outputs(reference, model_bytes(compressed), held, batch)), len(held), run.data.source)
     if not fid.poor():
         return fid
     few = held.take(slice(0, ATTRIBUTION_SAMPLES))
@@ -167,7 +171,7 @@ def fidelity_of(original: onnx.ModelProto | bytes, compressed: onnx.ModelProto, 
     biases = run.result.original_biases if run.result is not None else {}
     probe_model = state.dense_model()
     _overridable(probe_model, set(names) | {biases[n][0] for n in names if n in biases})
-    probe_bytes = _bytes(probe_model)
+    probe_bytes = model_bytes(probe_model)
     del probe_model  # one copy of the weights at a time: the proto, then its bytes, then the session's
     probe = InferenceSession(probe_bytes, spin=False, decode=False)
     del probe_bytes
@@ -218,12 +222,6 @@ def _candidates(state: CompressionState, run: CalibRun) -> list[str]:
     return sorted(names, key=own_error, reverse=True)[:ATTRIBUTION_LAYERS]
 
 
-def _bytes(model) -> bytes:
-    from onnx_dc.runtime.session import model_bytes
-
-    return model_bytes(model)
-
-
 def fidelity(model: str | os.PathLike | onnx.ModelProto, against: str | os.PathLike | onnx.ModelProto,
              calib: CalibSpec | str, part: str = "heldout") -> Fidelity:
     """Fidelity of ``model`` against ``against`` (the original) on calibration samples.
@@ -235,7 +233,7 @@ def fidelity(model: str | os.PathLike | onnx.ModelProto, against: str | os.PathL
         part: ``heldout`` (the held-out part) or ``all`` (calibration and held-out parts).
     """
     reference = load_model(against) if not isinstance(against, onnx.ModelProto) else against
-    candidate = load_any(model)
+    candidate = load_model(model)
     data = load_calib(as_calib_spec(calib), reference)
     load_calib(as_calib_spec(calib), candidate)  # the candidate must take the same inputs
     samples = data.heldout if part == "heldout" and len(data.heldout) else _all(data)

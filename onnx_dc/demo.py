@@ -11,8 +11,9 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from onnx_dc import progress
 from onnx_dc.data.datasets import METADATA_KEY, Preprocess, load_dataset
-from onnx_dc.graph.io import save_model
+from onnx_dc.graph.io import write_model
 from onnx_dc.importers.sklearn_mlp import mlp_to_onnx
 from onnx_dc.passes.lower import set_metadata
 
@@ -41,47 +42,61 @@ def train_digits_mlp(seed: int = 0, hidden: tuple[int, ...] = (128, 64)):
     return clf, model
 
 
-def run_demo(out_dir: str | Path = "out/demo", echo=print) -> dict:
-    """Train, compress (with fine-tuning where available), pack and evaluate; print a summary."""
-    import onnx_dc
+def run_demo(out_dir: str | Path = "out/demo") -> dict:
+    """Train, compress (with fine-tuning where available), pack and evaluate; returns the figures of
+    :func:`summary`."""
+    from onnx_dc import api
     from onnx_dc.errors import TrainingUnavailable
+    from onnx_dc.runtime.evaluate import evaluate
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _, model = train_digits_mlp()
     src, dc, dcz = out / "digits_mlp.onnx", out / "digits_mlp.dc.onnx", out / "digits_mlp.dcz"
-    save_model(model, src)
+    write_model(model, src)
     settings, note = DEMO_SETTINGS, "pruned in 3 steps with retraining, shared values trained on digits/train"
     fine_tuned = True
     try:
-        onnx_dc.compress(src, dc, data="digits", schedule=DEMO_SCHEDULE, **settings)
+        with progress.quieted(keep_bars=True):  # 140 epoch lines would bury the summary
+            api.compress(src, dc, data="digits", schedule=DEMO_SCHEDULE, **settings)
     except TrainingUnavailable as exc:
         settings, note, fine_tuned = DEMO_SETTINGS_NO_TRAINING, f"no fine-tuning ({exc})", False
-        onnx_dc.compress(src, dc, **settings)
-    untrained = onnx_dc.compress(src, **settings)
+        api.compress(src, dc, **settings)
+    untrained = api.compress(src, **settings)
     figures = {
         "settings": settings,
         "fine_tuned": fine_tuned,
-        "dense_accuracy": onnx_dc.evaluate(src, "digits").accuracy,
-        "untrained_accuracy": onnx_dc.evaluate(untrained.model, "digits").accuracy,
-        "compressed_accuracy": onnx_dc.evaluate(dc, "digits").accuracy,
+        "dense_accuracy": evaluate(src, "digits").accuracy,
+        "untrained_accuracy": evaluate(untrained.model, "digits").accuracy,
+        "compressed_accuracy": evaluate(dc, "digits").accuracy,
         "source_bytes": src.stat().st_size,
         "dc_bytes": dc.stat().st_size,
+        "note": note,
+        "files": {"onnx": str(src), "dc": str(dc), "dcz": str(dcz)},
     }
-    figures["dcz_bytes"] = onnx_dc.pack(dc, dcz)
-    figures["dcz_accuracy"] = onnx_dc.evaluate(dcz, "digits").accuracy
+    figures["dcz_bytes"] = api.pack(dc, dcz)
+    figures["dcz_accuracy"] = evaluate(dcz, "digits").accuracy
+    return figures
+
+
+def summary(figures: dict) -> str:
+    """The demo's comparison of :func:`run_demo`'s figures: sizes and accuracies, a warning when the compressed
+    model lost more than :data:`DEMO_TOLERANCE`, and the packed model's report."""
+    from onnx_dc.api import report
+
+    src, dc, dcz = (figures["files"][k] for k in ("onnx", "dc", "dcz"))
     n_test = len(load_dataset("digits"))
-    echo(f"onnx_dc demo: MLP 64-128-64-10 trained on scikit-learn digits; top-1 on the test split ({n_test} images)")
-    echo(f"settings: {settings}; {note}")
-    echo(f"  {str(src):32} {figures['source_bytes']:>7} B  accuracy {figures['dense_accuracy']:.4f}")
-    echo(f"  {'(same settings, no fine-tuning)':32} {'':>9}  accuracy {figures['untrained_accuracy']:.4f}")
+    lines = [f"onnx_dc demo: MLP 64-128-64-10 trained on scikit-learn digits; top-1 on the test split "
+             f"({n_test} images)",
+             f"settings: {figures['settings']}; {figures['note']}",
+             f"  {src:32} {figures['source_bytes']:>7} B  accuracy {figures['dense_accuracy']:.4f}",
+             f"  {'(same settings, no fine-tuning)':32} {'':>9}  accuracy {figures['untrained_accuracy']:.4f}"]
     for path, size, acc in ((dc, figures["dc_bytes"], figures["compressed_accuracy"]),
                             (dcz, figures["dcz_bytes"], figures["dcz_accuracy"])):
-        echo(f"  {str(path):32} {size:>7} B  accuracy {acc:.4f}  ({figures['source_bytes'] / size:.1f}x smaller)")
+        lines.append(f"  {path:32} {size:>7} B  accuracy {acc:.4f}  ({figures['source_bytes'] / size:.1f}x smaller)")
     drop = figures["dense_accuracy"] - figures["compressed_accuracy"]
     if drop > DEMO_TOLERANCE:
-        echo(f"warning: the compressed model is {100 * drop:.1f} points less accurate than the original; check a "
-             f"model with: onnx-dc eval {dc} --data digits  (the original: onnx-dc eval {src} --data digits)")
-    echo("")
-    echo(onnx_dc.report(dcz).to_table())
-    return figures
+        lines.append(f"warning: the compressed model is {100 * drop:.1f} points less accurate than the original; "
+                     f"check a model with: onnx-dc eval {dc} --data digits  (the original: onnx-dc eval {src} "
+                     "--data digits)")
+    return "\n".join([*lines, "", report(dcz).to_table()])

@@ -13,6 +13,7 @@ stages that ran, in order. A new pass is a new :class:`Stage` placed in the list
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -23,7 +24,8 @@ from onnx_dc.config import Config
 from onnx_dc.data.datasets import METADATA_KEY, DataSpec, Preprocess
 from onnx_dc.errors import ConfigError, ModelError
 from onnx_dc.graph import external, layout
-from onnx_dc.graph.io import load_model, read_model, refuse_overwrite, write_model
+from onnx_dc.graph.io import read_model, refuse_overwrite, write_model
+from onnx_dc.formats.models import load_model
 from onnx_dc.graph.normalize import initializer_inputs, normalize
 from onnx_dc.graph.weights import find_weights
 from onnx_dc.passes.lower import lower, set_metadata
@@ -32,6 +34,8 @@ from onnx_dc.passes.share import share
 from onnx_dc.passes.state import CompressionState
 from onnx_dc.plan import make_plan
 from onnx_dc.report import Report, make_report
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,6 @@ class Context:
     calib: Any = None
     schedule: Mapping[str, Any] | None = None
     epochs: int | None = None
-    echo: Callable[[str], None] | None = None
     # handed from stage to stage
     proto: onnx.ModelProto | None = None
     source_bytes: int | None = None
@@ -129,7 +132,7 @@ class Stage:
 def run(stages: list[Stage], ctx: Context,
         state: CompressionState | None = None) -> tuple[CompressionState, tuple[StageRun, ...]]:
     """Run ``stages`` in order (from ``state``, for stages after planning); returns the final state and the stages
-    that ran."""
+    that ran, each also logged (DEBUG)."""
     ran = []
     for stage in stages:
         done = stage.fn(state, ctx)
@@ -138,6 +141,7 @@ def run(stages: list[Stage], ctx: Context,
         if done.state is not None:
             state = done.state
         ran.append(StageRun(stage.name, done.did))
+        log.debug("stage %s", ran[-1])
     return state, tuple(ran)
 
 
@@ -211,7 +215,7 @@ def data_aware(state: CompressionState, ctx: Context) -> Done:
     """The data-aware passes on the layers' input statistics (config ``calib:``)."""
     from onnx_dc import calibrate
 
-    ctx.run = calibrate.run_calibrated(state, ctx.run, ctx.echo)
+    ctx.run = calibrate.run_calibrated(state, ctx.run)
     ran = ctx.run.to_dict().get("passes")
     return Done(", ".join(ran) if ran else "none")
 
@@ -224,7 +228,7 @@ def labeled(state: CompressionState, ctx: Context) -> Done:
     extra = {"epochs": ctx.epochs} if ctx.epochs is not None else None
     settings = resolve_train_settings(ctx.config.train, ctx.seed, ctx.schedule, extra,
                                       source=f"{ctx.config.source}: train")
-    trained = run_schedule(state, ctx.data, settings, ctx.preprocess, echo=ctx.echo)
+    trained = run_schedule(state, ctx.data, settings, ctx.preprocess)
     ctx.preprocess = trained.preprocess
     return Done(f"{len(trained.records)} training stages on {ctx.data}")
 
@@ -239,7 +243,7 @@ def label_free(state: CompressionState, ctx: Context) -> Done:
     settings = resolve_train_settings(DISTILL_DEFAULTS, ctx.config.train, ctx.seed, ctx.schedule,
                                       {"epochs": ctx.epochs}, source=f"{ctx.config.source}: train")
     run_ = ctx.run
-    ctx.tuned = distill(state, run_.data.calib, settings, name=ctx.name, echo=ctx.echo, validation=ctx.validation,
+    ctx.tuned = distill(state, run_.data.calib, settings, name=ctx.name, validation=ctx.validation,
                         **after_data_aware(ctx.original, lambda s: calibrate.share_again(s, run_)))
     return Done("kept" if ctx.tuned.changed else "kept nothing")
 
@@ -254,14 +258,11 @@ def both_starts(state: CompressionState, ctx: Context) -> Done | None:
     outputs = [t.output for t in tuned.targets]
     teacher = run_teacher(ctx.original, ctx.validation, outputs, tuned.settings.threads)
     other = prepared(ctx)
-    alternative = distill(other, ctx.run.data.calib, tuned.settings, name=ctx.name, teacher=ctx.original,
-                          echo=ctx.echo)
+    alternative = distill(other, ctx.run.data.calib, tuned.settings, name=ctx.name, teacher=ctx.original)
     errors = [output_error(s.dense_model(), ctx.validation, teacher, tuned.settings.threads) for s in (state, other)]
     magnitude = errors[1] < errors[0]
-    if ctx.echo is not None:
-        ctx.echo(f"start: both: error on {len(ctx.validation)} validation sample(s) {errors[0]:.4g} from the "
-                 f"data-aware result, {errors[1]:.4g} from magnitude pruning; keeping the "
-                 f"{'latter' if magnitude else 'former'}")
+    log.info("start: both: error on %d validation sample(s) %.4g from the data-aware result, %.4g from magnitude "
+             "pruning; keeping the %s", len(ctx.validation), errors[0], errors[1], "latter" if magnitude else "former")
     if not magnitude:
         return Done(f"kept the data-aware start (validation error {errors[0]:.4g} against {errors[1]:.4g})")
     ctx.tuned = alternative
@@ -275,11 +276,10 @@ def data_aware_again(state: CompressionState, ctx: Context) -> Done | None:
         return None
     from onnx_dc import calibrate
 
-    if ctx.echo is not None:
-        ctx.echo(f"fine-tuning kept nothing; the data-aware passes run again on all "
-                 f"{len(ctx.all_samples.data.calib)} calibration samples")
+    log.info("fine-tuning kept nothing; the data-aware passes run again on all %d calibration samples",
+             len(ctx.all_samples.data.calib))
     fresh = prepared(ctx)
-    ctx.run = calibrate.run_calibrated(fresh, ctx.all_samples, ctx.echo)
+    ctx.run = calibrate.run_calibrated(fresh, ctx.all_samples)
     ran = ctx.run.to_dict().get("passes")
     return Done(f"{', '.join(ran) if ran else 'none'} on all {len(ctx.all_samples.data.calib)} samples", fresh)
 

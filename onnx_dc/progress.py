@@ -1,18 +1,23 @@
-"""How much the library says while it works: progress bars and notes on stderr.
+"""How much the library says while it works: progress bars on stderr, and log lines.
 
-One process-wide level (quiet, normal, verbose) set by the command line. Bars are drawn
-with tqdm, and only when stderr is a terminal and the level is not quiet: piped or logged
-output stays free of carriage returns. Notes (warnings and informational lines) go to
-stderr unless the level is quiet; they are written through tqdm so that a bar being
-drawn is not broken by them. Errors are not notes: they are raised.
+Messages (progress lines, warnings, details) go through the standard logger ``onnx_dc``
+(each module logs to its child ``onnx_dc.<module>``); the package adds only a NullHandler,
+so what is shown is the application's choice. The command line shows them on stderr through
+tqdm, so that a bar being drawn is not broken by them. Errors are not messages: they are raised.
+
+Bars follow one process-wide level (quiet, normal, verbose) that the command line sets
+together with the logger's level: they are drawn with tqdm, and only when stderr is a
+terminal and the level is not quiet, so piped or logged output stays free of carriage returns.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 
 from tqdm import tqdm
 
@@ -29,7 +34,7 @@ _level = Level.NORMAL
 
 
 def set_level(level: Level) -> None:
-    """Set the process-wide level (the CLI's --quiet / --verbose)."""
+    """Set the process-wide level of the bars (the CLI's --quiet / --verbose, set with the logger's level)."""
     global _level
     _level = Level(level)
 
@@ -63,18 +68,74 @@ def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str
                 disable=not bars_shown(), dynamic_ncols=True)
 
 
-def note(line: str) -> None:
-    """Print an informational line or warning on stderr, unless quiet."""
-    if _level > Level.QUIET:
-        tqdm.write(line, file=sys.stderr)
+LOGGER = "onnx_dc"
+# The logging level of each output level (the command line's --quiet / default / --verbose).
+LOG_LEVELS = {Level.QUIET: logging.ERROR, Level.NORMAL: logging.INFO, Level.VERBOSE: logging.DEBUG}
+# A library adds no handler that prints: the application chooses (and Python's last-resort
+# printing of warnings, when no handler exists at all, stays off).
+logging.getLogger(LOGGER).addHandler(logging.NullHandler())
 
 
 @contextlib.contextmanager
-def quieted():
-    """Within the block, no bars or notes (the many small runs inside a sweep, which has its own bar)."""
+def quieted(*, keep_bars: bool = False):
+    """Within the block, no log lines below warnings, and no bars unless ``keep_bars``.
+
+    For work whose lines would be noise: the many small runs inside a sweep (which has its
+    own bar), the demo's training (which ends in a summary).
+    """
     global _level
-    saved, _level = _level, Level.QUIET
+    logger = logging.getLogger(LOGGER)
+    saved = _level
+    if not keep_bars:
+        _level = Level.QUIET
+    saved_log = logger.level
+    logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
     try:
         yield
     finally:
         _level = saved
+        logger.setLevel(saved_log)
+
+
+class _Forward(logging.Handler):
+    """Hands each message of one thread to a callback; and, while the logger is lowered for it (and does not
+    propagate), hands on to the root logger's handlers the records they would have received anyway."""
+
+    def __init__(self, echo: Callable[[str], None], hand_on_from: int | None):
+        super().__init__(logging.INFO)
+        self.echo, self.hand_on_from = echo, hand_on_from
+        self.thread = threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.echo(record.getMessage())
+        if self.hand_on_from is not None and record.levelno >= self.hand_on_from:
+            logging.getLogger().handle(record)
+
+
+@contextlib.contextmanager
+def echoed(echo: Callable[[str], None] | None):
+    """Within the block, hand every ``onnx_dc`` message of this thread (INFO and above) to ``echo`` as a line.
+
+    The logger is lowered to INFO for the block when it is set higher (the default), so the
+    callback sees the progress lines whatever logging is configured; the lines below the
+    former level then reach the callback only, not the application's handlers (onnxruntime's
+    tools, for one, give the root logger a stderr handler when imported). None: nothing changes.
+    """
+    if echo is None:
+        yield
+        return
+    logger = logging.getLogger(LOGGER)
+    saved, propagate, effective = logger.level, logger.propagate, logger.getEffectiveLevel()
+    lowered = effective > logging.INFO
+    handler = _Forward(echo, effective if lowered and propagate else None)
+    if lowered:
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved)
+        logger.propagate = propagate

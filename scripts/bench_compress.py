@@ -23,7 +23,7 @@ from onnx import helper as oh
 from onnx import numpy_helper
 
 import onnx_dc
-from onnx_dc.graph.io import save_model
+from onnx_dc.graph.io import write_model
 from onnx_dc.numerics.kmeans import kmeans_1d
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def gemm_4096() -> onnx.ModelProto:
 
 def bench_models(tmp: Path) -> list[dict]:
     models = {"gemm-4096x4096": tmp / "gemm.onnx"}
-    save_model(gemm_4096(), models["gemm-4096x4096"])
+    write_model(gemm_4096(), models["gemm-4096x4096"])
     if MNIST8.is_file():
         models = {"mnist-8": MNIST8, **models}
     rows = []

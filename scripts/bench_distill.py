@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from calib_audio import read_wav  # noqa: E402
+from onnx_dc import progress  # noqa: E402
 from onnx_dc.api import prepare  # noqa: E402
 from onnx_dc.data.calib import CalibData, as_calib_spec, load_calib, parse_calib_spec  # noqa: E402
 from onnx_dc.data.datasets import Preprocess  # noqa: E402
@@ -191,8 +192,9 @@ def bench_model(name: str, path: Path, spec, settings: dict, schedule: dict, acc
 
     measure("data_free", *_timed(data_free))
     echo = lambda line: print(f"      {line}", flush=True)  # noqa: E731
-    result, seconds = _timed(lambda: distill(state, data.calib, resolve_train_settings(DISTILL_DEFAULTS, schedule),
-                                             name=name, echo=echo))
+    with progress.echoed(echo):
+        result, seconds = _timed(lambda: distill(state, data.calib, resolve_train_settings(DISTILL_DEFAULTS, schedule),
+                                                 name=name))
     measure("data_free_ft", state.dense_model(), seconds, skipped=result.skipped,
             stages=[r.to_dict() for r in result.records])
     aware, seconds = _timed(lambda: onnx_dc.compress(str(path), calib=spec, **settings))

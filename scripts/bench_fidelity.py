@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import onnx_dc  # noqa: E402
 from onnx_dc.calibrate import fidelity  # noqa: E402
 from onnx_dc.data.calib import parse_calib_spec  # noqa: E402
-from onnx_dc.graph.io import save_model  # noqa: E402
+from onnx_dc.graph.io import write_model  # noqa: E402
 from calib_audio import AUDIO_MODELS, audio_cases, stream_fidelity  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -143,7 +143,7 @@ def speed_row(tmp: Path) -> dict:
     model = oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)])
     model.ir_version = 10
     path = tmp / "big.onnx"
-    save_model(model, path)
+    write_model(model, path)
     calib = parse_calib_spec(f"mnist:{MNIST}", limit=256)
     t = time.perf_counter()
     result = onnx_dc.compress(path, None, sparse_ratio=0.5, class_num=32, calib=calib)

@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from onnx_dc import progress
 from onnx_dc.api import finish, prepare
 from onnx_dc.config import load_config
 from onnx_dc.data.datasets import load_dataset
@@ -129,7 +130,8 @@ def reproduce(name: str, variant: str, data: str, out_dir: Path, model_dir: Path
     config = load_config(config_path)
     state = prepare(model_path, config)
     settings = resolve_train_settings(config.train)
-    trained = run_schedule(state, data, settings, evaluate=_accuracy_fn(data, state), echo=echo)
+    with progress.echoed(echo):
+        trained = run_schedule(state, data, settings, evaluate=_accuracy_fn(data, state))
     out_path = out_dir / f"{run}.dc.onnx"
     result = finish(state, out_path, trained.preprocess, model_path)
     after = _error(out_path, data)

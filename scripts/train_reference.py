@@ -24,8 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from onnx_dc import progress
 from onnx_dc.api import prepare
-from onnx_dc.graph.io import save_model
+from onnx_dc.graph.io import write_model
 from onnx_dc.runtime.evaluate import evaluate
 from onnx_dc.train.forms import TrainForm
 from lenet import BUILDERS, PREPROCESS
@@ -50,10 +51,11 @@ def train_reference(name: str, data: str, out_dir: Path, seed: int = 0, epochs: 
     x, y, _ = training_data(state, data, PREPROCESS)
     recipe = RECIPES[name] if epochs is None else StageSettings(**{**RECIPES[name].__dict__, "epochs": epochs})
     start = time.perf_counter()
-    record = fit(state, TrainForm.DENSE, x, y, recipe, batch_size=64, seed=seed, name=name, echo=echo)
+    with progress.echoed(echo):
+        record = fit(state, TrainForm.DENSE, x, y, recipe, batch_size=64, seed=seed, name=name)
     trained = state.dense_model()
     path = out_dir / f"{name}.onnx"
-    save_model(trained, path)
+    write_model(trained, path)
     result = evaluate(path, data)
     figures = {
         "name": name, "path": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),

@@ -124,7 +124,7 @@ def conv_model_8x8():
 
 def test_mnist_calibrates_on_train_holds_out_test():
     require(MNIST_DIR)
-    from onnx_dc.graph.io import load_model
+    from onnx_dc.formats.models import load_model
     from conftest import MNIST8
 
     data = load_calib(parse_calib_spec(f"mnist:{MNIST_DIR}", limit=64), load_model(require(MNIST8)))
@@ -135,7 +135,7 @@ def test_real_photos_into_a_real_detector(tmp_path):
     for p in SHARED_PHOTOS:
         require(p)
     from conftest import SHARED_DATA
-    from onnx_dc.graph.io import load_model
+    from onnx_dc.formats.models import load_model
 
     model = load_model(require(SHARED_DATA / "real" / "ultraface" / "version-slim-320.onnx"))
     folder = write_folder(tmp_path / "faces", 5, (344, 450), suffix=".jpg")

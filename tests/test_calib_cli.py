@@ -12,14 +12,14 @@ from conftest import MNIST_DIR, SHARED_DATA, mlp_model
 import onnx_dc
 from onnx_dc.calibrate import fidelity
 from onnx_dc.cli import main
-from onnx_dc.graph.io import save_model
+from onnx_dc.graph.io import write_model
 
 REAL = SHARED_DATA / "real"
 
 
 def test_compress_with_calib_prints_fidelity_and_json(tmp_path, capsys):
     src = tmp_path / "mlp.onnx"
-    save_model(mlp_model(), src)
+    write_model(mlp_model(), src)
     out = tmp_path / "mlp.dc.onnx"
     assert main(["compress", str(src), "-o", str(out), "--sparse-ratio", "0.5", "--class-num", "8",
                  "--calib", "digits", "--calib-limit", "100", "--json"]) == 0
@@ -36,7 +36,7 @@ def test_compress_with_calib_prints_fidelity_and_json(tmp_path, capsys):
 
 def test_compress_without_samples_says_accuracy_not_checked(tmp_path, capsys):
     src = tmp_path / "mlp.onnx"
-    save_model(mlp_model(), src)
+    write_model(mlp_model(), src)
     assert main(["compress", str(src), "-o", str(tmp_path / "o.dc.onnx"), "--class-num", "8"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("accuracy not checked") and "--against" in err[0]

@@ -15,13 +15,13 @@ from conftest import MNIST_DIR, fp16_model, mlp_model
 from onnx import helper as oh
 
 from onnx_dc.cli import main
-from onnx_dc.graph.io import save_model
+from onnx_dc.graph.io import write_model
 
 
 @pytest.fixture
 def mlp_path(tmp_path):
     path = tmp_path / "mlp.onnx"
-    save_model(mlp_model(), path)
+    write_model(mlp_model(), path)
     return path
 
 
@@ -101,7 +101,7 @@ def test_no_compressible_weights(capsys, tmp_path):
                       [oh.make_tensor_value_info("y", 1, ["N", 2])])
     m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)])
     m.ir_version = 10
-    save_model(m, tmp_path / "relu.onnx")
+    write_model(m, tmp_path / "relu.onnx")
     expect_user_error(capsys, "compress", tmp_path / "relu.onnx", "-o", tmp_path / "o.onnx",
                       contains="no compressible weights")
 
@@ -129,7 +129,7 @@ def test_bad_configs_report_everything(capsys, mlp_path, tmp_path):
 
 
 def test_fp16_weights_are_reported_as_skipped(capsys, tmp_path):
-    save_model(fp16_model(), tmp_path / "h.onnx")
+    write_model(fp16_model(), tmp_path / "h.onnx")
     code, text, _ = cli(capsys, "compress", tmp_path / "h.onnx", "-o", tmp_path / "h.dc.onnx", "--class-num", "4")
     assert code == 0 and "not compressed: half_fc (MatMul) wh: float16 weight is not compressed" in text
 

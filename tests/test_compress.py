@@ -15,7 +15,7 @@ from onnx import helper as oh
 import onnx_dc
 from onnx_dc.errors import ModelError
 from onnx_dc.graph import layout
-from onnx_dc.graph.io import save_model
+from onnx_dc.graph.io import write_model
 
 
 def decoded_weights(dc: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -128,7 +128,7 @@ def test_decoders_fold_at_session_creation(tmp_path):
 
 def test_same_input_same_bytes_input_untouched_atomic_output(tmp_path):
     src = tmp_path / "m.onnx"
-    save_model(mlp_model(), src)
+    write_model(mlp_model(), src)
     before = hashlib.sha256(src.read_bytes()).hexdigest()
     a, b = tmp_path / "a.dc.onnx", tmp_path / "b.dc.onnx"
     onnx_dc.compress(src, a, sparse_ratio=0.7, class_num=32)

@@ -28,7 +28,7 @@ import onnx_dc
 from onnx_dc.cli import build_parser, main
 from onnx_dc.data.datasets import METADATA_KEY, Preprocess, load_dataset
 from onnx_dc.errors import DataError
-from onnx_dc.graph.io import save_model
+from onnx_dc.graph.io import write_model
 from onnx_dc.train.ort_training import training_available
 
 MODELS = ROOT / "models"
@@ -65,7 +65,7 @@ def no_work(monkeypatch):
 @pytest.fixture
 def mlp_path(tmp_path) -> Path:
     path = tmp_path / "mlp.onnx"
-    save_model(mlp_model(), path)
+    write_model(mlp_model(), path)
     return path
 
 
@@ -123,7 +123,7 @@ def test_item2_channels_first_npz_is_read_as_such_and_shapes_are_checked(capsys,
 
 def test_item3_output_paths_data_and_configs_are_checked_before_any_work(capsys, tmp_path, no_work, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    save_model(mlp_model(), tmp_path / "mlp.onnx")
+    write_model(mlp_model(), tmp_path / "mlp.onnx")
     (tmp_path / "adir").mkdir()
     base = ["compress", "mlp.onnx", "--data", "digits", "--epochs", "1"]
     assert "folder nofolder does not exist; create it first" in user_error(capsys, *base, "-o", "nofolder/x.dc.onnx")
@@ -194,7 +194,7 @@ def test_item6_careless_inputs_get_a_precise_message(capsys, tmp_path, mlp_path,
     assert "--epochs -1: give an integer >= 0" in user_error(
         capsys, "compress", mlp_path, "-o", tmp_path / "z.dc.onnx", "--data", "digits", "--epochs", "-1")
     other = tmp_path / "other.onnx"
-    save_model(mlp_model(sizes=(64, 32, 10)), other)
+    write_model(mlp_model(sizes=(64, 32, 10)), other)
     err = user_error(capsys, "report", dc, "--baseline", other)
     assert "not the model" in err and "'w0', 48x64: the baseline has 32x64" in err
     assert cli(capsys, "report", dc, "--baseline", mlp_path)[0] == 0
@@ -219,7 +219,7 @@ def test_item7_compress_caffe_applies_settings_flags_to_plain_layers(capsys, tmp
 
 def test_item8_not_compressed_lines_grouped_by_reason(capsys, tmp_path):
     src = tmp_path / "deep.onnx"
-    save_model(mlp_model(sizes=(64, 32, 32, 32, 32, 10)), src)
+    write_model(mlp_model(sizes=(64, 32, 32, 32, 32, 10)), src)
     code, text, _ = cli(capsys, "compress", src, "-o", tmp_path / "d.dc.onnx", "--class-num", "8")
     lines = [ln for ln in text.splitlines() if ln.startswith("not compressed")]
     assert code == 0 and lines == ["not compressed: 5 tensors, bias (biases stay float32): b0, b1, b2, ..."]

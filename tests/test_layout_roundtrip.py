@@ -11,7 +11,8 @@ import onnx_dc
 from onnx_dc.api import finish
 from onnx_dc.cli import main
 from onnx_dc.graph import layout
-from onnx_dc.graph.io import save_model, serialize
+from onnx_dc.graph.io import serialize
+from onnx_dc.graph.io import write_model
 from onnx_dc.train.restore import state_from_dc
 
 SIZES = (64, 96, 64, 10)
@@ -104,7 +105,7 @@ def test_export_dense_matches_onnxruntime_on_the_compressed_model(compressed, tm
 def test_export_dense_refuses_plain_models_and_its_input(capsys, tmp_path, compressed):
     path, _ = compressed
     plain = tmp_path / "plain.onnx"
-    save_model(mlp_model(), plain)
+    write_model(mlp_model(), plain)
     assert main(["export-dense", str(plain), "-o", str(tmp_path / "x.onnx")]) == 2
     assert main(["export-dense", str(path), "-o", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

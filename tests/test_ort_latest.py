@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, conv_model, mlp_model, run, shared_weight_model
 
 import onnx_dc
-from onnx_dc.graph.io import save_model
+from onnx_dc.graph.io import write_model
 
 LATEST_PY = Path(os.environ.get("ONNX_DC_ORT_LATEST_PYTHON", ROOT / ".venv-ort-latest" / "bin" / "python"))
 
@@ -53,7 +53,7 @@ def test_compressed_models_run_in_newest_onnxruntime(tmp_path, mnist8):
     for name, (model, settings, x) in cases.items():
         result = onnx_dc.compress(model, **settings)
         path = tmp_path / f"{name}.dc.onnx"
-        save_model(result.model, path)
+        write_model(result.model, path)
         x = x.astype(np.float32)
         np.savez(tmp_path / f"{name}.npz", x=x)
         job[name] = (str(path), str(tmp_path / f"{name}.npz"))

@@ -9,7 +9,7 @@ from conftest import mlp_model
 
 import onnx_dc
 from onnx_dc.cli import main
-from onnx_dc.graph.io import save_model
+from onnx_dc.graph.io import write_model
 
 
 def test_pack_unpack_report_eval_on_mnist8(tmp_path, capsys, mnist8, mnist_dir):
@@ -45,7 +45,7 @@ def test_inference_session_on_dcz(tmp_path):
 
 def test_pack_errors_are_one_line(tmp_path, capsys):
     src = tmp_path / "m.onnx"
-    save_model(mlp_model(), src)
+    write_model(mlp_model(), src)
     bad = tmp_path / "bad.dcz"
     dc = tmp_path / "m.dc.onnx"
     onnx_dc.compress(src, dc, class_num=4)

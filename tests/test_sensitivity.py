@@ -163,9 +163,9 @@ def test_plot_writes_the_figures(capsys, sweep, tmp_path):
 def test_bad_input_is_one_line(capsys, tmp_path, monkeypatch):
     model = tmp_path / "m.onnx"
     from conftest import mlp_model
-    from onnx_dc.graph.io import save_model
+    from onnx_dc.graph.io import write_model
 
-    save_model(mlp_model(), model)
+    write_model(mlp_model(), model)
     base = ("sensitivity", model, "--data", "digits")
     expect_user_error(capsys, *base, "--ratios", "0.5,1.0", contains="--ratios: 1 is outside [0, 1)")
     expect_user_error(capsys, *base, "--ratios", "-0.1", contains="outside [0, 1)")
@@ -185,7 +185,8 @@ def test_bad_input_is_one_line(capsys, tmp_path, monkeypatch):
 
 @needs_shared
 def test_fidelity_path_without_labels(capsys, tmp_path):
-    from onnx_dc.graph.io import load_model, serialize
+    from onnx_dc.graph.io import serialize
+    from onnx_dc.formats.models import load_model
     from onnx_dc.analysis.sensitivity import Agreement
 
     metric = Agreement(f"mnist:{MNIST_DIR}", serialize(load_model(LENET)))
@@ -205,7 +206,8 @@ def test_fidelity_path_without_labels(capsys, tmp_path):
 @needs_shared
 def test_calib_sweep_runs_the_data_aware_passes_per_layer(capsys, tmp_path):
     from conftest import MNIST8
-    from onnx_dc.graph.io import load_model, serialize
+    from onnx_dc.graph.io import serialize
+    from onnx_dc.formats.models import load_model
     from onnx_dc.analysis.sensitivity import Agreement
 
     calib = f"mnist:{MNIST_DIR}"

@@ -265,10 +265,10 @@ def test_finetune_restores_the_state_and_keeps_the_layout(tmp_path):
 
 def test_cli_compress_with_data_and_finetune(tmp_path, capsys):
     from onnx_dc.cli import main
-    from onnx_dc.graph.io import save_model
+    from onnx_dc.graph.io import write_model
 
     src = tmp_path / "m.onnx"
-    save_model(mlp_model(sizes=SIZES), src)
+    write_model(mlp_model(sizes=SIZES), src)
     assert main(["compress", str(src), "-o", str(tmp_path / "m.dc.onnx"), "--sparse-ratio", "0.5", "--class-num", "8",
                  "--data", "digits", "--epochs", "1", "--lr", "0.05", "--json"]) == 0
     assert main(["finetune", str(tmp_path / "m.dc.onnx"), "-o", str(tmp_path / "t.dc.onnx"), "--data", "digits",

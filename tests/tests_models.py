@@ -7,7 +7,7 @@ from conftest import finish_model, init
 from onnx import TensorProto
 from onnx import helper as oh
 
-from onnx_dc.graph.io import save_model
+from onnx_dc.graph.io import write_model
 
 
 def image_model_file(folder, shape=("N", 3, 24, 32)):
@@ -21,5 +21,5 @@ def image_model_file(folder, shape=("N", 3, 24, 32)):
                       [init("w1", rng.normal(0, 0.3, (8, shape[1], 3, 3)).astype(np.float32)),
                        init("w2", rng.normal(0, 0.3, (4, 8, 3, 3)).astype(np.float32))])
     path = folder / "img.onnx"
-    save_model(finish_model(g), path)
+    write_model(finish_model(g), path)
     return path

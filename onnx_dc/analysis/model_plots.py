@@ -14,9 +14,8 @@ def plot_model(model: str | os.PathLike, baseline: str | os.PathLike, out_dir: s
                sensitivity=None) -> list[Path]:
     """Write histograms.png, bytes.png, bits.png (and sensitivity.png when a sweep is given) under ``out_dir``."""
     from onnx_dc.api import report
-    from onnx_dc.graph.io import load_model
+    from onnx_dc.formats.models import load_model
     from onnx_dc.graph.normalize import normalize
-    from onnx_dc.runtime.session import load_any
     from onnx_dc.train.restore import state_from_dc
 
     rep = report(model, baseline=baseline)  # also refuses a baseline the model was not compressed from
@@ -24,7 +23,7 @@ def plot_model(model: str | os.PathLike, baseline: str | os.PathLike, out_dir: s
 
     base = normalize(load_model(baseline), str(baseline))
     originals = {t.name: numpy_helper.to_array(t) for t in base.graph.initializer}
-    state = state_from_dc(load_any(model), str(model))
+    state = state_from_dc(load_model(model), str(model))
     hist = []
     for row in rep.layers:
         layer = state.layers[row.weight]

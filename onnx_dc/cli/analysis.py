@@ -58,12 +58,12 @@ def _grid(args: argparse.Namespace) -> dict:
 def _metric(args: argparse.Namespace, model: str):
     """The evaluation function of the flags: accuracy on --data, or fidelity to the original on --calib."""
     from onnx_dc.graph.io import serialize
-    from onnx_dc.runtime.session import load_any
+    from onnx_dc.formats.models import load_model
     from onnx_dc.analysis.sensitivity import Accuracy, Agreement
 
     if args.calib is not None:
-        return Agreement(calib_from(args), serialize(load_any(model)))
-    return Accuracy(args.data, preprocess_from(args, load_any(model)), "test", args.limit)
+        return Agreement(calib_from(args), serialize(load_model(model)))
+    return Accuracy(args.data, preprocess_from(args, load_model(model)), "test", args.limit)
 
 
 def _check_data_args(args: argparse.Namespace) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from onnx_dc import progress
 from onnx_dc.cli import argcheck
@@ -134,14 +133,13 @@ def training_from(args: argparse.Namespace, lr_stage: str) -> dict:
     if lr_stage == "codebook" and args.seed is not None:
         schedule["seed"] = args.seed
     if args.data is None and getattr(args, "calib", None) is not None and args.epochs:
-        return {"schedule": schedule or None, "epochs": args.epochs,
-                "echo": lambda line: print(line, file=sys.stderr)}
+        return {"schedule": schedule or None, "epochs": args.epochs}
     if args.data is None:
         if schedule or args.epochs is not None:
             raise ConfigError("--epochs, --batch-size, --lr, --codebook-lr and --optimizer need --data "
                               "(or --calib, for label-free fine-tuning)")
         return {}
-    return {"data": args.data, "schedule": schedule or None, "epochs": args.epochs, "echo": progress.note}
+    return {"data": args.data, "schedule": schedule or None, "epochs": args.epochs}
 
 
 def check_training_args(args: argparse.Namespace) -> None:
@@ -167,7 +165,7 @@ def print_json(fields: dict) -> None:
 
 
 def add_common_args(parser: argparse.ArgumentParser, sub: argparse._SubParsersAction) -> None:
-    """--version on the command; --quiet / --verbose on every subcommand (the extra ones included)."""
+    """--version on the command; --quiet / --verbose / --debug on every subcommand (the extra ones included)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -182,4 +180,6 @@ def add_common_args(parser: argparse.ArgumentParser, sub: argparse._SubParsersAc
                            default=progress.Level.NORMAL,
                            help="print only errors (and what was asked for: eval's accuracy, report, --json)")
         level.add_argument("-v", "--verbose", action="store_const", dest="level", const=progress.Level.VERBOSE,
-                           help="list every tensor that is not compressed")
+                           help="list every tensor that is not compressed, and print the details of the work")
+        g.add_argument("--debug", action="store_true",
+                       help="on an unexpected error (a bug), print the traceback instead of one line")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 
 from onnx_dc import progress
@@ -13,6 +14,8 @@ from onnx_dc.cli.args import (add_calib_args, add_preprocess_args, add_settings_
                               check_training_args, preprocess_flags, preprocess_from, print_json, say, settings_from,
                               training_from)
 from onnx_dc.errors import ArgumentError, ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -88,12 +91,18 @@ def _metadata_only(args: argparse.Namespace, model):
     itself, once; a file it cannot read is reported there.
     """
     import onnx
+    import onnx.parser
+    from google.protobuf import json_format, text_format
+    from google.protobuf.message import DecodeError
 
     if isinstance(model, onnx.ModelProto) or not preprocess_flags(args):
         return model if isinstance(model, onnx.ModelProto) else None
+    # unreadable, or not ONNX (binary, or the text formats onnx picks by extension): compress names the problem
+    not_onnx = (OSError, DecodeError, UnicodeDecodeError, text_format.ParseError, json_format.ParseError,
+                onnx.parser.ParseError)
     try:
         return onnx.load_model(model, load_external_data=False)
-    except Exception:  # unreadable or not ONNX: compress names the problem
+    except not_onnx:
         return None
 
 
@@ -125,7 +134,7 @@ def _print_compressed(args: argparse.Namespace, result) -> None:
         extra = f" (over 2 GB: its large tensors are in {result.external_data} beside it)" if result.external_data else ""
         say(f"wrote {args.output}{extra}")
     if note:
-        progress.note(note)
+        log.warning(note)
 
 
 def _check_compress_args(args: argparse.Namespace) -> None:
@@ -157,13 +166,13 @@ def _unskip_plain_layers(caffe_config: dict) -> dict:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     import onnx_dc
-    from onnx_dc.runtime.session import load_any
+    from onnx_dc.formats.models import load_model
 
     argcheck.input_file(args.model)
     argcheck.output_file(args.output, inputs=[args.model])
     check_training_args(args)
     # without preprocessing flags the model is read once, by the API
-    prep = preprocess_from(args, load_any(args.model) if preprocess_flags(args) else None)
+    prep = preprocess_from(args, load_model(args.model) if preprocess_flags(args) else None)
     kwargs = training_from(args, "codebook")
     result = onnx_dc.finetune(args.model, args.output, kwargs.pop("data"), preprocess=prep, **kwargs)
     if args.json:

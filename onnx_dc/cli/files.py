@@ -72,7 +72,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import onnx_dc
-    from onnx_dc.runtime.session import load_any
+    from onnx_dc.formats.models import load_model
 
     argcheck.input_file(args.model)
     argcheck.count(args.limit, "--limit")
@@ -82,7 +82,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("give --data (accuracy on labels) or --against ORIGINAL --calib SPEC (fidelity)")
     argcheck.data_spec(args.data, split=args.split)
     # without preprocessing flags the model is read once, by the API
-    prep = preprocess_from(args, load_any(args.model) if preprocess_flags(args) else None)
+    prep = preprocess_from(args, load_model(args.model) if preprocess_flags(args) else None)
     result = onnx_dc.evaluate(args.model, args.data, prep, split=args.split, limit=args.limit)
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -139,7 +139,7 @@ def cmd_export_dense(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from onnx_dc.demo import run_demo
+    from onnx_dc.demo import run_demo, summary
 
-    run_demo(args.out)
+    print(summary(run_demo(args.out)))  # the demo's result: printed under --quiet too, as before
     return 0

@@ -714,22 +714,6 @@ def _symbols(payload: memoryview, e: _Entry, index: int) -> np.ndarray:
 
 
 # ============================================================================ files
-def load_dc_bytes(path: str | os.PathLike) -> bytes:
-    """The ``*.dc.onnx`` bytes of a file that is either a ``.dcz`` or a ``.dc.onnx``.
-
-    Raises:
-        ModelError: when the file cannot be read.
-        FormatError: when a ``.dcz`` file is malformed (the message names the file).
-    """
-    data = read_file(path)
-    if not is_dcz(data):
-        return data
-    try:
-        return unpack_bytes(data)
-    except FormatError as err:
-        raise FormatError(f"{path}: {err}") from None
-
-
 def pack(src_path: str | os.PathLike, dst_path: str | os.PathLike, codec: str = "auto") -> None:
     """Pack the ``*.dc.onnx`` at ``src_path`` into ``dst_path`` (written atomically).
 

@@ -172,31 +172,12 @@ def fits(model: onnx.ModelProto) -> bool:
     return model.ByteSize() + external_bytes(model) < MAX_PROTO_BYTES
 
 
-def write_model(model: onnx.ModelProto, path: str | os.PathLike, write_atomic) -> tuple[int, str | None]:
-    """Write ``model`` to ``path``: one file when it fits in a protobuf, else with ``<name>.data`` beside it.
+def write_data(model: onnx.ModelProto, fh, data_name: str) -> int:
+    """Append each large tensor's bytes to ``fh`` (4 KiB aligned) and point the tensor there (in place).
 
-    ``model`` is changed in place: external tensors are embedded, or every tensor of at least
-    :data:`EXTERNAL_MIN_BYTES` moves to the data file. ``write_atomic(data_or_writer, path)``
-    writes one file through a temporary file and a rename.
-
-    Returns:
-        (total bytes written, data file name or None).
+    Every tensor of at least :data:`EXTERNAL_MIN_BYTES` moves to the data file ``data_name``
+    (:func:`onnx_dc.graph.io.write_model` writes it beside the model). Returns the bytes written.
     """
-    target = Path(path)
-    if fits(model):
-        embed_all(model)
-        data = model.SerializeToString(deterministic=True)
-        write_atomic(data, target)
-        return len(data), None
-    data_name = target.name + ".data"
-    written = write_atomic(lambda fh: _write_data(model, fh, data_name), target.parent / data_name)
-    stub = model.SerializeToString(deterministic=True)
-    write_atomic(stub, target)
-    return len(stub) + written, data_name
-
-
-def _write_data(model: onnx.ModelProto, fh, data_name: str) -> int:
-    """Append each large tensor's bytes to ``fh`` (4 KiB aligned) and point the tensor there."""
     offset = 0
     for tensor in initializers(model):
         external = is_external(tensor)

@@ -1,4 +1,9 @@
-"""Reading models with clear errors, stamping versions ORT 1.19 accepts, writing atomically."""
+"""Reading ONNX files and bytes with clear errors, writing models and files atomically, the output checks.
+
+:func:`read_model` and :func:`parse_model` are the building blocks of the one loader,
+:func:`onnx_dc.formats.models.load_model` (which also opens ``.dcz`` files); :func:`write_model`
+is the one writer; :func:`check_output` / :func:`refuse_overwrite` the one output check.
+"""
 
 from __future__ import annotations
 
@@ -18,21 +23,6 @@ from onnx_dc.graph.walk import sort_graph
 MAX_IR_VERSION = 10  # onnxruntime 1.19 loads IR <= 10
 MAX_OPSET = 21  # and ai.onnx opsets <= 21
 
-
-
-def load_model(model: onnx.ModelProto | str | os.PathLike | bytes, what: str | None = None) -> onnx.ModelProto:
-    """Load an ONNX model from a path, bytes or a ModelProto (which is copied, never mutated).
-
-    External data next to a model file is loaded (see :func:`read_model`). Raises
-    :class:`ModelError` naming the file when it is missing, not ONNX, truncated or invalid.
-    """
-    if isinstance(model, onnx.ModelProto):
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
-        return out
-    if isinstance(model, (bytes, bytearray, memoryview)):
-        return _parse_checked(bytes(model), what or "<bytes>")
-    return read_model(model)[0]
 
 
 def read_model(path: str | os.PathLike, lazy: bool = False) -> tuple[onnx.ModelProto, int]:
@@ -141,7 +131,12 @@ def _parse(data: bytes, name: str) -> onnx.ModelProto:
     return model
 
 
-def _parse_checked(data: bytes, name: str) -> onnx.ModelProto:
+def parse_model(data: bytes, name: str) -> onnx.ModelProto:
+    """A model from ONNX bytes, sorted and checked (a model with external data needs its path instead).
+
+    Raises:
+        ModelError: naming ``name`` when the bytes are not ONNX, truncated or invalid.
+    """
     model = _parse(data, name)
     if any(external.is_external(t) for t in external.initializers(model)):
         raise ModelError(f"{name}: the model has external data; give its file path, not its bytes")
@@ -201,14 +196,6 @@ def _new_file_mode(target: Path) -> int:
         return 0o666 & ~mask
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
-    """Write a model atomically; returns the number of bytes written (its external data included).
-
-    A model over 2 GB keeps its large tensors in ``<path>.data`` (see :func:`write_model`).
-    """
-    return write_model(model, path)[0]
-
-
 def write_model(model: onnx.ModelProto, path: str | os.PathLike) -> tuple[int, str | None]:
     """Write a model atomically as one file, or with external data when it does not fit in one protobuf.
 
@@ -217,7 +204,17 @@ def write_model(model: onnx.ModelProto, path: str | os.PathLike) -> tuple[int, s
     Returns:
         (bytes written, the external data file name or None).
     """
-    return external.write_model(model, path, write_bytes_atomic)
+    target = Path(path)
+    if external.fits(model):
+        external.embed_all(model)
+        data = model.SerializeToString(deterministic=True)
+        write_bytes_atomic(data, target)
+        return len(data), None
+    data_name = target.name + ".data"
+    written = write_bytes_atomic(lambda fh: external.write_data(model, fh, data_name), target.parent / data_name)
+    stub = model.SerializeToString(deterministic=True)
+    write_bytes_atomic(stub, target)
+    return len(stub) + written, data_name
 
 
 def check_output(path: str | os.PathLike, flag: str = "-o", inputs=()) -> Path:

@@ -16,7 +16,8 @@ import onnx
 from onnx_dc import progress
 from onnx_dc.data.datasets import DataSpec, Preprocess, load_dataset, resolve_preprocess
 from onnx_dc.errors import DataError
-from onnx_dc.runtime.session import InferenceSession, model_bytes
+from onnx_dc.runtime.session import InferenceSession
+from onnx_dc.formats.models import model_bytes
 
 
 @dataclass(frozen=True)

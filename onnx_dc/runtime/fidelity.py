@@ -23,10 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 
 from onnx_dc.data.calib import Samples
-from onnx_dc.runtime.session import InferenceSession, model_bytes
+from onnx_dc.runtime.session import InferenceSession
+from onnx_dc.formats.models import model_bytes
 
 POOR_COSINE = 0.99
 POOR_TOP1 = 0.99

@@ -11,33 +11,8 @@ from google.protobuf.message import DecodeError
 
 from onnx_dc.errors import ModelError
 from onnx_dc.runtime.ort import onnxruntime_errors
-from onnx_dc.graph.io import load_model, serialize
-
-
-def model_bytes(model: onnx.ModelProto | str | os.PathLike | bytes) -> bytes:
-    """Serialized ONNX of a ModelProto, a ``.onnx`` / ``.dc.onnx`` path, or a packed ``.dcz`` path."""
-    if isinstance(model, onnx.ModelProto):
-        return serialize(model)
-    if isinstance(model, (bytes, bytearray)):
-        return bytes(model)
-    path = Path(model)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such file")
-    from onnx_dc.formats import dcz
-
-    if dcz.is_dcz(path):
-        return dcz.load_dc_bytes(path)
-    return path.read_bytes()
-
-
-def load_any(model: onnx.ModelProto | str | os.PathLike | bytes) -> onnx.ModelProto:
-    """Like :func:`onnx_dc.graph.io.load_model`, also accepting ``.dcz`` paths."""
-    if isinstance(model, (str, os.PathLike)) and Path(model).is_file():
-        from onnx_dc.formats import dcz
-
-        if dcz.is_dcz(model):
-            return load_model(dcz.load_dc_bytes(model), str(model))
-    return load_model(model)
+from onnx_dc.graph.io import serialize
+from onnx_dc.formats.models import model_bytes
 
 
 def _open_rebuilt(proto: onnx.ModelProto, threads: int, spin: bool, name: str):

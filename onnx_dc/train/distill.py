@@ -35,6 +35,7 @@ Where onnxruntime-training cannot build the gradient graph (an op without a grad
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -54,6 +55,8 @@ from onnx_dc.train.loop import Trainer, run_stage
 from onnx_dc.train.optim import Optimizer
 from onnx_dc.train.schedule import PruneStepFn, prune_by_magnitude, prune_steps, run_stages
 from onnx_dc.train.settings import StageRecord, StageSettings, TrainSettings
+
+log = logging.getLogger(__name__)
 
 TARGET = "onnx_dc_train/target/"
 # Defaults of label-free fine-tuning, under the config's train: section and the caller's
@@ -291,15 +294,15 @@ def distill(
     prune_step: PruneStepFn = prune_by_magnitude,
     share_state: Callable[[CompressionState], object] = share,
     evaluate: Callable[[onnx.ModelProto], float] | None = None,
-    echo: Callable[[str], None] | None = None,
     keep_better: bool = False,
     validation: Samples | None = None,
 ) -> DistillResult:
     """Prune in steps and share as :func:`onnx_dc.train.schedule.run_stages`, training against the original model.
 
     Where onnxruntime-training cannot train the model, one line (``result.skipped``, also
-    echoed) names the op, and the state is compressed without training; a state that was
-    already shared (by the data-aware passes) is then kept as it is.
+    logged as a warning) names the op, and the state is compressed without training; a state
+    that was already shared (by the data-aware passes) is then kept as it is. Progress is logged
+    as :func:`~onnx_dc.train.schedule.run_stages` logs it.
 
     Args:
         state: from :func:`onnx_dc.api.prepare`; pass it to :func:`onnx_dc.api.finish` afterwards.
@@ -310,7 +313,6 @@ def distill(
         prune_step: the pruning pass of one step (default: by magnitude).
         share_state: the weight-sharing pass; it runs when the layers are not shared yet or were retrained.
         evaluate: optional function of a model, recorded after every stage.
-        echo: where to print progress (None: silent).
         keep_better: validate and restore the starting state when fine-tuning made it worse
             on the validation samples (for a state that is already compressed).
         validation: with ``keep_better``, the samples that validate (none of ``samples``; they
@@ -361,10 +363,9 @@ def distill(
             trainer = Trainer(state, form, settings.threads, name, loss, stage.reassign_lr)
         except ModelError as exc:
             result.skipped = str(exc)
-            if echo is not None:
-                echo(f"label-free fine-tuning skipped: {exc}; keeping the result without fine-tuning")
+            log.warning("label-free fine-tuning skipped: %s; keeping the result without fine-tuning", exc)
             return record
-        return run_stage(trainer, n, step, stage, record, batch_size=settings.batch_size, seed=seed, echo=echo,
+        return run_stage(trainer, n, step, stage, record, batch_size=settings.batch_size, seed=seed,
                          full_loss=full_loss)
 
     def share_if_needed(s: CompressionState) -> None:
@@ -372,16 +373,15 @@ def distill(
             share_state(s)
 
     run_stages(state, settings, prune_steps(state, settings), train, result.records, prune_step=prune_step,
-               share_state=share_if_needed, evaluate=evaluate, echo=echo)
+               share_state=share_if_needed, evaluate=evaluate)
     if snapshot is not None and result.skipped is None:
         after = output_error(state.dense_model(), val_part, val_teacher, settings.threads)
         result.validation = (before, after)
         if after > before:
             _restore(state, snapshot)
             result.restored = True
-            if echo is not None:
-                echo(f"label-free fine-tuning raised the error on {len(val_part)} validation sample(s) from "
-                     f"{before:.4g} to {after:.4g}; keeping the result it started from")
+            log.info("label-free fine-tuning raised the error on %d validation sample(s) from %.4g to %.4g; "
+                     "keeping the result it started from", len(val_part), before, after)
     result.seconds = time.perf_counter() - start
     return result
 

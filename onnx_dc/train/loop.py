@@ -24,6 +24,7 @@ puts weights, codebooks and biases back into the :class:`CompressionState` by na
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -50,6 +51,8 @@ from onnx_dc.train.forms import LossBuilder, TrainForm, TrainingGraph, build_tra
 from onnx_dc.train.optim import Optimizer
 from onnx_dc.train.ort_training import training_modules
 from onnx_dc.train.settings import StageRecord, StageSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -307,9 +310,10 @@ def fit(
     threads: int = 0,
     shift: int = 0,
     channels_last: bool = False,
-    echo: Callable[[str], None] | None = None,
 ) -> StageRecord:
     """Train ``state`` in ``form`` on ``(x, y)`` for ``stage.epochs`` epochs; updates the state.
+
+    Logs one line per epoch (INFO).
 
     Args:
         state: the compression state (its weights, codebooks and biases are updated).
@@ -323,7 +327,6 @@ def fit(
         threads: onnxruntime intra-op threads (0: its default).
         shift: move each training image by up to this many pixels (:mod:`onnx_dc.train.augment`; 0: off).
         channels_last: the images are NHWC (else NCHW).
-        echo: where to print one line per epoch (None: silent).
     """
     if shift and x.ndim != 4:
         raise ConfigError(f"train: shift: {shift} moves images, but the model input has shape {x.shape[1:]}; "
@@ -335,7 +338,7 @@ def fit(
 
     return run_stage(Trainer(state, form, threads, reassign_lr=stage.reassign_lr) if stage.epochs and len(y) else None,
                      len(y), step, stage,
-                     StageRecord(name, form.value, stage.epochs), batch_size=batch_size, seed=seed, echo=echo)
+                     StageRecord(name, form.value, stage.epochs), batch_size=batch_size, seed=seed)
 
 
 # One optimizer step of a stage on the samples ``idx``; returns their mean loss.
@@ -351,13 +354,13 @@ def run_stage(
     *,
     batch_size: int,
     seed: int,
-    echo: Callable[[str], None] | None = None,
     full_loss: Callable[[Trainer], float] | None = None,
 ) -> StageRecord:
     """Run ``stage.epochs`` shuffled epochs over ``n`` samples, commit to the state and close the trainer.
 
     With ``full_loss`` (the loss over all samples, without training), the stage is committed
     only when it lowered that loss; otherwise the state stays as it was (``record.kept``).
+    Logs one line per epoch, and one when the stage is undone (INFO).
 
     Args:
         trainer: the stage's trainer (None: nothing to train, the record is returned as is).
@@ -367,7 +370,6 @@ def run_stage(
         record: filled with steps, per-epoch mean losses and seconds.
         batch_size: samples per step.
         seed: shuffling seed.
-        echo: where to print one line per epoch (None: silent).
         full_loss: see above (None: always commit).
     """
     if trainer is None:
@@ -390,18 +392,17 @@ def run_stage(
                 bar.update()
                 bar.set_postfix(epoch=f"{epoch + 1}/{stage.epochs}", loss=f"{total / count:.4f}", refresh=False)
             record.losses.append(total / count)
-            if echo is not None:
-                # The learning rate the epoch's steps used (a cosine schedule ends at 0 after the last step).
-                echo(f"  {record.name}: epoch {epoch + 1}/{stage.epochs} loss {total / count:.4g} "
-                     f"lr {first_lr:.3g} -> {opt.last_lr:.3g}")
+            # The learning rate the epoch's steps used (a cosine schedule ends at 0 after the last step).
+            log.info("  %s: epoch %d/%d loss %.4g lr %.3g -> %.3g", record.name, epoch + 1, stage.epochs,
+                     total / count, first_lr, opt.last_lr)
         if full_loss is not None:
             record.loss_after = full_loss(trainer)
             record.kept = record.loss_after <= record.loss_before
         if record.kept:
             trainer.commit()
-        elif echo is not None:
-            echo(f"  {record.name}: loss on the samples that judge the stage rose from {record.loss_before:.4g} to "
-                 f"{record.loss_after:.4g}; the stage is undone")
+        else:
+            log.info("  %s: loss on the samples that judge the stage rose from %.4g to %.4g; the stage is undone",
+                     record.name, record.loss_before, record.loss_after)
     finally:
         bar.close()
         trainer.close()

@@ -14,6 +14,7 @@ are named in no step are pruned in a last step of their own.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from onnx_dc.passes.state import CompressionState, LayerState
 from onnx_dc.train.forms import TrainForm, model_input
 from onnx_dc.train.loop import fit
 from onnx_dc.train.settings import StageRecord, StageSettings, TrainSettings
+
+log = logging.getLogger(__name__)
 
 # One pruning step: weight name -> (sparse_ratio, prune_quality) to prune it to.
 PruneStep = dict[str, tuple[float | None, float | None]]
@@ -120,9 +123,10 @@ def run_schedule(
     preprocess: Preprocess | None = None,
     *,
     evaluate: Callable[[onnx.ModelProto], float] | None = None,
-    echo: Callable[[str], None] | None = None,
 ) -> ScheduleResult:
     """Prune (in steps, retraining after each), share, and train the codebooks; updates ``state``.
+
+    Logs each step and epoch (INFO).
 
     Args:
         state: from :func:`onnx_dc.api.prepare`; pass it to :func:`onnx_dc.api.finish` afterwards.
@@ -130,7 +134,6 @@ def run_schedule(
         settings: the schedule (:func:`~onnx_dc.train.settings.resolve_train_settings`).
         preprocess: input preprocessing (default: the model's metadata, else the dataset's scale).
         evaluate: optional accuracy function of a model, recorded after every stage.
-        echo: where to print progress (None: silent).
     """
     from onnx_dc.train.ort_training import training_modules
 
@@ -142,9 +145,9 @@ def run_schedule(
 
     def train(form: TrainForm, stage: StageSettings, seed: int, name: str) -> StageRecord:
         return fit(state, form, x, y, stage, batch_size=settings.batch_size, seed=seed, name=name,
-                   threads=settings.threads, shift=settings.shift, channels_last=prep.layout == "nhwc", echo=echo)
+                   threads=settings.threads, shift=settings.shift, channels_last=prep.layout == "nhwc")
 
-    run_stages(state, settings, steps, train, result.records, evaluate=evaluate, echo=echo)
+    run_stages(state, settings, steps, train, result.records, evaluate=evaluate)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -170,7 +173,6 @@ def run_stages(
     prune_step: PruneStepFn = prune_by_magnitude,
     share_state: Callable[[CompressionState], object] = share,
     evaluate: Callable[[onnx.ModelProto], float] | None = None,
-    echo: Callable[[str], None] | None = None,
 ) -> None:
     """Prune in ``steps`` (retraining after each, masked form), share, train the codebooks (shared form).
 
@@ -183,16 +185,16 @@ def run_stages(
         if evaluate is not None:
             rec.accuracy = evaluate(state.dense_model())
         records.append(rec)
-        if echo is not None and (rec.steps or rec.accuracy is not None):
+        if rec.steps or rec.accuracy is not None:
             acc = f", accuracy {rec.accuracy:.4f}" if rec.accuracy is not None else ""
-            echo(f"{rec.name}: {rec.steps} steps in {rec.seconds:.1f} s{acc}")
+            log.info("%s: %d steps in %.1f s%s", rec.name, rec.steps, rec.seconds, acc)
 
     for i, step in enumerate(steps):
         changed = prune_step(state, step)
-        if echo is not None:
+        if log.isEnabledFor(logging.INFO):
             desc = ", ".join(f"{w} {100.0 * state.layers[w].kept() / state.layers[w].weights.size:.1f}% kept"
                              for w in step)
-            echo(f"prune step {i + 1}/{len(steps)}: {desc}")
+            log.info("prune step %d/%d: %s", i + 1, len(steps), desc)
         if changed:
             record(train(TrainForm.MASKED, settings.retrain, settings.seed + i, f"retrain {i + 1}"))
     share_state(state)
@@ -206,8 +208,6 @@ def finetune_codebooks(
     data: DataSpec | str,
     settings: TrainSettings,
     preprocess: Preprocess | None = None,
-    *,
-    echo: Callable[[str], None] | None = None,
 ) -> ScheduleResult:
     """Train the codebooks and biases of an already-shared state (the ``codebook`` stage only)."""
     start = time.perf_counter()
@@ -215,6 +215,6 @@ def finetune_codebooks(
     result = ScheduleResult(settings, prep)
     result.records.append(fit(state, TrainForm.SHARED, x, y, settings.codebook, batch_size=settings.batch_size,
                               seed=settings.seed, name="codebook", threads=settings.threads, shift=settings.shift,
-                              channels_last=prep.layout == "nhwc", echo=echo))
+                              channels_last=prep.layout == "nhwc"))
     result.seconds = time.perf_counter() - start
     return result
