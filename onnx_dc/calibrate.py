@@ -245,3 +245,27 @@ def _all(data: CalibData):
 
     arrays = {k: np.concatenate([v, data.heldout.arrays[k]]) for k, v in data.calib.arrays.items()}
     return Samples(arrays, data.calib.constants, data.calib.stackable)
+
+
+@dataclass(frozen=True)
+class CalibStats:
+    """The data-aware settings and every layer's input statistics (plain NumPy arrays), collected once."""
+
+    settings: DataAwareSettings
+    stats: dict[str, Any]  # weight name -> onnx_dc.passes.stats.WeightStats
+
+
+def collect_calib_stats(state: CompressionState, calib: Any, config: Any = None) -> CalibStats:
+    """Input statistics of every planned layer of ``state`` on the calibration part of ``calib``.
+
+    The same statistics ``compress(calib=...)`` collects (config ``calib:`` settings);
+    ``state`` keeps its original weights (``keep_originals``).
+    """
+    from onnx_dc.config import as_config
+    from onnx_dc.runtime.collect import collect_stats
+
+    run = start_calib(state, calib, as_config(config).calib)
+    with progress.quieted():
+        collected = collect_stats(state, run.data.calib, batch_size=run.settings.batch_size,
+                                  full_max_dim=run.settings.full_hessian_max_dim)
+    return CalibStats(run.settings, collected.stats)

@@ -20,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onnx_dc.analysis.sensitivity import Accuracy, run_sensitivity  # noqa: E402
+from onnx_dc.analysis.metrics import Accuracy  # noqa: E402
+from onnx_dc.analysis.sensitivity import run_sensitivity  # noqa: E402
 from onnx_dc.sweep_grid import DEFAULT_CLASS_NUMS, DEFAULT_RATIOS  # noqa: E402
 from onnx_dc.analysis.sweep import Runner  # noqa: E402
 

@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 from onnx_dc.data.calib import parse_calib_spec  # noqa: E402
 from onnx_dc.graph.io import serialize  # noqa: E402
 from onnx_dc.formats.models import load_model
-from onnx_dc.analysis.sensitivity import Agreement, run_sensitivity  # noqa: E402
+from onnx_dc.analysis.metrics import Agreement  # noqa: E402
+from onnx_dc.analysis.sensitivity import run_sensitivity  # noqa: E402
 from onnx_dc.sweep_grid import parse_class_nums, parse_ratios  # noqa: E402
 
 

@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import onnx_dc  # noqa: E402
-from onnx_dc.analysis.sensitivity import Accuracy, load_sensitivity, run_sensitivity  # noqa: E402
+from onnx_dc.analysis.curves import load_sensitivity  # noqa: E402
+from onnx_dc.analysis.metrics import Accuracy  # noqa: E402
+from onnx_dc.analysis.sensitivity import run_sensitivity  # noqa: E402
 from onnx_dc.analysis.sweep import Runner  # noqa: E402
 from onnx_dc.analysis.target import compress_for_target  # noqa: E402
 

@@ -15,7 +15,9 @@ import onnx_dc
 from onnx_dc.config import load_config
 from onnx_dc.errors import ConfigError
 from onnx_dc.runtime.evaluate import evaluate
-from onnx_dc.analysis.sensitivity import Accuracy, LayerInfo, Point, Sensitivity, Setting, run_sensitivity
+from onnx_dc.analysis.curves import LayerInfo, Point, Sensitivity, Setting
+from onnx_dc.analysis.metrics import Accuracy
+from onnx_dc.analysis.sensitivity import run_sensitivity
 from onnx_dc.analysis.sweep import Runner
 from onnx_dc.analysis.target import knapsack
 
@@ -187,7 +189,7 @@ def test_bad_input_is_one_line(capsys, tmp_path, monkeypatch):
 def test_fidelity_path_without_labels(capsys, tmp_path):
     from onnx_dc.graph.io import serialize
     from onnx_dc.formats.models import load_model
-    from onnx_dc.analysis.sensitivity import Agreement
+    from onnx_dc.analysis.metrics import Agreement
 
     metric = Agreement(f"mnist:{MNIST_DIR}", serialize(load_model(LENET)))
     grid = {"ratios": (0.95,), "class_nums": (2,)}
@@ -208,7 +210,7 @@ def test_calib_sweep_runs_the_data_aware_passes_per_layer(capsys, tmp_path):
     from conftest import MNIST8
     from onnx_dc.graph.io import serialize
     from onnx_dc.formats.models import load_model
-    from onnx_dc.analysis.sensitivity import Agreement
+    from onnx_dc.analysis.metrics import Agreement
 
     calib = f"mnist:{MNIST_DIR}"
     metric = Agreement(calib, serialize(load_model(MNIST8)))

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import onnx
 
 from onnx_dc.errors import ConfigError
-from onnx_dc.analysis.sensitivity import Point, Sensitivity, config_for
+from onnx_dc.analysis.curves import Point, Sensitivity, config_for
 
 STEPS = 400
 ROUNDS = 6
@@ -151,7 +151,7 @@ def compress_for_target(model, output_path, metric, target: float, sens: Sensiti
 
     stats = None
     if calib is not None:
-        from onnx_dc.analysis.sensitivity import collect_calib_stats
+        from onnx_dc.calibrate import collect_calib_stats
 
         stats = collect_calib_stats(api.prepare(model), calib)
         if stats.settings.sequential:

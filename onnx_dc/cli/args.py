@@ -1,7 +1,8 @@
 """Argument groups that several commands share, and the readers that turn them into API arguments.
 
 The command modules add these groups to their parsers and read them back through the
-functions here (preprocessing, calibration samples, global settings, fine-tuning, output level).
+functions here (preprocessing, calibration samples, global settings, fine-tuning, the sensitivity
+sweep of ``sensitivity`` and ``compress --target-drop``, output level).
 """
 
 from __future__ import annotations
@@ -183,3 +184,69 @@ def add_common_args(parser: argparse.ArgumentParser, sub: argparse._SubParsersAc
                            help="list every tensor that is not compressed, and print the details of the work")
         g.add_argument("--debug", action="store_true",
                        help="on an unexpected error (a bug), print the traceback instead of one line")
+
+
+# ----------------------------------------------------------------------------- sensitivity sweeps
+
+SWEEP_FLAGS = ("ratios", "class_nums", "workers", "ray", "limit", "sensitivity")
+
+
+def add_sweep_args(p: argparse.ArgumentParser, title: str) -> None:
+    """--ratios --class-nums --limit --workers --ray."""
+    from onnx_dc.sweep_grid import DEFAULT_CLASS_NUMS, DEFAULT_RATIOS
+
+    g = p.add_argument_group(title)
+    g.add_argument("--ratios", help="sparse ratios to try, in [0, 1) (default "
+                   f"{','.join(f'{r:g}' for r in DEFAULT_RATIOS)})")
+    g.add_argument("--class-nums", help=f"class_num values to try, 2..256 (default {','.join(map(str, DEFAULT_CLASS_NUMS))})")
+    g.add_argument("--limit", type=int, help="score on the first N test samples only (faster, coarser)")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="run the (layer x setting) evaluations in N worker processes")
+    where.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                       help="run them on Ray: a cluster at ADDRESS (HOST:PORT), or without one a local instance "
+                            "(needs the ray extra: pip install 'onnx_dc[ray]')")
+
+
+def check_sweep_args(args: argparse.Namespace) -> None:
+    argcheck.ratio_list(args.ratios)
+    argcheck.class_num_list(args.class_nums)
+    argcheck.count(args.limit, "--limit")
+    argcheck.count(args.workers, "--workers")
+    argcheck.ray_address(args.ray)
+
+
+def runner_from(args: argparse.Namespace):
+    from onnx_dc.analysis.sweep import Runner
+
+    return Runner(workers=args.workers or 0, ray=args.ray)
+
+
+def grid_from(args: argparse.Namespace) -> dict:
+    from onnx_dc.sweep_grid import DEFAULT_CLASS_NUMS, DEFAULT_RATIOS
+
+    return {"ratios": argcheck.ratio_list(args.ratios) or DEFAULT_RATIOS,
+            "class_nums": argcheck.class_num_list(args.class_nums) or DEFAULT_CLASS_NUMS}
+
+
+def metric_from(args: argparse.Namespace, model: str):
+    """The evaluation function of the flags: accuracy on --data, or fidelity to the original on --calib."""
+    from onnx_dc.graph.io import serialize
+    from onnx_dc.formats.models import load_model
+    from onnx_dc.analysis.metrics import Accuracy, Agreement
+
+    if args.calib is not None:
+        return Agreement(calib_from(args), serialize(load_model(model)))
+    return Accuracy(args.data, preprocess_from(args, load_model(model)), "test", args.limit)
+
+
+def check_data_args(args: argparse.Namespace) -> None:
+    """Exactly one of --data (labels) and --calib (samples, no labels), and its files there."""
+    if (args.data is None) == (args.calib is None):
+        raise ArgumentError("give --data SPEC (labeled: top-1 accuracy) or --calib SPEC (unlabeled: fidelity to "
+                            "the original model), one of the two")
+    if args.data is not None:
+        argcheck.data_spec(args.data)
+    else:
+        calib_from(args)
+    if args.calib is not None and args.limit is not None:
+        raise ArgumentError("--limit applies to --data; with --calib give --calib-limit")

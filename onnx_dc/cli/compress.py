@@ -1,4 +1,5 @@
-"""The commands that write a model: ``compress`` (also ``--target-drop``), ``finetune`` and ``import-caffe``."""
+"""The commands that write a model: ``compress`` (also ``--target-drop``: settings from a sensitivity sweep),
+``finetune`` and ``import-caffe``."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import os
 
 from onnx_dc import progress
 from onnx_dc.cli import argcheck
-from onnx_dc.cli.analysis import add_target_args, compress_target
-from onnx_dc.cli.args import (add_calib_args, add_preprocess_args, add_settings_args, add_training_args, calib_from,
-                              check_training_args, preprocess_flags, preprocess_from, print_json, say, settings_from,
-                              training_from)
+from onnx_dc.cli.args import (SWEEP_FLAGS, add_calib_args, add_preprocess_args, add_settings_args, add_sweep_args,
+                              add_training_args, calib_from, check_data_args, check_sweep_args, check_training_args,
+                              grid_from, metric_from, preprocess_flags, preprocess_from, print_json, runner_from, say,
+                              settings_from, training_from)
 from onnx_dc.errors import ArgumentError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -202,3 +203,91 @@ def cmd_import_caffe(args: argparse.Namespace) -> int:
     else:
         say(f"wrote {args.output}" + (f" and {args.config_out}" if args.config_out else ""))
     return 0
+
+
+# ----------------------------------------------------------------------------- --target-drop
+
+def add_target_args(p: argparse.ArgumentParser) -> None:
+    """compress's --target-drop, --config-out and the sweep flags."""
+    g = p.add_argument_group("settings from a target (instead of --config / --sparse-ratio / --class-num)")
+    g.add_argument("--target-drop", type=float, metavar="D",
+                   help="per-layer sparse_ratio and class_num with the smallest layers whose accuracy on --data "
+                        "(or fidelity on --calib held-out samples, in percent) drops by at most D points (a sensitivity sweep, then a knapsack, measured; no retraining)")
+    g.add_argument("--config-out", help="with --target-drop: write the chosen per-layer settings as YAML")
+    g.add_argument("--sensitivity", metavar="JSON", help="with --target-drop: use this sweep (onnx-dc sensitivity "
+                   "--json, same model and data) instead of running one")
+    add_sweep_args(p, "the sensitivity sweep of --target-drop")
+
+
+def compress_target(args: argparse.Namespace) -> int | None:
+    """Run ``compress --target-drop``; None when not asked for (then no sweep flag may be given)."""
+    if args.target_drop is None:
+        given = [f"--{f.replace('_', '-')}" for f in SWEEP_FLAGS + ("config_out",) if getattr(args, f) is not None]
+        if given:
+            raise ArgumentError(f"{', '.join(given)}: only with --target-drop D")
+        return None
+    _check_target_args(args)
+    from onnx_dc.analysis.sensitivity import run_sensitivity
+    from onnx_dc.analysis.target import compress_for_target
+
+    metric = metric_from(args, args.model)
+    if args.sensitivity is not None:
+        sens = _matching_sweep(args.sensitivity, args.model, metric)
+    else:
+        sens = run_sensitivity(args.model, metric, runner=runner_from(args), calib=getattr(metric, "calib", None),
+                               **grid_from(args))
+    result, chosen = compress_for_target(args.model, args.output, metric, args.target_drop, sens,
+                                         getattr(metric, "preprocess", None), getattr(metric, "calib", None))
+    if args.config_out is not None:
+        from onnx_dc.importers.caffe import write_config_yaml
+
+        write_config_yaml(chosen.chosen.config, args.config_out)
+    if args.json:
+        print(json.dumps(json.loads(result.report.to_json()) | {"target": chosen.to_dict()}, indent=2))
+    elif progress.level() > progress.Level.QUIET:
+        print(result.report.to_table(verbose=progress.verbose()))
+        print(chosen.summary())
+        last = chosen.chosen
+        print(f"chosen: {metric.describe()} {sens.baseline - last.measured:.2f} (drop {last.measured:.3f} <= "
+              f"{args.target_drop:g}), layers {last.layer_bytes} B")
+        print(f"wrote {args.output}" + (f" and {args.config_out}" if args.config_out else ""))
+    return 0
+
+
+def _matching_sweep(path: str, model: str, metric):
+    """A saved sweep, refused unless it was measured on the same layers with the same evaluation function."""
+    from onnx_dc.api import prepare
+    from onnx_dc.analysis.curves import load_sensitivity
+
+    sens = load_sensitivity(path)
+    weights = [e.site.name for e in prepare(model).plan.entries]
+    if [info.weight for info in sens.layers] != weights or sens.metric != metric.describe():
+        raise ArgumentError(f"--sensitivity {path}: measured on other layers or data ({sens.metric}) than "
+                            f"{model} with {metric.describe()}; run the sweep again (drop --sensitivity)")
+    data_aware = bool(set(sens.passes) - {"prune", "share"})
+    if data_aware != (getattr(metric, "calib", None) is not None):
+        raise ArgumentError(f"--sensitivity {path}: measured with the passes {', '.join(sens.passes) or 'none'}, "
+                            f"but this run uses the {'data-aware' if not data_aware else 'plain'} ones; run the "
+                            "sweep again (drop --sensitivity)")
+    return sens
+
+
+def _check_target_args(args: argparse.Namespace) -> None:
+    argcheck.drop(args.target_drop, "--target-drop")
+    clash = [flag for flag, value in (("--config", args.config), ("--caffe", args.caffe),
+                                      ("--sparse-ratio", args.sparse_ratio), ("--class-num", args.class_num),
+                                      ("--prune-quality", args.prune_quality), ("--epochs", args.epochs))
+             if value is not None]
+    if clash:
+        raise ArgumentError(f"--target-drop chooses the settings itself; drop {', '.join(clash)} "
+                            "(fine-tune the result afterwards with onnx-dc finetune)")
+    if not args.model:
+        raise ArgumentError("give a model file to compress")
+    argcheck.unpacked_model(args.model)
+    argcheck.output_file(args.output, inputs=[args.model])
+    if args.config_out is not None:
+        argcheck.output_file(args.config_out, "--config-out", inputs=[args.model, args.output])
+    check_data_args(args)
+    check_sweep_args(args)
+    if args.sensitivity is not None:
+        argcheck.input_file(args.sensitivity, "--sensitivity")

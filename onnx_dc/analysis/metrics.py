@@ -1,0 +1,78 @@
+"""Evaluation functions of sweeps: a model -> a score in percent (accuracy on labels, or agreement with
+the original model on held-out samples). Picklable, so that worker processes and Ray can run them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+
+from onnx_dc.data.datasets import Preprocess
+
+
+Metric = Callable[[onnx.ModelProto], float]
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Evaluation function: top-1 accuracy in percent on a labeled dataset (``runtime.evaluate``).
+
+    One onnxruntime thread, so that every worker computes the same numbers.
+    """
+
+    data: str
+    preprocess: Preprocess | None = None
+    split: str = "test"
+    limit: int | None = None
+    name: str = "top-1 accuracy"
+    unit: str = "%"
+
+    def __call__(self, model: onnx.ModelProto) -> float:
+        from onnx_dc.runtime.evaluate import evaluate
+
+        return 100.0 * evaluate(model, self.data, self.preprocess, self.split, self.limit, threads=1).accuracy
+
+    def describe(self) -> str:
+        """What is measured, on what."""
+        part = f"first {self.limit} of " if self.limit else ""
+        return f"{self.name} ({self.unit}) on {part}{self.data} {self.split}"
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Evaluation function without labels: agreement with the original model on held-out samples.
+
+    score = 100 x mean over the original's float outputs of the top-1 agreement (outputs that
+    hold class scores) or the cosine similarity (others), from ``runtime.fidelity``; the
+    original model scores 100. One onnxruntime thread, as :class:`Accuracy`.
+    """
+
+    calib: Any  # a CalibSpec or spec text (images:DIR, npz:FILE, mnist:DIR, ...)
+    reference: bytes  # the original model, serialized
+    name: str = "fidelity (top-1 agreement, else cosine)"
+    unit: str = "%"
+
+    def __call__(self, model: onnx.ModelProto) -> float:
+        from onnx_dc.runtime.fidelity import compare_outputs
+        from onnx_dc.runtime.session import InferenceSession
+
+        outputs = compare_outputs(InferenceSession(self.reference, 1), InferenceSession(model, 1), self._heldout())
+        return 100.0 * sum(o.top1 if o.top1 is not None else o.cosine for o in outputs) / max(len(outputs), 1)
+
+    def _heldout(self):
+        key = (str(self.calib), hash(self.reference))
+        if key not in _HELDOUT:  # read once per process, not once per evaluation
+            from onnx_dc.data.calib import load_calib
+
+            data = load_calib(self.calib, onnx.load_model_from_string(self.reference))
+            _HELDOUT[key] = data.heldout if len(data.heldout) else data.calib
+        return _HELDOUT[key]
+
+    def describe(self) -> str:
+        """What is measured, on what."""
+        return f"{self.name} ({self.unit}) on held-out samples of {self.calib}"
+
+
+_HELDOUT: dict = {}
