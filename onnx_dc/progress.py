@@ -126,16 +126,27 @@ def echoed(echo: Callable[[str], None] | None):
         yield
         return
     logger = logging.getLogger(LOGGER)
-    saved, propagate, effective = logger.level, logger.propagate, logger.getEffectiveLevel()
+    effective = logger.getEffectiveLevel()
     lowered = effective > logging.INFO
-    handler = _Forward(echo, effective if lowered and propagate else None)
-    if lowered:
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    handler = _Forward(echo, effective if lowered and logger.propagate else None)
+    with attached(handler, logging.INFO if lowered else None, False if lowered else None):
+        yield
+
+
+@contextlib.contextmanager
+def attached(handler: logging.Handler, level: int | None = None, propagate: bool | None = None):
+    """Within the block, ``handler`` receives the ``onnx_dc`` logger's records, the logger set to ``level`` and
+    ``propagate`` (None: as they are); the logger is left as it was found."""
+    logger = logging.getLogger(LOGGER)
+    saved_level, saved_propagate = logger.level, logger.propagate
+    if level is not None:
+        logger.setLevel(level)
+    if propagate is not None:
+        logger.propagate = propagate
     logger.addHandler(handler)
     try:
-        yield
+        yield logger
     finally:
         logger.removeHandler(handler)
-        logger.setLevel(saved)
-        logger.propagate = propagate
+        logger.setLevel(saved_level)
+        logger.propagate = saved_propagate

@@ -12,11 +12,10 @@ import threading
 
 import pytest
 from conftest import mlp_model
+from test_cli import cli, mlp_path  # noqa: F401 (mlp_path is a fixture)
 
 import onnx_dc
 from onnx_dc import pipeline, progress
-from onnx_dc.cli import main
-from onnx_dc.graph.io import write_model
 from onnx_dc.train import ort_training
 
 needs_training = pytest.mark.skipif(not ort_training.training_available(),
@@ -24,17 +23,6 @@ needs_training = pytest.mark.skipif(not ort_training.training_available(),
 LOGGER = logging.getLogger("onnx_dc")
 
 
-@pytest.fixture
-def mlp_path(tmp_path):
-    path = tmp_path / "mlp.onnx"
-    write_model(mlp_model(), path)
-    return path
-
-
-def cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_logger_as_found():

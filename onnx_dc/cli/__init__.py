@@ -97,18 +97,11 @@ def shown_on_stderr(level: progress.Level):
     would print every line a second time. ``main()`` may run many times in one process (tests),
     so the logger is left as it was found.
     """
-    logger = logging.getLogger(progress.LOGGER)
-    handler, saved, propagate = _TqdmHandler(), logger.level, logger.propagate
     progress.set_level(level)
-    logger.setLevel(progress.LOG_LEVELS[level])
-    logger.propagate = False
-    logger.addHandler(handler)
     try:
-        yield
+        with progress.attached(_TqdmHandler(), progress.LOG_LEVELS[level], propagate=False):
+            yield
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved)
-        logger.propagate = propagate
         progress.set_level(progress.Level.NORMAL)
 
 
