@@ -133,6 +133,8 @@ for _spec in (
     OpSpec("InstanceNormalization", parameters=True),
     OpSpec("LayerNormalization", parameters=True),
     OpSpec("DepthToSpace", equivalent="depth_to_space"),
+    OpSpec("HardSigmoid", equivalent="hard_sigmoid"),
+    OpSpec("HardSwish", equivalent="hard_swish"),
     OpSpec("Resize", equivalent="resize_nearest"),
 ):
     register(_spec)

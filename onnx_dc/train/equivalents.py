@@ -5,6 +5,8 @@ Each rewrite is the op's definition in the ONNX spec, in ops that have CPU gradi
     DepthToSpace(x, b), DCR:  Reshape(x, [N, b, b, C/b^2, H, W]) -> Transpose(0,3,4,1,5,2) -> Reshape([N, C/b^2, H b, W b])
                         CRD:  Reshape(x, [N, C/b^2, b, b, H, W]) -> Transpose(0,1,4,2,5,3) -> Reshape(same)
     PRelu(x, s)            =  Relu(x) - s * Relu(-x)
+    HardSigmoid(x)         =  max(0, min(1, a x + b)) = Relu(y) - Relu(y - 1),  y = a x + b
+    HardSwish(x)           =  x * HardSigmoid(x) with a = 1/6, b = 1/2
     BatchNormalization(x, scale, B, mean, var) = x * a + b,  a = scale / sqrt(var + eps),  b = B - mean * a
         (onnxruntime-training would train it in training mode, on batch statistics: with one
         sample per call those differ from the model's, and so do the gradients)
@@ -72,6 +74,37 @@ def _prelu(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> 
         oh.make_node("Mul", [p + "negpart", slope], [p + "scaled"], name=p + "scaled"),
         oh.make_node("Sub", [p + "pos", p + "scaled"], list(node.output), name=p + "out"),
     ]
+
+
+def _clamped(node: onnx.NodeProto, x: str, alpha: float, beta: float, out: str) -> list[onnx.NodeProto]:
+    """``out = max(0, min(1, alpha x + beta)) = Relu(y) - Relu(y - 1)`` with ``y = alpha x + beta``."""
+    p = f"{node.name}/equiv/"
+
+    def const(name: str, value: float) -> onnx.NodeProto:
+        return oh.make_node("Constant", [], [p + name], value=oh.make_tensor(p + name, TensorProto.FLOAT, [], [value]))
+
+    return [
+        const("alpha", alpha), const("beta", beta), const("one", 1.0),
+        oh.make_node("Mul", [x, p + "alpha"], [p + "ax"], name=p + "ax"),
+        oh.make_node("Add", [p + "ax", p + "beta"], [p + "y"], name=p + "y"),
+        oh.make_node("Relu", [p + "y"], [p + "low"], name=p + "low"),
+        oh.make_node("Sub", [p + "y", p + "one"], [p + "y1"], name=p + "y1"),
+        oh.make_node("Relu", [p + "y1"], [p + "high"], name=p + "high"),
+        oh.make_node("Sub", [p + "low", p + "high"], [out], name=p + "out"),
+    ]
+
+
+def _hard_sigmoid(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto]:
+    """HardSigmoid(x) = max(0, min(1, alpha x + beta)) = Relu(y) - Relu(y - 1), alpha 0.2 and beta 0.5 by default."""
+    attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
+    return _clamped(node, node.input[0], float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5)), node.output[0])
+
+
+def _hard_swish(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto]:
+    """HardSwish(x) = x * HardSigmoid(x) with alpha 1/6, beta 0.5 (the ONNX definition)."""
+    p = f"{node.name}/equiv/"
+    return [*_clamped(node, node.input[0], 1.0 / 6.0, 0.5, p + "gate"),
+            oh.make_node("Mul", [node.input[0], p + "gate"], list(node.output), name=p + "swish")]
 
 
 def _resize_nearest(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto] | None:
@@ -234,7 +267,8 @@ def _bidirectional_rnn(node: onnx.NodeProto, shapes: dict[str, list[int]], const
 # The op table's equivalent names -> rewrites. The ops onnxruntime-training 1.19 has no CPU
 # gradient for (or, BatchNormalization, trains in training mode: batch statistics), written with
 # ops that have one; which op takes which rewrite is the table's ``equivalent`` field.
-REWRITES = {"depth_to_space": _depth_to_space, "prelu": _prelu, "resize_nearest": _resize_nearest,
+REWRITES = {"depth_to_space": _depth_to_space, "prelu": _prelu, "hard_sigmoid": _hard_sigmoid,
+            "hard_swish": _hard_swish, "resize_nearest": _resize_nearest,
             "batch_norm": _batch_norm, "conv_transpose": _conv_transpose, "bidirectional_rnn": _bidirectional_rnn}
 
 
