@@ -18,18 +18,8 @@ from onnx_dc.formats.models import load_model
 from onnx_dc.graph.io import write_model
 from onnx_dc.graph.normalize import normalize
 from onnx_dc.passes.state import CompressionState
-from onnx_dc.pipeline import CompressResult
+from onnx_dc.pipeline import CompressResult, model_name, model_path
 from onnx_dc.report import Report, make_report
-
-
-def _model_name(model: Any) -> str:
-    """The model's name in messages: its path, or "model" for a proto or bytes."""
-    return str(model) if isinstance(model, (str, os.PathLike)) else "model"
-
-
-def _path_of(model: Any) -> str | os.PathLike | None:
-    """The model's path when it was given as one (the file an output must not overwrite)."""
-    return model if isinstance(model, (str, os.PathLike)) else None
 
 
 def _config(config: Config | Mapping[str, Any] | str | Path | None, overrides: Mapping[str, Any]) -> Config:
@@ -108,7 +98,7 @@ def compress(
         TrainingUnavailable: when ``data`` is given and onnxruntime-training cannot be imported.
     """
     if output_path is not None:
-        refuse_overwrite(output_path, [_path_of(model)])
+        refuse_overwrite(output_path, [model_path(model)])
     ctx = pipeline.Context(model, _config(config, overrides), overrides, output_path=output_path,
                            preprocess=preprocess, data=data, calib=calib, schedule=schedule, epochs=epochs)
     with progress.echoed(echo):
@@ -153,21 +143,20 @@ def finetune(
 
     training_modules()
     if output_path is not None:
-        refuse_overwrite(output_path, [_path_of(model)])
-    name = _model_name(model)
+        refuse_overwrite(output_path, [model_path(model)])
+    name = model_name(model)
     state = state_from_dc(load_model(model), name)
     settings = resolve_train_settings(schedule, {"epochs": epochs} if epochs is not None else None)
     with progress.echoed(echo):
         trained = finetune_codebooks(state, data, settings, preprocess)
-    input_path = model if isinstance(model, (str, os.PathLike)) else None
-    return finish(state, output_path, trained.preprocess, input_path)
+    return finish(state, output_path, trained.preprocess, model_path(model))
 
 
 def report(model: onnx.ModelProto | str | os.PathLike, baseline: str | os.PathLike | None = None) -> Report:
     """Per-layer report of a ``*.dc.onnx`` or ``.dcz`` file (``baseline``: the original model, for its size)."""
     from onnx_dc.formats import dcz
 
-    name = _model_name(model)
+    name = model_name(model)
     if baseline is not None and not Path(baseline).is_file():
         raise ModelError(f"{baseline}: no such file (the --baseline model)")
     baseline_bytes = Path(baseline).stat().st_size if baseline is not None else None
@@ -237,9 +226,9 @@ def export_dense(model: str | os.PathLike | onnx.ModelProto | bytes,
     """
     from onnx_dc.formats.models import load_model
 
-    name = _model_name(model)
+    name = model_name(model)
     if output_path is not None:
-        refuse_overwrite(output_path, [_path_of(model)])
+        refuse_overwrite(output_path, [model_path(model)])
     proto = load_model(model)
     if not layout.decoder_nodes(proto.graph):
         raise ModelError(f"{name}: not a compressed model (no onnx_dc decoders); it is already plain ONNX")

@@ -104,18 +104,28 @@ class Context:
 
     @property
     def name(self) -> str:
-        """The model's name in messages: its path, or "model" for a proto or bytes."""
-        return str(self.source) if self.path is not None else "model"
+        """The model's name in messages (:func:`model_name`)."""
+        return model_name(self.source)
 
     @property
     def path(self) -> str | os.PathLike | None:
-        """The model's path when it was given as one (the file an output must not overwrite)."""
-        return self.source if isinstance(self.source, (str, os.PathLike)) else None
+        """The model's path when it was given as one (:func:`model_path`)."""
+        return model_path(self.source)
 
     @property
     def seed(self) -> dict[str, int] | None:
         """The ``seed`` override as a train-settings layer, or None."""
         return {"seed": self.overrides["seed"]} if self.overrides.get("seed") is not None else None
+
+
+def model_name(model: Any) -> str:
+    """A model's name in messages: its path, or "model" for a proto or bytes."""
+    return str(model) if isinstance(model, (str, os.PathLike)) else "model"
+
+
+def model_path(model: Any) -> str | os.PathLike | None:
+    """A model's path when it was given as one (the file an output must not overwrite), else None."""
+    return model if isinstance(model, (str, os.PathLike)) else None
 
 
 StageFn = Callable[[CompressionState | None, Context], Done | None]
