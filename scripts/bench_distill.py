@@ -1,7 +1,7 @@
 """Label-free fine-tuning: fidelity to the original model without and with it, per model.
 
 For LeNet-300-100 (models/, sparse 0.9 / class_num 32, MNIST train images without labels)
-and the real models in ../shared/data/real (sparse 0.5 / class_num 32), five ways:
+and the real models in ../shared/data/real, minilm included (sparse 0.5 / class_num 32), five ways:
 data-free (prune by magnitude, plain k-means); data-free + label-free fine-tuning
 (onnx_dc.train.distill: masked retraining, k-means, codebook training, all against the
 original model's outputs); data-aware (compress(calib=...)); the same with the activation
@@ -264,6 +264,10 @@ def cases(folder: Path, epochs: int, limit: int, audio_epochs: int = 16, audio_l
         "gtcrn": lambda: dict(path=REAL / "gtcrn" / "gtcrn_simple.onnx",
                               spec=npz_spec("gtcrn", gtcrn_feeds(audio, len(audio) // 256)), settings=real,
                               schedule=audio_sched),
+        # 487 tokenized sentences (input_ids, attention_mask, token_type_ids); the limit as for the images
+        "minilm": lambda: dict(path=REAL / "minilm" / "minilm.onnx",
+                               spec=replace(as_calib_spec(f"npz:{REAL / 'minilm' / 'sentences.npz'}"), limit=limit),
+                               settings=real, schedule=sched),
         "silero-vad": lambda: dict(path=REAL / "silero-vad" / "silero_vad_16k_op15.onnx",
                                    spec=npz_spec("silero", silero_feeds(audio, 300)), settings=real,
                                    schedule=audio_sched),

@@ -135,6 +135,54 @@ def run(model: onnx.ModelProto | bytes | str, feeds: dict) -> list[np.ndarray]:
     return ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
+def cross_entropy(model: onnx.ModelProto, feeds: dict, labels: np.ndarray) -> float:
+    """Mean cross-entropy of the model's first output (logits [N, K]) in onnxruntime, in float64."""
+    z = run(model, feeds)[0].astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(labels)), labels].mean())
+
+
+def assert_step_is_the_gradient(model: onnx.ModelProto, x: np.ndarray, labels: np.ndarray, weight: str,
+                                eps: float = 1e-3, count: int = 24, seed: int = 0, branches=None) -> None:
+    """One SGD step of fine-tuning (the rewritten training graph) moves ``weight`` by lr x the gradient
+    of the unchanged model's cross-entropy, taken by central finite differences in onnxruntime
+    (at ``count`` random positions of the weight).
+    """
+    from onnx_dc.api import prepare
+    from onnx_dc.train.forms import TrainForm
+    from onnx_dc.train.loop import Trainer
+    from onnx_dc.train.optim import Optimizer
+    from onnx_dc.train.settings import OptimizerKind, StageSettings
+
+    w0 = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == weight)).astype(np.float64)
+    positions = np.random.default_rng(seed).choice(w0.size, size=min(count, w0.size), replace=False)
+    numeric = np.zeros(len(positions))
+    for k, flat in enumerate(positions):
+        losses = []
+        for sign in (1, -1):
+            w = w0.copy()
+            w.flat[flat] += sign * eps
+            probe = onnx.ModelProto()
+            probe.CopyFrom(model)
+            for t in probe.graph.initializer:
+                if t.name == weight:
+                    t.CopyFrom(numpy_helper.from_array(w.astype(np.float32), weight))
+            losses.append(cross_entropy(probe, {"x": x}, labels))
+        numeric[k] = (losses[0] - losses[1]) / (2 * eps)
+    state = prepare(model, class_num=256)  # planned, no pass run: the weights are the original ones
+    trainer = Trainer(state, TrainForm.DENSE, name=weight, branches=branches)
+    try:
+        lr = 0.1
+        before = trainer.values[weight].copy()
+        trainer.step(x, labels, Optimizer(StageSettings(lr=lr, momentum=0.0, optimizer=OptimizerKind.SGD), 1))
+        moved = ((before - trainer.values[weight]) / lr).ravel()[positions]
+    finally:
+        trainer.close()
+    assert np.abs(numeric).max() > 1e-3  # gradient reaches the weight through the op
+    np.testing.assert_allclose(moved, numeric, rtol=2e-2, atol=2e-3)
+
+
 @pytest.fixture
 def mnist8() -> Path:
     return shared_path(MNIST8)

@@ -11,11 +11,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import finish_model, init
+from conftest import assert_step_is_the_gradient, finish_model, init
 from onnx import TensorProto
 from onnx import helper as oh
 
-from onnx_dc.api import prepare
 from onnx_dc.graph import ops
 from onnx_dc.train.equivalents import differentiable_equivalents
 from onnx_dc.train.ort_training import training_available
@@ -56,49 +55,44 @@ def test_hard_activation_equivalent_gives_the_op_outputs(op, attrs):
     np.testing.assert_allclose(_run(rewritten, x), want, rtol=1e-6, atol=1e-6)
 
 
-def _cross_entropy(model: onnx.ModelProto, x: np.ndarray, labels: np.ndarray) -> float:
-    z = _run(model, x).astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float(-logp[np.arange(len(labels)), labels].mean())
-
-
 @needs_training
 @pytest.mark.parametrize("op,attrs", HARD)
 def test_fine_tuning_through_a_hard_activation_steps_by_its_gradient(op, attrs):
     """One SGD step through the rewritten graph moves w by lr x the finite-difference gradient of the original."""
-    from onnx_dc.train.forms import TrainForm
-    from onnx_dc.train.loop import Trainer
-    from onnx_dc.train.optim import Optimizer
-    from onnx_dc.train.settings import OptimizerKind, StageSettings
-
     model = dense_then(op, attrs, seed=2)
     rng = np.random.default_rng(3)
     x = rng.normal(0, 1, (32, 5)).astype(np.float32)
-    labels = rng.integers(0, 6, 32).astype(np.int64)
-    w0 = onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w")).astype(np.float64)
-    numeric = np.zeros_like(w0)
-    eps = 1e-3
-    for i in np.ndindex(w0.shape):
-        losses = []
-        for sign in (1, -1):
-            w = w0.copy()
-            w[i] += sign * eps
-            probe = onnx.ModelProto()
-            probe.CopyFrom(model)
-            for t in probe.graph.initializer:
-                if t.name == "w":
-                    t.CopyFrom(onnx.numpy_helper.from_array(w.astype(np.float32), "w"))
-            losses.append(_cross_entropy(probe, x, labels))
-        numeric[i] = (losses[0] - losses[1]) / (2 * eps)
-    state = prepare(model, class_num=256)  # planned, no pass run: the weights are the original ones
-    trainer = Trainer(state, TrainForm.DENSE, name=op)
-    try:
-        lr = 0.1
-        before = trainer.values["w"].copy()
-        trainer.step(x, labels, Optimizer(StageSettings(lr=lr, momentum=0.0, optimizer=OptimizerKind.SGD), 1))
-        moved = (before - trainer.values["w"]) / lr
-    finally:
-        trainer.close()
-    assert np.abs(numeric).max() > 1e-3  # the activation passes gradient here
-    np.testing.assert_allclose(moved, numeric, rtol=2e-2, atol=2e-3)
+    assert_step_is_the_gradient(model, x, rng.integers(0, 6, 32).astype(np.int64), "w", count=30)
+
+
+def layer_norm_model(seed: int = 0) -> onnx.ModelProto:
+    """x [N, 6] -> MatMul (w [6, 8]) -> LayerNormalization (one output, as PyTorch exports it) -> y [N, 8]."""
+    rng = np.random.default_rng(seed)
+    g = oh.make_graph([oh.make_node("MatMul", ["x", "w"], ["z"], name="fc"),
+                       oh.make_node("LayerNormalization", ["z", "gamma", "beta"], ["y"], name="ln", axis=-1, epsilon=1e-5)],
+                      "ln", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+                      [init("w", rng.normal(0, 1, (6, 8)).astype(np.float32)),
+                       init("gamma", rng.normal(1, .3, 8).astype(np.float32)),
+                       init("beta", rng.normal(0, .3, 8).astype(np.float32))])
+    return finish_model(g)
+
+
+def test_layer_norm_equivalent_names_its_statistics_and_gives_the_op_outputs():
+    model = layer_norm_model()
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    assert differentiable_equivalents(rewritten) == 1
+    (ln,) = [n for n in rewritten.graph.node if n.op_type == "LayerNormalization"]
+    assert len(ln.output) == 3 and all(ln.output) and ln.output[0] == "y"
+    x = np.random.default_rng(1).normal(0, 2, (16, 6)).astype(np.float32)
+    np.testing.assert_allclose(_run(rewritten, x), _run(model, x), rtol=1e-6, atol=1e-6)
+    assert differentiable_equivalents(rewritten) == 0  # already has them
+
+
+@needs_training
+def test_fine_tuning_through_a_one_output_layer_norm_steps_by_its_gradient():
+    """onnxruntime-training's LayerNormalization gradient reads Mean / InvStdDev: a PyTorch export has neither."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (32, 6)).astype(np.float32)
+    assert_step_is_the_gradient(layer_norm_model(2), x, rng.integers(0, 8, 32).astype(np.int64), "w")

@@ -38,7 +38,11 @@ OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Ga
 BUILDERS = {  # modules that build nodes of these ops in the graphs they write
     "onnx_dc.graph.decoders": {"Gather", "MatMul"},  # the decoder functions: codebook lookup, bit unpacking
     "onnx_dc.train.equivalents": {"Conv", "Gather"},  # ConvTranspose as a Conv; time and kernel reversal
-    "onnx_dc.train.distill": {"Gather"},  # the KL loss reads the class count from the logits' shape
+    "onnx_dc.train.distill": {"Gather"},
+    "onnx_dc.train.resize": {"MatMul"},  # Resize as matrix products
+    "onnx_dc.train.elementwise": {"MatMul"},  # CumSum as a product with a triangular matrix
+    # LSTM / GRU / RNN written out by their definitions (gates per op, which GRUs train as they are)
+    "onnx_dc.train.recurrent": {"MatMul", "Gather", "LSTM", "GRU", "RNN"},  # the KL loss reads the class count from the logits' shape
 }
 
 

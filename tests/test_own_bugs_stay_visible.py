@@ -140,7 +140,7 @@ def test_a_gradient_kernel_onnxruntime_refuses_is_a_model_error(monkeypatch):
 @needs_training
 @pytest.mark.parametrize("failing_call", [1, 2], ids=["building the artifacts", "opening the training session"])
 def test_a_bug_of_ours_while_setting_up_training_propagates(monkeypatch, failing_call):
-    from onnx_dc.train import loop
+    from onnx_dc.train import gradients
 
     calls = []
 
@@ -151,7 +151,7 @@ def test_a_bug_of_ours_while_setting_up_training_propagates(monkeypatch, failing
             raise KeyError("a bug in _quiet_stderr")
         yield
 
-    monkeypatch.setattr(loop, "_quiet_stderr", broken_quiet)
+    monkeypatch.setattr(gradients, "quiet_stderr", broken_quiet)
     with pytest.raises(KeyError, match="a bug in _quiet_stderr"):
         _trainer(mlp_model(sizes=(4, 3)))
     assert len(calls) == failing_call

@@ -67,6 +67,11 @@ class OpSpec:
 _TABLE: dict[tuple[str, str], OpSpec] = {}
 
 
+def specs() -> list[OpSpec]:
+    """Every entry of the table."""
+    return list(_TABLE.values())
+
+
 def register(spec: OpSpec) -> OpSpec:
     """Add (or replace) the entry of ``spec.op_type`` in ``spec.domain``; returns it.
 
@@ -120,9 +125,9 @@ for _spec in (
            trains_parameters=True),
     OpSpec("Gemm", weights=(1, 0), bias=2, view="gemm", trains_parameters=True),
     OpSpec("MatMul", weights=(1, 0), view="matmul", trains_parameters=True),
-    OpSpec("LSTM", weights=(1, 2), every_slot=True, bias=3, view="recurrent", equivalent="bidirectional_rnn"),
-    OpSpec("GRU", weights=(1, 2), every_slot=True, bias=3, view="recurrent", equivalent="bidirectional_rnn"),
-    OpSpec("RNN", weights=(1, 2), every_slot=True, bias=3, view="recurrent"),
+    OpSpec("LSTM", weights=(1, 2), every_slot=True, bias=3, view="recurrent", equivalent="recurrent"),
+    OpSpec("GRU", weights=(1, 2), every_slot=True, bias=3, view="recurrent", equivalent="recurrent"),
+    OpSpec("RNN", weights=(1, 2), every_slot=True, bias=3, view="recurrent", equivalent="recurrent"),
     OpSpec("Gather", weights=(0,), lookup=True),
     OpSpec("Add", trains_parameters=True, parameters=True),
     OpSpec("Sub", trains_parameters=True, parameters=True),
@@ -130,11 +135,18 @@ for _spec in (
     OpSpec("Div", parameters=True),
     OpSpec("PRelu", equivalent="prelu", trains_parameters=True, parameters=True),
     OpSpec("BatchNormalization", equivalent="batch_norm", parameters=True),
-    OpSpec("InstanceNormalization", parameters=True),
-    OpSpec("LayerNormalization", parameters=True),
+    OpSpec("InstanceNormalization", equivalent="normalization", parameters=True),
+    OpSpec("GroupNormalization", equivalent="normalization", parameters=True),
+    OpSpec("LpNormalization", equivalent="normalization"),
+    OpSpec("LayerNormalization", equivalent="layer_norm", parameters=True),
     OpSpec("DepthToSpace", equivalent="depth_to_space"),
     OpSpec("HardSigmoid", equivalent="hard_sigmoid"),
     OpSpec("HardSwish", equivalent="hard_swish"),
-    OpSpec("Resize", equivalent="resize_nearest"),
+    OpSpec("Resize", equivalent="resize"),
+    *(OpSpec(op, equivalent="activation") for op in ("Elu", "Selu", "Celu", "Softplus", "Mish", "Softsign",
+                                                     "ThresholdedRelu", "Shrink", "Sinh", "Cosh", "Tan", "Sum", "Mean")),
+    *(OpSpec(op, equivalent="reduction") for op in ("ReduceSumSquare", "ReduceL1", "ReduceLogSum")),
+    *(OpSpec(op, equivalent="layout") for op in ("GlobalMaxPool", "SpaceToDepth", "CumSum", "Transpose")),
+    OpSpec("Einsum", equivalent="einsum"),
 ):
     register(_spec)

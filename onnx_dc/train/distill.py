@@ -50,7 +50,7 @@ from onnx_dc.data.calib import Samples
 from onnx_dc.errors import ConfigError, DataError, ModelError
 from onnx_dc.passes.share import share
 from onnx_dc.passes.state import CompressionState
-from onnx_dc.train.forms import LOSS, LossBuilder, TrainForm, downstream
+from onnx_dc.train.forms import LOSS, LossBuilder, TrainForm, downstream, taken_on_path
 from onnx_dc.train.loop import Trainer, run_stage
 from onnx_dc.train.optim import Optimizer
 from onnx_dc.train.schedule import PruneStepFn, prune_by_magnitude, prune_steps, run_stages
@@ -355,15 +355,26 @@ def distill(
     if not targets:
         result.skipped = f"{name}: no float output depends on a compressed weight"
 
+
+    def skip(exc: ModelError) -> None:
+        result.skipped = str(exc)
+        log.warning("label-free fine-tuning skipped: %s; keeping the result without fine-tuning", exc)
+
+    branches: dict[str, bool] = {}
+    if result.skipped is None:
+        try:
+            branches = taken_on_path(state, train_part.batches, sorted({1, settings.batch_size}), name, settings.threads)
+        except ModelError as exc:
+            skip(exc)
+
     def train(form: TrainForm, stage: StageSettings, seed: int, stage_name: str) -> StageRecord:
         record = StageRecord(stage_name, form.value, stage.epochs)
         if result.skipped is not None or stage.epochs == 0:
             return record
         try:
-            trainer = Trainer(state, form, settings.threads, name, loss, stage.reassign_lr)
+            trainer = Trainer(state, form, settings.threads, name, loss, stage.reassign_lr, branches)
         except ModelError as exc:
-            result.skipped = str(exc)
-            log.warning("label-free fine-tuning skipped: %s; keeping the result without fine-tuning", exc)
+            skip(exc)
             return record
         return run_stage(trainer, n, step, stage, record, batch_size=settings.batch_size, seed=seed,
                          full_loss=full_loss)

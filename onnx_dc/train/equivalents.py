@@ -13,15 +13,22 @@ Each rewrite is the op's definition in the ONNX spec, in ops that have CPU gradi
     Resize(x, scales=[1, 1, sh, sw]), nearest, asymmetric, floor, whole sh and sw:
                            y[n, c, i, j] = x[n, c, floor(i / sh), floor(j / sw)]
                            =  Reshape(Expand(Reshape(x, [N, C, H, 1, W, 1]), [1, 1, 1, sh, 1, sw]), [N, C, H sh, W sw])
+    Resize, any other (linear, cubic, fractional factors, ...), lengths known: M_h X M_w' (onnx_dc/train/resize.py)
     ConvTranspose(x, W, B), strides s, pads p, dilations d, group g, kernel k, output_padding o:
                            =  Conv(Pad(Z_s(x), b, e), W', B), stride 1, dilations d, group g
         Z_s puts s - 1 zeros after every input element along each axis (Reshape -> Pad -> Reshape),
         b = d (k - 1) - p_begin,  e = d (k - 1) - p_end + o - (s - 1)   (both >= 0, else not rewritten),
         W'[g, o', i] = W[g, i, o'] per group, every kernel axis reversed (Reshape -> Transpose -> Reshape -> Gather)
+    LSTM / GRU / RNN with a known sequence length: unrolled step by step (onnx_dc/train/recurrent.py); else
     GRU / LSTM, direction bidirectional (onnxruntime-training trains the forward direction only):
                            =  the forward RNN on x with direction 0's parameters, beside the forward RNN on
                               x reversed in time with direction 1's, its Y reversed back;
                               Y = Concat(axis 1), Y_h (and LSTM's Y_c) = Concat(axis 0)
+    Elu, Selu, Celu, Softplus, Mish, Softsign, ThresholdedRelu, Shrink, Sinh, Cosh, Tan, Sum, Mean,
+    ReduceSumSquare, ReduceL1, ReduceLogSum, LpNormalization, InstanceNormalization, GroupNormalization,
+    GlobalMaxPool, SpaceToDepth, CumSum, Transpose without perm, Einsum: onnx_dc/train/elementwise.py
+    LayerNormalization with one output: the same node with its Mean and InvStdDev outputs named
+                           (onnxruntime-training's gradient reads them; PyTorch exports leave them out)
 
 A node is rewritten only where its shapes are known (C, H, W static); otherwise it stays
 and the gradient builder names it. Parameters keep their names, so trained values return
@@ -30,6 +37,8 @@ to the unchanged inference model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 from onnx import TensorProto
@@ -37,11 +46,25 @@ from onnx import helper as oh
 from onnx import numpy_helper
 
 from onnx_dc.graph import ops
+from onnx_dc.train.elementwise import activation, einsum, layout, normalization, reduction
+from onnx_dc.train.recurrent import trains_as_it_is, unrolled
+from onnx_dc.train.resize import resize_as_matmul
 
 
-def _depth_to_space(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto] | None:
+@dataclass(frozen=True)
+class Known:
+    """What the rewrites may read of the graph: static shapes, constant inputs, and the names some node
+    or a graph output reads."""
+
+    shapes: dict[str, list[int]]
+    consts: dict[str, np.ndarray]
+    read: frozenset[str]
+    opset: int = 17  # the model's ai.onnx opset (the form of a reduction's axes)
+
+
+def _depth_to_space(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto] | None:
     """DepthToSpace as Reshape -> Transpose -> Reshape (its definition in the ONNX spec)."""
-    shape = shapes.get(node.input[0])
+    shape = known.shapes.get(node.input[0])
     if shape is None or len(shape) != 4 or any(d <= 0 for d in shape[1:]):
         return None
     attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
@@ -63,7 +86,7 @@ def _depth_to_space(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: 
     ]
 
 
-def _prelu(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto]:
+def _prelu(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto]:
     """PRelu(x, s) = Relu(x) - s * Relu(-x)."""
     x, slope = node.input
     p = f"{node.name}/equiv/"
@@ -94,26 +117,26 @@ def _clamped(node: onnx.NodeProto, x: str, alpha: float, beta: float, out: str) 
     ]
 
 
-def _hard_sigmoid(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto]:
+def _hard_sigmoid(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto]:
     """HardSigmoid(x) = max(0, min(1, alpha x + beta)) = Relu(y) - Relu(y - 1), alpha 0.2 and beta 0.5 by default."""
     attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
     return _clamped(node, node.input[0], float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5)), node.output[0])
 
 
-def _hard_swish(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto]:
+def _hard_swish(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto]:
     """HardSwish(x) = x * HardSigmoid(x) with alpha 1/6, beta 0.5 (the ONNX definition)."""
     p = f"{node.name}/equiv/"
     return [*_clamped(node, node.input[0], 1.0 / 6.0, 0.5, p + "gate"),
             oh.make_node("Mul", [node.input[0], p + "gate"], list(node.output), name=p + "swish")]
 
 
-def _resize_nearest(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto] | None:
+def _resize_nearest(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto] | None:
     """Nearest Resize by whole factors (asymmetric, floor) repeats each pixel: Reshape -> Expand -> Reshape."""
     attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
     if (attrs.get("mode") != b"nearest" or attrs.get("coordinate_transformation_mode") != b"asymmetric"
             or attrs.get("nearest_mode", b"round_prefer_floor") != b"floor" or len(node.input) != 3):
         return None
-    shape, scales = shapes.get(node.input[0]), consts.get(node.input[2])
+    shape, scales = known.shapes.get(node.input[0]), known.consts.get(node.input[2])
     if shape is None or len(shape) != 4 or any(d <= 0 for d in shape[1:]) or scales is None or scales.shape != (4,):
         return None
     if not (np.all(scales == np.round(scales)) and scales[0] == 1 and scales[1] == 1):
@@ -135,11 +158,16 @@ def _resize_nearest(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: 
     ]
 
 
-def _batch_norm(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto] | None:
+def _resize(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto] | None:
+    """Nearest Resize by whole factors as repetition; any other Resize as matrix products (onnx_dc/train/resize.py)."""
+    return _resize_nearest(node, known) or resize_as_matmul(node, known.shapes, known.consts)
+
+
+def _batch_norm(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto] | None:
     """Inference-mode BatchNormalization as x * a + b, a = scale / sqrt(var + eps), b = B - mean * a."""
     attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
-    arrays = [consts.get(i) for i in node.input[1:5]]
-    rank = len(shapes.get(node.input[0], []))
+    arrays = [known.consts.get(i) for i in node.input[1:5]]
+    rank = len(known.shapes.get(node.input[0], []))
     if attrs.get("training_mode", 0) or len(node.output) != 1 or any(a is None for a in arrays) or rank < 2:
         return None
     scale, bias, mean, var = (a.astype(np.float64) for a in arrays)
@@ -155,10 +183,10 @@ def _batch_norm(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict
     ]
 
 
-def _conv_transpose(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto] | None:
+def _conv_transpose(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto] | None:
     """ConvTranspose as zero insertion, Pad and a Conv with the flipped, per-group transposed kernel."""
     attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
-    x_shape, w_shape = shapes.get(node.input[0]), shapes.get(node.input[1])
+    x_shape, w_shape = known.shapes.get(node.input[0]), known.shapes.get(node.input[1])
     if (x_shape is None or w_shape is None or len(x_shape) < 3 or len(w_shape) != len(x_shape)
             or any(d <= 0 for d in x_shape[1:]) or any(d <= 0 for d in w_shape)
             or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or "output_shape" in attrs):
@@ -219,11 +247,11 @@ def _conv_transpose(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: 
 _RNN_PER_DIRECTION = (1, 2, 3, 5, 6, 7)
 
 
-def _bidirectional_rnn(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto] | None:
+def _bidirectional_rnn(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto] | None:
     """A bidirectional GRU / LSTM as two forward ones, the second on the time-reversed sequence."""
     attrs = {a.name: a for a in node.attribute}
     direction = oh.get_attribute_value(attrs["direction"]) if "direction" in attrs else b"forward"
-    x_shape = shapes.get(node.input[0])
+    x_shape = known.shapes.get(node.input[0])
     if (direction not in (b"bidirectional", "bidirectional") or x_shape is None or not x_shape or x_shape[0] <= 0
             or (len(node.input) > 4 and node.input[4]) or ("layout" in attrs and oh.get_attribute_value(attrs["layout"]))):
         return None
@@ -264,12 +292,37 @@ def _bidirectional_rnn(node: onnx.NodeProto, shapes: dict[str, list[int]], const
     return out
 
 
+def _recurrent(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto] | None:
+    """A GRU onnxruntime-training trains (default activations, no clip, time first) stays, a bidirectional one
+    split in two; other GRUs, every LSTM (its LSTMGrad fails on models as exported) and RNN (no gradient)
+    are unrolled where the sequence length is known, else split where bidirectional."""
+    if trains_as_it_is(node, known.read):
+        return _bidirectional_rnn(node, known)  # unrolling gtcrn's GRUs made its training graph 14x slower to build
+    return unrolled(node, known.shapes) or _bidirectional_rnn(node, known)
+
+
+def _layer_norm(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto] | None:
+    """LayerNormalization with its optional Mean and InvStdDev outputs named: its gradient reads them."""
+    if len(node.output) >= 3 and all(node.output[:3]):
+        return None
+    out = onnx.NodeProto()
+    out.CopyFrom(node)
+    p = f"{node.name}/equiv/"
+    names = list(node.output) + [""] * (3 - len(node.output))
+    del out.output[:]
+    out.output.extend([names[0], names[1] or p + "mean", names[2] or p + "inv_std_dev"])
+    return [out]
+
+
 # The op table's equivalent names -> rewrites. The ops onnxruntime-training 1.19 has no CPU
 # gradient for (or, BatchNormalization, trains in training mode: batch statistics), written with
 # ops that have one; which op takes which rewrite is the table's ``equivalent`` field.
-REWRITES = {"depth_to_space": _depth_to_space, "prelu": _prelu, "hard_sigmoid": _hard_sigmoid,
-            "hard_swish": _hard_swish, "resize_nearest": _resize_nearest,
-            "batch_norm": _batch_norm, "conv_transpose": _conv_transpose, "bidirectional_rnn": _bidirectional_rnn}
+REWRITES = {"activation": activation, "reduction": reduction, "normalization": normalization, "layout": layout,
+            "einsum": einsum,
+            "depth_to_space": _depth_to_space, "prelu": _prelu, "hard_sigmoid": _hard_sigmoid,
+            "hard_swish": _hard_swish, "resize": _resize,
+            "batch_norm": _batch_norm, "conv_transpose": _conv_transpose, "recurrent": _recurrent,
+            "layer_norm": _layer_norm}
 
 
 def _rewrite_of(node: onnx.NodeProto):
@@ -292,13 +345,20 @@ def differentiable_equivalents(model: onnx.ModelProto) -> int:
         dims = vi.type.tensor_type.shape.dim
         shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
     shapes.update({t.name: list(t.dims) for t in graph.initializer})
-    wanted = {n.input[2] for n in graph.node if n.op_type == "Resize" and len(n.input) > 2}  # Resize scales
+    wanted = {i for n in graph.node if n.op_type == "Resize" for i in n.input[1:4]}  # roi, scales, sizes
     wanted |= {i for n in graph.node if n.op_type == "BatchNormalization" for i in n.input[1:5]}
+    wanted |= {n.input[1] for n in graph.node if len(n.input) > 1 and ops.of(n) is not None
+               and ops.of(n).equivalent in ("reduction", "layout")}  # a reduction's axes, CumSum's axis
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in wanted}
+    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                   if n.op_type == "Constant" and n.output[0] in wanted and n.attribute and n.attribute[0].name == "value"})
+    read = frozenset({i for n in graph.node for i in n.input} | {o.name for o in graph.output})
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    known = Known(shapes, consts, read, opset)
     nodes, count = [], 0
     for node in graph.node:
         rewrite = _rewrite_of(node)
-        replacement = rewrite(node, shapes, consts) if rewrite else None
+        replacement = rewrite(node, known) if rewrite else None
         if replacement is None:
             nodes.append(node)
         else:

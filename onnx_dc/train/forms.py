@@ -30,7 +30,7 @@ into the inference model by name.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import onnx
@@ -40,7 +40,9 @@ from onnx import helper as oh
 from onnx_dc.errors import ModelError
 from onnx_dc.graph import ops
 from onnx_dc.passes.state import CompressionState
+from onnx_dc.train.branches import inline_branches, taken_branches
 from onnx_dc.train.equivalents import differentiable_equivalents
+from onnx_dc.train.gradients import reaching, subgraph_reads
 
 LABELS = "onnx_dc_train/labels"
 LOSS = "onnx_dc_train/loss"
@@ -134,10 +136,12 @@ def cross_entropy_loss(model: onnx.ModelProto, name: str) -> None:
 
 
 def build_training_graph(state: CompressionState, form: TrainForm, name: str = "model",
-                         loss: LossBuilder = cross_entropy_loss) -> TrainingGraph:
-    """The training model of ``state`` (its current weights) in ``form``, with ``loss`` appended."""
+                         loss: LossBuilder = cross_entropy_loss, branches: Mapping[str, bool] | None = None) -> TrainingGraph:
+    """The training model of ``state`` (its current weights) in ``form``, with ``loss`` appended; ``If`` nodes
+    named in ``branches`` (:func:`onnx_dc.train.branches.taken_branches`) replaced by the branch taken."""
     model = state.dense_model()
     loss(model, name)
+    inline_branches(model, branches or {})
     differentiable_equivalents(model)
     graph = model.graph
     result = TrainingGraph(model)
@@ -149,19 +153,13 @@ def build_training_graph(state: CompressionState, form: TrainForm, name: str = "
         else:
             result.layers[wname] = LayerBinding(wname, wname, "dense")
     result.others = _other_parameters(graph, set(state.layers))
+    reach = reaching(graph, LOSS)
+    # a parameter the loss does not depend on keeps its value (onnxruntime-training refuses its gradient:
+    # an LSTM's R unrolled over one step from a zero state, a layer feeding only outputs nobody matches)
+    result.layers = {w: b for w, b in result.layers.items() if b.parameter in reach}
+    result.others = [o for o in result.others if o in reach]
     _refuse_control_flow(graph, set(result.requires_grad), name)
     return result
-
-
-def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
-    """Every tensor name read inside the node's subgraphs (outer-scope references included)."""
-    names: set[str] = set()
-    for attr in node.attribute:
-        for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-            for inner in g.node:
-                names.update(inner.input)
-                names.update(_subgraph_reads(inner))
-    return names
 
 
 def downstream(graph: onnx.GraphProto, sources: set[str]) -> list[tuple[onnx.NodeProto, bool]]:
@@ -172,12 +170,34 @@ def downstream(graph: onnx.GraphProto, sources: set[str]) -> list[tuple[onnx.Nod
     """
     reached, out = set(sources), []
     for node in graph.node:
-        sub = _subgraph_reads(node)
+        sub = subgraph_reads(node)
         if reached.intersection(node.input) or reached & sub:
             out.append((node, bool(sub) or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                                                 for a in node.attribute)))
             reached.update(node.output)
     return out
+
+
+def trained_parameters(graph: onnx.GraphProto, layers: set[str]) -> set[str]:
+    """The compressed layers' weights and the other parameters that train with them."""
+    return set(layers) | set(_other_parameters(graph, set(layers)))
+
+
+def branches_on_path(model: onnx.ModelProto, layers: set[str]) -> list[str]:
+    """The ``If`` nodes a gradient from the trained parameters would pass through."""
+    return [n.name for n, _ in downstream(model.graph, trained_parameters(model.graph, layers)) if n.op_type == "If"]
+
+
+def taken_on_path(state: CompressionState, feeds, batch_sizes: list[int], name: str = "model",
+                  threads: int = 0) -> dict[str, bool]:
+    """The branch the samples take at each ``If`` on the training path of ``state``'s model ({} without one).
+
+    ``feeds(batch_size)`` yields the samples' feeds; see :func:`onnx_dc.train.branches.taken_branches`.
+    """
+    model = state.dense_model()
+    if not any(n.op_type == "If" for n in model.graph.node):
+        return {}
+    return taken_branches(model, feeds, batch_sizes, lambda m: branches_on_path(m, set(state.layers)), name, threads)
 
 
 def _refuse_control_flow(graph: onnx.GraphProto, parameters: set[str], name: str) -> None:
@@ -191,8 +211,10 @@ def _refuse_control_flow(graph: onnx.GraphProto, parameters: set[str], name: str
     """
     for node, has_subgraph in downstream(graph, parameters):
         if has_subgraph:
+            how = ("; If nodes train where every sample takes the same branch, and no samples decided this one"
+                   if node.op_type == "If" else "")
             raise ModelError(f"{name}: onnxruntime-training has no gradient for op {node.op_type} (node {node.name}): "
-                             "it cannot differentiate through control-flow subgraphs")
+                             f"it cannot differentiate through control-flow subgraphs{how}")
 
 
 def _other_parameters(graph: onnx.GraphProto, planned: set[str]) -> list[str]:

@@ -23,31 +23,24 @@ puts weights, codebooks and biases back into the :class:`CompressionState` by na
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import re
-import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 from onnx import numpy_helper
-from onnx.checker import ValidationError
-from onnx.shape_inference import InferenceError
 
 from onnx_dc import progress
 from onnx_dc.errors import ConfigError, ModelError
-from onnx_dc.graph.io import MAX_IR_VERSION
 from onnx_dc.passes.share import set_codebook
 from onnx_dc.passes.state import CompressionState
-from onnx_dc.runtime.ort import onnxruntime_errors
 from onnx_dc.train.augment import random_shift
-from onnx_dc.train.forms import LossBuilder, TrainForm, TrainingGraph, build_training_graph, cross_entropy_loss
+from onnx_dc.train.forms import (LossBuilder, TrainForm, TrainingGraph, build_training_graph, cross_entropy_loss,
+                                 model_input, taken_on_path)
+from onnx_dc.train.gradients import GradientBuildError, build, explain
 from onnx_dc.train.optim import Optimizer
 from onnx_dc.train.ort_training import training_modules
 from onnx_dc.train.settings import StageRecord, StageSettings
@@ -86,107 +79,23 @@ class _Shared:
         self.codes = order[rank] + first
 
 
-def _silence_ort() -> None:
-    import onnxruntime
-
-    onnxruntime.set_default_logger_severity(3)
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Hide the native INFO lines onnxruntime-training's graph builder prints on fd 2.
-
-    Its sessions log at INFO whatever the default severity; errors still arrive as exceptions.
-    """
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield
-        return
-    with open(os.devnull, "wb") as null:
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-# onnxruntime-training 1.19's message for an op without a registered gradient builder.
-_NO_GRADIENT = re.compile(r"gradient builder has not been registered: (\S+) for node (\S+)")
-# ... and for a gradient op that exists but has no CPU kernel ("ResizeGrad" for a node "Resize_7_Grad/...").
-_NO_KERNEL = re.compile(r"Could not find an implementation for (\w+?)Grad\(\d+\) node with name '([^'/]+?)_Grad/")
-# ... and for a kernel that refuses the op's attributes ("LSTM and LSTMGrad only support ...").
-_UNSUPPORTED_ATTR = re.compile(r"(\w+) and \w+Grad only support ([^\n]*?)\.?\s*$", re.M)
-# ... and the recurrent kernels' "GRUTraining and GRUGrad kernel only supports the forward direction for now."
-_UNSUPPORTED_KERNEL = re.compile(r"(\w+?)Training and \w+Grad kernel only supports ([^.\n]*)")
-
-
-def _gradient_build_errors() -> tuple[type[Exception], ...]:
-    """How onnxruntime-training's artifact generation refuses a graph it cannot differentiate.
-
-    Its gradient builder and its Python side raise RuntimeError, onnxruntime's status types
-    come from its sessions, and it checks and shape-infers the training graph with onnx's
-    checker. Anything else is not the model's fault.
-    """
-    return (RuntimeError, ValidationError, InferenceError, *onnxruntime_errors())
-
-
-def gradient_failure(exc: Exception) -> str:
-    """One line on why the gradient graph could not be built, naming the op where onnxruntime does."""
-    text = str(exc).strip()
-    found = _NO_GRADIENT.search(text)
-    if found:
-        return f"onnxruntime-training has no gradient for op {found.group(1)} (node {found.group(2)})"
-    found = _NO_KERNEL.search(text)
-    if found:
-        return f"onnxruntime-training has no CPU gradient kernel for op {found.group(1)} (node {found.group(2)})"
-    found = _UNSUPPORTED_ATTR.search(text) or _UNSUPPORTED_KERNEL.search(text)
-    if found:
-        return f"onnxruntime-training's gradient of op {found.group(1)} only supports {found.group(2).strip()}"
-    last = text.splitlines()[-1][:300] if text else type(exc).__name__
-    return f"onnxruntime-training cannot build the gradient graph ({last})"
-
-
 class Trainer:
     """One training stage's onnxruntime session over a compression state."""
 
     def __init__(self, state: CompressionState, form: TrainForm, threads: int = 0, name: str = "model",
-                 loss: LossBuilder = cross_entropy_loss, reassign_lr: float = 0.0):
-        artifacts, api = training_modules()
-        _silence_ort()
+                 loss: LossBuilder = cross_entropy_loss, reassign_lr: float = 0.0,
+                 branches: Mapping[str, bool] | None = None):
+        training_modules()
         self.state = state
         self.form = form
-        self.graph: TrainingGraph = build_training_graph(state, form, name, loss)
+        self.graph: TrainingGraph = build_training_graph(state, form, name, loss, branches)
         self._tmp = tempfile.TemporaryDirectory(prefix="onnx_dc_train_")
-        folder = Path(self._tmp.name)
         try:
-            with _quiet_stderr():
-                artifacts.generate_artifacts(self.graph.model, requires_grad=self.graph.requires_grad,
-                                             frozen_params=self.graph.frozen, loss=None, optimizer=None,
-                                             artifact_directory=folder)
-        except _gradient_build_errors() as exc:
-            raise ModelError(f"{name}: {gradient_failure(exc)}") from None
-        for path in folder.glob("*.onnx"):
-            # generate_artifacts writes at the installed onnx's IR version; ORT 1.19 reads <= 10.
-            proto = onnx.load(path)
-            proto.ir_version = MAX_IR_VERSION
-            onnx.save(proto, path)
-        options = None
-        if threads:
-            import onnxruntime
-
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = threads
-        self.checkpoint = api.CheckpointState.load_checkpoint(os.fspath(folder / "checkpoint"))
-        try:
-            with _quiet_stderr():
-                self.module = api.Module(os.fspath(folder / "training_model.onnx"), self.checkpoint,
-                                         os.fspath(folder / "eval_model.onnx"), session_options=options)
-        except (RuntimeError, *onnxruntime_errors()) as exc:  # a gradient op without a CPU kernel fails only here
+            self.checkpoint, self.module = build(self.graph.model, self.graph.requires_grad, self.graph.frozen,
+                                                 Path(self._tmp.name), threads)
+        except GradientBuildError as exc:
             self._tmp.cleanup()
-            raise ModelError(f"{name}: {gradient_failure(exc)}") from None
+            raise ModelError(f"{name}: {explain(exc.cause, self.graph.model, self.graph.requires_grad)}") from None
         self.module.train()
         params = self.checkpoint.parameters
         self._params = {n: params[n] for n in self.graph.requires_grad}
@@ -297,6 +206,9 @@ def batches(n: int, batch_size: int, rng: np.random.Generator):
         yield order[i : i + batch_size]
 
 
+_BRANCH_SAMPLES = 256  # training samples whose If conditions decide the branch trained
+
+
 def fit(
     state: CompressionState,
     form: TrainForm,
@@ -336,7 +248,14 @@ def fit(
     def step(trainer: Trainer, idx: np.ndarray, opt: Optimizer) -> float:
         return trainer.step(random_shift(x[idx], shift, moves, channels_last), y[idx], opt)
 
-    return run_stage(Trainer(state, form, threads, reassign_lr=stage.reassign_lr) if stage.epochs and len(y) else None,
+    trainer = None
+    if stage.epochs and len(y):
+        input_name, _ = model_input(state.model)
+        first = x[:_BRANCH_SAMPLES]
+        branches = taken_on_path(state, lambda size: ({input_name: first[i:i + size]} for i in range(0, len(first), size)),
+                                 sorted({1, batch_size}), name, threads)
+        trainer = Trainer(state, form, threads, reassign_lr=stage.reassign_lr, branches=branches)
+    return run_stage(trainer,
                      len(y), step, stage,
                      StageRecord(name, form.value, stage.epochs), batch_size=batch_size, seed=seed)
 
