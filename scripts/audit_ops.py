@@ -30,6 +30,7 @@ import collections
 import contextlib
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -351,7 +352,8 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def audit(real: Path | None, only: set[str] | None = None) -> dict:
+def audit(real: Path | None, only: set[str] | None = None) -> tuple[dict, float]:
+    """The audit's results (the same bytes for the same onnxruntime and models) and the seconds it took."""
     import onnxruntime
 
     start = time.perf_counter()
@@ -361,8 +363,7 @@ def audit(real: Path | None, only: set[str] | None = None) -> dict:
     result["counts"] = {"onnx_ops": counts(result["onnx_ops"]),
                         "torch_exports": counts([r for r in result["onnx_ops"] if r["torch_export"]]),
                         "models": counts(result["models"])}
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    return result
+    return result, time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,16 +374,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", default="", help="comma-separated op types (default: all)")
     args = parser.parse_args(argv)
     only = set(args.ops.split(",")) if args.ops else None
-    result = audit(args.real, only)
+    result, seconds = audit(args.real, only)
     text = json.dumps(result, indent=1, sort_keys=True, default=str) + "\n"
     if only is None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text)
-        args.markdown.write_text(markdown(result))
+        for path, content in ((args.json, text), (args.markdown, markdown(result))):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text(content)
+            os.replace(partial, path)
     print(f"{'list':<34}" + "".join(f"{s:>12}" for s in STATUSES))
     for key, c in result["counts"].items():
         print(f"{key:<34}" + "".join(f"{c.get(s, 0):>12}" for s in STATUSES))
-    print(f"{result['seconds']} s" + ("" if only is None else " (subset: nothing written)"))
+    print(f"{seconds:.1f} s" + ("" if only is None else " (subset: nothing written)"))
     return 0
 
 

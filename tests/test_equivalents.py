@@ -96,3 +96,43 @@ def test_fine_tuning_through_a_one_output_layer_norm_steps_by_its_gradient():
     rng = np.random.default_rng(3)
     x = rng.normal(0, 1, (32, 6)).astype(np.float32)
     assert_step_is_the_gradient(layer_norm_model(2), x, rng.integers(0, 8, 32).astype(np.int64), "w")
+
+
+# The earlier rewrites, each after a 1x1 Conv (weight w) on x [N, 1, 3, 4] with 8 channels, flattened into logits.
+IMAGE_OPS = [
+    ("DepthToSpace", {"blocksize": 2}, []), ("DepthToSpace", {"blocksize": 2, "mode": "CRD"}, []),
+    ("PRelu", {}, ["slope"]),
+    ("Resize", {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+     ["", "scales"]),
+    ("BatchNormalization", {"epsilon": 1e-3}, ["bn_scale", "bn_b", "bn_mean", "bn_var"]),
+    ("ConvTranspose", {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]}, ["wt"]),
+]
+
+
+def image_then(op: str, attrs: dict, extra: list[str], seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    inits = [init("w", rng.normal(size=(8, 1, 1, 1)).astype(np.float32)),
+             init("slope", rng.normal(size=(8, 1, 1)).astype(np.float32)),
+             init("scales", np.array([1, 1, 2, 2], np.float32)),
+             init("wt", rng.normal(0, .5, (8, 2, 3, 3)).astype(np.float32)),
+             *(init(f"bn_{k}", rng.uniform(0.5, 1.5, 8).astype(np.float32)) for k in ("scale", "b", "mean", "var"))]
+    g = oh.make_graph([oh.make_node("Conv", ["x", "w"], ["h"], name="conv"),
+                       oh.make_node(op, ["h", *extra], ["o"], name="op", **attrs),
+                       oh.make_node("Flatten", ["o"], ["y"], name="logits")], op,
+                      [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 3, 4])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", None])],
+                      [t for t in inits if t.name in ("w", *extra)])
+    return finish_model(g)
+
+
+@needs_training
+@pytest.mark.parametrize("op,attrs,extra", IMAGE_OPS, ids=[f"{c[0]}-{i}" for i, c in enumerate(IMAGE_OPS)])
+def test_fine_tuning_through_the_earlier_equivalents_steps_by_the_op_gradient(op, attrs, extra):
+    model = image_then(op, attrs, extra, seed=1)
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    assert differentiable_equivalents(rewritten) == 1
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(16, 1, 3, 4)).astype(np.float32)
+    classes = _run(model, x[:1]).shape[1]
+    assert_step_is_the_gradient(model, x, rng.integers(0, classes, 16).astype(np.int64), "w", count=8)

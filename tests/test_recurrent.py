@@ -88,15 +88,13 @@ def test_unrolled_recurrent_op_gives_the_op_outputs(op, attrs, inputs):
 
 @pytest.mark.parametrize("op,attrs,kept", [("LSTM", {}, set()), ("RNN", {}, set()),
                                            ("GRU", {}, {"GRU"}), ("GRU", {"direction": "bidirectional"}, {"GRU"}),
-                                           ("GRU", {"y_unread": True}, set()),
+                                           ("GRU", {"no_initial_state": True}, set()),
                                            ("GRU", {"clip": 2.0}, set()), ("GRU", {"activations": ["Sigmoid", "Tanh"]}, set())])
 def test_training_graph_unrolls_what_onnxruntime_training_cannot_train(op, attrs, kept):
-    """GRUs onnxruntime-training trains stay GRUs (forward ones; a bidirectional one as two), the rest unroll."""
-    unread = attrs.pop("y_unread", False)
-    model, feed = recurrent_model(op, attrs, bias=True)
-    if unread:  # onnxruntime-training's GRUGrad fails when nothing reads Y
-        model.graph.node[0].output[0] = ""
-        model.graph.output.remove(model.graph.output[0])
+    """GRUs onnxruntime-training trains stay GRUs (forward ones; a bidirectional one as two), the rest unroll:
+    its GRUGrad fails without an initial state."""
+    h0 = not attrs.pop("no_initial_state", False)
+    model, feed = recurrent_model(op, attrs, bias=True, h0=h0, c0=h0 and op == "LSTM")
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     differentiable_equivalents(rewritten)
@@ -137,15 +135,19 @@ def test_unrolled_batch_first_layout_matches_the_time_first_op(op):
         np.testing.assert_allclose(got, want.transpose(1, 0, 2), rtol=1e-5, atol=2e-6)
 
 
-def classifier(op: str, attrs: dict, steps: int = 4, width: int = 3, hidden: int = 5, seed: int = 0) -> onnx.ModelProto:
-    """x [N, steps, width] -> Transpose -> ``op`` -> Y_h [D, N, H] -> logits [N, D H]."""
-    cell, _ = recurrent_model(op, attrs, bias=True, steps=steps, width=width, hidden=hidden, seed=seed)
+def classifier(op: str, attrs: dict, steps: int = 4, width: int = 3, hidden: int = 5, seed: int = 0,
+               read: str = "Y_h", batch: int = 16) -> onnx.ModelProto:
+    """x [N, steps, width] -> Transpose -> ``op`` -> Y_h [D, N, H] (or Y [T, D, N, H]) -> logits [N, ...];
+    a GRU gets an initial state (of ``batch`` rows: its GRUGrad needs one)."""
+    cell, _ = recurrent_model(op, attrs, bias=True, steps=steps, width=width, hidden=hidden, seed=seed,
+                              h0=op == "GRU", batch=batch)
     rnn = cell.graph.node[0]
     rnn.input[0] = "xt"
     del rnn.output[:]
-    rnn.output.extend(["", "h"])
+    rnn.output.extend(["", "h"] if read == "Y_h" else ["h"])
     g = oh.make_graph([oh.make_node("Transpose", ["x"], ["xt"], name="time_first", perm=[1, 0, 2]), rnn,
-                       oh.make_node("Transpose", ["h"], ["hb"], name="batch_first", perm=[1, 0, 2]),
+                       oh.make_node("Transpose", ["h"], ["hb"], name="batch_first",
+                                    perm=[1, 0, 2] if read == "Y_h" else [2, 0, 1, 3]),
                        oh.make_node("Flatten", ["hb"], ["y"], name="logits")], "classifier",
                       [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", steps, width])],
                       [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", None])], list(cell.graph.initializer))
@@ -156,6 +158,7 @@ def classifier(op: str, attrs: dict, steps: int = 4, width: int = 3, hidden: int
 @pytest.mark.parametrize("op,attrs", [("LSTM", {"activations": ["Sigmoid", "Tanh", "Tanh"]}),
                                       ("LSTM", {"direction": "bidirectional", "input_forget": 1}),
                                       ("GRU", {"direction": "bidirectional", "linear_before_reset": 1}),
+                                      ("GRU", {"direction": "bidirectional", "clip": 5.0}),  # clip: unrolled
                                       ("RNN", {"activations": ["Relu"]})])
 def test_fine_tuning_through_an_unrolled_recurrent_op_steps_by_its_gradient(op, attrs):
     """The LSTM with its default activations spelled out (as DTLN's): onnxruntime-training's own LSTMGrad refuses it."""
@@ -163,4 +166,19 @@ def test_fine_tuning_through_an_unrolled_recurrent_op_steps_by_its_gradient(op, 
     rng = np.random.default_rng(1)
     x = rng.normal(0, 1, (16, 4, 3)).astype(np.float32)
     classes = 5 * (2 if attrs.get("direction") == "bidirectional" else 1)
+    assert_step_is_the_gradient(model, x, rng.integers(0, classes, 16).astype(np.int64), "W")
+
+
+@pytest.mark.skipif(not training_available(), reason="onnxruntime-training is not installed")
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_fine_tuning_through_a_gru_onnxruntime_trains_steps_by_its_gradient(direction):
+    """A GRU whose Y is read stays a GRU (a bidirectional one as two forward ones) and trains by its own gradient."""
+    model = classifier("GRU", {"direction": direction, "linear_before_reset": 1}, read="Y")
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    differentiable_equivalents(rewritten)
+    assert "GRU" in {n.op_type for n in rewritten.graph.node}
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (16, 4, 3)).astype(np.float32)
+    classes = 4 * 5 * (2 if direction == "bidirectional" else 1)
     assert_step_is_the_gradient(model, x, rng.integers(0, classes, 16).astype(np.int64), "W")

@@ -156,6 +156,7 @@ def inline_if(graph: onnx.GraphProto, taken: dict[str, bool]) -> set[str]:
         other = branches["else_branch" if taken[node.name] else "then_branch"]
         dropped.update({n.name for n in all_nodes(other)} - {n.name for n in all_nodes(branch)} - {""})
         nodes.extend(branch.node)
+        graph.initializer.extend(branch.initializer)  # a branch's own constants (names unique, as below)
         for inner, outer in zip(branch.output, node.output):
             if outer:
                 nodes.append(onnx.helper.make_node("Identity", [inner.name], [outer], name=f"{node.name}/{outer}"))

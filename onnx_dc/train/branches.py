@@ -4,9 +4,9 @@ onnxruntime-training 1.19 cannot differentiate through control-flow subgraphs (i
 builder aborts the process). Most ``If`` nodes in exported models test something fixed per
 use: a sample rate, whether a state is empty, an input's shape. Where every calibration sample
 (one at a time and in training batches) takes the same branch, the training graph holds that
-branch's nodes in place of the ``If``: names made inside the branch get the node's name as a
-prefix, the branch's outputs feed the node's outputs through Identity, and ``If`` nodes inside
-the branch become ordinary nodes, decided the same way in the next round. Parameters keep their
+branch's nodes in place of the ``If`` (:func:`onnx_dc.graph.walk.inline_if`, as the statistics
+collection does), and ``If`` nodes inside the branch become ordinary nodes, decided the same way
+in the next round. Parameters keep their
 names, so the trained values return to the unchanged inference model, which keeps its ``If``.
 
 Where the samples take both branches, one line says so (:class:`~onnx_dc.errors.ModelError`).
@@ -22,70 +22,21 @@ from onnx import TensorProto
 from onnx import helper as oh
 
 from onnx_dc.errors import ModelError
+from onnx_dc.graph.walk import inline_if
 
 ROUNDS = 8  # nested If depth decided
 
 
-def _branch(node: onnx.NodeProto, taken: bool) -> onnx.GraphProto:
-    return next(a.g for a in node.attribute if a.name == ("then_branch" if taken else "else_branch"))
-
-
-def _renamed(graph: onnx.GraphProto, names: Mapping[str, str]) -> None:
-    """Rename, in place, reads of ``names`` in ``graph``'s nodes and in their subgraphs (outer-scope reads)."""
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name in names:
-                node.input[i] = names[name]
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                _renamed(sub, names)
-
-
-def inline(node: onnx.NodeProto, taken: bool) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """The nodes and initializers that compute ``node``'s outputs when its condition is ``taken``."""
-    branch = _branch(node, taken)
-    prefix = f"{node.name or node.output[0]}/{'then' if taken else 'else'}/"
-    made = [t.name for t in branch.initializer] + [o for n in branch.node for o in n.output if o]
-    names = {name: prefix + name for name in made}
-    body = onnx.GraphProto()
-    body.CopyFrom(branch)
-    _renamed(body, names)
-    nodes = []
-    for inner in body.node:
-        for i, out in enumerate(inner.output):
-            if out:
-                inner.output[i] = names[out]
-        inner.name = prefix + (inner.name or inner.output[0])
-        nodes.append(inner)
-    inits = []
-    for t in body.initializer:
-        t.name = names[t.name]
-        inits.append(t)
-    for out, result in zip(node.output, body.output):
-        if out:
-            nodes.append(oh.make_node("Identity", [names.get(result.name, result.name)], [out], name=f"{prefix}out/{out}"))
-    return nodes, inits
-
-
 def inline_branches(model: onnx.ModelProto, taken: Mapping[str, bool]) -> int:
     """Replace, in place, the top-level ``If`` nodes named in ``taken`` (and those their branches
-    expose, round by round) by the branch taken; returns how many were replaced."""
+    expose, round by round) by the branch taken (:func:`onnx_dc.graph.walk.inline_if`); returns how many."""
     count = 0
     for _ in range(ROUNDS):
-        graph = model.graph
-        if not any(n.op_type == "If" and n.name in taken for n in graph.node):
+        now = {n.name: taken[n.name] for n in model.graph.node if n.op_type == "If" and n.name in taken}
+        if not now:
             break
-        nodes = []
-        for node in graph.node:
-            if node.op_type == "If" and node.name in taken:
-                body, inits = inline(node, taken[node.name])
-                nodes.extend(body)
-                graph.initializer.extend(inits)
-                count += 1
-            else:
-                nodes.append(node)
-        del graph.node[:]
-        graph.node.extend(nodes)
+        inline_if(model.graph, now)
+        count += len(now)
     return count
 
 

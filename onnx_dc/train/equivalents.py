@@ -53,12 +53,10 @@ from onnx_dc.train.resize import resize_as_matmul
 
 @dataclass(frozen=True)
 class Known:
-    """What the rewrites may read of the graph: static shapes, constant inputs, and the names some node
-    or a graph output reads."""
+    """What the rewrites may read of the graph: static shapes, constant inputs, the ai.onnx opset."""
 
     shapes: dict[str, list[int]]
     consts: dict[str, np.ndarray]
-    read: frozenset[str]
     opset: int = 17  # the model's ai.onnx opset (the form of a reduction's axes)
 
 
@@ -296,7 +294,7 @@ def _recurrent(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto] | Non
     """A GRU onnxruntime-training trains (default activations, no clip, time first) stays, a bidirectional one
     split in two; other GRUs, every LSTM (its LSTMGrad fails on models as exported) and RNN (no gradient)
     are unrolled where the sequence length is known, else split where bidirectional."""
-    if trains_as_it_is(node, known.read):
+    if trains_as_it_is(node):
         return _bidirectional_rnn(node, known)  # unrolling gtcrn's GRUs made its training graph 14x slower to build
     return unrolled(node, known.shapes) or _bidirectional_rnn(node, known)
 
@@ -337,7 +335,9 @@ def differentiable_equivalents(model: onnx.ModelProto) -> int:
     to the unchanged inference model.
     """
     graph = model.graph
-    if not any(_rewrite_of(n) is not None for n in graph.node):
+    # shape inference is the cost here: skip it where no node can be rewritten (a Transpose with its perm,
+    # in nearly every model, never is)
+    if not any(_rewrite_of(n) is not None and not (n.op_type == "Transpose" and n.attribute) for n in graph.node):
         return 0
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes = {}
@@ -352,9 +352,8 @@ def differentiable_equivalents(model: onnx.ModelProto) -> int:
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in wanted}
     consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
                    if n.op_type == "Constant" and n.output[0] in wanted and n.attribute and n.attribute[0].name == "value"})
-    read = frozenset({i for n in graph.node for i in n.input} | {o.name for o in graph.output})
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
-    known = Known(shapes, consts, read, opset)
+    known = Known(shapes, consts, opset)
     nodes, count = [], 0
     for node in graph.node:
         rewrite = _rewrite_of(node)

@@ -64,12 +64,13 @@ class _Builder(NodeBuilder):
         return self.op("Sub", [self.op("Relu", [y]), self.op("Relu", [self.op("Sub", [y, self.real(1.0)])])])
 
 
-def trains_as_it_is(node: onnx.NodeProto, read: frozenset[str] | set[str]) -> bool:
+def trains_as_it_is(node: onnx.NodeProto) -> bool:
     """Whether onnxruntime-training's own gradient trains ``node`` (forward direction; a bidirectional one split):
-    a GRU with the default activations, no clip, time first, whose Y something reads (its GRUGrad fails
-    type inference otherwise). Its LSTMGrad fails even on LSTMs as PyTorch and Keras export them."""
+    a GRU with the default activations, no clip, time first, and an initial state (its GRUGrad fails type
+    inference without one). Its LSTMGrad fails even on LSTMs as PyTorch and Keras export them."""
     names = {a.name for a in node.attribute}
-    return node.op_type == "GRU" and not names & {"activations", "clip", "layout"} and node.output[0] in read
+    return (node.op_type == "GRU" and not names & {"activations", "clip", "layout"}
+            and len(node.input) > 5 and bool(node.input[5]))
 
 
 def _activations(node: onnx.NodeProto, directions: int) -> list[list[tuple[str, float, float]]] | None:
