@@ -33,7 +33,13 @@ def upper_inverse_cholesky(h: np.ndarray) -> np.ndarray:
 
 
 def gptq_layer(layer: LayerState, original: np.ndarray, stats: WeightStats) -> bool:
-    """Re-assign one shared layer's codes as above; returns whether it ran."""
+    """Re-assign one shared layer's codes as above; returns whether it ran (on every view of a fused
+    weight, each on its own elements)."""
+    ran = [_gptq_view(layer, original, piece) for piece in stats.pieces()]
+    return any(ran)
+
+
+def _gptq_view(layer: LayerState, original: np.ndarray, stats: WeightStats) -> bool:
     hessian = stats.stats.hessian()
     if layer.codebook is None or hessian is None:
         return False

@@ -57,19 +57,27 @@ def prune_layer_by_activation(layer: LayerState, stats: WeightStats, scope: str 
     if not s.prunes or s.prune_quality is not None:
         return prune_layer(layer)
     flat = layer.weights.ravel()
-    index = stats.view.index
-    norms = np.sqrt(stats.column_moment())  # [1, in] (one group) or [out, in]
-    if scope == "layer":  # float32 scores of the whole layer (4096 x 25088: 411 MB)
-        keep2 = layer_mask(np.abs(flat[index]) * norms.astype(np.float32), s.sparse_ratio)
-    else:
-        keep2 = np.empty(index.shape, bool)
-        step = max(1, _CHUNK // max(1, index.shape[1]))  # float64 scores a block of rows at a time
-        for r in range(0, index.shape[0], step):
-            rows = slice(r, r + step)
-            keep2[rows] = row_mask(np.abs(flat[index[rows]]) * (norms if norms.shape[0] == 1 else norms[rows]),
-                                   s.sparse_ratio)
+    pieces = stats.pieces()  # a fused weight: each view's elements scored by its own inputs
     mask = np.zeros(flat.size, bool)
-    mask[index.ravel()] = keep2.ravel()
+    if scope == "layer":  # float32 scores of the whole layer (4096 x 25088: 411 MB)
+        scores = [np.abs(flat[p.view.index]) * np.sqrt(p.column_moment()).astype(np.float32) for p in pieces]
+        joined = scores[0] if len(scores) == 1 else np.concatenate([sc.ravel() for sc in scores])  # no copy for one
+        keep = layer_mask(joined, s.sparse_ratio).ravel()
+        start = 0
+        for p, sc in zip(pieces, scores):
+            mask[p.view.index.ravel()] = keep[start : start + sc.size]
+            start += sc.size
+    else:
+        for p in pieces:
+            index = p.view.index
+            norms = np.sqrt(p.column_moment())  # [1, in] (one group) or [out, in]
+            keep2 = np.empty(index.shape, bool)
+            step = max(1, _CHUNK // max(1, index.shape[1]))  # float64 scores a block of rows at a time
+            for r in range(0, index.shape[0], step):
+                rows = slice(r, r + step)
+                keep2[rows] = row_mask(np.abs(flat[index[rows]]) * (norms if norms.shape[0] == 1 else norms[rows]),
+                                       s.sparse_ratio)
+            mask[index.ravel()] = keep2.ravel()
     mask = mask.reshape(layer.weights.shape)
     if layer.mask is not None:
         mask &= layer.mask

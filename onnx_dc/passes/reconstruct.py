@@ -38,7 +38,13 @@ _BATCH_ELEMENTS = 1 << 24
 
 
 def reconstruct_layer(layer: LayerState, original: np.ndarray, stats: WeightStats) -> bool:
-    """Replace a pruned layer's kept weights by the least-squares fit above; returns whether it ran."""
+    """Replace a pruned layer's kept weights by the least-squares fit above; returns whether it ran
+    (on every view of a fused weight, each on its own elements)."""
+    ran = [_reconstruct_view(layer, original, piece) for piece in stats.pieces()]
+    return any(ran)
+
+
+def _reconstruct_view(layer: LayerState, original: np.ndarray, stats: WeightStats) -> bool:
     hessian, cross = stats.stats.hessian(), stats.stats.target_cross()
     if layer.mask is None or hessian is None:
         return False

@@ -86,17 +86,25 @@ def normal_equations(w2: np.ndarray, q2: np.ndarray, hessian: np.ndarray, groups
 
 def refit_layer(layer: LayerState, original: np.ndarray, stats: WeightStats) -> bool:
     """Refit one shared layer's codebook; returns whether the codebook changed."""
-    hessian = stats.stats.hessian()
-    if layer.codebook is None or hessian is None:
+    pieces = stats.pieces()  # a fused weight: the error summed over its views, each with its own inputs
+    if layer.codebook is None or any(p.stats.hessian() is None for p in pieces):
         return False
-    cross = stats.stats.cross_moment()
-    index = stats.view.index
-    w2 = original.ravel()[index]
-    q2 = layer.codes.ravel()[index].astype(np.int64)
-    groups = stats.view.group_of_rows()
     k = layer.codebook.size
-    before = output_error(w2, layer.codebook[q2], hessian, groups, cross)
-    m, r = normal_equations(w2, q2, hessian, groups, k, cross)
+    parts = []
+    for p in pieces:
+        index = p.view.index
+        parts.append((original.ravel()[index], layer.codes.ravel()[index].astype(np.int64), p.stats.hessian(),
+                      p.view.group_of_rows(), p.stats.cross_moment()))
+
+    def error(codebook: np.ndarray) -> float:
+        return sum(output_error(w2, codebook[q2], h, groups, cross) for w2, q2, h, groups, cross in parts)
+
+    before = error(layer.codebook)
+    m, r = np.zeros((k, k)), np.zeros(k)
+    for w2, q2, h, groups, cross in parts:
+        mp, rp = normal_equations(w2, q2, h, groups, k, cross)
+        m += mp
+        r += rp
     old = layer.codebook.astype(np.float64)
     z = int(layer.reserves_zero)
     m, r, old = m[z:, z:], r[z:], old[z:]  # a pruned layer's c_0 = 0 is fixed
@@ -106,7 +114,7 @@ def refit_layer(layer: LayerState, original: np.ndarray, stats: WeightStats) -> 
     except np.linalg.LinAlgError:
         return False
     codebook = np.concatenate(([0.0] * z, c)).astype(np.float32)
-    if not np.all(np.isfinite(codebook)) or output_error(w2, codebook[q2], hessian, groups, cross) >= before:
+    if not np.all(np.isfinite(codebook)) or error(codebook) >= before:
         return False
     set_codebook(layer, codebook)
     return True

@@ -129,11 +129,22 @@ class InputStats:
 
 @dataclass
 class WeightStats:
-    """The input statistics of one compressed weight: its first view, summed over its consumers."""
+    """The input statistics of one compressed weight: its first view, summed over the consumers that read
+    it through the same view.
+
+    A weight read through views of different parts (a fused QKV or gate weight sliced by several
+    consumers) has one :class:`WeightStats` per distinct view in ``parts``; ``view`` / ``stats`` are
+    the first one's. The passes work part by part (:meth:`pieces`), each on the elements its view reads.
+    """
 
     view: LayerView
     stats: InputStats
     views: tuple[LayerView, ...] = ()
+    parts: tuple[WeightStats, ...] = ()
+
+    def pieces(self) -> tuple[WeightStats, ...]:
+        """The statistics of each distinct view (itself alone when every consumer reads the same view)."""
+        return self.parts or (self,)
 
     def column_moment(self) -> np.ndarray:
         """``E[x_j^2]`` of each ``W2`` element's input column: ``[out, in]``, or ``[1, in]`` (it broadcasts)
@@ -144,5 +155,6 @@ class WeightStats:
     def element_moment(self, shape: tuple[int, ...]) -> np.ndarray:
         """``E[x_j^2]`` for each element of the stored weight (its column's input), in ``shape``."""
         out = np.zeros(int(np.prod(shape)))
-        out[self.view.index] = self.column_moment()  # broadcast over rows, no [out, in] copy
+        for piece in self.pieces():
+            out[piece.view.index] = piece.column_moment()  # broadcast over rows, no [out, in] copy
         return out.reshape(shape)

@@ -190,11 +190,16 @@ class Collector:
                 c.commit(step)
         stats = {}
         for name, vs in views.items():
-            first = per_view[(name, 0)]
-            for i in range(1, len(vs)):
-                if np.array_equal(vs[i].index, vs[0].index) and vs[i].groups == vs[0].groups:
-                    first.merge(per_view[(name, i)])
-            stats[name] = WeightStats(vs[0], first, tuple(vs))
+            distinct: list[tuple[LayerView, InputStats]] = []  # consumers reading the same view pool their sums
+            for i, v in enumerate(vs):
+                same = next((d for d in distinct if np.array_equal(v.index, d[0].index) and v.groups == d[0].groups),
+                            None)
+                if same is None:
+                    distinct.append((v, per_view[(name, i)]))
+                else:
+                    same[1].merge(per_view[(name, i)])
+            parts = tuple(WeightStats(v, st, (v,)) for v, st in distinct) if len(distinct) > 1 else ()
+            stats[name] = WeightStats(distinct[0][0], distinct[0][1], tuple(vs), parts)
         return stats
 
 
