@@ -1,4 +1,4 @@
-"""A weight read through several views (a fused QKV weight sliced by three MatMuls): statistics, masks,
+"""A weight read through several views (a fused QKV weight sliced or split for three MatMuls): statistics, masks,
 reconstruction, GPTQ codes and the codebook refit work on every view, each with its own inputs.
 
 Before, only the first view had statistics and activation pruning built its mask over that view's
@@ -19,18 +19,22 @@ import onnx_dc
 WIDTH = 16
 
 
-def attention_like(fused: bool, seed: int = 0) -> onnx.ModelProto:
-    """x [N, 16] -> q, k, v = x Wq, x Wk, x Wv -> y = q * k + v; fused: W [16, 48] read through three Slices."""
+def attention_like(fused: bool | str, seed: int = 0) -> onnx.ModelProto:
+    """x [N, 16] -> q, k, v = x Wq, x Wk, x Wv -> y = q * k + v; fused: W [16, 48] read through three Slices
+    (``fused`` "split": one Split)."""
     rng = np.random.default_rng(seed)
     w = rng.normal(0, .3, (WIDTH, 3 * WIDTH)).astype(np.float32)
     nodes, inits = [], []
+    if fused == "split":
+        inits.append(init("sizes", np.array([WIDTH] * 3, np.int64)))
+        nodes.append(oh.make_node("Split", ["w_qkv", "sizes"], ["w_q", "w_k", "w_v"], name="split", axis=1))
     for k, n in enumerate("qkv"):
-        if fused:
+        if fused is True:
             inits += [init(f"start_{n}", np.array([WIDTH * k], np.int64)),
                       init(f"end_{n}", np.array([WIDTH * (k + 1)], np.int64)), init(f"axis_{n}", np.array([1], np.int64))]
             nodes.append(oh.make_node("Slice", ["w_qkv", f"start_{n}", f"end_{n}", f"axis_{n}"], [f"w_{n}"],
                                       name=f"slice_{n}"))
-        else:
+        elif not fused:
             inits.append(init(f"w_{n}", w[:, WIDTH * k : WIDTH * (k + 1)]))
         nodes.append(oh.make_node("MatMul", ["x", f"w_{n}"], [n], name=f"mm_{n}"))
     if fused:
@@ -52,10 +56,10 @@ def _cosine(result) -> float:
     return result.fidelity.to_dict()["outputs"][0]["cosine"]
 
 
-@pytest.mark.parametrize("scope", ["row", "layer"])
-def test_no_slice_of_a_fused_weight_ends_all_zeros_and_fidelity_matches_the_unfused_weights(calib, scope):
+@pytest.mark.parametrize("scope,how", [("row", True), ("layer", True), ("row", "split")])
+def test_no_slice_of_a_fused_weight_ends_all_zeros_and_fidelity_matches_the_unfused_weights(calib, scope, how):
     config = {"calib": {"prune_scope": scope}}
-    fused = onnx_dc.compress(attention_like(True), calib=calib, sparse_ratio=0.5, class_num=32, config=config)
+    fused = onnx_dc.compress(attention_like(how), calib=calib, sparse_ratio=0.5, class_num=32, config=config)
     plain = onnx_dc.compress(attention_like(False), calib=calib, sparse_ratio=0.5, class_num=32, config=config)
     w = fused.state.layers["w_qkv"].weights
     kept = [float((w[:, WIDTH * k : WIDTH * (k + 1)] != 0).mean()) for k in range(3)]

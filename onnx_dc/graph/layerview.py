@@ -328,7 +328,7 @@ def _following_add(node, inits, consumers_of, out: int, spatial: int = 0) -> str
 
 def _traced_index(name, site, producer, inits) -> np.ndarray | str:
     """Flat initializer indices as the consumer sees the weight: pass-through ops (Identity, Transpose,
-    Reshape, Squeeze, Unsqueeze, Slice) and Concat of parts of the weight (an exporter's gate reorder)
+    Reshape, Squeeze, Unsqueeze, Slice, Split) and Concat of parts of the weight (an exporter's gate reorder)
     from the initializer to the consumer; shapes, axes and bounds from initializers or Constant nodes."""
     if name == site.name:
         return np.arange(site.numel, dtype=np.int64).reshape(site.shape)
@@ -343,7 +343,11 @@ def _traced_index(name, site, producer, inits) -> np.ndarray | str:
     if node.op_type == "Constant" or not node.input:
         return f"weight path through {name!r} not understood"
     arr = _traced_index(node.input[0], site, producer, inits)
-    return arr if isinstance(arr, str) else _apply(node, arr, _Values(producer, inits))
+    if isinstance(arr, str):
+        return arr
+    if node.op_type == "Split":
+        return _split(node, list(node.output).index(name), arr, _Values(producer, inits))
+    return _apply(node, arr, _Values(producer, inits))
 
 
 class _Values:
@@ -392,6 +396,27 @@ def _apply(node, arr: np.ndarray, inits) -> np.ndarray | str:
             out = np.expand_dims(out, a)
         return out
     return f"{node.op_type} on the weight path"
+
+
+def _split(node, k: int, arr: np.ndarray, inits) -> np.ndarray | str:
+    """Output ``k`` of ``Split`` (sizes from its input, opset 13+, or its attribute; else equal parts, as
+    ``num_outputs`` of opset 18 or the output count says)."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    axis = int(attrs.get("axis", 0)) % arr.ndim
+    if len(node.input) > 1 and node.input[1]:
+        if node.input[1] not in inits:
+            return "Split with computed sizes on the weight path"
+        sizes = [int(v) for v in numpy_helper.to_array(inits[node.input[1]]).ravel()]
+    elif "split" in attrs:
+        sizes = [int(v) for v in attrs["split"]]
+    else:
+        count = int(attrs.get("num_outputs", len(node.output)))
+        step = -(-arr.shape[axis] // count)  # the last part is smaller when the length does not divide
+        sizes = [min(step, arr.shape[axis] - step * i) for i in range(count)]
+    if sum(sizes) != arr.shape[axis] or k >= len(sizes):
+        return "Split whose sizes do not add up on the weight path"
+    start = sum(sizes[:k])
+    return np.take(arr, np.arange(start, start + sizes[k]), axis=axis)
 
 
 def _slice(node, arr: np.ndarray, inits) -> np.ndarray | str:

@@ -34,7 +34,7 @@ VIEWS = ("conv", "conv_transpose", "gemm", "matmul", "recurrent")
 # Ops that only move a weight's elements on its way to the consumer (the zoo MNIST model reshapes its fc weight).
 PASS_THROUGH = ("Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze")
 # Ops that cut a weight into parts or join parts of one weight (an exporter's gate reorder).
-PIECES = ("Slice", "Concat")
+PIECES = ("Slice", "Split", "Concat")
 QUANTIZED = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM", "QGemm", "DequantizeLinear")
 
 

@@ -206,7 +206,7 @@ def _quantized_note(quantized: dict[str, list[str]]) -> tuple[str, ...]:
 
 
 def _trace(name: str, producer: Mapping[str, onnx.NodeProto]) -> tuple[str, tuple[str, ...]]:
-    """Follow a value back through pass-through ops (and Slice / Concat pieces of one tensor) to its source.
+    """Follow a value back through pass-through ops (and Slice / Split / Concat pieces of one tensor) to its source.
 
     PyTorch exports an LSTM's W as Unsqueeze(Concat(Slice(w, gate i), Slice(w, gate f), ...)) to
     reorder the gates: every piece comes from one initializer, which is the weight.
@@ -214,7 +214,7 @@ def _trace(name: str, producer: Mapping[str, onnx.NodeProto]) -> tuple[str, tupl
     via: list[str] = []
     while name in producer and producer[name].domain in ("", "ai.onnx"):
         node = producer[name]
-        if node.op_type in PASS_THROUGH or node.op_type == "Slice":
+        if node.op_type in PASS_THROUGH or node.op_type in ("Slice", "Split"):
             name = node.input[0]
         elif node.op_type == "Concat":
             sources = {_trace(piece, producer)[0] for piece in node.input}
