@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from calib_audio import read_wav  # noqa: E402
 from onnx_dc import progress  # noqa: E402
 from onnx_dc.api import prepare  # noqa: E402
-from onnx_dc.data.calib import CalibData, as_calib_spec, load_calib, parse_calib_spec  # noqa: E402
+from onnx_dc.data.calib import CalibData, as_calib_spec, load_calib, parse_calib_spec, real_tokens, token_mask  # noqa: E402
 from onnx_dc.data.datasets import Preprocess  # noqa: E402
 from onnx_dc.errors import OnnxDcError  # noqa: E402
 from onnx_dc.passes.prune import prune  # noqa: E402
@@ -140,11 +140,16 @@ def _npz_spec(folder: Path, name: str, arrays: dict) -> object:
 
 
 def fidelity(model: onnx.ModelProto, data: CalibData, teacher: dict) -> dict:
-    """Relative L2 error and cosine similarity of each output against the original's, on held-out samples."""
+    """Relative L2 error and cosine similarity of each output against the original's, on held-out samples
+    (token outputs at the real tokens, as onnx_dc's own fidelity)."""
     got = run_teacher(model, data.heldout, list(teacher))
+    mask = token_mask(data.heldout.arrays) if data.heldout.stackable else None
+    if mask is not None:  # [samples, batch, sequence] -> [rows, sequence]: token outputs at the real tokens
+        mask = mask.reshape(-1, mask.shape[-1])
     out = {}
     for name, t in teacher.items():
-        g, t = got[name].ravel().astype(np.float64), t.ravel().astype(np.float64)
+        g, t = (real_tokens(a.reshape(-1, *a.shape[2:]), mask) if a.ndim > 3 else a for a in (got[name], t))
+        g, t = g.ravel().astype(np.float64), t.ravel().astype(np.float64)
         out[name] = {"rel_l2": float(np.linalg.norm(g - t) / max(np.linalg.norm(t), 1e-30)),
                      "cosine": float(g @ t / max(np.linalg.norm(g) * np.linalg.norm(t), 1e-30))}
     return out

@@ -27,7 +27,7 @@ import enum
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -293,6 +293,24 @@ class Samples:
         step = max(1, batch_size) if self.stackable else 1
         n = len(self)
         return [min(step, n - s) for s in range(0, n, step)]
+
+
+def token_mask(feed: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The attention mask among a feed's arrays (an integer or bool [batch, sequence] array whose name
+    says mask, as transformer exports name it), or None."""
+    for name, value in feed.items():
+        a = np.asarray(value)
+        if "mask" in name.lower() and a.ndim == 2 and a.dtype.kind in "iub":
+            return a
+    return None
+
+
+def real_tokens(y: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``y`` [batch, sequence, ...] at the positions ``mask`` marks as real tokens ([tokens, ...]): padding's
+    values feed nothing a model's user reads. ``y`` as it is without a mask or when the shapes differ."""
+    if mask is None or y.ndim < 3 or y.shape[:2] != mask.shape:
+        return y
+    return y[mask != 0]
 
 
 @dataclass(frozen=True)

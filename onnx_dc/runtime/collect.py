@@ -24,7 +24,7 @@ import onnx
 from numpy.lib.stride_tricks import sliding_window_view
 from onnx import numpy_helper
 
-from onnx_dc.data.calib import Samples
+from onnx_dc.data.calib import Samples, real_tokens, token_mask
 from onnx_dc.graph import external
 from onnx_dc.graph.io import serialize
 from onnx_dc.graph.layerview import LayerView, layer_views
@@ -240,7 +240,8 @@ def _inline_constant_ifs(model: onnx.ModelProto, consumers: set[str], samples: S
 
 
 def _flush(pending, views, per_view, rngs: dict) -> None:
-    """Fold the pooled batches (``(measured, reference or None)`` outputs) into the sums."""
+    """Fold the pooled batches (``(measured, reference or None)`` outputs) into the sums; token inputs
+    ([batch, sequence, hidden]) count at the real tokens only (the feed's attention mask)."""
     if not pending:
         return
     for (name, i), st in per_view.items():
@@ -249,8 +250,11 @@ def _flush(pending, views, per_view, rngs: dict) -> None:
             for outs, ref in pending:
                 _accumulate_recurrent(view, st, outs, ref)
             continue
-        parts = [np.asarray(outs[view.activation]) for outs, _ in pending]
-        refs = [None if ref is None else np.asarray(ref[view.activation]) for _, ref in pending]
+        parts, refs = [], []
+        for outs, ref in pending:
+            mask = token_mask(outs) if not view.trans_a and view.conv is None else None
+            parts.append(real_tokens(np.asarray(outs[view.activation]), mask))
+            refs.append(None if ref is None else real_tokens(np.asarray(ref[view.activation]), mask))
         if view.trans_a:
             for part, ref in zip(parts, refs):
                 _accumulate(view, st, part, rngs[(name, i)], ref)

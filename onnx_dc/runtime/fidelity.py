@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnx_dc.data.calib import Samples
+from onnx_dc.data.calib import Samples, real_tokens, token_mask
 from onnx_dc.runtime.session import InferenceSession
 from onnx_dc.formats.models import model_bytes
 
@@ -108,14 +108,16 @@ class OutputSums:
     positions: int = 0
     scores: bool | None = None
 
-    def add(self, y: np.ndarray, yq: np.ndarray) -> None:
+    def add(self, y: np.ndarray, yq: np.ndarray, shape_of: np.ndarray | None = None) -> None:
+        """Add a batch; ``shape_of``: the output as the model gives it, when ``y`` is a selection of it
+        (the real tokens), for telling class scores apart."""
         a, b = y.astype(np.float64).ravel(), yq.astype(np.float64).ravel()
         self.err += float(np.sum((a - b) ** 2))
         self.ref += float(a @ a)
         self.cand += float(b @ b)
         self.dot += float(a @ b)
         if self.scores is None:
-            self.scores = is_class_scores(y)
+            self.scores = is_class_scores(y if shape_of is None else shape_of)
         if self.scores:
             self.agree += int(np.sum(y.argmax(axis=-1) == yq.argmax(axis=-1)))
             self.positions += int(np.prod(y.shape[:-1]))
@@ -165,8 +167,10 @@ def compare_outputs(reference, candidate, samples: Samples, batch_size: int = 64
     sums = {n: OutputSums() for n in names}
     for b, feed in enumerate(samples.batches(batch_size)):
         ys = [recorded.batches[b][n] for n in names] if recorded else ref.run(names, feed)
+        mask = token_mask(feed)  # token outputs are compared at the real tokens (padding feeds nothing)
         for n, y, yq in zip(names, ys, cand.run(names, {**feed, **(overrides or {})})):
-            sums[n].add(np.asarray(y), np.asarray(yq))
+            y = np.asarray(y)
+            sums[n].add(real_tokens(y, mask), real_tokens(np.asarray(yq), mask), y)
     return [sums[n].result(n) for n in names]
 
 
