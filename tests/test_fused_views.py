@@ -79,3 +79,28 @@ def test_every_view_of_a_fused_weight_has_its_own_statistics(calib):
     assert len(st.pieces()) == 3
     covered = np.sort(np.concatenate([p.view.index.ravel() for p in st.pieces()]))
     np.testing.assert_array_equal(covered, np.arange(WIDTH * 3 * WIDTH))  # each element in exactly one view
+
+
+def tied_embeddings(seed: int = 0) -> onnx.ModelProto:
+    """ids [N, 8] -> Gather (emb [50, 16]) -> MatMul with emb transposed (the tied output layer) -> logits."""
+    rng = np.random.default_rng(seed)
+    g = oh.make_graph([oh.make_node("Gather", ["emb", "ids"], ["h"], name="embed"),
+                       oh.make_node("Transpose", ["emb"], ["emb_t"], name="tie", perm=[1, 0]),
+                       oh.make_node("MatMul", ["h", "emb_t"], ["logits"], name="lm_head")], "tied",
+                      [oh.make_tensor_value_info("ids", TensorProto.INT64, ["N", 8])],
+                      [oh.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 8, 50])],
+                      [init("emb", rng.normal(0, 1, (50, 16)).astype(np.float32))])
+    return finish_model(g)
+
+
+def test_a_weight_shared_by_a_gather_and_a_matmul_is_compressed_once_and_decoded_once(tmp_path):
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "ids.npz", ids=rng.integers(0, 50, (64, 8)))
+    result = onnx_dc.compress(tied_embeddings(), tmp_path / "tied.dc.onnx", sparse_ratio=0.5, class_num=16,
+                              calib=f"npz:{tmp_path / 'ids.npz'}")
+    (row,) = result.report.layers
+    assert row.weight == "emb" and row.op_type == "Gather,MatMul" and row.kept == 400
+    written = onnx.load(tmp_path / "tied.dc.onnx")
+    decoders = [n for n in written.graph.node if n.domain not in ("", "ai.onnx")]
+    assert len(decoders) == 1  # one decoder feeds the lookup and the output layer
+    assert _cosine(result) > 0.9
