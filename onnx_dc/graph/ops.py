@@ -35,7 +35,7 @@ VIEWS = ("conv", "conv_transpose", "gemm", "matmul", "recurrent")
 PASS_THROUGH = ("Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze")
 # Ops that cut a weight into parts or join parts of one weight (an exporter's gate reorder).
 PIECES = ("Slice", "Split", "Concat")
-QUANTIZED = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM", "QGemm", "DequantizeLinear")
+QUANTIZED = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM", "QGemm", "DequantizeLinear", "MatMulNBits")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class OpSpec:
     equivalent: str | None = None
     trains_parameters: bool = False
     parameters: bool = False
+    note: str | None = None  # why the op's float inputs stay float, where "not compressible" says too little
 
     @property
     def compressible(self) -> bool:
@@ -148,5 +149,14 @@ for _spec in (
     *(OpSpec(op, equivalent="reduction") for op in ("ReduceSumSquare", "ReduceL1", "ReduceLogSum")),
     *(OpSpec(op, equivalent="layout") for op in ("GlobalMaxPool", "SpaceToDepth", "CumSum", "Transpose")),
     OpSpec("Einsum", equivalent="einsum"),
+    # onnxruntime's transformer optimizer fuses BERT-like graphs into these
+    OpSpec("Attention", domain="com.microsoft", weights=(1,), bias=2, view="matmul"),
+    OpSpec("SkipLayerNormalization", domain="com.microsoft", parameters=True),
+    OpSpec("SkipSimplifiedLayerNormalization", domain="com.microsoft", parameters=True),
+    OpSpec("FastGelu", domain="com.microsoft", parameters=True),
+    OpSpec("BiasGelu", domain="com.microsoft", parameters=True),
+    OpSpec("EmbedLayerNormalization", domain="com.microsoft", parameters=True,
+           note="its word, position and segment tables are read inside the fused op; compress the model "
+                "before onnxruntime's transformer optimizer fuses it to compress them"),
 ):
     register(_spec)

@@ -233,6 +233,8 @@ def _numel(tensor: onnx.TensorProto) -> int:
 
 def _other_reason(node: onnx.NodeProto) -> str:
     spec = ops.of(node)
+    if spec is not None and spec.note:
+        return f"{node.op_type}: {spec.note}"
     if spec is not None and spec.compressible and not spec.lookup:
         return "bias (biases stay float32)"
     if spec is not None and spec.parameters:
