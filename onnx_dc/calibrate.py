@@ -17,9 +17,9 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_dc import progress
-from onnx_dc.data.calib import CalibData, CalibSpec, as_calib_spec, load_calib
+from onnx_dc.data.calib import CalibData, CalibSpec, as_calib_spec, load_calib, model_inputs
 from onnx_dc.data.datasets import DataSpec, Preprocess, load_dataset
-from onnx_dc.errors import DataError
+from onnx_dc.errors import DataError, ModelError
 from onnx_dc.formats.models import load_model, model_bytes
 from onnx_dc.passes.data_aware import (DataAwareResult, DataAwareSettings, compress_layer, compress_plain,
                                        original_weights, parse_data_aware, run_data_aware)
@@ -211,13 +211,16 @@ def _candidates(state: CompressionState, run: CalibRun) -> list[str]:
 
     def own_error(name: str) -> float:
         st = stats.get(name)
-        if st is None or st.stats.hessian() is None:
+        if st is None or any(p.stats.hessian() is None for p in st.pieces()):
             return float("inf")  # not measurable here: keep it a candidate
-        w2 = original_weights(state, name).ravel()[st.view.index]
-        wq2 = state.layers[name].weights.ravel()[st.view.index]
-        h, groups = st.stats.hessian(), st.view.group_of_rows()
-        cross = st.stats.cross_moment()
-        return output_error(w2, wq2, h, groups, cross) / max(output_error(w2, 0 * w2, h, groups), 1e-30)
+        original, weights = original_weights(state, name).ravel(), state.layers[name].weights.ravel()
+        error = total = 0.0
+        for p in st.pieces():  # every view of a fused weight
+            w2, wq2 = original[p.view.index], weights[p.view.index]
+            h, groups = p.stats.hessian(), p.view.group_of_rows()
+            error += output_error(w2, wq2, h, groups, p.stats.cross_moment())
+            total += output_error(w2, 0 * w2, h, groups)
+        return error / max(total, 1e-30)
 
     return sorted(names, key=own_error, reverse=True)[:ATTRIBUTION_LAYERS]
 
@@ -234,10 +237,23 @@ def fidelity(model: str | os.PathLike | onnx.ModelProto, against: str | os.PathL
     """
     reference = load_model(against) if not isinstance(against, onnx.ModelProto) else against
     candidate = load_model(model)
+    _check_same_inputs(candidate, reference, _name(model), _name(against))
     data = load_calib(as_calib_spec(calib), reference)
-    load_calib(as_calib_spec(calib), candidate)  # the candidate must take the same inputs
+    load_calib(as_calib_spec(calib), candidate)  # the same samples fit the candidate's input shapes
     samples = data.heldout if part == "heldout" and len(data.heldout) else _all(data)
     return measure_fidelity(reference, candidate, samples, data.source)
+
+
+def _name(model: Any) -> str:
+    return str(model) if isinstance(model, (str, os.PathLike)) else "model"
+
+
+def _check_same_inputs(candidate: onnx.ModelProto, reference: onnx.ModelProto, name: str, against: str) -> None:
+    """Refuse a pair of models that do not take the same inputs: the same samples cannot feed both."""
+    mine, theirs = (tuple(i.name for i in model_inputs(m)) for m in (candidate, reference))
+    if set(mine) != set(theirs):  # fed by name: the order does not matter
+        raise ModelError(f"{name} does not match the original {against}: its inputs are {', '.join(mine)}, the "
+                         f"original's are {', '.join(theirs)}; give the model {name} was compressed from")
 
 
 def _all(data: CalibData):

@@ -32,7 +32,7 @@ from onnx_dc.passes.lower import lower, set_metadata
 from onnx_dc.passes.prune import prune
 from onnx_dc.passes.share import share
 from onnx_dc.passes.state import CompressionState
-from onnx_dc.plan import make_plan
+from onnx_dc.plan import check_prune_quality, make_plan
 from onnx_dc.report import Report, make_report
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,9 @@ def plan(state: CompressionState | None, ctx: Context) -> Done:
         raise ConfigError(f"{ctx.name}: nothing to compress, every weight is skipped (e.g. {first.tensor}: "
                           f"{first.reason}); give settings for them (--sparse-ratio / --class-num, or a config)")
     proto, ctx.proto = ctx.proto, None  # the state owns the model from here
-    return Done(f"{len(made.entries)} weights to compress, {len(made.skipped)} left as they are",
-                CompressionState.start(proto, made, ctx.source_bytes))
+    state = CompressionState.start(proto, made, ctx.source_bytes)
+    check_prune_quality(made, {name: layer.weights for name, layer in state.layers.items()})
+    return Done(f"{len(made.entries)} weights to compress, {len(made.skipped)} left as they are", state)
 
 
 def prepared(ctx: Context) -> CompressionState:

@@ -2,17 +2,22 @@
 
 Validation happens here, once, before any tensor is touched: every pattern that matches
 no compressible node, every shared weight asked to be compressed two ways, and a model
-with nothing to compress are reported together.
+with nothing to compress are reported together. The one check that reads the weights
+(:func:`check_prune_quality`) runs on them before any pass changes them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
 
 from onnx_dc.config import Config, Settings
 from onnx_dc.errors import ConfigError, ModelError
 from onnx_dc.graph import ops
 from onnx_dc.graph.weights import Inventory, Skipped, WeightSite
+from onnx_dc.numerics.prune import quality_threshold
 
 
 @dataclass(frozen=True)
@@ -86,3 +91,27 @@ def make_plan(inventory: Inventory, config: Config, model_name: str = "model") -
             f"{ops.compressible()[-1]} with a float32 initializer weight){': ' + reasons if reasons else ''}"
         )
     return Plan(tuple(entries), tuple(skipped), inventory.notes)
+
+
+def check_prune_quality(plan: Plan, weights: Mapping[str, np.ndarray]) -> None:
+    """Refuse a ``prune_quality`` that prunes every weight of a layer.
+
+    A layer keeps ``|w| > quality x std(W)``, so it keeps any weight only for
+    ``quality < max|W| / std(W)``: unlike ``sparse_ratio``, whose range [0, 1) says so by
+    itself, the bound depends on the layer's weights (``weights``: name -> original values).
+
+    Raises:
+        ConfigError: naming every such layer and its bound.
+    """
+    emptied = []
+    for e in plan.entries:
+        quality, w = e.settings.prune_quality, weights[e.site.name]
+        if quality is None or not w.size:
+            continue
+        largest, threshold = max(float(w.max()), -float(w.min())), quality_threshold(w, quality)
+        if 0 < largest <= threshold:
+            emptied.append(f"{e.site.node} ({quality:g}, bound {largest * quality / threshold:.3g})")
+    if emptied:
+        raise ConfigError(f"prune_quality prunes every weight of {', '.join(emptied)}: a layer keeps weights only "
+                          "for prune_quality below its bound max|W| / std(W); give a smaller value (--prune-quality "
+                          "or the config)")

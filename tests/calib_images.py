@@ -7,8 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, shared_path
 
 SHARED_PHOTOS = (SHARED_DATA / "real" / "ultraface" / "sample-imgs-13.jpg", SHARED_DATA / "real" / "fastestdet" / "sample-3.jpg")
 
@@ -57,12 +56,5 @@ def write_folder(folder: Path, n: int, size: tuple[int, int], seed: int = 0, suf
 
 
 def require(path: Path) -> Path:
-    """A shared data file: missing fails under CI=true, else skips with the reason."""
-    import os
-
-    if not path.exists():
-        msg = f"{path} is not present (../shared/data beside the repo)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+    """A shared data file: missing fails in CI, else skips with the reason (conftest's one rule)."""
+    return shared_path(path)

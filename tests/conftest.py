@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import onnx
@@ -29,18 +30,43 @@ symbol_arrays = st.one_of(
 
 
 
-def shared_path(path: Path) -> Path:
-    """``path`` (under ../shared/data) when it is there; otherwise fail in CI (CI=true), skip elsewhere.
+def in_ci() -> bool:
+    """Whether the tests run in CI: ``CI`` is ``true`` or ``1``, in any case (the one rule of every guard here)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
 
-    CI always has ../shared, so a missing file there is a broken setup, not a reason to pass
-    having checked nothing; on a developer's machine the skip says what is missing.
+
+def missing(what: str, reason: str) -> NoReturn:
+    """A test cannot run without ``what``: fail in CI, skip elsewhere with ``reason``.
+
+    CI always has every requirement, so a missing one there is a broken setup, not a reason
+    to pass having checked nothing; on a developer's machine the skip says what is missing.
     """
+    if in_ci():
+        pytest.fail(f"CI runs with {what}, but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def shared_path(path: Path) -> Path:
+    """``path`` (under ../shared/data) when it is there; otherwise fail in CI, skip elsewhere (:func:`missing`)."""
     if path.exists():
         return path
-    reason = f"{path} is not present (../shared/data beside the repository)"
-    if os.environ.get("CI", "").strip().lower() in ("true", "1"):
-        pytest.fail(f"CI runs with ../shared/data, but {reason}", pytrace=False)
-    pytest.skip(reason)
+    missing("../shared/data", f"{path} is not present (../shared/data beside the repository)")
+
+
+def require_training() -> None:
+    """onnxruntime-training installed; otherwise fail in CI, skip elsewhere (:func:`missing`)."""
+    from onnx_dc.train.ort_training import training_available
+
+    if not training_available():
+        missing("onnxruntime-training", "onnxruntime-training is not installed")
+
+
+@pytest.fixture
+def training_runtime() -> None:
+    require_training()
+
+
+needs_training = pytest.mark.usefixtures("training_runtime")
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import SHARED_DATA, assert_step_is_the_gradient, finish_model, init, run
+from conftest import SHARED_DATA, assert_step_is_the_gradient, finish_model, init, needs_training, run
 from onnx import TensorProto
 from onnx import helper as oh
 
@@ -20,9 +20,7 @@ from onnx_dc.data.calib import Samples
 from onnx_dc.errors import ModelError
 from onnx_dc.train.branches import inline_branches
 from onnx_dc.train.forms import taken_on_path
-from onnx_dc.train.ort_training import training_available
 
-needs_training = pytest.mark.skipif(not training_available(), reason="onnxruntime-training is not installed")
 SILERO = SHARED_DATA / "real" / "silero-vad" / "silero_vad_16k_op15.onnx"
 
 

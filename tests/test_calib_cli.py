@@ -75,6 +75,22 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, case):
     assert not (tmp_path / "o.dc.onnx").exists()
 
 
+def test_eval_against_a_model_with_other_inputs_is_one_line_exit_2(tmp_path, capsys):
+    model, other = mlp_model(), mlp_model()
+    other.graph.input[0].name = "pixels"
+    for node in other.graph.node:
+        node.input[:] = ["pixels" if name == "x" else name for name in node.input]
+    write_model(model, tmp_path / "a.onnx")
+    write_model(other, tmp_path / "b.onnx")
+    assert main(["eval", str(tmp_path / "a.onnx"), "--against", str(tmp_path / "b.onnx"), "--calib", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"onnx-dc: error: {tmp_path / 'a.onnx'} does not match the original {tmp_path / 'b.onnx'}: its "
+                   f"inputs are x, the original's are pixels; give the model {tmp_path / 'a.onnx'} was compressed "
+                   "from\n")
+    with pytest.raises(onnx_dc.ModelError, match="^model does not match the original model: its inputs are x"):
+        fidelity(model, other, "digits")
+
+
 def test_mnist_models_keep_top1_with_data_aware():
     require(MNIST_DIR)
     model = require(SHARED_DATA / "onnx" / "mnist-8.onnx")

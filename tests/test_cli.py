@@ -163,3 +163,63 @@ def test_report_on_an_uncompressed_model_and_eval_on_mismatched_data(capsys, mlp
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 28, 28), np.uint8), y=np.zeros(4, np.int64))
     err = expect_user_error(capsys, "eval", mlp_path, "--data", f"npz:{tmp_path / 'd.npz'}", contains="does not fit")
     assert "mlp.onnx" in err
+
+
+def test_eval_of_a_truncated_model_is_one_line_exit_2(capsys, tmp_path):
+    import onnx_dc
+    from conftest import ROOT
+
+    cut, text = tmp_path / "cut.onnx", tmp_path / "notes.onnx"
+    cut.write_bytes((ROOT / "models" / "lenet5.onnx").read_bytes()[:300])
+    text.write_text("hello world\n")
+    for bad in (cut, text):
+        before = bad.read_bytes()
+        expect_user_error(capsys, "eval", bad, "--data", "digits",
+                          contains=f"{bad}: not an ONNX model, or the file is truncated (protobuf cannot parse it)")
+        assert bad.read_bytes() == before
+    with pytest.raises(onnx_dc.ModelError, match="cut.onnx: not an ONNX model"):
+        onnx_dc.evaluate(cut, "digits")
+
+
+def test_scale_zero_or_negative_is_refused_before_any_work(capsys, mlp_path, tmp_path):
+    out = tmp_path / "o.dc.onnx"
+    for value in ("0", "-1"):
+        for command in (["eval", mlp_path, "--data", "digits"],
+                        ["compress", mlp_path, "-o", out, "--data", "digits"],
+                        ["compress", mlp_path, "-o", out, "--calib", "digits"],
+                        ["sensitivity", mlp_path, "--data", "digits", "--json", tmp_path / "s.json"]):
+            expect_user_error(capsys, *command, "--scale", value,
+                              contains=f"--scale {value}: give a positive pixel multiplier")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.onnx"]
+    code, text, _ = cli(capsys, "eval", mlp_path, "--data", "digits", "--scale", "0.0625")
+    assert code == 0 and "x * 0.0625" in text
+
+
+def test_prune_quality_that_prunes_a_whole_layer_is_refused_naming_it(capsys, mlp_path, tmp_path):
+    import re
+
+    out = tmp_path / "o.dc.onnx"
+    err = expect_user_error(capsys, "compress", mlp_path, "-o", out, "--prune-quality", "100",
+                            contains="prune_quality prunes every weight of fc0 (100, bound ")
+    bounds = {node: float(b) for node, b in re.findall(r"(fc\d) \(100, bound ([\d.]+)\)", err)}
+    assert set(bounds) == {"fc0", "fc1"} and "give a smaller value (--prune-quality" in err
+    assert not out.exists()
+    low, high = sorted(bounds.values())
+    name_low = min(bounds, key=bounds.get)
+    err = expect_user_error(capsys, "compress", mlp_path, "-o", out, "--prune-quality", f"{low * 1.01:.6g}",
+                            contains=f"every weight of {name_low} (")
+    assert max(bounds, key=bounds.get) not in err  # the other layer keeps weights there
+    code, text, _ = cli(capsys, "compress", mlp_path, "-o", out, "--prune-quality", f"{low * 0.99:.6g}", "--json")
+    kept = {row["nodes"]: row["kept_pct"] for row in json.loads(text)["layers"]}
+    assert code == 0 and 0 < kept[name_low] < 1 and kept[max(bounds, key=bounds.get)] > 0
+
+
+def test_finetune_with_zero_epochs_is_refused(capsys, mlp_path, tmp_path):
+    import onnx_dc
+
+    dc, out = tmp_path / "m.dc.onnx", tmp_path / "tuned.dc.onnx"
+    onnx_dc.compress(mlp_path, dc, class_num=8)
+    for epochs in ("0", "-2"):
+        expect_user_error(capsys, "finetune", dc, "-o", out, "--data", "digits", "--epochs", epochs,
+                          contains=f"--epochs {epochs}: finetune trains, epochs must be >= 1")
+    assert not out.exists()

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 from calib_images import require, write_folder
-from conftest import MNIST_DIR, ROOT, SHARED_DATA, finish_model, init, mlp_model, run
+from conftest import MNIST_DIR, ROOT, SHARED_DATA, finish_model, init, mlp_model, needs_training, run
 from onnx import TensorProto
 from onnx import helper as oh
 
@@ -24,12 +24,11 @@ from onnx_dc.data.calib import Samples, as_calib_spec, load_calib, parse_calib_s
 from onnx_dc.errors import ConfigError
 from onnx_dc.passes.prune import prune
 from onnx_dc.passes.share import share
-from onnx_dc.train import ort_training
 from onnx_dc.train.distill import distill, distillation_loss, output_targets, run_teacher, teacher_targets
 from onnx_dc.train.forms import TrainForm
 from onnx_dc.train.settings import resolve_train_settings
 
-pytestmark = pytest.mark.skipif(not ort_training.training_available(), reason="onnxruntime-training is not installed")
+pytestmark = needs_training
 
 LENET = ROOT / "models" / "lenet_300_100.onnx"
 RESNET20 = SHARED_DATA / "real" / "cifar10-resnet20" / "resnet20_cifar10_pre.onnx"

@@ -11,15 +11,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_step_is_the_gradient, finish_model, init, run
+from conftest import assert_step_is_the_gradient, finish_model, init, needs_training, run
 from onnx import TensorProto
 from onnx import helper as oh
 
 from onnx_dc.graph import ops
 from onnx_dc.train.equivalents import differentiable_equivalents
-from onnx_dc.train.ort_training import training_available
 
-needs_training = pytest.mark.skipif(not training_available(), reason="onnxruntime-training is not installed")
 
 # (op, attributes, kind, opset): vector [N, 8]; pair: op(h, Relu(h)); reduce: [N, 2, 4] over axis 2;
 # positive: the same on Exp(h); image: [N, 4, 4, 4] from a 1x1 Conv, flattened after; GroupNormalization 18 is

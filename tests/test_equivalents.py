@@ -11,15 +11,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import assert_step_is_the_gradient, finish_model, init
+from conftest import assert_step_is_the_gradient, finish_model, init, needs_training
 from onnx import TensorProto
 from onnx import helper as oh
 
 from onnx_dc.graph import ops
 from onnx_dc.train.equivalents import differentiable_equivalents
-from onnx_dc.train.ort_training import training_available
 
-needs_training = pytest.mark.skipif(not training_available(), reason="onnxruntime-training is not installed")
 HARD = [("HardSigmoid", {}), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}), ("HardSwish", {})]
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT, SHARED_DATA, mlp_model, shared_path
+from conftest import ROOT, SHARED_DATA, mlp_model, needs_training, shared_path
 
 import onnx_dc
 from onnx_dc.cli import build_parser, main
@@ -91,7 +91,7 @@ def test_item1_a_preprocessing_flag_keeps_the_natural_scale(capsys, mnist8, mnis
     assert Preprocess.from_metadata(metadata(out)[METADATA_KEY]).scale == pytest.approx(1 / 255)
 
 
-@pytest.mark.skipif(not training_available(), reason="onnxruntime-training is not installed")
+@needs_training
 def test_item1_c_compress_stores_the_data_scale_with_a_flag(capsys, mlp_path, tmp_path):
     out = tmp_path / "m.dc.onnx"  # mlp_path stores no preprocessing; digits' pixels are 0..16
     assert cli(capsys, "compress", mlp_path, "-o", out, "--class-num", "16", "--mean", "0", "--data", "digits",
@@ -252,9 +252,6 @@ def on_terminal(*argv, cols: int = 120) -> tuple[int, str, str]:
     return proc.returncode, out, b"".join(chunks).decode(errors="replace")
 
 
-needs_training = pytest.mark.skipif(not training_available(), reason="onnxruntime-training is not installed")
-
-
 @needs_training
 def test_item9_progress_bars_on_a_terminal_only_and_quiet(tmp_path, mlp_path):
     dc, dcz = tmp_path / "m.dc.onnx", tmp_path / "m.dcz"
@@ -350,3 +347,36 @@ def test_item12_demo_fine_tunes_and_prints_accuracies_that_hold(capsys, tmp_path
         assert printed["digits_mlp.dc.onnx"] > untrained  # fine-tuning recovers accuracy
     warned = "warning: the compressed model is" in text
     assert warned == (printed["digits_mlp.onnx"] - printed["digits_mlp.dc.onnx"] > 0.01)
+
+
+def test_demo_quiet_prints_nothing_and_still_writes_its_models(capsys, tmp_path):
+    code, text, err = cli(capsys, "demo", "--out", tmp_path, "-q")
+    assert code == 0 and text == "" and err == ""
+    for name in ("digits_mlp.onnx", "digits_mlp.dc.onnx", "digits_mlp.dcz"):
+        assert onnx_dc.evaluate(tmp_path / name, "digits").accuracy > 0.5, name
+
+
+def test_ci_guard_fails_where_data_or_training_is_missing(monkeypatch, tmp_path):
+    from calib_images import require
+    from conftest import require_training
+    from onnx_dc.train import ort_training
+
+    missing = tmp_path / "not-there"
+    monkeypatch.setattr(ort_training, "training_available", lambda: False)  # as without onnxruntime-training
+    for ci in ("true", "1", "TRUE", " True "):  # one rule for every guard
+        monkeypatch.setenv("CI", ci)
+        for guard in (shared_path, require):
+            with pytest.raises(pytest.fail.Exception, match="CI runs with ../shared/data, but .*not-there"):
+                guard(missing)
+        with pytest.raises(pytest.fail.Exception, match="CI runs with onnxruntime-training, but onnxruntime-training is not installed"):
+            require_training()
+    for ci in ("", "false", "0"):
+        monkeypatch.setenv("CI", ci)
+        with pytest.raises(pytest.skip.Exception, match="not-there is not present"):
+            require(missing)
+        with pytest.raises(pytest.skip.Exception, match="onnxruntime-training is not installed"):
+            require_training()
+    monkeypatch.undo()
+    monkeypatch.setenv("CI", "true")
+    require_training()  # installed here: the guard lets the test run
+    assert require(tmp_path) == tmp_path

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_step_is_the_gradient, finish_model, init
+from conftest import assert_step_is_the_gradient, finish_model, init, needs_training
 from onnx import TensorProto
 from onnx import helper as oh
 
@@ -15,10 +15,8 @@ from onnx_dc.api import prepare
 from onnx_dc.errors import ModelError
 from onnx_dc.train import equivalents
 from onnx_dc.train.gradients import gradient_failure, plain
-from onnx_dc.train.ort_training import training_available
 from test_equivalents import layer_norm_model
 
-needs_training = pytest.mark.skipif(not training_available(), reason="onnxruntime-training is not installed")
 
 MODULE_FAILURE = ("/onnxruntime_src/orttraining/orttraining/training_api/module.cc:312 onnxruntime::training::api::Module::"
                   "Module(const onnxruntime::training::api::ModelIdentifiers&, onnxruntime::training::api::CheckpointState*, "

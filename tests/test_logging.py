@@ -11,15 +11,12 @@ import logging
 import threading
 
 import pytest
-from conftest import mlp_model
+from conftest import mlp_model, needs_training
 from test_cli import cli, mlp_path  # noqa: F401 (mlp_path is a fixture)
 
 import onnx_dc
 from onnx_dc import pipeline, progress
-from onnx_dc.train import ort_training
 
-needs_training = pytest.mark.skipif(not ort_training.training_available(),
-                                    reason="onnxruntime-training is not installed")
 LOGGER = logging.getLogger("onnx_dc")
 
 

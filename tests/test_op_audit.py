@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import sys
 
-import pytest
-from conftest import ROOT
+from conftest import ROOT, needs_training
 
 from onnx_dc.graph import ops
-from onnx_dc.train.ort_training import training_available
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import audit_ops  # noqa: E402
@@ -50,7 +48,7 @@ def test_every_op_of_the_real_models_trains_or_stops_the_gradient():
     assert {"minilm/minilm.onnx", "silero-vad/silero_vad_16k_op15.onnx", "dtln/model_1.onnx"} <= models
 
 
-@pytest.mark.skipif(not training_available(), reason="onnxruntime-training is not installed")
+@needs_training
 def test_a_sample_probed_again_gives_the_stored_answers():
     stored = {r["op"]: r["status"] for r in AUDIT["onnx_ops"] if r["op"] in SAMPLE}
     fresh = {r["op"]: r["status"] for r in audit_ops.audit_onnx_ops(SAMPLE)}

@@ -12,7 +12,7 @@ import contextlib
 import numpy as np
 import onnx
 import pytest
-from conftest import finish_model, init, mlp_model
+from conftest import finish_model, init, mlp_model, needs_training
 from onnx import TensorProto
 from onnx import helper as oh
 
@@ -24,9 +24,6 @@ from onnx_dc.passes.lower import set_metadata
 from onnx_dc.report import make_report
 from onnx_dc.runtime.session import InferenceSession
 from onnx_dc.train import ort_training
-
-needs_training = pytest.mark.skipif(not ort_training.training_available(),
-                                    reason="onnxruntime-training is not installed")
 
 
 def unknown_op_model(opset: int = 17) -> onnx.ModelProto:
@@ -67,6 +64,34 @@ def test_a_failure_of_our_decoding_is_not_reported_as_onnxruntime_refusing_the_m
     monkeypatch.setattr(layout, "decode_weight", broken)
     with pytest.raises(ZeroDivisionError, match="a bug in decode_weight"):
         InferenceSession(compressed)
+
+
+# ---------------------------------------------------------------------------- formats/dcz.py
+@pytest.mark.parametrize("broken, message", [
+    (lambda encode: lambda symbols: encode(np.asarray(symbols) ^ 1),  # decodes, to other symbols
+     r"^a bug in onnx_dc's huffman coder: (codes|gaps) stream 'w[01]/dc/(codes|gaps)' does not unpack to the "
+     r"bytes it was packed from$"),
+    (lambda encode: lambda symbols: b"\x05 not huffman",  # does not decode at all
+     r"^a bug in onnx_dc's coders: the packed file does not unpack \(section \d+ \(w[01]/dc/(codes|gaps)\): "),
+], ids=["wrong symbols", "undecodable"])
+def test_a_coder_that_does_not_round_trip_is_a_bug_naming_the_stream(compressed, monkeypatch, tmp_path, capsys,
+                                                                       broken, message):
+    from onnx_dc.cli import main
+    from onnx_dc.formats import dcz
+    from onnx_dc.graph.io import serialize
+    from onnx_dc.numerics import huffman
+
+    data = serialize(compressed)
+    assert dcz.unpack_bytes(dcz.pack_bytes(data, codec="huffman")) == data  # the real coder round-trips
+    monkeypatch.setattr(huffman, "encode", broken(huffman.encode))
+    with pytest.raises(dcz.CoderBug, match=message) as caught:
+        dcz.pack_bytes(data, codec="huffman")  # not stored around, where it would show only as a worse ratio
+    assert not isinstance(caught.value, OnnxDcError)
+    (tmp_path / "m.dc.onnx").write_bytes(data)
+    assert main(["pack", str(tmp_path / "m.dc.onnx"), "-o", str(tmp_path / "m.dcz"), "--codec", "huffman"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("onnx-dc: bug: onnx_dc.formats.dcz.CoderBug: a bug in onnx_dc's ") and err.count("\n") == 1
+    assert not (tmp_path / "m.dcz").exists()
 
 
 # ---------------------------------------------------------------------------- graph/normalize.py

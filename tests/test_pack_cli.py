@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnxruntime as ort
+import pytest
 from conftest import mlp_model
 
 import onnx_dc
@@ -41,6 +43,30 @@ def test_inference_session_on_dcz(tmp_path):
     got = onnx_dc.InferenceSession(dcz).run(None, {"x": x})[0]
     want = onnx_dc.InferenceSession(result.model).run(None, {"x": x})[0]
     np.testing.assert_array_equal(got, want)
+
+
+def test_inference_session_takes_onnxruntimes_options_and_providers(tmp_path):
+    dc, dcz = tmp_path / "m.dc.onnx", tmp_path / "m.dcz"
+    result = onnx_dc.compress(mlp_model(), dc, sparse_ratio=0.8, class_num=16)
+    onnx_dc.pack(dc, dcz)
+    x = np.random.default_rng(0).normal(size=(3, 64)).astype(np.float32)
+    want = onnx_dc.InferenceSession(result.model).run(None, {"x": x})[0]
+    for decode in (True, False):  # rebuilt by onnx_dc, or folded by onnxruntime: the options reach either
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        session = onnx_dc.InferenceSession(dcz, decode=decode, sess_options=options,
+                                           providers=["CPUExecutionProvider"], provider_options=[{}])
+        assert session.get_providers() == ["CPUExecutionProvider"]
+        given = session.get_session_options()
+        assert given.intra_op_num_threads == 1
+        assert given.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        np.testing.assert_allclose(session.run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-6)
+    with pytest.warns(UserWarning, match="'NoSuchExecutionProvider' is not in available provider names"):
+        onnx_dc.InferenceSession(dcz, providers=["NoSuchExecutionProvider", "CPUExecutionProvider"])  # passed on
+    assert onnx_dc.InferenceSession(dcz, 2).get_session_options().intra_op_num_threads == 2  # as before
+    with pytest.raises(onnx_dc.OnnxDcError, match="give threads / spin or sess_options, not both"):
+        onnx_dc.InferenceSession(dcz, 2, sess_options=ort.SessionOptions())
 
 
 def test_pack_errors_are_one_line(tmp_path, capsys):

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import mlp_model
+from conftest import mlp_model, needs_training
 
 import onnx_dc
 from onnx_dc import config, pipeline
 from onnx_dc.errors import ConfigError
-from onnx_dc.train.ort_training import training_available
-
-needs_training = pytest.mark.skipif(not training_available(), reason="onnxruntime-training is not installed")
 
 
 def names(result) -> list[str]:

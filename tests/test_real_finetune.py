@@ -12,11 +12,10 @@ from __future__ import annotations
 import sys
 
 import pytest
-from conftest import ROOT, shared_path
+from conftest import ROOT, needs_training, shared_path
 
 from onnx_dc.api import prepare
 from onnx_dc.data.calib import load_calib
-from onnx_dc.train.ort_training import training_available
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench_distill  # noqa: E402
@@ -25,7 +24,7 @@ MODELS = ["superres", "cifar10-resnet20", "ultraface-RFB", "ultraface-slim", "fa
           "gtcrn", "silero-vad", "minilm"]
 
 
-@pytest.mark.skipif(not training_available(), reason="onnxruntime-training is not installed")
+@needs_training
 @pytest.mark.parametrize("name", MODELS)
 def test_real_model_fine_tunes_label_free_without_skipping(name, tmp_path, monkeypatch):
     from onnx_dc.train.distill import DISTILL_DEFAULTS, distill

@@ -9,12 +9,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_step_is_the_gradient, finish_model, init, run
+from conftest import assert_step_is_the_gradient, finish_model, init, needs_training, run
 from onnx import TensorProto
 from onnx import helper as oh
 
 from onnx_dc.train.equivalents import differentiable_equivalents
-from onnx_dc.train.ort_training import training_available
 from onnx_dc.train.recurrent import MAX_STEPS, unrolled
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -154,7 +153,7 @@ def classifier(op: str, attrs: dict, steps: int = 4, width: int = 3, hidden: int
     return finish_model(g, opset=11)
 
 
-@pytest.mark.skipif(not training_available(), reason="onnxruntime-training is not installed")
+@needs_training
 @pytest.mark.parametrize("op,attrs", [("LSTM", {"activations": ["Sigmoid", "Tanh", "Tanh"]}),
                                       ("LSTM", {"direction": "bidirectional", "input_forget": 1}),
                                       ("GRU", {"direction": "bidirectional", "linear_before_reset": 1}),
@@ -169,7 +168,7 @@ def test_fine_tuning_through_an_unrolled_recurrent_op_steps_by_its_gradient(op, 
     assert_step_is_the_gradient(model, x, rng.integers(0, classes, 16).astype(np.int64), "W")
 
 
-@pytest.mark.skipif(not training_available(), reason="onnxruntime-training is not installed")
+@needs_training
 @pytest.mark.parametrize("direction", ["forward", "bidirectional"])
 def test_fine_tuning_through_a_gru_onnxruntime_trains_steps_by_its_gradient(direction):
     """A GRU whose Y is read stays a GRU (a bidirectional one as two forward ones) and trains by its own gradient."""

@@ -10,12 +10,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_step_is_the_gradient, finish_model, init, run
+from conftest import assert_step_is_the_gradient, finish_model, init, needs_training, run
 from onnx import TensorProto
 from onnx import helper as oh
 
 from onnx_dc.train.equivalents import differentiable_equivalents
-from onnx_dc.train.ort_training import training_available
 
 CASES = [  # (attributes, input shape, scales or None, sizes or None)
     ({"mode": "linear"}, [2, 3, 5, 7], [1, 1, 2, 2], None),  # half_pixel (the default), whole factors
@@ -80,7 +79,7 @@ def upsampling_classifier(seed: int = 0) -> onnx.ModelProto:
     return finish_model(g)
 
 
-@pytest.mark.skipif(not training_available(), reason="onnxruntime-training is not installed")
+@needs_training
 def test_fine_tuning_through_a_linear_resize_steps_by_its_gradient():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(16, 1, 3, 4)).astype(np.float32)

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import MNIST_DIR, ROOT, needs_shared
+from conftest import MNIST_DIR, ROOT, needs_shared, shared_path
 from test_cli import cli, expect_user_error
 
 import onnx_dc
@@ -29,8 +29,7 @@ GRID = {"ratios": (0.5, 0.95), "class_nums": (16, 2)}
 @pytest.fixture(scope="module")
 def sweep() -> Sensitivity:
     """LeNet-300-100 on 500 MNIST test digits, serial."""
-    if not MNIST_DIR.exists():
-        pytest.skip("needs ../shared/data/mnist")  # the tests using it also request shared data (fail in CI)
+    shared_path(MNIST_DIR)  # set up before any function-scoped guard: this is the one that fails in CI
     return run_sensitivity(LENET, Accuracy(DATA, limit=500), **GRID)
 
 
@@ -183,6 +182,32 @@ def test_bad_input_is_one_line(capsys, tmp_path, monkeypatch):
     expect_user_error(capsys, *base, "--plot", tmp_path / "s.png", contains="pip install 'onnx_dc[plot]'")
     expect_user_error(capsys, "plot", model, "--baseline", model, "-o", tmp_path / "p",
                       contains="pip install 'onnx_dc[plot]'")
+
+
+def test_sensitivity_quiet_without_an_output_is_refused(capsys, tmp_path):
+    from conftest import mlp_model
+    from onnx_dc.graph.io import write_model
+
+    model = tmp_path / "m.onnx"
+    write_model(mlp_model(), model)
+    base = ("sensitivity", model, "--data", "digits", "--ratios", "0.5", "--class-nums", "8")
+    expect_user_error(capsys, *base, "-q", contains="-q needs --json FILE or --plot PNG (or --config-out YAML)")
+    code, text, err = cli(capsys, *base, "-q", "--json", tmp_path / "s.json")
+    assert code == 0 and text == "" and err == ""
+    assert len(json.loads((tmp_path / "s.json").read_text())["points"]) == 2 * 3  # layers x (ratio, k, both)
+
+
+def test_plot_checks_the_baseline_before_creating_the_folder(capsys, tmp_path):
+    models = ROOT / "models"
+    plots = tmp_path / "plots"
+    expect_user_error(capsys, "plot", models / "lenet5.dc.onnx", "--baseline", LENET, "-o", plots,
+                      contains="not the model")
+    (tmp_path / "notes.onnx").write_text("not a model\n")
+    expect_user_error(capsys, "plot", models / "lenet5.dc.onnx", "--baseline", tmp_path / "notes.onnx", "-o", plots,
+                      contains="notes.onnx: not an ONNX model")
+    assert not plots.exists()
+    code, _, err = cli(capsys, "plot", models / "lenet5.dc.onnx", "--baseline", models / "lenet5.onnx", "-o", plots)
+    assert code == 0 and sorted(p.name for p in plots.iterdir()) == ["bits.png", "bytes.png", "histograms.png"], err
 
 
 @needs_shared

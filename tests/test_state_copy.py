@@ -11,13 +11,12 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import pytest
-from conftest import mlp_model
+from conftest import mlp_model, needs_training
 
 from onnx_dc import calibrate
 from onnx_dc.api import prepare
 from onnx_dc.passes import state as state_module
 from onnx_dc.passes.state import LayerState
-from onnx_dc.train import ort_training
 
 ARRAYS = ("weights", "mask", "codebook", "codes")
 
@@ -111,7 +110,7 @@ def test_share_again_brings_back_every_field_of_the_fresh_layers(noted, monkeypa
         np.testing.assert_array_equal(layer.weights, layer.codebook[layer.codes])
 
 
-@pytest.mark.skipif(not ort_training.training_available(), reason="onnxruntime-training is not installed")
+@needs_training
 def test_fine_tuning_that_restores_its_start_restores_every_field(noted):
     """keep_better: a fine-tuning that ends worse on validation restores the snapshot taken before it, every
     field of every layer (an added one too) and the exact arrays it started from."""

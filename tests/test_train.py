@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import mlp_model
+from conftest import mlp_model, needs_training
 
 import onnx_dc
 from onnx_dc.api import finish, prepare
@@ -22,7 +22,7 @@ from onnx_dc.train import ort_training
 from onnx_dc.train.forms import TrainForm, build_training_graph
 from onnx_dc.train.settings import OptimizerKind, StageSettings, resolve_train_settings
 
-pytestmark = pytest.mark.skipif(not ort_training.training_available(), reason="onnxruntime-training is not installed")
+pytestmark = needs_training
 
 SIZES = (64, 32, 10)
 CONFIG = {"defaults": {"class_num": 8}, "nodes": [{"match": "fc0", "sparse_ratio": 0.7}, {"match": "fc1", "sparse_ratio": 0.5}]}

@@ -12,7 +12,11 @@ from onnx_dc.analysis.plots import plot_bits, plot_bytes, plot_histograms, plot_
 
 def plot_model(model: str | os.PathLike, baseline: str | os.PathLike, out_dir: str | os.PathLike,
                sensitivity=None) -> list[Path]:
-    """Write histograms.png, bytes.png, bits.png (and sensitivity.png when a sweep is given) under ``out_dir``."""
+    """Write histograms.png, bytes.png, bits.png (and sensitivity.png when a sweep is given) under ``out_dir``.
+
+    ``out_dir`` is created (its parent must exist) only once both models are read and match, so a
+    refused baseline leaves no empty folder behind.
+    """
     from onnx_dc.api import report
     from onnx_dc.formats.models import load_model
     from onnx_dc.graph.normalize import normalize
@@ -30,6 +34,7 @@ def plot_model(model: str | os.PathLike, baseline: str | os.PathLike, out_dir: s
         centroids = layer.codebook[1:] if layer.codebook is not None else None
         hist.append((row.nodes, originals[row.weight], layer.mask, layer.weights, centroids))
     out = Path(out_dir)
+    out.mkdir(exist_ok=True)
     paths = [plot_histograms(hist, out / "histograms.png"), plot_bytes(rep.layers, out / "bytes.png"),
              plot_bits(rep.layers, out / "bits.png")]
     if sensitivity is not None:

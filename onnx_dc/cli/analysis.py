@@ -26,6 +26,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     check_sweep_args(args)
     argcheck.drop(args.max_drop, "--max-drop")
     outputs = [(args.json, "--json"), (args.plot, "--plot"), (args.config_out, "--config-out")]
+    if args.level == progress.Level.QUIET and all(path is None for path, _ in outputs):
+        raise ArgumentError("-q needs --json FILE or --plot PNG (or --config-out YAML): without them the sweep's "
+                            "result is neither printed nor written")
     for path, flag in outputs:
         if path is not None:
             argcheck.output_file(path, flag, inputs=[args.model])
@@ -73,7 +76,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
     argcheck.output_file(out / "histograms.png" if out.is_dir() else out, "-o")
     argcheck.plotting()
     sens = load_sensitivity(args.sensitivity) if args.sensitivity is not None else None
-    out.mkdir(exist_ok=True)
     paths = plot_model(args.model, args.baseline, out, sens)
     if progress.level() > progress.Level.QUIET:
         print("wrote " + ", ".join(map(str, paths)))

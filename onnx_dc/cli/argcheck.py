@@ -74,6 +74,13 @@ def count(value: int | None, flag: str, minimum: int = 1) -> int | None:
     return value
 
 
+def scale(value: float | None, flag: str = "--scale") -> float | None:
+    """A positive pixel multiplier (0 makes every input the same, a negative one inverts it); None: not given."""
+    if value is not None and not value > 0:
+        raise ArgumentError(f"{flag} {value:g}: give a positive pixel multiplier (e.g. 0.00392157 for pixels / 255)")
+    return value
+
+
 def shape(text: str | None, flag: str = "--input-shape") -> tuple[int, ...] | None:
     """A per-sample shape such as ``1,28,28`` (no batch dimension); None when not given."""
     if text is None:

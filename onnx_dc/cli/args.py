@@ -144,9 +144,10 @@ def training_from(args: argparse.Namespace, lr_stage: str) -> dict:
 
 
 def check_training_args(args: argparse.Namespace) -> None:
-    """Check --data and the training numbers before any work."""
+    """Check --data, --scale and the training numbers before any work."""
     if args.data is not None:
         argcheck.data_spec(args.data, split="train")
+    argcheck.scale(args.scale)
     argcheck.count(args.epochs, "--epochs", minimum=0)
     argcheck.count(args.batch_size, "--batch-size")
     for flag in ("lr", "codebook_lr"):
@@ -240,7 +241,8 @@ def metric_from(args: argparse.Namespace, model: str):
 
 
 def check_data_args(args: argparse.Namespace) -> None:
-    """Exactly one of --data (labels) and --calib (samples, no labels), and its files there."""
+    """Exactly one of --data (labels) and --calib (samples, no labels), its files there, and --scale."""
+    argcheck.scale(args.scale)
     if (args.data is None) == (args.calib is None):
         raise ArgumentError("give --data SPEC (labeled: top-1 accuracy) or --calib SPEC (unlabeled: fidelity to "
                             "the original model), one of the two")

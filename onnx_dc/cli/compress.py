@@ -171,6 +171,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     argcheck.input_file(args.model)
     argcheck.output_file(args.output, inputs=[args.model])
+    if args.epochs is not None and args.epochs < 1:  # compress allows 0 (no training); here it would copy the input
+        raise ArgumentError(f"--epochs {args.epochs}: finetune trains, epochs must be >= 1")
     check_training_args(args)
     # without preprocessing flags the model is read once, by the API
     prep = preprocess_from(args, load_model(args.model) if preprocess_flags(args) else None)

@@ -76,6 +76,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     argcheck.input_file(args.model)
     argcheck.count(args.limit, "--limit")
+    argcheck.scale(args.scale)
     if args.against is not None or args.calib is not None:
         return _eval_against(args)
     if args.data is None:
@@ -141,5 +142,5 @@ def cmd_export_dense(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from onnx_dc.demo import run_demo, summary
 
-    print(summary(run_demo(args.out)))  # the demo's result: printed under --quiet too, as before
+    say(summary(run_demo(args.out)))
     return 0

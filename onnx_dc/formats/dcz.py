@@ -271,6 +271,7 @@ def pack_bytes(dc_onnx: bytes, codec: str = "auto", positions: bool = True) -> b
     Raises:
         ConfigError: on an unknown codec.
         ModelError: when ``dc_onnx`` is not an ONNX model or exceeds 2 GiB.
+        CoderBug: when the packed bytes do not unpack to ``dc_onnx`` (a bug of onnx_dc, not of the input).
     """
     if codec not in PACK_CODECS:
         raise ConfigError(f"unknown codec {codec!r}; choose one of {', '.join(PACK_CODECS)}")
@@ -284,13 +285,11 @@ def pack_bytes(dc_onnx: bytes, codec: str = "auto", positions: bool = True) -> b
     if positions and codec == "auto":
         coded = _mask_sections(streams, symbols, coded)
     packed = _assemble(data, [_remainder_section(data, streams), *coded])
-    if _within_limits(packed, len(data)) and _round_trips(packed, data):
-        return packed
-    # Only reachable for pathological inputs: store the file as it is, which always fits.
-    stored = _assemble(data, [_Section(REMAINDER, STORED, 0, 0, 0, len(data), 0, "", "", data)])
-    if not _round_trips(stored, data):
-        raise FormatError("internal error: packed file does not reproduce its input")
-    return stored
+    if not _within_limits(packed, len(data)):
+        # Only reachable for pathological inputs: store the file as it is, which always fits.
+        packed = _assemble(data, [_Section(REMAINDER, STORED, 0, 0, 0, len(data), 0, "", "", data)])
+    _check_round_trip(packed, data)
+    return packed
 
 
 def _remainder_section(data: bytes, streams: list[Stream]) -> _Section:
@@ -397,11 +396,24 @@ def _within_limits(packed: bytes, size: int) -> bool:
     return size <= EXPANSION_ALLOWANCE + EXPANSION_RATIO * len(packed)
 
 
-def _round_trips(packed: bytes, data: bytes) -> bool:
+class CoderBug(RuntimeError):
+    """A packed file that does not unpack to its input: a bug in onnx_dc's coders, not a fault of the model."""
+
+
+def _check_round_trip(packed: bytes, data: bytes) -> None:
+    """Unpack what was just packed; a stream that does not come back is a bug, raised as one (never stored
+    around, where it would show only as a worse ratio)."""
     try:
-        return unpack_bytes(packed) == data
-    except FormatError:
-        return False
+        restored = _restore(packed)[1]
+    except FormatError as err:
+        raise CoderBug(f"a bug in onnx_dc's coders: the packed file does not unpack ({err})") from err
+    if restored == data:
+        return
+    entries = _read_sections(memoryview(packed))[1]
+    wrong = next((e for e in entries[1:] if restored[e.offset : e.offset + e.raw_length]
+                  != data[e.offset : e.offset + e.raw_length]), entries[0])
+    raise CoderBug(f"a bug in onnx_dc's {CODEC_NAMES[wrong.codec]} coder: {ROLE_NAMES[wrong.role]} stream "
+                   f"{wrong.name or 'remainder'!r} does not unpack to the bytes it was packed from")
 
 
 # ============================================================================ reading
@@ -555,6 +567,14 @@ def unpack_bytes(dcz: bytes) -> bytes:
     Raises:
         FormatError: on any truncated, corrupt, crafted or unsupported input, naming what is wrong.
     """
+    head, out = _restore(dcz)
+    if hashlib.sha256(out).digest() != head.digest:
+        raise FormatError("reconstructed file fails its SHA-256 check (corrupt file)")
+    return bytes(out)
+
+
+def _restore(dcz: bytes) -> tuple[_Header, bytearray]:
+    """The header of a ``.dcz`` and the file it holds, rebuilt section by section (its SHA-256 not yet checked)."""
     buf = memoryview(dcz).cast("B")
     head, entries = _read_sections(buf)
     out = bytearray(head.size)
@@ -571,9 +591,7 @@ def unpack_bytes(dcz: bytes) -> bytes:
             _put(out, pack_bits(codes, entry.width), entry, index)
         elif entry.codec != MASK:
             _fill_stream(out, _payload(buf, entry, index), entry, index)
-    if hashlib.sha256(out).digest() != head.digest:
-        raise FormatError("reconstructed file fails its SHA-256 check (corrupt file)")
-    return bytes(out)
+    return head, out
 
 
 def _mask(payload: memoryview, e: _Entry, index: int) -> dczmask.DecodedMask:

@@ -61,7 +61,7 @@ def _read(path: Path) -> onnx.ModelProto:
         data = path.read_bytes()
     except OSError as exc:
         raise ModelError(f"{path}: cannot read ({exc.strerror})") from None
-    return _parse(data, str(path))
+    return parse_unchecked(data, str(path))
 
 
 def _read_lazy(path: Path) -> onnx.ModelProto:
@@ -74,7 +74,7 @@ def _read_lazy(path: Path) -> onnx.ModelProto:
         data = wire.split_model_bytes(memoryview(mapped), path.name, external.EXTERNAL_MIN_BYTES)
     except (ValueError, IndexError):  # not a protobuf message: let the parser name the problem
         data = path.read_bytes()
-    return _parse(data, str(path))
+    return parse_unchecked(data, str(path))
 
 
 def _first_line(exc: Exception) -> str:
@@ -84,7 +84,7 @@ def _first_line(exc: Exception) -> str:
 def _check_path(path: Path) -> str | None:
     try:
         onnx.checker.check_model(str(path))
-    except Exception as exc:  # ValidationError, or parse errors of several types that _parse names better
+    except Exception as exc:  # ValidationError, or parse errors of several types that parse_unchecked names better
         return _first_line(exc)
     return None
 
@@ -118,7 +118,12 @@ def _empty(tensor: onnx.TensorProto) -> None:
     tensor.dims.append(0)
 
 
-def _parse(data: bytes, name: str) -> onnx.ModelProto:
+def parse_unchecked(data: bytes, name: str) -> onnx.ModelProto:
+    """A model from ONNX bytes, parsed only (not sorted or checked), for reading its metadata and inputs.
+
+    Raises:
+        ModelError: naming ``name`` when the bytes are empty, not ONNX or truncated.
+    """
     if not data:
         raise ModelError(f"{name}: empty file, not an ONNX model")
     model = onnx.ModelProto()
@@ -137,7 +142,7 @@ def parse_model(data: bytes, name: str) -> onnx.ModelProto:
     Raises:
         ModelError: naming ``name`` when the bytes are not ONNX, truncated or invalid.
     """
-    model = _parse(data, name)
+    model = parse_unchecked(data, name)
     if any(external.is_external(t) for t in external.initializers(model)):
         raise ModelError(f"{name}: the model has external data; give its file path, not its bytes")
     sort_graph(model.graph)

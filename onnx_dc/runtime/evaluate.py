@@ -16,6 +16,7 @@ import onnx
 from onnx_dc import progress
 from onnx_dc.data.datasets import DataSpec, Preprocess, load_dataset, resolve_preprocess
 from onnx_dc.errors import DataError
+from onnx_dc.graph.io import parse_unchecked
 from onnx_dc.runtime.session import InferenceSession
 from onnx_dc.formats.models import model_bytes
 
@@ -77,8 +78,9 @@ def evaluate(
     """
     if limit is not None and limit < 1:
         raise DataError(f"limit {limit}: give a positive number of samples")
+    name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
     raw = model_bytes(model)
-    proto = onnx.load_model_from_string(raw)
+    proto = parse_unchecked(raw, name)
     dataset = load_dataset(data, split)
     prep = resolve_preprocess(proto, dataset, preprocess)
     images, labels = dataset.images, dataset.labels
@@ -89,7 +91,6 @@ def evaluate(
     try:
         x = prep.apply(images, sample_shape(session))
     except DataError as exc:
-        name = model if isinstance(model, (str, os.PathLike)) else "model"
         raise DataError(f"{name} on {data}: {exc}") from None
     preds = predict(session, x)
     correct = int((preds == labels).sum())

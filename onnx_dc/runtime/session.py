@@ -9,13 +9,13 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from onnx_dc.errors import ModelError
+from onnx_dc.errors import ConfigError, ModelError
 from onnx_dc.runtime.ort import onnxruntime_errors
 from onnx_dc.graph.io import serialize
 from onnx_dc.formats.models import model_bytes
 
 
-def _open_rebuilt(proto: onnx.ModelProto, threads: int, spin: bool, name: str):
+def _open_rebuilt(proto: onnx.ModelProto, ort_args: dict, name: str):
     """A session on the plain model, its compressed weights rebuilt one at a time into a temporary data file.
 
     onnxruntime's constant folding keeps every intermediate of the decoder functions until
@@ -41,7 +41,7 @@ def _open_rebuilt(proto: onnx.ModelProto, threads: int, spin: bool, name: str):
         path.write_bytes(serialize(plain))
         del plain, arrays
         # onnxruntime has read or mapped the data when the session exists; a mapping outlives the file's name
-        return _ort_session(str(path), threads, spin, name)
+        return _ort_session(str(path), ort_args, name)
 
 
 _DATA_FILE = "weights.bin"
@@ -66,8 +66,9 @@ def _parse(data: bytes, name: str) -> onnx.ModelProto:
     return proto
 
 
-def _ort_session(source: bytes | str, threads: int, spin: bool, name: str):
-    """onnxruntime's session on ONNX bytes or a path; a model it refuses becomes a :class:`ModelError`.
+def _ort_session(source: bytes | str, ort_args: dict, name: str):
+    """onnxruntime's session on ONNX bytes or a path (``ort_args``: its keyword arguments); a model it refuses
+    becomes a :class:`ModelError`.
 
     Only onnxruntime's own load errors are caught: an error in onnx_dc's decoding of the
     weights before this call is a bug, not the model's fault, and shows as what it is.
@@ -75,7 +76,7 @@ def _ort_session(source: bytes | str, threads: int, spin: bool, name: str):
     import onnxruntime as ort
 
     try:
-        return ort.InferenceSession(source, _options(threads, spin), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, **ort_args)
     except onnxruntime_errors() as exc:
         raise ModelError(f"{name}: onnxruntime cannot load it ({_first_line(exc)})") from None
 
@@ -97,9 +98,10 @@ def _options(threads: int, spin: bool = True):
 
 
 def InferenceSession(  # noqa: N802
-    model: onnx.ModelProto | str | os.PathLike | bytes, threads: int = 0, decode: bool = True, spin: bool = True
+    model: onnx.ModelProto | str | os.PathLike | bytes, threads: int = 0, decode: bool = True, spin: bool = True,
+    *, sess_options=None, providers=None, provider_options=None,
 ):
-    """An ``onnxruntime.InferenceSession`` on a model, ``.dc.onnx`` or ``.dcz`` (CPU provider).
+    """An ``onnxruntime.InferenceSession`` on a model, ``.dc.onnx`` or ``.dcz``, on any execution provider.
 
     Args:
         model: a ModelProto, ONNX bytes or a path (``.onnx``, ``.dc.onnx``, ``.dcz``).
@@ -109,10 +111,22 @@ def InferenceSession(  # noqa: N802
             onnxruntime's folding of the decoder functions, as any stock runtime does.
         spin: False stops idle worker threads from spinning between runs, for callers that
             do NumPy work between runs (spinning threads starve it on a small machine).
+        sess_options: an ``onnxruntime.SessionOptions``, used as given (instead of ``threads`` and ``spin``).
+        providers, provider_options: passed on to onnxruntime as they are (default: the CPU provider).
+
+    Raises:
+        ModelError: when the model cannot be read or onnxruntime refuses it.
+        ConfigError: when ``sess_options`` is given with ``threads`` or ``spin``.
     """
     from onnx_dc.graph import layout
 
     name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
+    if sess_options is not None and (threads or not spin):
+        raise ConfigError("InferenceSession: give threads / spin or sess_options, not both (set "
+                          "intra_op_num_threads on the SessionOptions)")
+    ort_args = {"sess_options": sess_options if sess_options is not None else _options(threads, spin),
+                "providers": providers if providers is not None else ["CPUExecutionProvider"],
+                "provider_options": provider_options}
     try:
         data = model_bytes(model)
     except OSError as exc:
@@ -120,6 +134,6 @@ def InferenceSession(  # noqa: N802
     proto = _parse(data, name) if decode else None
     if proto is not None and layout.decoder_nodes(proto.graph):
         del data
-        return _open_rebuilt(proto, threads, spin, name)
+        return _open_rebuilt(proto, ort_args, name)
     del proto
-    return _ort_session(data, threads, spin, name)
+    return _ort_session(data, ort_args, name)
