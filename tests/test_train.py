@@ -305,3 +305,20 @@ def test_training_unavailable_is_one_line_and_the_rest_works(monkeypatch, tmp_pa
     finally:
         monkeypatch.undo()
         ort_training.training_modules.cache_clear()
+
+
+def test_prune_step_line_is_a_summary_and_says_when_nothing_prunes():
+    """Issue 23 item 13: on a 70-layer model the line listed every layer (~2,000 characters)."""
+    from onnx_dc.api import prepare
+    from onnx_dc.passes.prune import prune_layer
+    from onnx_dc.train.schedule import prune_step_summary
+
+    state = prepare(mlp_model(sizes=(64, 48, 32, 10)), sparse_ratio=0.5, class_num=8)
+    for name, ratio in zip(state.layers, (0.5, 0.7, 0.9)):
+        prune_layer(state.layers[name], sparse_ratio=ratio)
+    step = {name: (None, None) for name in state.layers}
+    line = prune_step_summary(state, step)
+    assert line.startswith("3 layers, 10.0-50.0% kept (mean ") and not any(n in line for n in state.layers)
+    first = next(iter(state.layers))
+    assert prune_step_summary(state, {first: (0.5, None)}) == f"{first} 50.0% kept"
+    assert "no layer is pruned" in prune_step_summary(state, {})

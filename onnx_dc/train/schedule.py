@@ -163,6 +163,19 @@ def prune_by_magnitude(state: CompressionState, step: PruneStep) -> bool:
     return any([prune_layer(state.layers[w], sparse_ratio=r, prune_quality=q) for w, (r, q) in step.items()])
 
 
+def prune_step_summary(state: CompressionState, step: PruneStep) -> str:
+    """One short line on a pruning step: how many layers, the range of their kept shares (each layer with
+    --verbose)."""
+    if not step:
+        return "no layer is pruned (no sparse_ratio or prune_quality set)"
+    kept = [100.0 * state.layers[w].kept() / state.layers[w].weights.size for w in step]
+    if len(kept) == 1:
+        return f"{next(iter(step))} {kept[0]:.1f}% kept"
+    if max(kept) - min(kept) < 0.05:
+        return f"{len(kept)} layers, {kept[0]:.1f}% kept each"
+    return f"{len(kept)} layers, {min(kept):.1f}-{max(kept):.1f}% kept (mean {sum(kept) / len(kept):.1f}%)"
+
+
 def run_stages(
     state: CompressionState,
     settings: TrainSettings,
@@ -192,9 +205,10 @@ def run_stages(
     for i, step in enumerate(steps):
         changed = prune_step(state, step)
         if log.isEnabledFor(logging.INFO):
-            desc = ", ".join(f"{w} {100.0 * state.layers[w].kept() / state.layers[w].weights.size:.1f}% kept"
-                             for w in step)
-            log.info("prune step %d/%d: %s", i + 1, len(steps), desc)
+            log.info("prune step %d/%d: %s", i + 1, len(steps), prune_step_summary(state, step))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("prune step %d/%d, per layer: %s", i + 1, len(steps), ", ".join(
+                    f"{w} {100.0 * state.layers[w].kept() / state.layers[w].weights.size:.1f}% kept" for w in step))
         if changed:
             record(train(TrainForm.MASKED, settings.retrain, settings.seed + i, f"retrain {i + 1}"))
     share_state(state)
