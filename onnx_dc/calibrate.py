@@ -46,10 +46,11 @@ class CalibRun:
     settings: DataAwareSettings
     collected: Collected | None
     result: DataAwareResult | None
+    superseded: str | None = None  # why the compressed model is not the data-aware passes' result
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values: the samples, the settings, what each pass changed, collection time."""
-        out = {"calib": self.data.summary(), "settings": self.settings.to_dict()}
+        out = {"calib": self.data.summary(), "settings": self.settings.to_dict(), "superseded": self.superseded}
         if self.result is not None:
             out.update(self.result.to_dict())
         if self.collected is not None:

@@ -277,6 +277,7 @@ def both_starts(state: CompressionState, ctx: Context) -> Done | None:
     if not magnitude:
         return Done(f"kept the data-aware start (validation error {errors[0]:.4g} against {errors[1]:.4g})")
     ctx.tuned = alternative
+    ctx.run = dataclasses.replace(ctx.run, superseded="start: both kept the fine-tuned magnitude-pruned start")
     return Done(f"kept the magnitude-pruned start (validation error {errors[1]:.4g} against {errors[0]:.4g})",
                 other)
 

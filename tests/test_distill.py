@@ -366,6 +366,9 @@ def test_start_both_keeps_the_fine_tuned_result_with_the_smaller_validation_erro
     both = onnx_dc.compress(LENET, calib=spec, epochs=2, schedule={"start": "both"}, echo=lines.append, **settings)
     chosen = [line for line in lines if line.startswith("start: both:")]
     assert len(chosen) == 1 and chosen[0].endswith("keeping the latter"), chosen
+    # issue 23 item 7: the data-aware passes are not reported as the result's
+    assert both.calib.superseded and "magnitude" in both.calib.to_dict()["superseded"]
+    assert aware.calib.superseded is None
     assert both.fidelity.outputs[0].rel_l2 < 0.8 * aware.fidelity.outputs[0].rel_l2
     check_compressed(both.state, 32)
     assert resolve_train_settings({"start": "both"}).to_dict()["start"] == "both"

@@ -129,7 +129,10 @@ def _print_compressed(args: argparse.Namespace, result) -> None:
             say("stages: " + " -> ".join(s.name for s in result.stages))
         if result.calib is not None:
             ran = result.calib.to_dict().get("passes")
-            say(f"data-aware passes: {', '.join(ran) if ran else 'none'} ({result.calib.data.summary()})")
+            if result.calib.superseded:
+                say(f"data-aware passes: not in the result ({result.calib.superseded})")
+            else:
+                say(f"data-aware passes: {', '.join(ran) if ran else 'none'} ({result.calib.data.summary()})")
         if result.fidelity is not None:
             say(result.fidelity.to_table())
         extra = f" (over 2 GB: its large tensors are in {result.external_data} beside it)" if result.external_data else ""
