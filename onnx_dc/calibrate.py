@@ -168,7 +168,8 @@ def fidelity_of(original: onnx.ModelProto | bytes, compressed: onnx.ModelProto, 
         return fid
     few = held.take(slice(0, ATTRIBUTION_SAMPLES))
     recorded = record_outputs(reference, few, batch)  # the original runs once for every candidate
-    names = _candidates(state, run)
+    originals = _original_values(original, state)
+    names = _candidates(state, run, originals)
     biases = run.result.original_biases if run.result is not None else {}
     probe_model = state.dense_model()
     _overridable(probe_model, set(names) | {biases[n][0] for n in names if n in biases})
@@ -177,15 +178,26 @@ def fidelity_of(original: onnx.ModelProto | bytes, compressed: onnx.ModelProto, 
     probe = InferenceSession(probe_bytes, spin=False, decode=False)
     del probe_bytes
     total = mean_error(compare_outputs(recorded, probe, few, batch))
-    variants = ((name, _originals(state, name, biases)) for name in names)
+    variants = ((name, _originals(state, name, biases, originals)) for name in names)
     culprits = responsible_layers(recorded, probe, variants, few, total, batch_size=batch)
     return Fidelity(fid.outputs, fid.samples, fid.source, culprits, ranked=True)
 
 
-def _originals(state: CompressionState, name: str, biases: Mapping[str, tuple]) -> dict[str, np.ndarray]:
+def _original_values(original: onnx.ModelProto | bytes, state: CompressionState):
+    """``name -> the planned weight's original values``: from ``state.model`` when it keeps them (the
+    data-aware passes), else from the original model (fine-tuning with labels, or ``start: both``
+    keeping the magnitude-pruned start, dropped them)."""
+    if state.originals_kept:
+        return lambda name: original_weights(state, name)
+    proto = original if isinstance(original, onnx.ModelProto) else load_model(original)
+    inits = {t.name: t for t in proto.graph.initializer if t.name in state.layers}
+    return lambda name: numpy_helper.to_array(inits[name]).astype(np.float32, copy=False)
+
+
+def _originals(state: CompressionState, name: str, biases: Mapping[str, tuple], originals) -> dict[str, np.ndarray]:
     """The feeds that put layer ``name`` back to its original form: its weight, and its bias with the
     entries bias correction moved for it restored (``biases``: ``DataAwareResult.original_biases``)."""
-    out = {name: original_weights(state, name)}
+    out = {name: originals(name)}
     if name in biases:
         bias, rows, values = biases[name]
         arr = numpy_helper.to_array(next(t for t in state.model.graph.initializer if t.name == bias)).copy()
@@ -202,7 +214,7 @@ def _overridable(model: onnx.ModelProto, names: set[str]) -> None:
             model.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
 
 
-def _candidates(state: CompressionState, run: CalibRun) -> list[str]:
+def _candidates(state: CompressionState, run: CalibRun, originals) -> list[str]:
     """Layers with the largest relative error at their own output (all layers when few or unmeasured)."""
     names = list(state.layers)
     stats = run.collected.stats if run.collected is not None else {}
@@ -214,7 +226,7 @@ def _candidates(state: CompressionState, run: CalibRun) -> list[str]:
         st = stats.get(name)
         if st is None or any(p.stats.hessian() is None for p in st.pieces()):
             return float("inf")  # not measurable here: keep it a candidate
-        original, weights = original_weights(state, name).ravel(), state.layers[name].weights.ravel()
+        original, weights = originals(name).ravel(), state.layers[name].weights.ravel()
         error = total = 0.0
         for p in st.pieces():  # every view of a fused weight
             w2, wq2 = original[p.view.index], weights[p.view.index]

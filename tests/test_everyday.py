@@ -380,3 +380,14 @@ def test_ci_guard_fails_where_data_or_training_is_missing(monkeypatch, tmp_path)
     monkeypatch.setenv("CI", "true")
     require_training()  # installed here: the guard lets the test run
     assert require(tmp_path) == tmp_path
+
+
+@needs_training
+def test_poor_fidelity_after_labeled_fine_tuning_names_layers_instead_of_crashing():
+    """Issue 23 item 5: with --data and --calib the state keeps no original weights; the attribution of a
+    poor fidelity read them there and crashed. They come from the original model now."""
+    result = onnx_dc.compress(mlp_model(sizes=(64, 48, 10)), data="digits", calib="digits", sparse_ratio=0.97,
+                              class_num=2, epochs=1)
+    assert not result.state.originals_kept and result.fidelity.poor()
+    assert result.fidelity.ranked and {name for name, _ in result.fidelity.culprits} <= {"w0", "w1"}
+    assert result.fidelity.culprits
