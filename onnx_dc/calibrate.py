@@ -36,6 +36,9 @@ ATTRIBUTION_LAYERS = 8  # layers measured by putting them back to dense, chosen 
 NOT_CHECKED = ("accuracy not checked: compress ran without samples or labels; measure it with "
                "`onnx-dc eval {out} --against {model} --calib images:DIR` (or npz:FILE), or with labels "
                "`onnx-dc eval {out} --data SPEC`; compress with --calib (data-aware passes) or --data (fine-tuning)")
+NOT_HELD_OUT = ("accuracy not checked: --calib gave {n} sample(s), all used by the passes and none held out; give "
+                "more (every fifth is held out), or measure with `onnx-dc eval {out} --against {model} --calib ...` "
+                "on other samples")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,24 @@ def test_compress_without_samples_says_accuracy_not_checked(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("accuracy not checked") and "--against" in err[0]
 
 
+@pytest.mark.parametrize("limit", [1, 12])
+def test_too_few_samples_to_hold_out_say_so_and_few_held_out_get_a_caveat(tmp_path, capsys, limit):
+    """Issue 23 item 11: one sample held out none and the line said "compress ran without samples ... pass
+    --calib", which was passed; a handful held out gave numbers with no caveat."""
+    src = tmp_path / "mlp.onnx"
+    write_model(mlp_model(), src)
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).normal(size=(limit, 1, 64)).astype(np.float32))
+    assert main(["compress", str(src), "-o", str(tmp_path / "o.dc.onnx"), "--class-num", "8",
+                 "--calib", f"npz:{tmp_path / 'x.npz'}"]) == 0
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "ran without samples" not in text
+    if limit == 1:
+        assert "--calib gave 1 sample(s), all used by the passes and none held out" in text
+    else:
+        assert "held-out sample(s): a cosine or agreement from so few means little" in text
+
+
 def test_poor_fidelity_names_the_layers(tmp_path):
     result = onnx_dc.compress(mlp_model(), None, sparse_ratio=0.95, class_num=2, calib="digits")
     assert result.fidelity.poor()

@@ -110,10 +110,12 @@ def _metadata_only(args: argparse.Namespace, model):
 def _print_compressed(args: argparse.Namespace, result) -> None:
     """The report, the stages that ran (with what each did under --verbose), then the fidelity table (or the
     line saying accuracy was not checked)."""
-    from onnx_dc.calibrate import NOT_CHECKED
+    from onnx_dc.calibrate import NOT_CHECKED, NOT_HELD_OUT
 
     unchecked = result.fidelity is None and args.data is None
     note = NOT_CHECKED.format(out=args.output, model=args.model or "MODEL.onnx") if unchecked else None
+    if unchecked and result.calib is not None:  # samples were given, but too few to hold any out
+        note = NOT_HELD_OUT.format(n=len(result.calib.data.calib), out=args.output, model=args.model or "MODEL.onnx")
     if args.json:
         out = json.loads(result.report.to_json())
         out["fidelity"] = result.fidelity.to_dict() if result.fidelity is not None else None

@@ -74,11 +74,17 @@ class Fidelity:
         for o in self.outputs:
             top1 = f"{100 * o.top1:11.2f}%" if o.top1 is not None else f"{'-':>12}"
             lines.append(f"  {o.name[:24]:<24} {o.rel_l2:9.4f} {o.cosine:9.5f} {top1}")
+        if self.samples < FEW_SAMPLES:
+            lines.append(f"note: {self.samples} held-out sample(s): a cosine or agreement from so few means little; "
+                         "give more samples")
         if self.poor():
             worst = ", ".join(f"{n} ({100 * g:.0f}% of the error)" for n, g in self.culprits) or _unranked_text(self.ranked)
             lines.append(f"warning: fidelity is poor (cosine < {POOR_COSINE} or top-1 agreement < {POOR_TOP1:.0%}); "
                          f"layers most responsible: {worst}; compress them less (config nodes:) or give more samples")
         return "\n".join(lines)
+
+
+FEW_SAMPLES = 9  # fewer held-out samples than this get a caveat
 
 
 def _unranked_text(measured: bool) -> str:
