@@ -40,6 +40,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnx_dc.graph import ops
+from onnx_dc.graph.walk import attributes
 from onnx_dc.graph.weights import WeightSite
 
 
@@ -161,14 +162,10 @@ def _view(node, input_index, site, producer, inits, consumers_of) -> LayerView |
         return idx
     spec = ops.of(node)
     build = _VIEWS.get(spec.view) if spec is not None else None
-    view = build(node, input_index, idx, _attributes(node), inits, consumers_of) if build is not None else None
+    view = build(node, input_index, idx, attributes(node), inits, consumers_of) if build is not None else None
     if view is None:
         return f"{node.op_type} reading the weight as input {input_index} (rank {idx.ndim}) has no matrix view"
     return view
-
-
-def _attributes(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _conv_view(node, input_index: int, idx: np.ndarray, attrs: dict, inits, consumers_of) -> LayerView | str | None:
@@ -372,7 +369,7 @@ class _Values:
 
 
 def _apply(node, arr: np.ndarray, inits) -> np.ndarray | str:
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = attributes(node)
     if node.op_type == "Identity":
         return arr
     if node.op_type == "Transpose":
@@ -401,7 +398,7 @@ def _apply(node, arr: np.ndarray, inits) -> np.ndarray | str:
 def _split(node, k: int, arr: np.ndarray, inits) -> np.ndarray | str:
     """Output ``k`` of ``Split`` (sizes from its input, opset 13+, or its attribute; else equal parts, as
     ``num_outputs`` of opset 18 or the output count says)."""
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = attributes(node)
     axis = int(attrs.get("axis", 0)) % arr.ndim
     if len(node.input) > 1 and node.input[1]:
         if node.input[1] not in inits:

@@ -39,6 +39,11 @@ def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
         yield from g.node
 
 
+def attributes(node: onnx.NodeProto) -> dict:
+    """A node's attributes by name, as Python values."""
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
 def reads(node: onnx.NodeProto) -> set[str]:
     """Names a node reads: its inputs and the names its subgraphs read from outside."""
     names = set(node.input)

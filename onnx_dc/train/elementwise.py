@@ -33,13 +33,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto
-from onnx import helper as oh
 
+from onnx_dc.graph.walk import attributes
 from onnx_dc.train.builder import NodeBuilder
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: oh.get_attribute_value(a) for a in node.attribute}
 
 
 def _builder(node: onnx.NodeProto) -> NodeBuilder:
@@ -65,7 +61,7 @@ def _indicator(b: NodeBuilder, comparison: str, x: str, threshold: float) -> str
 
 def activation(node: onnx.NodeProto, known) -> list[onnx.NodeProto] | None:
     """The elementwise activations and math ops of the module's notes."""
-    a, b, x, out = _attrs(node), _builder(node), node.input[0], node.output[0]
+    a, b, x, out = attributes(node), _builder(node), node.input[0], node.output[0]
     op = node.op_type
     if op in ("Elu", "Selu", "Celu"):
         alpha = float(a.get("alpha", {"Elu": 1.0, "Selu": 1.67326319217681884765625, "Celu": 1.0}[op]))
@@ -104,7 +100,7 @@ def _axes(node: onnx.NodeProto, known) -> list[int] | None:
     if len(node.input) > 1 and node.input[1]:
         value = known.consts.get(node.input[1])
         return None if value is None else [int(v) for v in np.ravel(value)]
-    return [int(v) for v in _attrs(node).get("axes", [])]
+    return [int(v) for v in attributes(node).get("axes", [])]
 
 
 def _reduce(b: NodeBuilder, op: str, x: str, axes: list[int], keepdims: int, opset: int, out: str | None = None,
@@ -121,7 +117,7 @@ def reduction(node: onnx.NodeProto, known) -> list[onnx.NodeProto] | None:
     axes = _axes(node, known)
     if axes is None:
         return None
-    a, b, x = _attrs(node), _builder(node), node.input[0]
+    a, b, x = attributes(node), _builder(node), node.input[0]
     keep, noop = int(a.get("keepdims", 1)), int(a.get("noop_with_empty_axes", 0))
     if not axes and noop:
         b.op("Identity", [x], node.output[0])
@@ -144,7 +140,7 @@ def _normalized(b: NodeBuilder, x: str, axes: list[int], eps: float, opset: int)
 
 def normalization(node: onnx.NodeProto, known) -> list[onnx.NodeProto] | None:
     """InstanceNormalization, GroupNormalization, LpNormalization by their definitions."""
-    a, b, x, out = _attrs(node), _builder(node), node.input[0], node.output[0]
+    a, b, x, out = attributes(node), _builder(node), node.input[0], node.output[0]
     shape = known.shapes.get(x)
     if shape is None or len(shape) < 2:
         return None
@@ -177,7 +173,7 @@ def normalization(node: onnx.NodeProto, known) -> list[onnx.NodeProto] | None:
 
 def layout(node: onnx.NodeProto, known) -> list[onnx.NodeProto] | None:
     """GlobalMaxPool, SpaceToDepth, CumSum and Transpose without perm, as the module's notes write them."""
-    a, b, x, out = _attrs(node), _builder(node), node.input[0], node.output[0]
+    a, b, x, out = attributes(node), _builder(node), node.input[0], node.output[0]
     shape = known.shapes.get(x)
     if shape is None:
         return None
@@ -246,7 +242,7 @@ def einsum(node: onnx.NodeProto, known) -> list[onnx.NodeProto] | None:
     broadcasting MatMul contracts them (batch and A's kept axes may be dynamic: Reshape copies them;
     the contracted axes and B's kept axes need known lengths).
     """
-    equation = _attrs(node)["equation"]
+    equation = attributes(node)["equation"]
     parsed = _einsum_labels(equation.decode() if isinstance(equation, bytes) else equation, len(node.input))
     if parsed is None or len(node.input) > 2:
         return None

@@ -46,6 +46,7 @@ from onnx import helper as oh
 from onnx import numpy_helper
 
 from onnx_dc.graph import ops
+from onnx_dc.graph.walk import attributes
 from onnx_dc.train.elementwise import activation, einsum, layout, normalization, reduction
 from onnx_dc.train.recurrent import trains_as_it_is, unrolled
 from onnx_dc.train.resize import resize_as_matmul
@@ -65,7 +66,7 @@ def _depth_to_space(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto] 
     shape = known.shapes.get(node.input[0])
     if shape is None or len(shape) != 4 or any(d <= 0 for d in shape[1:]):
         return None
-    attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
+    attrs = attributes(node)
     b = int(attrs["blocksize"])
     mode = attrs.get("mode", b"DCR")
     _, c, h, w = shape
@@ -117,7 +118,7 @@ def _clamped(node: onnx.NodeProto, x: str, alpha: float, beta: float, out: str) 
 
 def _hard_sigmoid(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto]:
     """HardSigmoid(x) = max(0, min(1, alpha x + beta)) = Relu(y) - Relu(y - 1), alpha 0.2 and beta 0.5 by default."""
-    attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
+    attrs = attributes(node)
     return _clamped(node, node.input[0], float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5)), node.output[0])
 
 
@@ -130,7 +131,7 @@ def _hard_swish(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto]:
 
 def _resize_nearest(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto] | None:
     """Nearest Resize by whole factors (asymmetric, floor) repeats each pixel: Reshape -> Expand -> Reshape."""
-    attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
+    attrs = attributes(node)
     if (attrs.get("mode") != b"nearest" or attrs.get("coordinate_transformation_mode") != b"asymmetric"
             or attrs.get("nearest_mode", b"round_prefer_floor") != b"floor" or len(node.input) != 3):
         return None
@@ -163,7 +164,7 @@ def _resize(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto] | None:
 
 def _batch_norm(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto] | None:
     """Inference-mode BatchNormalization as x * a + b, a = scale / sqrt(var + eps), b = B - mean * a."""
-    attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
+    attrs = attributes(node)
     arrays = [known.consts.get(i) for i in node.input[1:5]]
     rank = len(known.shapes.get(node.input[0], []))
     if attrs.get("training_mode", 0) or len(node.output) != 1 or any(a is None for a in arrays) or rank < 2:
@@ -183,7 +184,7 @@ def _batch_norm(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto] | No
 
 def _conv_transpose(node: onnx.NodeProto, known: Known) -> list[onnx.NodeProto] | None:
     """ConvTranspose as zero insertion, Pad and a Conv with the flipped, per-group transposed kernel."""
-    attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
+    attrs = attributes(node)
     x_shape, w_shape = known.shapes.get(node.input[0]), known.shapes.get(node.input[1])
     if (x_shape is None or w_shape is None or len(x_shape) < 3 or len(w_shape) != len(x_shape)
             or any(d <= 0 for d in x_shape[1:]) or any(d <= 0 for d in w_shape)

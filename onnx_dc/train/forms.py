@@ -39,10 +39,11 @@ from onnx import helper as oh
 
 from onnx_dc.errors import ModelError
 from onnx_dc.graph import ops
+from onnx_dc.graph.walk import node_subgraphs, reads
 from onnx_dc.passes.state import CompressionState
 from onnx_dc.train.branches import inline_branches, taken_branches
 from onnx_dc.train.equivalents import differentiable_equivalents
-from onnx_dc.train.gradients import reaching, subgraph_reads
+from onnx_dc.train.gradients import reaching
 
 LABELS = "onnx_dc_train/labels"
 LOSS = "onnx_dc_train/loss"
@@ -170,10 +171,8 @@ def downstream(graph: onnx.GraphProto, sources: set[str]) -> list[tuple[onnx.Nod
     """
     reached, out = set(sources), []
     for node in graph.node:
-        sub = subgraph_reads(node)
-        if reached.intersection(node.input) or reached & sub:
-            out.append((node, bool(sub) or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                                for a in node.attribute)))
+        if reached & reads(node):
+            out.append((node, any(True for _ in node_subgraphs(node))))
             reached.update(node.output)
     return out
 

@@ -28,6 +28,7 @@ from onnx.checker import ValidationError
 from onnx.shape_inference import InferenceError
 
 from onnx_dc.graph.io import MAX_IR_VERSION
+from onnx_dc.graph.walk import needed_nodes, reads
 from onnx_dc.runtime.ort import onnxruntime_errors
 from onnx_dc.train.ort_training import training_modules
 
@@ -164,25 +165,9 @@ def gradient_failure(exc: Exception) -> str:
     return named_failure(exc) or f"onnxruntime-training cannot build the gradient graph ({plain(exc)})"
 
 
-def subgraph_reads(node: onnx.NodeProto) -> set[str]:
-    """Every tensor name read inside the node's subgraphs (outer-scope references included)."""
-    names: set[str] = set()
-    for attr in node.attribute:
-        for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-            for inner in g.node:
-                names.update(inner.input)
-                names.update(subgraph_reads(inner))
-    return names
-
-
 def reaching(graph: onnx.GraphProto, output: str) -> set[str]:
     """The tensors ``output`` depends on (through subgraphs' outer-scope reads too)."""
-    need = {output}
-    for node in reversed(graph.node):
-        if need.intersection(node.output):
-            need.update(i for i in node.input if i)
-            need |= subgraph_reads(node)
-    return need
+    return {output} | {name for i in needed_nodes(graph, [output]) for name in reads(graph.node[i])}
 
 
 def types_of(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:

@@ -28,8 +28,8 @@ says and onnxruntime's LSTM and GRU read them; its RNN reads them by the activat
 from __future__ import annotations
 
 import onnx
-from onnx import helper as oh
 
+from onnx_dc.graph.walk import attributes
 from onnx_dc.train.builder import NodeBuilder
 
 MAX_STEPS = 256  # longer sequences stay one node: ~15 nodes per step and direction
@@ -75,7 +75,7 @@ def trains_as_it_is(node: onnx.NodeProto) -> bool:
 
 def _activations(node: onnx.NodeProto, directions: int) -> list[list[tuple[str, float, float]]] | None:
     """Per direction, the activations ``(kind, alpha, beta)``; None when one is not supported."""
-    attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
+    attrs = attributes(node)
     default = _DEFAULT_ACTIVATIONS[node.op_type]
     names = [n.decode() if isinstance(n, bytes) else n for n in attrs.get("activations", list(default) * directions)]
     alphas, betas = list(attrs.get("activation_alpha", [])), list(attrs.get("activation_beta", []))
@@ -101,7 +101,7 @@ def _activations(node: onnx.NodeProto, directions: int) -> list[list[tuple[str, 
 
 def unrolled(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> list[onnx.NodeProto] | None:
     """The LSTM / GRU / RNN ``node`` step by step; None where it cannot be (see the module's notes)."""
-    attrs = {a.name: oh.get_attribute_value(a) for a in node.attribute}
+    attrs = attributes(node)
     op = node.op_type
     inputs = list(node.input) + [""] * (8 - len(node.input))
     x_shape = shapes.get(inputs[0])

@@ -21,13 +21,10 @@ from onnx import helper as oh
 from onnx import numpy_helper
 
 from onnx_dc.graph.io import MAX_IR_VERSION
+from onnx_dc.graph.walk import attributes
 from onnx_dc.runtime.ort import onnxruntime_errors
 
 _OPSET = 19  # onnxruntime 1.19 runs Resize 19 (antialias, keep_aspect_ratio_policy)
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: oh.get_attribute_value(a) for a in node.attribute}
 
 
 def axis_matrix(node: onnx.NodeProto, n: int, m: int, scale: float | None, rank: int, axis: int) -> np.ndarray:
@@ -42,7 +39,7 @@ def axis_matrix(node: onnx.NodeProto, n: int, m: int, scale: float | None, rank:
         index = [k] + [0] * (rank - 1)
         index[axis] = k
         basis[tuple(index)] = 1.0
-    attrs = {k: v for k, v in _attrs(node).items() if k not in ("axes", "keep_aspect_ratio_policy")}
+    attrs = {k: v for k, v in attributes(node).items() if k not in ("axes", "keep_aspect_ratio_policy")}
     inits = []
     inputs = ["x", "", "", ""]
     if scale is not None:
@@ -72,7 +69,7 @@ def axis_matrix(node: onnx.NodeProto, n: int, m: int, scale: float | None, rank:
 
 def resize_as_matmul(node: onnx.NodeProto, shapes: dict[str, list[int]], consts: dict) -> list[onnx.NodeProto] | None:
     """Resize as MatMul with each resized axis's matrix; None where the lengths or factors are not known."""
-    attrs = _attrs(node)
+    attrs = attributes(node)
     if ("axes" in attrs or attrs.get("keep_aspect_ratio_policy", b"stretch") not in (b"stretch", "stretch")
             or attrs.get("coordinate_transformation_mode") in (b"tf_crop_and_resize", "tf_crop_and_resize")):
         return None  # tf_crop_and_resize fills outside its region with a constant: not a matrix product
