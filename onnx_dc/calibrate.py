@@ -183,7 +183,8 @@ def fidelity_of(original: onnx.ModelProto | bytes, compressed: onnx.ModelProto, 
     total = mean_error(compare_outputs(recorded, probe, few, batch))
     variants = ((name, _originals(state, name, biases, originals)) for name in names)
     culprits = responsible_layers(recorded, probe, variants, few, total, batch_size=batch)
-    return Fidelity(fid.outputs, fid.samples, fid.source, culprits, ranked=True)
+    return Fidelity(fid.outputs, fid.samples, fid.source, culprits, ranked=True,
+                    names={n: state.layers[n].label for n, _ in culprits})
 
 
 def _original_values(original: onnx.ModelProto | bytes, state: CompressionState):

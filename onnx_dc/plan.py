@@ -110,7 +110,7 @@ def check_prune_quality(plan: Plan, weights: Mapping[str, np.ndarray]) -> None:
             continue
         largest, threshold = max(float(w.max()), -float(w.min())), quality_threshold(w, quality)
         if 0 < largest <= threshold:
-            emptied.append(f"{e.site.node} ({quality:g}, bound {largest * quality / threshold:.3g})")
+            emptied.append(f"{e.site.label} ({quality:g}, bound {largest * quality / threshold:.3g})")
     if emptied:
         raise ConfigError(f"prune_quality prunes every weight of {', '.join(emptied)}: a layer keeps weights only "
                           "for prune_quality below its bound max|W| / std(W); give a smaller value (--prune-quality "

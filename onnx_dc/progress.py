@@ -7,7 +7,9 @@ tqdm, so that a bar being drawn is not broken by them. Errors are not messages: 
 
 Bars follow one process-wide level (quiet, normal, verbose) that the command line sets
 together with the logger's level: they are drawn with tqdm, and only when stderr is a
-terminal and the level is not quiet, so piped or logged output stays free of carriage returns.
+terminal and the level is not quiet. Off a terminal (output piped or logged) the same work
+shows as a plain line every :data:`PLAIN_INTERVAL` seconds, logged to ``onnx_dc.progress``
+(INFO), free of carriage returns and escape codes.
 """
 
 from __future__ import annotations
@@ -15,11 +17,15 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import os
 import sys
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
-from tqdm import tqdm
+if TYPE_CHECKING:  # imported when a bar is drawn: a command that draws none (--version, --help) skips it
+    from tqdm import tqdm
 
 
 class Level(enum.IntEnum):
@@ -57,18 +63,116 @@ def bars_shown() -> bool:
         return False
 
 
-def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it") -> tqdm:
-    """A tqdm bar on stderr, or tqdm's own no-op stand-in when bars are not shown.
+def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
+        unit_scale: bool = False) -> tqdm | Lines:
+    """A tqdm bar on stderr, or, when bars are not shown, :class:`Lines` (plain lines now and then).
 
     Either way the result iterates like ``iterable`` and takes ``update`` / ``set_postfix``,
     so callers need no branch. The bar disappears when done (``leave=False``): what a
-    command prints afterwards is its result, not a trail of finished bars.
+    command prints afterwards is its result, not a trail of finished bars. ``unit_scale``
+    shows counts with k / M prefixes (the bytes of a download).
     """
-    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, file=sys.stderr,
-                disable=not bars_shown(), dynamic_ncols=True)
+    if not bars_shown():
+        return Lines(iterable, total=total, desc=desc, unit=unit, unit_scale=unit_scale)
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, unit_scale=unit_scale, leave=False, file=sys.stderr,
+                dynamic_ncols=True)
+
+
+PLAIN_INTERVAL = 10.0  # seconds between two progress lines off a terminal
+INTERVAL_VARIABLE = "ONNX_DC_PROGRESS_INTERVAL"  # sets another interval (seconds, >= 0)
+
+
+def plain_interval() -> float:
+    """Seconds between two progress lines: ``ONNX_DC_PROGRESS_INTERVAL`` when it is a number >= 0, else
+    :data:`PLAIN_INTERVAL`."""
+    try:
+        value = float(os.environ.get(INTERVAL_VARIABLE, PLAIN_INTERVAL))
+    except ValueError:
+        return PLAIN_INTERVAL
+    return value if value >= 0 else PLAIN_INTERVAL  # also NaN
+
+
+class Lines:
+    """Progress where no bar is drawn: a plain line at most every :func:`plain_interval` seconds.
+
+    The line goes to the ``onnx_dc.progress`` logger (INFO), e.g.
+    ``retrain 1: 1200/3000 steps, 12 s, about 18 s left (epoch 1/3, loss 0.0312)``; under
+    --quiet, or when made within :func:`quieted`, none. It takes what callers use of a tqdm
+    bar: iteration, ``update``, ``set_postfix``, ``close`` and ``with``.
+    """
+
+    def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
+                 unit: str = "it", unit_scale: bool = False):
+        if total is None and iterable is not None:
+            try:
+                total = len(iterable)  # type: ignore[arg-type]
+            except TypeError:  # a generator: no total
+                total = None
+        self.iterable, self.total, self.desc, self.unit, self.unit_scale = iterable, total, desc, unit, unit_scale
+        self.shown = _level > Level.QUIET
+        self.interval = plain_interval()
+        self.n = 0
+        self.postfix: dict[str, object] = {}
+        self.start = self.last = time.monotonic()
+
+    def __iter__(self) -> Iterator:
+        for item in self.iterable:
+            yield item
+            self.update()
+
+    def __enter__(self) -> Lines:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        """``n`` more done; a line when the interval has passed since the last one (or the start)."""
+        self.n += n
+        if not self.shown:
+            return
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            _lines_log.info("%s", self.line(now - self.start))
+
+    def set_postfix(self, ordered_dict: dict | None = None, refresh: bool = True, **kwargs) -> None:
+        """Values shown at the end of the next line (tqdm's signature; ``refresh`` has no use here)."""
+        self.postfix = {**(ordered_dict or {}), **kwargs}
+
+    def close(self) -> None:
+        """Nothing to clear: the lines stay where they are."""
+
+    def line(self, elapsed: float) -> str:
+        """The progress line after ``elapsed`` seconds."""
+        count = f"{self._count(self.n)}/{self._count(self.total)}" if self.total else self._count(self.n)
+        text = f"{self.desc or 'progress'}: {count} {self._units()}, {elapsed:.0f} s"
+        if self.total and 0 < self.n < self.total:
+            text += f", about {elapsed * (self.total - self.n) / self.n:.0f} s left"
+        if self.postfix:
+            text += " (" + ", ".join(f"{k} {v}" for k, v in self.postfix.items()) + ")"
+        return text
+
+    def _count(self, n: float) -> str:
+        if not self.unit_scale or abs(n) < 1000:
+            return f"{n:g}"
+        for prefix in "kMGT":
+            n /= 1000
+            if abs(n) < 1000:
+                break
+        return f"{n:.1f}{prefix}"
+
+    def _units(self) -> str:
+        unit = self.unit
+        if not (unit.isalpha() and unit.islower() and len(unit) > 2):  # "B", "it"
+            return unit
+        return unit + ("es" if unit.endswith(("ch", "sh", "s", "x")) else "s")
 
 
 LOGGER = "onnx_dc"
+_lines_log = logging.getLogger(LOGGER + ".progress")
 # The logging level of each output level (the command line's --quiet / default / --verbose).
 LOG_LEVELS = {Level.QUIET: logging.ERROR, Level.NORMAL: logging.INFO, Level.VERBOSE: logging.DEBUG}
 # A library adds no handler that prints: the application chooses (and Python's last-resort

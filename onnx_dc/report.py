@@ -21,6 +21,7 @@ from onnx_dc.errors import FormatError
 from onnx_dc.graph import layout
 from onnx_dc.graph.layout import META_NOTES, META_SKIPPED, META_SOURCE_BYTES, META_SOURCE_WEIGHT_BYTES
 from onnx_dc.graph.walk import all_nodes
+from onnx_dc.graph.weights import layer_name
 from onnx_dc.graph.ops import PASS_THROUGH
 from onnx_dc.numerics.bitpack import unpack_bits
 
@@ -237,7 +238,7 @@ def layer_rows(model: onnx.ModelProto) -> tuple[LayerRow, ...]:
         used = consumers.get(dec.weight, [])
         rows.append(LayerRow(
             weight=dec.weight,
-            nodes=",".join(n for n, _ in used) or dec.weight,
+            nodes=layer_name([n for n, _ in used], dec.weight, with_weight=False),  # JSON: "weight"
             op_type=",".join(sorted({op for _, op in used})) or "-",
             shape=dec.shape,
             weights=dec.numel,

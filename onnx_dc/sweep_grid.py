@@ -12,6 +12,7 @@ from onnx_dc.errors import ArgumentError
 
 DEFAULT_RATIOS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 DEFAULT_CLASS_NUMS = (256, 64, 32, 16)
+DEFAULT_MAX_DROP = 1.0  # points of the score a suggested per-layer setting may lose
 
 
 def parse_ratios(text: str | Sequence[float], flag: str = "--ratios") -> tuple[float, ...]:

@@ -107,6 +107,16 @@ def mlp_model(seed: int = 0, sizes=(64, 48, 10)) -> onnx.ModelProto:
     return finish_model(g)
 
 
+@pytest.fixture
+def mlp_path(tmp_path) -> Path:
+    """:func:`mlp_model` written to a file."""
+    from onnx_dc.graph.io import write_model
+
+    path = tmp_path / "mlp.onnx"
+    write_model(mlp_model(), path)
+    return path
+
+
 def conv_model(seed: int = 0) -> onnx.ModelProto:
     """Conv -> Relu -> ConvTranspose -> Reshape -> MatMul(weight via Transpose) with a Constant-node weight."""
     rng = np.random.default_rng(seed)

@@ -65,7 +65,8 @@ def test_poor_fidelity_names_the_layers(tmp_path):
     assert result.fidelity.poor()
     names = [n for n, _ in result.fidelity.culprits]
     assert names and set(names) <= {"w0", "w1"}
-    assert "layers most responsible: w" in result.fidelity.to_table()
+    table = result.fidelity.to_table()
+    assert any(f"layers most responsible: fc{i} [w{i}] (" in table for i in (0, 1)), table  # node [weight]
 
 
 @pytest.mark.parametrize("case", ["empty", "unreadable", "size", "npz", "disagree", "channels"])

@@ -11,18 +11,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import MNIST_DIR, fp16_model, mlp_model
+from conftest import MNIST_DIR, fp16_model
 from onnx import helper as oh
 
 from onnx_dc.cli import main
 from onnx_dc.graph.io import write_model
-
-
-@pytest.fixture
-def mlp_path(tmp_path):
-    path = tmp_path / "mlp.onnx"
-    write_model(mlp_model(), path)
-    return path
 
 
 def cli(capsys, *argv):
@@ -200,14 +193,14 @@ def test_prune_quality_that_prunes_a_whole_layer_is_refused_naming_it(capsys, ml
 
     out = tmp_path / "o.dc.onnx"
     err = expect_user_error(capsys, "compress", mlp_path, "-o", out, "--prune-quality", "100",
-                            contains="prune_quality prunes every weight of fc0 (100, bound ")
-    bounds = {node: float(b) for node, b in re.findall(r"(fc\d) \(100, bound ([\d.]+)\)", err)}
+                            contains="prune_quality prunes every weight of fc0 [w0] (100, bound ")
+    bounds = {node: float(b) for node, b in re.findall(r"(fc\d) \[w\d\] \(100, bound ([\d.]+)\)", err)}
     assert set(bounds) == {"fc0", "fc1"} and "give a smaller value (--prune-quality" in err
     assert not out.exists()
     low, high = sorted(bounds.values())
     name_low = min(bounds, key=bounds.get)
     err = expect_user_error(capsys, "compress", mlp_path, "-o", out, "--prune-quality", f"{low * 1.01:.6g}",
-                            contains=f"every weight of {name_low} (")
+                            contains=f"every weight of {name_low} [w{name_low[-1]}] (")
     assert max(bounds, key=bounds.get) not in err  # the other layer keeps weights there
     code, text, _ = cli(capsys, "compress", mlp_path, "-o", out, "--prune-quality", f"{low * 0.99:.6g}", "--json")
     kept = {row["nodes"]: row["kept_pct"] for row in json.loads(text)["layers"]}

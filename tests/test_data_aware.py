@@ -281,3 +281,21 @@ def test_lenet_300_100_at_sparse_09_keeps_93_percent_without_training():
                              class_num=32, calib=data)
     assert onnx_dc.evaluate(layer.model, data).accuracy > accuracy + 0.01
     assert layer.fidelity.outputs[0].cosine > aware.fidelity.outputs[0].cosine
+
+
+def test_refit_sums_over_a_row_subsample_count_for_every_row(monkeypatch):
+    """A group with more than MAX_ROWS rows enters the normal equations through a subsample scaled to all its
+    rows, so views of different sizes (a fused weight's parts) keep their weight when summed."""
+    from onnx_dc.passes import refit
+
+    rng = np.random.default_rng(0)
+    w_row, q_row = rng.normal(size=(1, 6)), rng.integers(0, 4, (1, 6))
+    x = rng.normal(size=(50, 6))
+    h = (x.T @ x / 50)[None]
+    w2, q2 = np.repeat(w_row, 40, axis=0), np.repeat(q_row, 40, axis=0)  # 40 equal rows: any subsample is exact
+    groups = np.zeros(40, np.int64)
+    full_m, full_r = refit.normal_equations(w2, q2, h, groups, 4)
+    monkeypatch.setattr(refit, "MAX_ROWS", 8)
+    m, r = refit.normal_equations(w2, q2, h, groups, 4)
+    np.testing.assert_allclose(m, full_m, rtol=1e-10)
+    np.testing.assert_allclose(r, full_r, rtol=1e-10)

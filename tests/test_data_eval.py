@@ -12,7 +12,7 @@ from onnx import TensorProto
 from onnx import helper as oh
 
 import onnx_dc
-from onnx_dc.data.datasets import METADATA_KEY, Preprocess, load_dataset, parse_data_spec
+from onnx_dc.data.datasets import METADATA_KEY, DataSpec, Preprocess, load_dataset, parse_data_spec
 from onnx_dc.errors import DataError
 from onnx_dc.passes.lower import set_metadata
 
@@ -40,9 +40,12 @@ def fitted_probe(data, sample_shape, prep, batch="N"):
 def test_parse_specs():
     assert parse_data_spec("mnist:/d").kind == "mnist" and parse_data_spec("digits").path is None
     assert parse_data_spec("fashion-mnist:/x").path == "/x" and parse_data_spec("npz:f.npz").kind == "npz"
-    for bad in ("cifar:/x", "mnist", "mnist:", "digits:/x"):
+    for bad in ("cifar:/x", "npz", "npz:", "digits:/x"):
         with pytest.raises(DataError):
             parse_data_spec(bad)
+    # without a folder: the fetched cache (tests/test_fetch.py)
+    assert parse_data_spec("mnist:") == parse_data_spec("mnist") == DataSpec("mnist")
+    assert str(parse_data_spec("fashion-mnist:")) == "fashion-mnist"
 
 
 def test_preprocess_layouts_and_metadata():

@@ -62,13 +62,6 @@ def no_work(monkeypatch):
         monkeypatch.setattr(onnx_dc, name, called)
 
 
-@pytest.fixture
-def mlp_path(tmp_path) -> Path:
-    path = tmp_path / "mlp.onnx"
-    write_model(mlp_model(), path)
-    return path
-
-
 def subcommands() -> dict:
     """The onnx-dc subcommands' parsers, by name."""
     return next(a.choices for a in build_parser()._actions if a.dest == "command")
@@ -274,8 +267,8 @@ def test_item9_progress_bars_on_a_terminal_only_and_quiet(tmp_path, mlp_path):
     code, out, term = on_terminal(*args, "--quiet")
     assert code == 0 and out == "" and term == ""
     code, out, term = on_terminal("eval", dcz, "--data", "nowhere", "--quiet")
-    assert code == 2 and term.strip() == ("onnx-dc: error: --data: unknown data spec 'nowhere': use mnist:DIR, "
-                                          "fashion-mnist:DIR, npz:FILE or digits")
+    assert code == 2 and term.strip() == ("onnx-dc: error: --data: unknown data spec 'nowhere': use mnist[:DIR], "
+                                          "fashion-mnist[:DIR], npz:FILE or digits")
 
 
 # ----------------------------------------------------------------------------- 10. --version, --json, help

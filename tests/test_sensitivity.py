@@ -19,7 +19,7 @@ from onnx_dc.analysis.curves import LayerInfo, Point, Sensitivity, Setting
 from onnx_dc.analysis.metrics import Accuracy
 from onnx_dc.analysis.sensitivity import run_sensitivity
 from onnx_dc.analysis.sweep import Runner
-from onnx_dc.analysis.target import knapsack
+from onnx_dc.analysis.target import knapsack, knapsack_bytes
 
 LENET = ROOT / "models" / "lenet_300_100.onnx"
 DATA = f"mnist:{MNIST_DIR}"
@@ -123,6 +123,45 @@ def test_target_drop_is_met_and_smaller_than_uniform(capsys, sweep, tmp_path):
             assert uniform.report.totals()["compressed_bytes"] >= res["totals"]["compressed_bytes"], p
 
 
+def test_knapsack_over_bytes_equals_brute_force():
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        drops = [[(float(rng.choice([-0.1, 0, 0.05, 0.3, 0.7, 1.2, 3.0])), int(rng.integers(1, 40)))
+                  for _ in range(int(rng.integers(1, 4)))] for _ in range(int(rng.integers(1, 4)))]
+        sens = _synthetic(drops)  # every layer also has its dense option: 40 B, no drop
+        options = [[(0.0, 40)] + [(max(0.0, d), b) for d, b in layer] for layer in drops]
+        for capacity in (20, 50, 80, 400):
+            combos = [c for c in itertools.product(*options) if sum(b for _, b in c) <= capacity]
+            if not combos:
+                with pytest.raises(ConfigError, match="smallest measured settings"):
+                    knapsack_bytes(sens, capacity, steps=capacity)
+                continue
+            chosen = knapsack_bytes(sens, capacity, steps=capacity)  # one byte per unit: exact
+            total = sum(40 if p is None else p.bytes for p in chosen.values())
+            assert total <= capacity
+            assert sum(0.0 if p is None else max(0.0, p.drop) for p in chosen.values()) == pytest.approx(
+                min(sum(d for d, _ in c) for c in combos))
+
+
+@needs_shared
+def test_target_ratio_is_met_by_the_packed_file_with_the_best_measured_round(capsys, sweep, tmp_path):
+    saved = tmp_path / "s.json"
+    saved.write_text(json.dumps(sweep.to_dict()))
+    out = tmp_path / "r.dc.onnx"
+    code, text, err = cli(capsys, "compress", LENET, "-o", out, "--data", DATA, "--target-ratio", "30", "--limit",
+                          "500", "--sensitivity", saved, "--json")
+    assert code == 0, err
+    target = json.loads(text)["target"]
+    chosen = target["rounds"][target["chosen_round"] - 1]
+    packed = onnx_dc.pack(out, tmp_path / "r.dcz")
+    assert packed == chosen["packed_bytes"] and LENET.stat().st_size / packed >= 30  # measured on the file written
+    assert sweep.baseline - 100 * evaluate(out, DATA, limit=500).accuracy == chosen["measured"]
+    assert chosen["measured"] == min(r["measured"] for r in target["rounds"] if r["ratio"] >= 30)
+    err = expect_user_error(capsys, "compress", LENET, "-o", tmp_path / "x.dc.onnx", "--data", DATA, "--limit", "500",
+                            "--target-ratio", "2000", "--sensitivity", saved, contains="smallest measured settings")
+    assert not (tmp_path / "x.dc.onnx").exists()
+
+
 @needs_shared
 def test_unreachable_target_says_the_best_reachable(capsys, tmp_path):
     err = expect_user_error(capsys, "compress", LENET, "-o", tmp_path / "x.dc.onnx", "--data", DATA,
@@ -178,6 +217,12 @@ def test_bad_input_is_one_line(capsys, tmp_path, monkeypatch):
                       "--target-drop", "-1", contains="--target-drop -1")
     expect_user_error(capsys, "compress", model, "-o", tmp_path / "o.dc.onnx", "--ratios", "0.5",
                       contains="only with --target-drop")
+    expect_user_error(capsys, "compress", model, "-o", tmp_path / "o.dc.onnx", "--data", "digits",
+                      "--target-ratio", "1", contains="--target-ratio must be a number above 1")
+    expect_user_error(capsys, "compress", model, "-o", tmp_path / "o.dc.onnx", "--data", "digits",
+                      "--target-ratio", "8", "--target-drop", "1", contains="not both")
+    expect_user_error(capsys, "compress", model, "-o", tmp_path / "o.dc.onnx", "--data", "digits",
+                      "--target-ratio", "8", "--class-num", "4", contains="--target-ratio chooses the settings itself")
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the plot extra were not installed
     expect_user_error(capsys, *base, "--plot", tmp_path / "s.png", contains="pip install 'onnx_dc[plot]'")
     expect_user_error(capsys, "plot", model, "--baseline", model, "-o", tmp_path / "p",

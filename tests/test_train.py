@@ -320,5 +320,5 @@ def test_prune_step_line_is_a_summary_and_says_when_nothing_prunes():
     line = prune_step_summary(state, step)
     assert line.startswith("3 layers, 10.0-50.0% kept (mean ") and not any(n in line for n in state.layers)
     first = next(iter(state.layers))
-    assert prune_step_summary(state, {first: (0.5, None)}) == f"{first} 50.0% kept"
+    assert prune_step_summary(state, {first: (0.5, None)}) == f"fc0 [{first}] 50.0% kept"  # node [weight]
     assert "no layer is pruned" in prune_step_summary(state, {})

@@ -17,9 +17,6 @@ from typing import Any
 from onnx_dc.plan import PlanEntry
 
 
-DEFAULT_MAX_DROP = 1.0
-
-
 PASS_ORDER = ("prune", "prune_by_activation", "reconstruct", "share", "weighted_kmeans", "gptq", "refit",
               "bias_correction")
 

@@ -20,7 +20,9 @@ import numpy as np
 from onnx_dc.errors import ArgumentError
 from onnx_dc.graph.io import write_bytes_atomic
 
-PLOT_INSTALL = "pip install 'onnx_dc[plot]'"
+# scripts/setup_env.sh installs the source checkout into .venv in editable mode
+PLOT_INSTALL = ("in the source checkout .venv/bin/pip install -e '.[plot]' "
+                "(an installed package: pip install 'onnx_dc[plot]')")
 DPI = 80
 
 

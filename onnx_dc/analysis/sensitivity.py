@@ -15,7 +15,8 @@ magnitude pruning and plain k-means. Each point lists the passes that changed th
 
 The settings are every ratio alone, every class_num alone, and every pair. Suggested
 settings for a drop budget D: per layer, the measured setting with the fewest bytes whose
-drop <= D (each layer on its own; the drops of several layers add up roughly).
+drop <= D (each layer on its own; the drops of several layers add up roughly, so
+:func:`onnx_dc.analysis.target.measure_suggestion` scores the suggestion on the whole model).
 
 The sweep's results (settings, points, the suggestion) are :mod:`onnx_dc.analysis.curves`;
 the evaluation functions :mod:`onnx_dc.analysis.metrics`.

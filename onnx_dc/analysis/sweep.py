@@ -24,7 +24,9 @@ from onnx_dc import progress
 from onnx_dc.errors import ArgumentError
 
 LOCAL = "local"
-RAY_INSTALL = "pip install 'onnx_dc[ray]'"
+# scripts/setup_env.sh installs the source checkout into .venv in editable mode
+RAY_INSTALL = ("in the source checkout .venv/bin/pip install -e '.[ray]' "
+               "(an installed package: pip install 'onnx_dc[ray]')")
 # A local Ray instance sized for a small machine (a 2-core CI runner): few CPUs, a small object store.
 LOCAL_RAY_CPUS = 2
 LOCAL_RAY_STORE_BYTES = 100 * 2**20

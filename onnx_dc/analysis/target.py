@@ -10,6 +10,9 @@ rounded up to whole units, so the sum of the true drops stays within B). The who
 is then compressed with the choice and measured; while its drop D_m exceeds the target D
 the budget shrinks, B <- B * D / D_m * BACKOFF, for at most ROUNDS rounds (the last one
 with B = 0: per layer the smallest model among its settings that lost nothing alone).
+
+The same measurement scores the per-layer suggestion of ``sensitivity --max-drop`` on the whole
+model (:func:`measure_suggestion`), whose total drop is not bounded by the per-layer budget.
 """
 
 from __future__ import annotations
@@ -147,6 +150,23 @@ def compress_for_target(model, output_path, metric, target: float, sens: Sensiti
     Returns:
         (the :class:`~onnx_dc.api.CompressResult` of the chosen config, the :class:`TargetResult`).
     """
+    from onnx_dc import api
+
+    chosen = choose_settings(sens, target, config_measure(model, metric, preprocess, calib))
+    result = api.compress(model, output_path, chosen.chosen.config, preprocess=preprocess, calib=calib)
+    return result, chosen
+
+
+def config_measure(model, metric, preprocess=None, calib=None
+                   ) -> Callable[[dict[str, Any]], tuple[float, int, onnx.ModelProto]]:
+    """``measure(config) -> (score, layer bytes, model)``: the whole model compressed with a config (nothing
+    written), scored by ``metric``.
+
+    With ``calib`` every measurement runs the data-aware passes, as the sweep's points did: with sequential
+    statistics (the default) each one is a whole calibrated compress, so it measures exactly the model a
+    compress with that config makes; with ``sequential: false`` the measurements share statistics
+    collected once, here.
+    """
     from onnx_dc import api, progress
 
     stats = None
@@ -155,7 +175,7 @@ def compress_for_target(model, output_path, metric, target: float, sens: Sensiti
 
         stats = collect_calib_stats(api.prepare(model), calib)
         if stats.settings.sequential:
-            stats = None  # statistics depend on the round's upstream layers: each round collects its own
+            stats = None  # statistics depend on the upstream layers' settings: each measurement collects its own
 
     def measure(config: dict[str, Any]) -> tuple[float, int, onnx.ModelProto]:
         with progress.quieted():
@@ -169,6 +189,195 @@ def compress_for_target(model, output_path, metric, target: float, sens: Sensiti
                 result = api.finish(state, None, preprocess)
             return metric(result.model), result.report.totals()["compressed_bytes"], result.model
 
-    chosen = choose_settings(sens, target, measure)
+    return measure
+
+
+@dataclass(frozen=True)
+class MeasuredSuggestion:
+    """The settings ``sensitivity`` suggests for a per-layer drop budget, applied to every layer at once and scored.
+
+    Each layer's drop was measured with that layer alone compressed; together the drops add up, so the
+    whole model's drop can be far above the budget (:func:`choose_settings` searches for a total).
+
+    Attributes:
+        max_drop: the per-layer budget the settings were suggested for.
+        baseline: the score of the original model.
+        score: the score of the model with every suggested setting.
+        layer_drops: the suggested settings' own drops, summed (losses only).
+        layer_bytes: stored bytes of the compressed layers.
+    """
+
+    max_drop: float
+    baseline: float
+    score: float
+    layer_drops: float
+    layer_bytes: int
+
+    @property
+    def drop(self) -> float:
+        """The whole model's measured drop."""
+        return self.baseline - self.score
+
+    @property
+    def exceeds(self) -> bool:
+        """Whether the whole model loses more than the per-layer budget."""
+        return self.drop > self.max_drop
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for JSON."""
+        return {"baseline": self.baseline, "score": self.score, "drop": self.drop, "sum_of_layer_drops": self.layer_drops,
+                "layer_bytes": self.layer_bytes, "exceeds_max_drop": self.exceeds}
+
+
+def measure_suggestion(model, sens: Sensitivity, max_drop: float, metric, preprocess=None,
+                       calib=None) -> MeasuredSuggestion | None:
+    """Compress ``model`` with ``sens.suggested_config(max_drop)`` (nothing written) and score it with ``metric``,
+    as the rounds of :func:`choose_settings` are measured (:func:`config_measure`).
+
+    Returns:
+        The measurement; None when no layer has a suggested setting (nothing would be compressed).
+    """
+    suggested = [p for p in sens.suggest(max_drop).values() if p is not None]
+    if not suggested:
+        return None
+    score, nbytes, _ = config_measure(model, metric, preprocess, calib)(sens.suggested_config(max_drop))
+    return MeasuredSuggestion(max_drop, sens.baseline, score, sum(max(0.0, p.drop) for p in suggested), nbytes)
+
+
+# --- settings from a size target ----------------------------------------------------------------
+#
+# The dual problem: each layer l takes one measured setting o (or stays dense: drop 0, float32 bytes),
+#
+#     minimise  sum_l d_lo   subject to   sum_l b_lo <= C
+#
+# solved exactly by dynamic programming over the byte capacity C cut into STEPS units (each layer's
+# bytes rounded up to whole units, so the true sum stays within C). The whole model is compressed with
+# the choice, packed (.dcz) and measured; C starts at the original file's bytes / R and is scaled by
+# (bytes wanted / .dcz bytes measured) until the .dcz ratio lands in [R, R * RATIO_SLACK], for at most
+# ROUNDS rounds. The chosen round is the one with the smallest measured drop among those >= R.
+
+RATIO_SLACK = 1.03
+RATIO_METHOD = "multiple-choice knapsack (exact DP over the layers' bytes), then measured .dcz ratio"
+
+
+@dataclass(frozen=True)
+class RatioRound(Round):
+    """A :class:`Round` of a size target (``budget``: the layers' bytes it was solved for) and the .dcz it packs to."""
+
+    packed_bytes: int
+    ratio: float
+
+
+@dataclass(frozen=True)
+class RatioResult:
+    """The rounds tried for ``--target-ratio``; :attr:`chosen` is the best-scoring round that met it."""
+
+    target: float
+    baseline: float
+    original_bytes: int
+    rounds: tuple[RatioRound, ...]
+
+    @property
+    def chosen(self) -> RatioRound:
+        """The round with the smallest measured drop among those at least ``target`` times smaller."""
+        return min((r for r in self.rounds if r.ratio >= self.target), key=lambda r: (r.measured, -r.ratio))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for JSON."""
+        return {"method": RATIO_METHOD, "target_ratio": self.target, "baseline": self.baseline,
+                "original_bytes": self.original_bytes, "rounds": [vars(r) for r in self.rounds],
+                "chosen_round": self.rounds.index(self.chosen) + 1, "config": self.chosen.config}
+
+    def summary(self) -> str:
+        """One line per round, then nothing: the caller prints the chosen one."""
+        lines = [f"--target-ratio {self.target:g} by {RATIO_METHOD}; baseline {self.baseline:.2f}, "
+                 f"original {self.original_bytes} B"]
+        for i, r in enumerate(self.rounds, 1):
+            lines.append(f"  round {i}: layers within {r.budget} B, predicted drop {r.predicted:.3f}, measured "
+                         f"{r.measured:.3f}, layers {r.layer_bytes} B, .dcz {r.packed_bytes} B ({r.ratio:.2f}x)")
+        return "\n".join(lines)
+
+
+def knapsack_bytes(sens: Sensitivity, capacity: int, steps: int = STEPS) -> dict[str, Point | None]:
+    """Per layer one measured setting (None: dense) minimising the summed drops with total bytes <= ``capacity``.
+
+    Raises:
+        ConfigError: when even the smallest measured setting of every layer takes more than ``capacity``.
+    """
+    unit = max(capacity, 1) / steps
+    best: list[tuple[float, tuple[Point | None, ...]] | None] = [(0.0, ())] * (steps + 1)
+    for info in sens.layers:
+        options: list[tuple[Point | None, float, int]] = [(None, 0.0, info.dense_bytes)]
+        options += [(p, max(0.0, p.drop), p.bytes) for p in sens.options(info.weight)]
+        sized = [(p, d, math.ceil(b / unit - 1e-9)) for p, d, b in options]
+        new: list[tuple[float, tuple[Point | None, ...]] | None] = [None] * (steps + 1)
+        for c in range(steps + 1):
+            for p, d, u in sized:
+                prev = best[c - u] if u <= c else None
+                if prev is not None and (new[c] is None or prev[0] + d < new[c][0]):
+                    new[c] = (prev[0] + d, prev[1] + (p,))
+        best = new
+    if best[steps] is None:
+        least = sum(min([info.dense_bytes] + [p.bytes for p in sens.options(info.weight)]) for info in sens.layers)
+        raise ConfigError(f"the smallest measured settings of every layer take {least} B together, more than the "
+                          f"{capacity} B the size target leaves them; sweep harsher settings (--ratios / --class-nums)")
+    return {info.weight: p for info, p in zip(sens.layers, best[steps][1])}
+
+
+def choose_for_ratio(
+    sens: Sensitivity,
+    target: float,
+    original_bytes: int,
+    measure: Callable[[dict[str, Any]], tuple[float, int, onnx.ModelProto]],
+    packed_size: Callable[[onnx.ModelProto], int],
+) -> RatioResult:
+    """Knapsack over the layers' bytes, then compress, pack and measure; rescale the capacity until the .dcz
+    is ``target`` times smaller than ``original_bytes`` (see the comment above :data:`RATIO_SLACK`).
+
+    Raises:
+        ConfigError: when no round reaches the ratio; the message says the largest ratio reached.
+    """
+    wanted = original_bytes / target
+    capacity = int(wanted)
+    rounds: list[RatioRound] = []
+    tried: set[str] = set()
+    for _ in range(ROUNDS):
+        chosen = knapsack_bytes(sens, capacity)
+        config = config_for({w: None if p is None else p.setting for w, p in chosen.items()}, sens.layers)
+        key = repr(config)
+        if key in tried:  # the capacity moved too little to change any layer's choice
+            break
+        tried.add(key)
+        score, nbytes, model = measure(config)
+        packed = packed_size(model)
+        rounds.append(RatioRound(capacity, sum(max(0.0, p.drop) for p in chosen.values() if p is not None),
+                                 sens.baseline - score, nbytes, config, packed, original_bytes / packed))
+        if target <= original_bytes / packed <= target * RATIO_SLACK:
+            break
+        capacity = max(1, int(capacity * wanted / packed))
+    if not any(r.ratio >= target for r in rounds):
+        best = max(r.ratio for r in rounds)
+        raise ConfigError(f"--target-ratio {target:g}: not met; the smallest .dcz these sensitivity curves reach is "
+                          f"{best:.2f}x smaller; ask for at most that, or sweep harsher settings (--ratios / --class-nums)")
+    return RatioResult(target, sens.baseline, original_bytes, tuple(rounds))
+
+
+def compress_for_ratio(model, output_path, metric, target: float, sens: Sensitivity, preprocess=None, calib=None):
+    """Compress ``model`` (a file) with the settings :func:`choose_for_ratio` picks; write ``output_path`` if given.
+
+    Returns:
+        (the :class:`~onnx_dc.api.CompressResult` of the chosen config, the :class:`RatioResult`).
+    """
+    import os
+
+    from onnx_dc import api
+    from onnx_dc.formats import dcz
+    from onnx_dc.formats.models import model_bytes
+
+    def packed_size(compressed: onnx.ModelProto) -> int:
+        return len(dcz.pack_bytes(model_bytes(compressed)))
+
+    chosen = choose_for_ratio(sens, target, os.path.getsize(model), config_measure(model, metric, preprocess, calib),
+                              packed_size)
     result = api.compress(model, output_path, chosen.chosen.config, preprocess=preprocess, calib=calib)
     return result, chosen

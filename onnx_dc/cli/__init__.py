@@ -22,8 +22,6 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tqdm import tqdm
-
 from onnx_dc import progress
 from onnx_dc.errors import OnnxDcError
 
@@ -38,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``onnx-dc``."""
     from onnx_dc.cli import analysis, compress, files
     from onnx_dc.cli.args import add_common_args
+    from onnx_dc.cli.parser import CommandParser
 
-    parser = argparse.ArgumentParser(prog="onnx-dc", description="Deep Compression for ONNX models.")
+    parser = CommandParser(prog="onnx-dc", description="Deep Compression for ONNX models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (compress, files, analysis):
         group.add_parsers(sub)
@@ -81,6 +80,8 @@ class _TqdmHandler(logging.Handler):
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
         try:
             tqdm.write(self.format(record), file=sys.stderr)  # the stderr of the moment (tests replace it)
         except Exception:  # the logging convention: a failing handler reports itself, the caller goes on

@@ -20,6 +20,7 @@ from onnx_dc.errors import ArgumentError
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     from onnx_dc.analysis.sensitivity import run_sensitivity
+    from onnx_dc.analysis.target import measure_suggestion
 
     argcheck.unpacked_model(args.model)
     check_data_args(args)
@@ -35,18 +36,20 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     if args.plot is not None:
         argcheck.plotting()
     metric = metric_from(args, args.model)
-    sens = run_sensitivity(args.model, metric, runner=runner_from(args), calib=getattr(metric, "calib", None),
-                           **grid_from(args))
-    _write_sensitivity(args, sens)
+    calib = getattr(metric, "calib", None)
+    sens = run_sensitivity(args.model, metric, runner=runner_from(args), calib=calib, **grid_from(args))
+    measured = measure_suggestion(args.model, sens, args.max_drop, metric, getattr(metric, "preprocess", None), calib)
+    _write_sensitivity(args, sens, measured)
     return 0
 
 
-def _write_sensitivity(args: argparse.Namespace, sens) -> None:
+def _write_sensitivity(args: argparse.Namespace, sens, measured) -> None:
     from onnx_dc.graph.io import write_bytes_atomic
     from onnx_dc.importers.caffe import write_config_yaml
 
     if args.json is not None:
-        out = sens.to_dict() | {"max_drop": args.max_drop, "suggested": sens.suggested_config(args.max_drop)}
+        out = sens.to_dict() | {"max_drop": args.max_drop, "suggested": sens.suggested_config(args.max_drop),
+                                "suggested_measured": measured.to_dict() if measured is not None else None}
         write_bytes_atomic(json.dumps(out, indent=1).encode(), args.json)
     if args.plot is not None:
         from onnx_dc.analysis.plots import plot_sensitivity
@@ -56,10 +59,43 @@ def _write_sensitivity(args: argparse.Namespace, sens) -> None:
         write_config_yaml(sens.suggested_config(args.max_drop), args.config_out)
     if progress.level() > progress.Level.QUIET:
         print(sens.to_table(args.max_drop))
+        if measured is not None:
+            print("\n".join(_measured_lines(args, sens, measured)))
         print(f"{len(sens.points)} evaluations in {sens.seconds:.1f} s ({sens.runner})")
         written = [p for p in (args.json, args.plot, args.config_out) if p is not None]
         if written:
             print("wrote " + ", ".join(written))
+
+
+def _measured_lines(args: argparse.Namespace, sens, measured) -> list[str]:
+    """The suggestion's measured score next to the baseline; a warning, with the command that meets a total drop,
+    when the whole model loses more than --max-drop."""
+    unit = sens.unit
+    lines = [f"suggested settings together, measured: {measured.score:.2f}{unit} (baseline {measured.baseline:.2f}{unit}, "
+             f"drop {measured.drop:.2f}; the layers' own drops sum to {measured.layer_drops:.2f})"]
+    if measured.exceeds:
+        lines.append(f"warning: together they lose {measured.drop:.2f} points, more than --max-drop {args.max_drop:g} "
+                     "(a per-layer budget: the layers' drops add up); for a total drop of at most "
+                     f"{args.max_drop:g}: onnx-dc compress {args.model} -o OUT.dc.onnx --target-drop {args.max_drop:g}"
+                     + _same_data_flags(args))
+    return lines
+
+
+# The flags of a sensitivity run that say what is scored and on what, as compress --target-drop takes them.
+SAME_DATA_FLAGS = ("data", "calib", "limit", "scale", "mean", "std", "layout", "size", "channels", "calib_limit", "seed",
+                   "ratios", "class_nums")
+
+
+def _same_data_flags(args: argparse.Namespace) -> str:
+    """`` --data SPEC --limit N ...``: the given flags that make compress --target-drop score as this sweep did,
+    and ``--sensitivity FILE`` when the sweep was written (so that it is not run again)."""
+    out = ""
+    for dest in SAME_DATA_FLAGS + (("json",) if args.json is not None else ()):
+        value = getattr(args, dest, None)
+        if value is not None:
+            text = ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
+            out += f" --{'sensitivity' if dest == 'json' else dest.replace('_', '-')} {text}"
+    return out
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -86,17 +122,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The ``sensitivity`` and ``plot`` subcommands."""
-    from onnx_dc.analysis.curves import DEFAULT_MAX_DROP
+    from onnx_dc.sweep_grid import DEFAULT_MAX_DROP
 
     p = sub.add_parser("sensitivity", help="per-layer accuracy against pruning ratio and class_num; suggested config")
     p.add_argument("model", help="input .onnx (never modified)")
-    p.add_argument("--data", help="labeled data to score on: mnist:DIR, fashion-mnist:DIR, npz:FILE, digits")
+    p.add_argument("--data", help="labeled data to score on: mnist[:DIR], fashion-mnist[:DIR] (no DIR: "
+                                        "fetched once into the cache), npz:FILE, digits")
     add_sweep_args(p, "the sweep: each layer alone at each setting, no retraining (with --calib: the "
                       "data-aware passes)")
     p.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP,
                    help=f"per layer, the suggested setting loses at most this many points (default {DEFAULT_MAX_DROP:g})")
     p.add_argument("--json", metavar="FILE", help="write every measurement and the suggestion as JSON")
-    p.add_argument("--plot", metavar="PNG", help="write the curves, one per layer (needs onnx_dc[plot])")
+    p.add_argument("--plot", metavar="PNG", help="write the curves, one per layer (needs the plot extra: "
+                   ".venv/bin/pip install -e '.[plot]' in the source checkout)")
     p.add_argument("--config-out", metavar="YAML", help="write the suggested per-layer settings (docs/CONFIG.md)")
     add_preprocess_args(p)
     add_calib_args(p)

@@ -15,11 +15,14 @@ from onnx_dc.cli import argcheck
 from onnx_dc.errors import ArgumentError, ConfigError
 
 
-def add_preprocess_args(p: argparse.ArgumentParser) -> None:
+def add_preprocess_args(p: argparse.ArgumentParser, calib: bool = True) -> None:
+    """--scale --mean --std --layout; ``calib``: the command takes --calib (per-channel values apply to it)."""
     g = p.add_argument_group("input preprocessing: x = (pixel * scale - mean) / std")
     g.add_argument("--scale", type=float, help="pixel multiplier (default: the model's metadata, else 1/255 for IDX, 1/16 for digits)")
-    g.add_argument("--mean", type=number_or_list, help="subtracted after scaling (default 0); per channel with --calib: 0.485,0.456,0.406")
-    g.add_argument("--std", type=number_or_list, help="divided by after the mean (default 1); per channel with --calib: 0.229,0.224,0.225")
+    g.add_argument("--mean", type=number_or_list, help="subtracted after scaling (default 0)" + (
+        "; per channel with --calib: 0.485,0.456,0.406" if calib else ""))
+    g.add_argument("--std", type=number_or_list, help="divided by after the mean (default 1)" + (
+        "; per channel with --calib: 0.229,0.224,0.225" if calib else ""))
     g.add_argument("--layout", choices=("nchw", "nhwc"), help="image layout of the model input (default nchw)")
 
 
@@ -37,7 +40,12 @@ def number_or_list(text: str):
 
 def add_calib_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration samples (unlabeled; the preprocessing flags apply to them too)")
-    g.add_argument("--calib", help="images:DIR, npz:FILE (one array per input name), mnist:DIR, fashion-mnist:DIR, digits")
+    g.add_argument("--calib", help="images:DIR, npz:FILE (one array per input name), text:FILE (one sample per line, "
+                                   "with --tokenizer), mnist[:DIR], fashion-mnist[:DIR], digits")
+    g.add_argument("--tokenizer", help="tokenizer.json (Hugging Face tokenizers) that turns --calib text:FILE lines into "
+                                       "input_ids / attention_mask / token_type_ids")
+    g.add_argument("--max-length", type=int, help="tokens per --calib text: sample at most (default: the model's fixed "
+                                                  "length, else the tokenizer's truncation length, else 512)")
     g.add_argument("--size", help="resize images to H,W")
     g.add_argument("--channels", choices=("rgb", "bgr", "gray"), help="image channel order (default: from the model)")
     g.add_argument("--calib-limit", type=int, help="calibration samples at most (default: as many as 16 MB of model input hold, "
@@ -47,13 +55,15 @@ def add_calib_args(p: argparse.ArgumentParser) -> None:
 def calib_from(args: argparse.Namespace):
     """The CalibSpec of the flags, or None without --calib."""
     if getattr(args, "calib", None) is None:
-        if any(getattr(args, k, None) is not None for k in ("size", "channels", "calib_limit")):
-            raise ConfigError("--size, --channels and --calib-limit need --calib")
+        if any(getattr(args, k, None) is not None for k in ("size", "channels", "calib_limit", "tokenizer",
+                                                            "max_length")):
+            raise ConfigError("--size, --channels, --calib-limit, --tokenizer and --max-length need --calib")
         return None
     from onnx_dc.data.calib import parse_calib_spec
 
     return parse_calib_spec(args.calib, size=args.size, channels=args.channels, scale=args.scale, mean=args.mean,
-                            std=args.std, layout=args.layout, limit=args.calib_limit, seed=getattr(args, "seed", None))
+                            std=args.std, layout=args.layout, limit=args.calib_limit, seed=getattr(args, "seed", None),
+                            tokenizer=args.tokenizer, max_length=args.max_length)
 
 
 def preprocess_from(args: argparse.Namespace, model=None):
@@ -88,14 +98,22 @@ def preprocess_flags(args: argparse.Namespace) -> bool:
 
 def add_settings_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("global settings (override the config's defaults)")
-    g.add_argument("--sparse-ratio", type=float, help="fraction of weights pruned by magnitude, in [0, 1)")
-    g.add_argument("--prune-quality", type=float, help="prune |w| <= quality x std(W) instead of a ratio")
-    g.add_argument("--class-num", type=int, help="shared values per layer (k-means clusters), 2..256")
+    # The defaults named here are those of onnx_dc.config.Settings (not imported: --help stays quick).
+    g.add_argument("--sparse-ratio", type=float, help="fraction of weights pruned by magnitude, in [0, 1) "
+                                                      "(default: the config's, else 0: no pruning)")
+    g.add_argument("--prune-quality", type=float, help="prune |w| <= quality x std(W) instead of a ratio "
+                                                       "(default: the config's, else none: --sparse-ratio decides)")
+    g.add_argument("--class-num", type=int, help="shared values per layer (k-means clusters), 2..256 "
+                                                 "(default: the config's, else 32)")
     g.add_argument("--no-quantize", action="store_true", help="prune only, keep float32 values (quantize_term: false)")
-    g.add_argument("--centroid-init", choices=("linear", "density", "random", "kmeans++"))
+    g.add_argument("--centroid-init", choices=("linear", "density", "random", "kmeans++"),
+                   help="where the k-means centroids start (default: the config's, else linear)")
     g.add_argument("--index-bits", type=int, help="relative index width 1..16 (default: the smallest file)")
-    g.add_argument("--form", choices=("auto", "sparse", "dense"))
-    g.add_argument("--seed", type=int)
+    g.add_argument("--form", choices=("auto", "sparse", "dense"),
+                   help="storage of a compressed weight: sparse (kept values and index gaps), dense (a code per "
+                        "weight), auto: the smaller (default: the config's, else auto)")
+    g.add_argument("--seed", type=int, help="seed of k-means, of the calibration sample choice and of training "
+                                            "(default: the config's, else 0)")
 
 
 def settings_from(args: argparse.Namespace) -> dict:
@@ -109,7 +127,9 @@ def settings_from(args: argparse.Namespace) -> dict:
 
 
 def add_training_args(p: argparse.ArgumentParser, lr_stage: str) -> None:
-    title = "fine-tuning (onnxruntime-training" + ("; over the config's train: section)" if lr_stage != "codebook" else ")")
+    title = "fine-tuning (onnxruntime-training; " + ("flags override the config's train: section, whose defaults "
+                                                     "docs/CONFIG.md lists)" if lr_stage != "codebook" else
+                                                     "defaults: the codebook stage in docs/CONFIG.md)")
     g = p.add_argument_group(title)
     g.add_argument("--epochs", type=int, help="epochs of " + ("the codebook stage" if lr_stage == "codebook"
                                                            else "every training stage"))
@@ -117,7 +137,8 @@ def add_training_args(p: argparse.ArgumentParser, lr_stage: str) -> None:
     g.add_argument("--lr", type=float, help=f"learning rate of the {lr_stage} stage")
     if lr_stage != "codebook":
         g.add_argument("--codebook-lr", type=float, help="learning rate of the codebook stage")
-    g.add_argument("--optimizer", choices=("sgd", "adamw"), help="optimizer of every stage")
+    g.add_argument("--optimizer", choices=("sgd", "adamw"),
+                   help="optimizer of " + ("the codebook stage" if lr_stage == "codebook" else "every stage"))
 
 
 def training_from(args: argparse.Namespace, lr_stage: str) -> dict:
@@ -178,9 +199,11 @@ def add_common_args(parser: argparse.ArgumentParser, sub: argparse._SubParsersAc
     for p in sub.choices.values():
         g = p.add_argument_group("output")
         level = g.add_mutually_exclusive_group()
+        json_flag = any("--json" in a.option_strings for a in p._actions)
         level.add_argument("-q", "--quiet", action="store_const", dest="level", const=progress.Level.QUIET,
                            default=progress.Level.NORMAL,
-                           help="print only errors (and what was asked for: eval's accuracy, report, --json)")
+                           help="print only errors (and what was asked for: eval's accuracy, report" +
+                                (", --json)" if json_flag else ")"))
         level.add_argument("-v", "--verbose", action="store_const", dest="level", const=progress.Level.VERBOSE,
                            help="list every tensor that is not compressed, and print the details of the work")
         g.add_argument("--debug", action="store_true",
@@ -205,7 +228,7 @@ def add_sweep_args(p: argparse.ArgumentParser, title: str) -> None:
     where.add_argument("--workers", type=int, help="run the (layer x setting) evaluations in N worker processes")
     where.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                        help="run them on Ray: a cluster at ADDRESS (HOST:PORT), or without one a local instance "
-                            "(needs the ray extra: pip install 'onnx_dc[ray]')")
+                            "(needs the ray extra: .venv/bin/pip install -e '.[ray]' in the source checkout)")
 
 
 def check_sweep_args(args: argparse.Namespace) -> None:

@@ -1,11 +1,12 @@
-"""The commands that write a model: ``compress`` (also ``--target-drop``: settings from a sensitivity sweep),
-``finetune`` and ``import-caffe``."""
+"""The commands that write a model: ``compress`` (also ``--target-drop`` / ``--target-ratio``: settings from a
+sensitivity sweep), ``finetune`` and ``import-caffe``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
 import os
 
 from onnx_dc import progress
@@ -30,7 +31,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-shape", help="with --caffe: per-sample input shape C,H,W (no batch), e.g. 1,28,28")
     p.add_argument("--config", help="YAML config with per-node settings (docs/CONFIG.md)")
     add_settings_args(p)
-    p.add_argument("--data", help="fine-tune on this data while compressing: mnist:DIR, fashion-mnist:DIR, npz:FILE, digits")
+    p.add_argument("--data", help="fine-tune on this data while compressing: mnist[:DIR], fashion-mnist[:DIR] "
+                                        "(no DIR: fetched once into the cache), npz:FILE, digits")
     add_training_args(p, "retrain")
     add_preprocess_args(p)
     add_calib_args(p)
@@ -41,16 +43,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="train the codebooks and biases of a .dc.onnx on data")
     p.add_argument("model", help="input .dc.onnx or .dcz (never modified)")
     p.add_argument("-o", "--output", required=True, help="output .dc.onnx (written atomically)")
-    p.add_argument("--data", required=True, help="mnist:DIR, fashion-mnist:DIR, npz:FILE or digits")
+    p.add_argument("--data", required=True, help="mnist[:DIR], fashion-mnist[:DIR] (no DIR: fetched once into the "
+                                                 "cache), npz:FILE or digits")
     add_training_args(p, "codebook")
     p.add_argument("--seed", type=int, help="shuffling seed (default 0)")
-    add_preprocess_args(p)
+    add_preprocess_args(p, calib=False)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("import-caffe", help="convert a Caffe prototxt + caffemodel to ONNX")
-    p.add_argument("prototxt")
-    p.add_argument("caffemodel")
+    p.add_argument("prototxt", help="the net's layers (.prototxt, text)")
+    p.add_argument("caffemodel", help="its trained weights (.caffemodel, binary)")
     p.add_argument("-o", "--output", required=True, help="output .onnx")
     p.add_argument("--config-out", help="write the Cmp* layer settings as a YAML config")
     p.add_argument("--input-shape", help="per-sample input shape C,H,W when the net gives none (no batch), e.g. 1,28,28")
@@ -61,7 +64,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_compress(args: argparse.Namespace) -> int:
     import onnx_dc
 
-    if compress_target(args) is not None:  # --target-drop: settings from a sensitivity sweep
+    if compress_target(args) is not None:  # --target-drop / --target-ratio: settings from a sensitivity sweep
         return 0
     config = args.config
     _check_compress_args(args)
@@ -220,22 +223,26 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-drop", type=float, metavar="D",
                    help="per-layer sparse_ratio and class_num with the smallest layers whose accuracy on --data "
                         "(or fidelity on --calib held-out samples, in percent) drops by at most D points (a sensitivity sweep, then a knapsack, measured; no retraining)")
-    g.add_argument("--config-out", help="with --target-drop: write the chosen per-layer settings as YAML")
-    g.add_argument("--sensitivity", metavar="JSON", help="with --target-drop: use this sweep (onnx-dc sensitivity "
-                   "--json, same model and data) instead of running one")
-    add_sweep_args(p, "the sensitivity sweep of --target-drop")
+    g.add_argument("--target-ratio", type=float, metavar="R",
+                   help="per-layer sparse_ratio and class_num (or dense) with the best accuracy on --data (or fidelity "
+                        "on --calib held-out samples) whose .dcz is at least R times smaller than the model file (a "
+                        "sensitivity sweep, then a knapsack over the layers' bytes, packed and measured)")
+    g.add_argument("--config-out", help="with --target-drop / --target-ratio: write the chosen per-layer settings as YAML")
+    g.add_argument("--sensitivity", metavar="JSON", help="with --target-drop / --target-ratio: use this sweep "
+                   "(onnx-dc sensitivity --json, same model and data) instead of running one")
+    add_sweep_args(p, "the sensitivity sweep of --target-drop / --target-ratio")
 
 
 def compress_target(args: argparse.Namespace) -> int | None:
-    """Run ``compress --target-drop``; None when not asked for (then no sweep flag may be given)."""
-    if args.target_drop is None:
+    """Run ``compress --target-drop`` or ``--target-ratio``; None when not asked for (then no sweep flag may be given)."""
+    if args.target_drop is None and args.target_ratio is None:
         given = [f"--{f.replace('_', '-')}" for f in SWEEP_FLAGS + ("config_out",) if getattr(args, f) is not None]
         if given:
-            raise ArgumentError(f"{', '.join(given)}: only with --target-drop D")
+            raise ArgumentError(f"{', '.join(given)}: only with --target-drop D or --target-ratio R")
         return None
     _check_target_args(args)
     from onnx_dc.analysis.sensitivity import run_sensitivity
-    from onnx_dc.analysis.target import compress_for_target
+    from onnx_dc.analysis.target import compress_for_ratio, compress_for_target
 
     metric = metric_from(args, args.model)
     if args.sensitivity is not None:
@@ -243,8 +250,12 @@ def compress_target(args: argparse.Namespace) -> int | None:
     else:
         sens = run_sensitivity(args.model, metric, runner=runner_from(args), calib=getattr(metric, "calib", None),
                                **grid_from(args))
-    result, chosen = compress_for_target(args.model, args.output, metric, args.target_drop, sens,
-                                         getattr(metric, "preprocess", None), getattr(metric, "calib", None))
+    if args.target_ratio is not None:
+        result, chosen = compress_for_ratio(args.model, args.output, metric, args.target_ratio, sens,
+                                            getattr(metric, "preprocess", None), getattr(metric, "calib", None))
+    else:
+        result, chosen = compress_for_target(args.model, args.output, metric, args.target_drop, sens,
+                                             getattr(metric, "preprocess", None), getattr(metric, "calib", None))
     if args.config_out is not None:
         from onnx_dc.importers.caffe import write_config_yaml
 
@@ -255,8 +266,12 @@ def compress_target(args: argparse.Namespace) -> int | None:
         print(result.report.to_table(verbose=progress.verbose()))
         print(chosen.summary())
         last = chosen.chosen
-        print(f"chosen: {metric.describe()} {sens.baseline - last.measured:.2f} (drop {last.measured:.3f} <= "
-              f"{args.target_drop:g}), layers {last.layer_bytes} B")
+        if args.target_ratio is not None:
+            print(f"chosen: {metric.describe()} {sens.baseline - last.measured:.2f} (drop {last.measured:.3f}), "
+                  f".dcz {last.packed_bytes} B, {last.ratio:.2f}x smaller (>= {args.target_ratio:g})")
+        else:
+            print(f"chosen: {metric.describe()} {sens.baseline - last.measured:.2f} (drop {last.measured:.3f} <= "
+                  f"{args.target_drop:g}), layers {last.layer_bytes} B")
         print(f"wrote {args.output}" + (f" and {args.config_out}" if args.config_out else ""))
     return 0
 
@@ -280,13 +295,20 @@ def _matching_sweep(path: str, model: str, metric):
 
 
 def _check_target_args(args: argparse.Namespace) -> None:
-    argcheck.drop(args.target_drop, "--target-drop")
+    if args.target_drop is not None and args.target_ratio is not None:
+        raise ArgumentError("give --target-drop D or --target-ratio R, not both")
+    if args.target_drop is not None:
+        argcheck.drop(args.target_drop, "--target-drop")
+    elif not (args.target_ratio > 1.0 and math.isfinite(args.target_ratio)):
+        raise ArgumentError(f"--target-ratio must be a number above 1 (times smaller than the model file), "
+                            f"got {args.target_ratio:g}")
+    flag = "--target-drop" if args.target_drop is not None else "--target-ratio"
     clash = [flag for flag, value in (("--config", args.config), ("--caffe", args.caffe),
                                       ("--sparse-ratio", args.sparse_ratio), ("--class-num", args.class_num),
                                       ("--prune-quality", args.prune_quality), ("--epochs", args.epochs))
              if value is not None]
     if clash:
-        raise ArgumentError(f"--target-drop chooses the settings itself; drop {', '.join(clash)} "
+        raise ArgumentError(f"{flag} chooses the settings itself; drop {', '.join(clash)} "
                             "(fine-tune the result afterwards with onnx-dc finetune)")
     if not args.model:
         raise ArgumentError("give a model file to compress")

@@ -16,22 +16,23 @@ from onnx_dc.errors import ConfigError
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The ``report``, ``eval``, ``pack``, ``unpack``, ``export-dense`` and ``demo`` subcommands."""
     p = sub.add_parser("report", help="per-layer table of a .dc.onnx or .dcz")
-    p.add_argument("model")
+    p.add_argument("model", help=".dc.onnx or .dcz")
     p.add_argument("--baseline", help="the original model, to compare file sizes")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("eval", help="top-1 accuracy in onnxruntime, or fidelity against the original model")
     p.add_argument("model", help=".onnx, .dc.onnx or .dcz")
-    p.add_argument("--data", help="mnist:DIR, fashion-mnist:DIR, npz:FILE or digits")
+    p.add_argument("--data", help="mnist[:DIR], fashion-mnist[:DIR] (no DIR: fetched once into the cache), npz:FILE "
+                                  "or digits")
     p.add_argument("--against", help="the original model: measure fidelity on --calib samples instead of accuracy")
     p.add_argument("--all-samples", action="store_true", help="with --against: use every sample, not the held-out part")
     p.add_argument("--seed", type=int, help="seed of the calibration sample choice")
-    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="which part of --data to score on")
     p.add_argument("--limit", type=int, help="evaluate on the first N samples only")
     add_preprocess_args(p)
     add_calib_args(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the accuracy (or the fidelity) as JSON")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("pack", help="entropy-code a .dc.onnx into a .dcz (lossless)")

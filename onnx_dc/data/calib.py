@@ -9,7 +9,10 @@ Specs (``--calib SPEC``):
   whose rank is the input's rank holds samples along the input's axis 0 (its batch axis);
   rank + 1 holds one complete feed per sample; a 0-d array is fed unchanged with every batch.
   An npz with ``x`` and ``y`` (a labeled dataset) is read as such, labels ignored.
-* ``mnist:DIR``, ``fashion-mnist:DIR``, ``digits``: the labeled datasets, labels ignored.
+* ``mnist:DIR``, ``fashion-mnist:DIR``, ``digits``: the labeled datasets, labels ignored;
+  ``mnist`` / ``fashion-mnist`` without a folder are fetched once into the cache (``data.fetch``).
+* ``text:FILE`` with ``tokenizer`` (``--tokenizer tokenizer.json``): one sample per line, tokenized
+  into the model's ``input_ids`` / ``attention_mask`` / ``token_type_ids`` (see ``data.text``).
 
 Each sample becomes one feed of the model: ``Samples.arrays[name][i]`` is input ``name`` of
 sample ``i`` with the shape the model takes for one sample (batch axis of size 1 included).
@@ -32,11 +35,11 @@ from typing import Iterator, Mapping
 import numpy as np
 import onnx
 
-from onnx_dc.data.datasets import KINDS, load_dataset
+from onnx_dc.data.datasets import FETCHED_KINDS, KINDS, load_dataset
 from onnx_dc.errors import DataError
 from onnx_dc.sections import Field, Section
 
-CALIB_KINDS = ("images",) + KINDS
+CALIB_KINDS = ("images", "text") + KINDS
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 DEFAULT_CALIB_LIMIT = 256
 MAX_AUTO_LIMIT = 1024
@@ -74,6 +77,8 @@ class CalibSpec:
         limit: calibration samples at most (seeded choice); None: :func:`auto_limit`.
         holdout_limit: held-out samples at most (the fixed first ones).
         seed: seed of the calibration choice.
+        tokenizer: the ``tokenizer.json`` of ``text`` samples.
+        max_length: tokens per ``text`` sample at most; None: see ``data.text``.
     """
 
     kind: str
@@ -87,10 +92,18 @@ class CalibSpec:
     limit: int | None = None
     holdout_limit: int = DEFAULT_HOLDOUT_LIMIT
     seed: int = 0
+    tokenizer: str | None = None
+    max_length: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in CALIB_KINDS:
             raise DataError(f"unknown calibration spec kind {self.kind!r}: use {', '.join(CALIB_KINDS)}")
+        if self.kind == "text" and self.tokenizer is None:
+            raise DataError(f"--calib {self}: needs --tokenizer tokenizer.json (the model's Hugging Face tokenizer)")
+        if self.kind != "text" and (self.tokenizer is not None or self.max_length is not None):
+            raise DataError("--tokenizer and --max-length apply to --calib text:FILE only")
+        if self.max_length is not None and self.max_length < 1:
+            raise DataError(f"--max-length must be a positive integer, got {self.max_length}")
         if self.layout not in ("nchw", "nhwc"):
             raise DataError(f"--layout must be nchw or nhwc, got {self.layout!r}")
         if not all(s > 0 for s in self.std):
@@ -178,9 +191,12 @@ CALIB_OPTIONS = Section(
     Field("--layout", LAYOUTS),
     Field("--calib-limit", int, low=1),
     Field("--seed", int, low=0),
+    Field("--tokenizer", str),
+    Field("--max-length", int, low=1),
 )
 OPTION_FLAGS = {"size": "--size", "channels": "--channels", "scale": "--scale", "mean": "--mean", "std": "--std",
-                "layout": "--layout", "limit": "--calib-limit", "seed": "--seed"}
+                "layout": "--layout", "limit": "--calib-limit", "seed": "--seed", "tokenizer": "--tokenizer",
+                "max_length": "--max-length"}
 
 
 def parse_calib_spec(
@@ -194,11 +210,14 @@ def parse_calib_spec(
     layout: str | None = None,
     limit: int | None = None,
     seed: int | None = None,
+    tokenizer: str | None = None,
+    max_length: int | None = None,
 ) -> CalibSpec:
-    """Parse ``images:DIR``, ``npz:FILE``, ``mnist:DIR``, ``fashion-mnist:DIR`` or ``digits`` plus its options.
+    """Parse ``images:DIR``, ``npz:FILE``, ``text:FILE``, ``mnist:DIR``, ``fashion-mnist:DIR`` or ``digits`` plus its
+    options.
 
     Options are the CLI flags (``--size``, ``--channels``, ``--scale``, ``--mean``, ``--std``,
-    ``--layout``, ``--calib-limit``, ``--seed``); None leaves the default.
+    ``--layout``, ``--calib-limit``, ``--seed``, ``--tokenizer``, ``--max-length``); None leaves the default.
 
     Raises:
         DataError: a bad spec, or every bad option at once.
@@ -206,16 +225,18 @@ def parse_calib_spec(
     kind, sep, path = text.partition(":")
     kind = kind.strip().lower()
     if kind not in CALIB_KINDS:
-        raise DataError(f"unknown calibration spec {text!r}: use images:DIR, npz:FILE, mnist:DIR, "
-                        "fashion-mnist:DIR or digits")
+        raise DataError(f"unknown calibration spec {text!r}: use images:DIR, npz:FILE, text:FILE, mnist[:DIR], "
+                        "fashion-mnist[:DIR] or digits")
     if kind == "digits":
         if sep and path:
             raise DataError("'digits' takes no path (it is scikit-learn's bundled dataset)")
         path = None
+    elif not path and kind in FETCHED_KINDS:
+        path = None  # fetched into the cache when read
     elif not path:
         raise DataError(f"calibration spec {text!r} needs a path: {kind}:PATH")
     given = {"size": size, "channels": channels, "scale": scale, "mean": mean, "std": std, "layout": layout,
-             "limit": limit, "seed": seed}
+             "limit": limit, "seed": seed, "tokenizer": tokenizer, "max_length": max_length}
     parsed = CALIB_OPTIONS.parse({OPTION_FLAGS[k]: v for k, v in given.items() if v is not None},
                                  f"--calib {text}", DataError)
     return CalibSpec(kind, path, **{k: parsed[flag] for k, flag in OPTION_FLAGS.items() if flag in parsed})
@@ -352,8 +373,9 @@ def load_calib(spec: CalibSpec | str, model: onnx.ModelProto) -> CalibData:
     if not inputs:
         raise DataError("the model has no inputs to feed; calibration samples cannot be used")
     if spec.kind == "images":
-        pool = _image_pool(spec, inputs)
-        return _split_pool(pool, inputs, spec)
+        return _image_calib(spec, inputs)
+    if spec.kind == "text":
+        return _split_pool(_text_pool(spec, inputs), inputs, spec)
     if spec.kind == "npz" and not _is_labeled_npz(spec.path):
         pool = _npz_pool(spec, inputs)
         return _split_pool(pool, inputs, spec)
@@ -369,14 +391,20 @@ def _one_input(spec: CalibSpec, inputs: tuple[InputInfo, ...]) -> InputInfo:
 
 
 def _split_pool(pool: Samples, inputs: tuple[InputInfo, ...], spec: CalibSpec) -> CalibData:
-    n = len(pool)
+    sample_bytes = sum(4 * int(np.prod(a.shape[1:])) for a in pool.arrays.values())
+    calib, held = _split_indices(len(pool), spec, sample_bytes)
+    return CalibData(pool.take(calib), pool.take(held), inputs, str(spec), spec)
+
+
+def _split_indices(n: int, spec: CalibSpec, sample_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration, held-out) indices of a pool of ``n`` samples of ``sample_bytes`` each (the split of the
+    module docstring)."""
     held = np.arange(HOLDOUT_EVERY - 1, n, HOLDOUT_EVERY)
     if held.size == 0 and n >= 2:
         held = np.array([n - 1])
     held = held[: spec.holdout_limit]
     rest = np.setdiff1d(np.arange(n), held)
-    sample_bytes = sum(4 * int(np.prod(a.shape[1:])) for a in pool.arrays.values())
-    return CalibData(pool.take(_choose(rest, spec, sample_bytes)), pool.take(held), inputs, str(spec), spec)
+    return _choose(rest, spec, sample_bytes), held
 
 
 def auto_limit(sample_bytes: int) -> int:
@@ -395,7 +423,18 @@ def _choose(candidates: np.ndarray, spec: CalibSpec, sample_bytes: int) -> np.nd
 # --- images -------------------------------------------------------------------------------------
 
 
-def _image_pool(spec: CalibSpec, inputs: tuple[InputInfo, ...]) -> Samples:
+MAX_IMAGE_SIDE = 16384
+"""--size may not exceed this many pixels a side: one 16384x16384 RGB sample is 3.2 GB of float32, and a
+model that takes it needs many times that for its activations."""
+READ_PEAK = 2
+"""Reading image samples holds up to this many times their float32 size at once (the normalized samples and
+their laid-out copy; measured 2.02 with tracemalloc on 100 RGB images at 352x352), so the samples may take
+half of the free memory."""
+
+
+def _image_calib(spec: CalibSpec, inputs: tuple[InputInfo, ...]) -> CalibData:
+    """Check the folder, the model input, the size and the memory the samples will take, then read the images
+    the split uses (calibration ones first, then held-out ones) and nothing else."""
     inp = _one_input(spec, inputs)
     folder = Path(spec.path)
     if not folder.is_dir():
@@ -412,8 +451,63 @@ def _image_pool(spec: CalibSpec, inputs: tuple[InputInfo, ...]) -> Samples:
     if want_c is not None and want_c != got_c:
         raise DataError(f"{spec}: model input {inp.name!r} expects {want_c} channel(s) ({inp.describe()}, "
                         f"{spec.layout}) but --channels {channels.value} gives {got_c}; check --channels and --layout")
-    raw = _read_images(files, spec, channels, (want_h, want_w), inp)
-    x = _normalize(raw, spec, 1.0 / 255.0)
+    h, w = _sample_size(spec, inp, (want_h, want_w), files[0])
+    calib, held = _split_indices(len(files), spec, 4 * got_c * h * w)
+    _check_memory(spec, len(calib), len(held), (got_c, h, w))
+    pool = _image_pool(spec, inp, [files[i] for i in np.concatenate([calib, held])], channels, (want_h, want_w))
+    return CalibData(pool.take(slice(0, len(calib))), pool.take(slice(len(calib), None)), inputs, str(spec), spec)
+
+
+def _sample_size(spec: CalibSpec, inp: InputInfo, want_hw: tuple[int | None, int | None],
+                 first: Path) -> tuple[int, int]:
+    """(H, W) of every sample, known before any image is decoded: --size (checked against the model input's
+    fixed sides and :data:`MAX_IMAGE_SIDE`), else the model's fixed size, else the size of the first image."""
+    if spec.size is not None:
+        h, w = spec.size
+        if any(f is not None and f != g for f, g in zip(want_hw, spec.size)):
+            fixed = "x".join("?" if d is None else str(d) for d in want_hw)
+            raise DataError(f"{spec}: --size {h},{w} but model input {inp.name!r} expects {fixed} (HxW, fixed: "
+                            f"{inp.describe()}, {spec.layout}); pass --size {want_hw[0] or h},{want_hw[1] or w}")
+        if max(h, w) > MAX_IMAGE_SIDE:
+            raise DataError(f"{spec}: --size {h},{w} is over {MAX_IMAGE_SIDE} pixels a side; pass the height and "
+                            "width the model is meant to take")
+        return h, w
+    if None not in want_hw:
+        return want_hw  # type: ignore[return-value]  # every image is checked against it as it is read
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(first) as img:  # reads the header only
+            w, h = img.size
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise _unreadable(first, exc) from None
+    return want_hw[0] or h, want_hw[1] or w
+
+
+def _check_memory(spec: CalibSpec, n_calib: int, n_held: int, chw: tuple[int, int, int]) -> None:
+    """Refuse samples whose reading (:data:`READ_PEAK` x their float32 size) does not fit the free memory."""
+    from onnx_dc.data.memory import available_bytes, describe_bytes
+
+    sample_bytes = 4 * int(np.prod(chw))
+    need, free = (n_calib + n_held) * sample_bytes, available_bytes()
+    if free is None or READ_PEAK * need <= free:
+        return
+    fit = free // (READ_PEAK * sample_bytes) - n_held
+    limit = f" or --calib-limit {fit}" if 1 <= fit < n_calib else ""
+    raise DataError(f"{spec}: {n_calib} calibration + {n_held} held-out samples of {'x'.join(map(str, chw))} take "
+                    f"{describe_bytes(need)} as float32 and about {READ_PEAK} times that while being read, but "
+                    f"{describe_bytes(free)} of memory is available; pass a smaller --size{limit}")
+
+
+def _unreadable(path: Path, exc: Exception) -> DataError:
+    return DataError(f"{path}: cannot read this image ({str(exc).splitlines()[0] if str(exc) else 'unreadable'})"
+                     "; remove it from the folder or replace it")
+
+
+def _image_pool(spec: CalibSpec, inp: InputInfo, files: list[Path], channels: Channels,
+                want_hw: tuple[int | None, int | None]) -> Samples:
+    """The images of ``files``, in that order, as samples of ``inp``."""
+    x = _normalize(_read_images(files, spec, channels, want_hw, inp), spec, 1.0 / 255.0)  # uint8 pixels freed here
     if spec.layout == "nchw":
         x = x.transpose(0, 3, 1, 2)
     x = np.ascontiguousarray(x.astype(inp.dtype, copy=False))
@@ -439,8 +533,7 @@ def _read_images(files: list[Path], spec: CalibSpec, channels: Channels,
                     img = img.resize((spec.size[1], spec.size[0]), Image.BILINEAR)
                 arr = np.asarray(img)
         except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise DataError(f"{path}: cannot read this image ({str(exc).splitlines()[0] if str(exc) else 'unreadable'})"
-                            "; remove it from the folder or replace it") from None
+            raise _unreadable(path, exc) from None
         hw = arr.shape[:2]
         if any(w is not None and w != g for w, g in zip(want_hw, hw)):
             want = "x".join("?" if d is None else str(d) for d in want_hw)
@@ -465,8 +558,21 @@ def _normalize(raw: np.ndarray, spec: CalibSpec, natural_scale: float) -> np.nda
             raise DataError(f"{name} has {len(values)} values but the samples have {c} channel(s); "
                             f"give one value or {c}")
     scale = natural_scale if spec.scale is None else spec.scale
-    x = raw.astype(np.float32) * np.float32(scale)
-    return (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    x = raw.astype(np.float32)  # a copy: the arithmetic below is in place, one float32 array at a time
+    x *= np.float32(scale)
+    x -= np.asarray(spec.mean, np.float32)
+    x /= np.asarray(spec.std, np.float32)
+    return x
+
+
+# --- text ---------------------------------------------------------------------------------------
+
+
+def _text_pool(spec: CalibSpec, inputs: tuple[InputInfo, ...]) -> Samples:
+    from onnx_dc.data.text import text_samples
+
+    arrays = text_samples(spec.path, spec.tokenizer, spec.max_length, inputs)
+    return Samples(arrays, stackable=all(i.shape[0] is None for i in inputs))
 
 
 # --- npz ----------------------------------------------------------------------------------------

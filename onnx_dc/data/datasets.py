@@ -1,4 +1,6 @@
-"""Dataset specs (``mnist:DIR``, ``fashion-mnist:DIR``, ``npz:FILE``, ``digits``) and preprocessing.
+"""Dataset specs (``mnist[:DIR]``, ``fashion-mnist[:DIR]``, ``npz:FILE``, ``digits``) and preprocessing.
+
+``mnist`` and ``fashion-mnist`` without a folder are fetched once into a cache (:mod:`onnx_dc.data.fetch`).
 
 Images are held raw (uint8 or the file's dtype) as ``(N, H, W, C)``; :class:`Preprocess`
 turns them into a model's input: ``x = (pixel * scale - mean) / std``, laid out NCHW or
@@ -18,9 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from onnx_dc.data import fetch
 from onnx_dc.errors import DataError
 
 KINDS = ("mnist", "fashion-mnist", "npz", "digits")
+FETCHED_KINDS = ("mnist", "fashion-mnist")  # without a folder: fetched once into the cache (onnx_dc.data.fetch)
+FORMS = "mnist[:DIR], fashion-mnist[:DIR], npz:FILE or digits"
 # The scale that makes each kind's raw pixels model input when neither a flag nor the model says otherwise.
 NATURAL_SCALES = {"mnist": 1.0 / 255.0, "fashion-mnist": 1.0 / 255.0, "npz": 1.0, "digits": 1.0 / 16.0}
 METADATA_KEY = "onnx_dc.preprocess"
@@ -33,7 +38,10 @@ _IDX_FILES = {
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Where data comes from: ``kind`` is one of KINDS, ``path`` a folder or file (None for digits)."""
+    """Where data comes from: ``kind`` is one of KINDS, ``path`` a folder or file.
+
+    ``path`` is None for ``digits`` and for ``mnist`` / ``fashion-mnist`` fetched into the cache.
+    """
 
     kind: str
     path: str | None = None
@@ -106,11 +114,32 @@ def stored_preprocess(model) -> Preprocess | None:
     return None
 
 
-def resolve_preprocess(model, dataset: Dataset, given: Preprocess | None) -> Preprocess:
-    """Given settings win, then the model's metadata, then the dataset's natural scale."""
+def resolve_preprocess(model, dataset: Dataset, given: Preprocess | None, source: str | None = None) -> Preprocess:
+    """Given settings win, then the model's metadata, then the dataset's natural scale.
+
+    Args:
+        source: the data spec, for messages (default: the dataset's name).
+
+    Raises:
+        DataError: the scale is not given, it is 1/255, and every value of the data lies in [0, 1]:
+            the data was scaled already, and scaling it again would feed the model values near 0.
+    """
     if given is not None:
         return given
-    return stored_preprocess(model) or Preprocess(scale=dataset.default_scale)
+    stored = stored_preprocess(model)
+    prep = stored or Preprocess(scale=dataset.default_scale)
+    origin = f"the model's metadata ({METADATA_KEY})" if stored else f"the default of {dataset.name} data"
+    _refuse_scaling_twice(dataset, prep.scale, origin, source or dataset.name)
+    return prep
+
+
+def _refuse_scaling_twice(dataset: Dataset, scale: float, origin: str, source: str) -> None:
+    if not np.isclose(scale, 1.0 / 255.0, rtol=1e-4, atol=0.0) or dataset.images.size == 0:
+        return
+    low, high = dataset.images.min(), dataset.images.max()
+    if low >= 0 and 0 < high <= 1:
+        raise DataError(f"{source}: every value is in [0, 1] (the largest {float(high):.4g}) but the scale is 1/255, "
+                        f"from {origin}: the data looks already scaled; pass --scale 1")
 
 
 def _fits(laid_out: tuple[int, ...], wanted: tuple[int, ...]) -> bool:
@@ -143,15 +172,21 @@ class Dataset:
 
 
 def parse_data_spec(text: str) -> DataSpec:
-    """Parse ``mnist:DIR``, ``fashion-mnist:DIR``, ``npz:FILE`` or ``digits``."""
+    """Parse ``mnist:DIR``, ``fashion-mnist:DIR``, ``npz:FILE`` or ``digits``.
+
+    ``mnist`` and ``fashion-mnist`` without a folder (``mnist:`` or ``mnist``) are fetched
+    once into the cache when first read (:mod:`onnx_dc.data.fetch`).
+    """
     kind, sep, path = text.partition(":")
     kind = kind.strip().lower()
     if kind not in KINDS:
-        raise DataError(f"unknown data spec {text!r}: use mnist:DIR, fashion-mnist:DIR, npz:FILE or digits")
+        raise DataError(f"unknown data spec {text!r}: use {FORMS}")
     if kind == "digits":
         if sep and path:
             raise DataError("'digits' takes no path (it is scikit-learn's bundled dataset)")
         return DataSpec("digits")
+    if not path and kind in FETCHED_KINDS:
+        return DataSpec(kind)
     if not path:
         raise DataError(f"data spec {text!r} needs a path: {kind}:PATH")
     return DataSpec(kind, path)
@@ -160,12 +195,17 @@ def parse_data_spec(text: str) -> DataSpec:
 def check_data_spec(spec: DataSpec | str, split: str = "test") -> DataSpec:
     """Parse a spec and check that its files are there, without reading them (a check before long work).
 
+    ``mnist`` / ``fashion-mnist`` without a folder fetch the split's files into the cache
+    here, when they are not there yet, so that a failed download stops a command before it works.
+
     Raises:
-        DataError: naming the spec and the missing folder or file.
+        DataError: naming the spec and the missing folder or file, or the file that cannot be fetched.
     """
     if isinstance(spec, str):
         spec = parse_data_spec(spec)
-    if spec.kind in ("mnist", "fashion-mnist"):
+    if spec.kind in FETCHED_KINDS and spec.path is None:
+        fetch.fetched(spec.kind, _IDX_FILES[split])
+    elif spec.kind in FETCHED_KINDS:
         folder = Path(spec.path)
         if not folder.is_dir():
             raise DataError(f"{spec}: {folder} is not a folder with the four IDX files")
@@ -182,13 +222,14 @@ def load_dataset(spec: DataSpec | str, split: str = "test") -> Dataset:
 
     ``digits`` has no official split: the last 30% of scikit-learn's 1,797 samples
     (fixed order) is ``test``, the rest ``train``. ``npz`` files hold ``x`` and ``y``
-    (or ``x_train`` / ``y_train`` / ``x_test`` / ``y_test``).
+    (or ``x_train`` / ``y_train`` / ``x_test`` / ``y_test``). ``mnist`` / ``fashion-mnist``
+    without a folder read the cache, fetching the split's two files the first time.
     """
     if isinstance(spec, str):
         spec = parse_data_spec(spec)
     if split not in ("train", "test"):
         raise DataError(f"split must be train or test, got {split!r}")
-    if spec.kind in ("mnist", "fashion-mnist"):
+    if spec.kind in FETCHED_KINDS:
         return _load_idx(spec, split)
     if spec.kind == "npz":
         return _load_npz(spec, split)
@@ -196,7 +237,7 @@ def load_dataset(spec: DataSpec | str, split: str = "test") -> Dataset:
 
 
 def _load_idx(spec: DataSpec, split: str) -> Dataset:
-    folder = Path(spec.path)
+    folder = fetch.fetched(spec.kind, _IDX_FILES[split]) if spec.path is None else Path(spec.path)
     if not folder.is_dir():
         raise DataError(f"{spec}: {folder} is not a folder with the four IDX files")
     img_name, lab_name = _IDX_FILES[split]

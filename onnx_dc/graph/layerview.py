@@ -83,8 +83,8 @@ class LayerView:
 
     Attributes:
         node: consumer node name.
-        op_type: Conv, ConvTranspose, Gemm, MatMul, GRU, LSTM or RNN.
-        activation: name of the tensor ``x`` is taken from.
+        op_type: Conv, ConvTranspose, Gemm, MatMul, GRU, LSTM, RNN or Gather.
+        activation: name of the tensor ``x`` is taken from (Gather: its indices, ``x`` their one-hot rows).
         index: int64 ``[out, in_per_group]``: flat initializer index of each ``W2`` element.
         groups: Conv groups (1 otherwise); rows ``o`` use group ``o // (out // groups)``.
         trans_a: Gemm's transA (x is a column of the input).
@@ -95,6 +95,7 @@ class LayerView:
             (a recurrent ``B`` holds ``[Wb, Rb]`` per direction: ``W``'s rows use the first half, ``R``'s the second).
         recurrent: for a GRU / LSTM / RNN weight, where its rows' inputs come from (``activation``
             is ``X`` or ``Y``); None otherwise.
+        lookup: an embedding table read by indices (``activation``), ``x`` being their one-hot rows.
     """
 
     node: str
@@ -108,6 +109,7 @@ class LayerView:
     bias_scale: float = 1.0
     recurrent: Recurrent | None = None
     bias_rows: np.ndarray | None = None
+    lookup: bool = False
 
     def bias_index(self) -> np.ndarray:
         """Flat index in ``bias`` of each row's entry."""
@@ -153,6 +155,10 @@ def layer_views(model: onnx.ModelProto, site: WeightSite) -> tuple[list[LayerVie
         if isinstance(view, str):
             return [], view
         views.append(view)
+    kinds = {v.op_type for v in views}
+    if len({v.lookup for v in views}) > 1:  # tied embeddings
+        return [], (f"read both as a lookup table and as a matrix ({', '.join(sorted(kinds))}): a tied weight's "
+                    "data-aware passes would weigh two different errors")
     return views, ""
 
 
@@ -211,6 +217,14 @@ def _matmul_view(node, input_index: int, idx: np.ndarray, attrs: dict, inits, co
     if bias is None or _numel(inits[bias]) != idx.shape[1]:
         bias = _following_add(node, inits, consumers_of, idx.shape[1])
     return LayerView(node.name, node.op_type, node.input[0], np.ascontiguousarray(idx.T), bias=bias)
+
+
+def _lookup_view(node, input_index: int, idx: np.ndarray, attrs: dict, inits, consumers_of) -> LayerView | None:
+    """An embedding table ``[rows, width]`` read by Gather (axis 0): ``y = W^T onehot(i)``, a matrix product
+    whose input ``x`` is the one-hot row of each index, so ``E[x_r^2]`` is how often index ``r`` occurs."""
+    if input_index != 0 or idx.ndim != 2 or attrs.get("axis", 0) != 0 or len(node.input) < 2:
+        return None
+    return LayerView(node.name, node.op_type, node.input[1], np.ascontiguousarray(idx.T), lookup=True)
 
 
 def _conv_transpose_view(node, input_index: int, idx: np.ndarray, attrs: dict, inits,
@@ -440,4 +454,4 @@ def _slice(node, arr: np.ndarray, inits) -> np.ndarray | str:
 # op table view kind -> builder; a builder returns the view, a reason it has none, or None when
 # the weight is not the input the kind reads
 _VIEWS = {"conv": _conv_view, "conv_transpose": _conv_transpose_view, "gemm": _gemm_view, "matmul": _matmul_view,
-          "recurrent": _recurrent_view}
+          "recurrent": _recurrent_view, "lookup": _lookup_view}

@@ -10,7 +10,8 @@ Every other module asks this table instead of naming op types. An entry says, fo
 * ``view``: how the weight acts on the layer's input as ``y = W2 x`` with rows = output
   channels (:mod:`onnx_dc.graph.layerview` builds it): ``conv`` (im2col patches),
   ``conv_transpose`` (the Conv it equals), ``gemm``, ``matmul`` (rows of the input's last axis),
-  ``recurrent`` (``W`` reads ``x_t``, ``R`` reads ``h_{t-1}``); None: no view, data-aware passes
+  ``recurrent`` (``W`` reads ``x_t``, ``R`` reads ``h_{t-1}``), ``lookup`` (an embedding table: the
+  one-hot rows of the indices); None: no view, data-aware passes
   leave the weight to the data-free path. The view also says how input statistics are collected
   (:mod:`onnx_dc.runtime.collect`: rows, patches or steps);
 * ``equivalent``: the rewrite of :mod:`onnx_dc.train.equivalents` that gives onnxruntime-training
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import onnx
 
 STANDARD_DOMAINS = ("", "ai.onnx")
-VIEWS = ("conv", "conv_transpose", "gemm", "matmul", "recurrent")
+VIEWS = ("conv", "conv_transpose", "gemm", "matmul", "recurrent", "lookup")
 # Ops that only move a weight's elements on its way to the consumer (the zoo MNIST model reshapes its fc weight).
 PASS_THROUGH = ("Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze")
 # Ops that cut a weight into parts or join parts of one weight (an exporter's gate reorder).
@@ -129,7 +130,7 @@ for _spec in (
     OpSpec("LSTM", weights=(1, 2), every_slot=True, bias=3, view="recurrent", equivalent="recurrent"),
     OpSpec("GRU", weights=(1, 2), every_slot=True, bias=3, view="recurrent", equivalent="recurrent"),
     OpSpec("RNN", weights=(1, 2), every_slot=True, bias=3, view="recurrent", equivalent="recurrent"),
-    OpSpec("Gather", weights=(0,), lookup=True),
+    OpSpec("Gather", weights=(0,), lookup=True, view="lookup"),
     OpSpec("Add", trains_parameters=True, parameters=True),
     OpSpec("Sub", trains_parameters=True, parameters=True),
     OpSpec("Mul", trains_parameters=True, parameters=True),

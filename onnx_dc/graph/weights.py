@@ -10,8 +10,9 @@ Nodes inside If / Loop / Scan bodies are searched too (normalize moved every sub
 weight to the main graph, so a body reads its weights from the outer scope). A recurrent
 op (LSTM / GRU / RNN) has two weights, ``W`` and ``R``, each its own site; its bias ``B``
 stays float32. A Gather reads an embedding table when its data input is a rank-2 float
-initializer and its indices are computed (constant indices are a fixed selection, folded
-by onnxruntime, and left alone). Integer weights of an already-quantized model are listed
+initializer and its indices are computed at run time (constant indices are a fixed selection, folded
+by onnxruntime, and left alone; a constant table sliced to an input's length, as BERT's position ids
+are, is computed). Integer weights of an already-quantized model are listed
 with the quantized op types; its float weights are still found.
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from collections import ChainMap
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -62,9 +63,30 @@ class WeightSite:
         return self.consumers[0].op_type
 
     @property
+    def label(self) -> str:
+        """The layer's name in messages (:func:`layer_name`)."""
+        return layer_name([c.node for c in self.consumers], self.name)
+
+    @property
     def numel(self) -> int:
         """Number of elements."""
         return int(np.prod(self.shape, dtype=np.int64))
+
+
+def layer_name(nodes: Sequence[str], weight: str, with_weight: bool = True) -> str:
+    """How a layer is named to the user: the same in the report's table, warnings and progress lines.
+
+    The name of the node that reads the weight (several nodes: their names joined by commas),
+    followed, when ``with_weight``, by the weight's name in brackets unless it only repeats the
+    node's: ``/layer1/layer1.0/conv1/Conv [onnx::Conv_241]``, but ``ip1`` for ``ip1.weight``. A node
+    without a name goes by its weight's name.
+    """
+    named = list(dict.fromkeys(n for n in nodes if n))
+    if not named:
+        return weight
+    text = ",".join(named)
+    repeats = any(weight == n or (weight.startswith(n) and weight[len(n)] in "._/:") for n in named)
+    return text if repeats or not with_weight else f"{text} [{weight}]"
 
 
 @dataclass(frozen=True)
@@ -162,8 +184,7 @@ class _Scan:
         """A Gather reads an embedding table: rank-2 float data, computed indices."""
         if table.data_type not in COMPRESSIBLE_DTYPES or len(table.dims) != 2 or len(node.input) < 2:
             return False
-        indices = _trace(node.input[1], producer)[0]
-        return indices not in self.inits and not (indices in producer and producer[indices].op_type == "Constant")
+        return not _constant(node.input[1], producer, self.inits)
 
     def claim(self, node: onnx.NodeProto, idx: int, source: str, via: tuple[str, ...]) -> None:
         tensor = self.inits[source]
@@ -225,6 +246,33 @@ def _trace(name: str, producer: Mapping[str, onnx.NodeProto]) -> tuple[str, tupl
             break
         via.append(node.op_type)
     return name, tuple(reversed(via))
+
+
+def _constant(name: str, producer: Mapping[str, onnx.NodeProto], inits) -> bool:
+    """Whether a value is fixed before the model runs: initializers and Constant nodes, and what is computed
+    from them alone (a graph input or a Shape makes it a run-time value: BERT's position ids are a constant
+    table sliced to the input's length)."""
+    memo: dict[str, bool] = {}
+    stack = [name]
+    while stack:
+        top = stack[-1]
+        if top in memo:
+            stack.pop()
+            continue
+        node = producer.get(top)
+        if top in inits or (node is not None and node.op_type == "Constant"):
+            memo[top] = True
+        elif node is None or node.op_type in ("Shape", "Size", "RandomNormal", "RandomUniform", "RandomNormalLike",
+                                              "RandomUniformLike", "Multinomial", "Bernoulli"):
+            memo[top] = False
+        else:
+            todo = [i for i in node.input if i and i not in memo]
+            if todo:
+                stack.extend(todo)
+                continue
+            memo[top] = all(memo[i] for i in node.input if i)
+        stack.pop()
+    return memo[name]
 
 
 def _numel(tensor: onnx.TensorProto) -> int:

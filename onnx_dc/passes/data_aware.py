@@ -4,6 +4,8 @@
       ->  share (k-means weighted by E[x_j^2])  ->  [GPTQ-style codes, off by default]
       ->  refit codebooks (K x K least squares on E[x x^T])  ->  correct biases (by (W - W_q) E[x])
 
+An embedding table (Gather) goes its own way, by how often each row is read (:mod:`onnx_dc.passes.lookup`).
+
 Each step can be switched off in the config's ``calib:`` section (docs/CONFIG.md); the
 statistics come from :mod:`onnx_dc.runtime.collect`. Layers without statistics go the
 data-free way (magnitude pruning, plain k-means) and are listed in the result.
@@ -30,6 +32,7 @@ from onnx_dc import progress
 from onnx_dc.errors import ConfigError
 from onnx_dc.passes.bias_correct import correct_bias
 from onnx_dc.passes.gptq import gptq_layer
+from onnx_dc.passes.lookup import compress_lookup
 from onnx_dc.passes.prune import prune_layer
 from onnx_dc.passes.prune_activation import prune_layer_by_activation
 from onnx_dc.passes.reconstruct import reconstruct_layer
@@ -105,6 +108,7 @@ class DataAwareResult:
     gptq: list[str] = field(default_factory=list)
     refit: list[str] = field(default_factory=list)
     bias_corrected: list[str] = field(default_factory=list)
+    token_counts: list[str] = field(default_factory=list)  # embedding tables weighted by their rows' counts
     without_stats: dict[str, str] = field(default_factory=dict)
     original_biases: dict[str, tuple[str, np.ndarray, np.ndarray]] = field(default_factory=dict)  # (bias, rows, values)
     waves: int | None = None  # sequential statistics: how many waves; None when measured on the original alone
@@ -113,7 +117,7 @@ class DataAwareResult:
         """Names of the passes that changed at least one layer."""
         named = {"prune_by_activation": self.pruned_by_activation, "reconstruct": self.reconstructed,
                  "weighted_kmeans": self.weighted_kmeans, "gptq": self.gptq,
-                 "refit": self.refit, "bias_correction": self.bias_corrected}
+                 "refit": self.refit, "bias_correction": self.bias_corrected, "token_counts": self.token_counts}
         return [k for k, v in named.items() if v]
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,7 +125,8 @@ class DataAwareResult:
         return {"passes": self.passes_ran(), "prune_by_activation": self.pruned_by_activation,
                 "reconstruct": self.reconstructed,
                 "weighted_kmeans": self.weighted_kmeans, "gptq": self.gptq, "refit": self.refit,
-                "bias_correction": self.bias_corrected, "without_statistics": self.without_stats,
+                "bias_correction": self.bias_corrected, "token_counts": self.token_counts,
+                "without_statistics": self.without_stats,
                 "sequential_waves": self.waves}
 
 
@@ -148,6 +153,11 @@ def compress_layer(state: CompressionState, name: str, st: WeightStats, settings
                    result: DataAwareResult) -> None:
     """Prune and share one planned layer from its input statistics; record what ran in ``result``."""
     layer = state.layers[name]
+    if st.view.lookup:
+        by_counts, shared = compress_lookup(layer, st, settings.weighted_kmeans)
+        if by_counts or shared:
+            result.token_counts.append(name)
+        return
     original = original_weights(state, name)
     s = layer.entry.settings
     if settings.prune_by == PruneBy.ACTIVATION:

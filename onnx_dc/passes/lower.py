@@ -96,7 +96,7 @@ def _encode_values(layer: LayerState, fixed_index_bits: int | None) -> Encoding:
 
 def _decoder_node(layer: LayerState, enc: Encoding) -> onnx.NodeProto:
     if layer.weights.size > decoders.MAX_NUMEL:
-        raise ModelError(f"{layer.name}: {layer.weights.size} elements; a compressed weight holds at most "
+        raise ModelError(f"{layer.label}: {layer.weights.size} elements; a compressed weight holds at most "
                          f"{decoders.MAX_NUMEL}; skip this weight in the config")
     return layout.make_decoder_node(layer.name, enc.op, enc.code_bits, enc.index_bits, enc.count, layer.weights.shape,
                                     layer.entry.settings, shared=layer.codebook is not None,

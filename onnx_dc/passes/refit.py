@@ -52,8 +52,9 @@ def normal_equations(w2: np.ndarray, q2: np.ndarray, hessian: np.ndarray, groups
                      cross: np.ndarray | None = None):
     """``M`` ``[k, k]`` and ``r`` ``[k]`` of the module docstring (codes ``0..k-1``).
 
-    ``H A_i`` is a sparse product per chunk of rows; at most ``MAX_ROWS`` rows (a fixed seeded choice) enter the sums: ``M`` and ``r`` scale
-    alike, and K unknowns are well determined by far fewer rows. ``cross`` (``E[x x_o^T]``,
+    ``H A_i`` is a sparse product per chunk of rows; at most ``MAX_ROWS`` rows of a group (a fixed seeded choice) enter
+    the sums, K unknowns being well determined by far fewer rows, and count for all the group's rows (scaled by
+    rows / chosen), so groups, and the views of a fused weight summed by the caller, keep their weight. ``cross`` (``E[x x_o^T]``,
     sequential statistics) replaces ``H`` in ``r``.
     """
     from scipy import sparse
@@ -65,10 +66,12 @@ def normal_equations(w2: np.ndarray, q2: np.ndarray, hessian: np.ndarray, groups
     for g in np.unique(groups):
         h = hessian[g]
         sel = np.flatnonzero(groups == g)
+        weight = 1.0
         if sel.size > MAX_ROWS:
+            weight = sel.size / MAX_ROWS
             sel = np.sort(rng.choice(sel, MAX_ROWS, replace=False))
         target = h if cross is None else cross[g].T
-        r += np.bincount(q2[sel].ravel(), weights=(w2[sel].astype(np.float64) @ target).ravel(), minlength=k)
+        r += weight * np.bincount(q2[sel].ravel(), weights=(w2[sel].astype(np.float64) @ target).ravel(), minlength=k)
         step = max(1, _CHUNK // max(1, cols * k))
         for s in range(0, sel.size, step):
             part = sel[s : s + step]
@@ -80,7 +83,7 @@ def normal_equations(w2: np.ndarray, q2: np.ndarray, hessian: np.ndarray, groups
             ha = np.asarray(s_t @ h).reshape(n, k, cols)  # [i, l, j] = (H A_i)[j, l]
             codes = q2[part].ravel()
             for l in range(k):
-                m[:, l] += np.bincount(codes, weights=ha[:, l, :].ravel(), minlength=k)
+                m[:, l] += weight * np.bincount(codes, weights=ha[:, l, :].ravel(), minlength=k)
     return m, r
 
 

@@ -45,6 +45,11 @@ class LayerState:
         return self.entry.site.name
 
     @property
+    def label(self) -> str:
+        """The layer's name in messages: its node's, with the weight's in brackets (``layer_name``)."""
+        return self.entry.site.label
+
+    @property
     def reserves_zero(self) -> bool:
         """Whether code 0 is the reserved 0.0 of pruned weights (only pruned layers reserve it)."""
         return self.mask is not None

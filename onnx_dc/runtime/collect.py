@@ -250,6 +250,10 @@ def _flush(pending, views, per_view, rngs: dict) -> None:
             for outs, ref in pending:
                 _accumulate_recurrent(view, st, outs, ref)
             continue
+        if view.lookup:
+            for outs, _ in pending:  # the indices do not depend on compressed weights: no reference needed
+                _accumulate_lookup(st, np.asarray(outs[view.activation]), token_mask(outs))
+            continue
         parts, refs = [], []
         for outs, ref in pending:
             mask = token_mask(outs) if not view.trans_a and view.conv is None else None
@@ -495,6 +499,32 @@ def _accumulate(view: LayerView, stats: InputStats, x: np.ndarray, rng: np.rando
             ref = ref.reshape(-1, view.groups, view.cols)
         # [n, P, C, *kernel] -> rows [n * P, groups, Cg * prod(kernel)]
         stats.add_groups(patches.reshape(-1, view.groups, view.cols), ref)
+
+
+def _accumulate_lookup(stats: InputStats, indices: np.ndarray, mask: np.ndarray | None) -> None:
+    """Count each table row's index among the real tokens: the one-hot rows' sums and squares are both the counts.
+
+    Indices of the mask's [batch, sequence] shape, or broadcasting to it (position ids ``[1, sequence]``),
+    count where the mask marks a token; other indices all count. Negative indices count from the end.
+    """
+    if mask is not None and indices.ndim == mask.ndim:
+        try:
+            indices = np.broadcast_to(indices, np.broadcast_shapes(indices.shape, mask.shape))[
+                np.broadcast_to(mask, np.broadcast_shapes(indices.shape, mask.shape)) != 0]
+        except ValueError:  # shapes that do not broadcast: not the mask's tokens
+            pass
+    flat = indices.astype(np.int64, copy=False).ravel()
+    flat = np.where(flat < 0, flat + stats.dim, flat)
+    counts = np.bincount(flat[(flat >= 0) & (flat < stats.dim)], minlength=stats.dim).astype(np.float64)
+    stats.total[0] += counts
+    stats.squares[0] += counts
+    diagonal = np.arange(stats.dim)
+    for sums in (stats.total_ref, stats.gram, stats.cross):  # one-hot rows: x x^T is diagonal, x_o = x
+        if sums is not None and sums.ndim == 3:
+            sums[0, diagonal, diagonal] += counts
+        elif sums is not None:
+            sums[0] += counts
+    stats.count += flat.size
 
 
 def _accumulate_recurrent(view: LayerView, stats: InputStats, outs: dict, reference: dict | None) -> None:

@@ -70,7 +70,8 @@ def evaluate(
 
     Args:
         model: ModelProto or a ``.onnx`` / ``.dc.onnx`` / ``.dcz`` path.
-        data: a data spec (``mnist:DIR``, ``fashion-mnist:DIR``, ``npz:FILE``, ``digits``).
+        data: a data spec (``mnist:DIR``, ``fashion-mnist:DIR``, ``npz:FILE``, ``digits``; ``mnist:``
+            without a folder is fetched once into the cache).
         preprocess: input preprocessing; default: the model's metadata, else the dataset's scale.
         split: ``test`` or ``train``.
         limit: evaluate on the first ``limit`` samples only.
@@ -82,7 +83,7 @@ def evaluate(
     raw = model_bytes(model)
     proto = parse_unchecked(raw, name)
     dataset = load_dataset(data, split)
-    prep = resolve_preprocess(proto, dataset, preprocess)
+    prep = resolve_preprocess(proto, dataset, preprocess, str(data))
     images, labels = dataset.images, dataset.labels
     if limit is not None:
         images, labels = images[:limit], labels[:limit]

@@ -92,7 +92,7 @@ def prune_steps(state: CompressionState, settings: TrainSettings) -> list[PruneS
                 problems.append(f"prune_steps[{i}]: {pattern!r} matches no layer that prunes (pruning layers: {known})")
             for layer in hits:
                 if layer.name in seen and seen[layer.name] != i:
-                    problems.append(f"prune_steps: layer {layer.name!r} is named in steps {seen[layer.name]} and {i}")
+                    problems.append(f"prune_steps: layer {layer.label} is named in steps {seen[layer.name]} and {i}")
                 seen[layer.name] = i
                 s = layer.entry.settings
                 step[layer.name] = (None if s.prune_quality is not None else s.sparse_ratio, s.prune_quality)
@@ -111,7 +111,7 @@ def training_data(state: CompressionState, data: DataSpec | str, preprocess: Pre
                   split: str = "train") -> tuple[np.ndarray, np.ndarray, Preprocess]:
     """Model input and labels of a dataset split, preprocessed as the model wants."""
     dataset = load_dataset(data, split)
-    prep = resolve_preprocess(state.model, dataset, preprocess)
+    prep = resolve_preprocess(state.model, dataset, preprocess, str(data))
     _, sample_shape = model_input(state.model)
     return prep.apply(dataset.images, sample_shape), dataset.labels.astype(np.int64), prep
 
@@ -170,7 +170,7 @@ def prune_step_summary(state: CompressionState, step: PruneStep) -> str:
         return "no layer is pruned (no sparse_ratio or prune_quality set)"
     kept = [100.0 * state.layers[w].kept() / state.layers[w].weights.size for w in step]
     if len(kept) == 1:
-        return f"{next(iter(step))} {kept[0]:.1f}% kept"
+        return f"{state.layers[next(iter(step))].label} {kept[0]:.1f}% kept"
     if max(kept) - min(kept) < 0.05:
         return f"{len(kept)} layers, {kept[0]:.1f}% kept each"
     return f"{len(kept)} layers, {min(kept):.1f}-{max(kept):.1f}% kept (mean {sum(kept) / len(kept):.1f}%)"
@@ -208,7 +208,8 @@ def run_stages(
             log.info("prune step %d/%d: %s", i + 1, len(steps), prune_step_summary(state, step))
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("prune step %d/%d, per layer: %s", i + 1, len(steps), ", ".join(
-                    f"{w} {100.0 * state.layers[w].kept() / state.layers[w].weights.size:.1f}% kept" for w in step))
+                    f"{state.layers[w].label} {100.0 * state.layers[w].kept() / state.layers[w].weights.size:.1f}% "
+                    "kept" for w in step))
         if changed:
             record(train(TrainForm.MASKED, settings.retrain, settings.seed + i, f"retrain {i + 1}"))
     share_state(state)
