@@ -21,7 +21,7 @@ from conftest import ROOT
 from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper as nh
-from test_ort_latest import LATEST_PY
+from test_ort_latest import latest_python
 
 from onnx_dc.config import Settings
 from onnx_dc.graph import decoders, layout
@@ -133,9 +133,8 @@ def test_every_width_is_bit_exact_and_folded_in_onnxruntime_1_19(tmp_path):
     _check(outputs, expected)
 
 
-@pytest.mark.skipif(not LATEST_PY.is_file(), reason="no .venv-ort-latest: run `bash scripts/setup_env.sh --test`")
 def test_every_width_is_bit_exact_and_folded_in_newest_onnxruntime(tmp_path):
-    outputs, expected = _run(str(LATEST_PY), tmp_path, "newest onnxruntime")
+    outputs, expected = _run(str(latest_python()), tmp_path, "newest onnxruntime")
     assert tuple(int(v) for v in outputs["version"].split(".")[:2]) > (1, 19)
     _check(outputs, expected)
 
