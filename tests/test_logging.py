@@ -12,7 +12,7 @@ import threading
 
 import pytest
 from conftest import mlp_model, needs_training
-from test_cli import cli, mlp_path  # noqa: F401 (mlp_path is a fixture)
+from test_cli import cli
 
 import onnx_dc
 from onnx_dc import pipeline, progress
