@@ -11,9 +11,11 @@ Methods built today:
 
 * data-free: prune by magnitude, plain k-means (onnx_dc.compress without samples);
 * data-aware: the data-aware passes (onnx_dc.compress(calib=...));
+* data-aware + joint: the same with ``calib: joint`` (the mask by OBS saliency with error compensation,
+  codes GPTQ's way from the re-solved weights: onnx_dc/passes/joint.py);
 * data-aware + label-free fine-tuning (compress(calib=..., epochs=N)), with --finetune only (slow).
 
-Not built yet (no rows): finer codebooks, a joint OBC pass, block reconstruction. Each will be one
+Not built yet (no rows): finer codebooks, block reconstruction. Each will be one
 entry of METHODS: name -> function(model path, settings, calib spec, output path) -> the *.dc.onnx path.
 
 Peers, once per model, in the same run (onnxruntime.quantization of the installed onnxruntime):
@@ -84,6 +86,12 @@ def data_aware(model: Path, settings: dict, calib, out: Path) -> Path:
     return out
 
 
+def data_aware_joint(model: Path, settings: dict, calib, out: Path) -> Path:
+    """The data-aware passes with the joint mask and codes (config ``calib: joint: true``)."""
+    onnx_dc.compress(str(model), out, config={"version": 1, "calib": {"joint": True}}, calib=calib, **settings)
+    return out
+
+
 def data_aware_finetuned(model: Path, settings: dict, calib, out: Path, schedule: dict) -> Path:
     """The data-aware passes, then label-free fine-tuning against the original's outputs."""
     rest = {k: v for k, v in schedule.items() if k != "epochs"}
@@ -94,6 +102,7 @@ def data_aware_finetuned(model: Path, settings: dict, calib, out: Path, schedule
 METHODS: dict[str, Callable[[Path, dict, object, Path], Path]] = {
     "data-free": data_free,
     "data-aware": data_aware,
+    "data-aware + joint": data_aware_joint,
 }
 FINETUNED = "data-aware + label-free ft"
 
@@ -318,6 +327,7 @@ def main() -> int:
     parser.add_argument("--models", help="comma-separated subset (default: every model of ../shared/data/real)")
     parser.add_argument("--targets", default="4,8,12,16", help=f"comma-separated subset of {sorted(TARGETS)}")
     parser.add_argument("--limit", type=int, default=64, help="calibration samples per model (default 64)")
+    parser.add_argument("--methods", help="comma-separated subset of the methods (default: all of them)")
     parser.add_argument("--finetune", action="store_true", help="add data-aware + label-free fine-tuning (slow)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per fine-tuning stage (default 2)")
     parser.add_argument("--no-peers", action="store_true", help="skip onnxruntime.quantization's rows")
@@ -369,6 +379,8 @@ def main() -> int:
             methods = dict(METHODS)
             if args.finetune:
                 methods[FINETUNED] = lambda m, s, c, o, sched=case.schedule: data_aware_finetuned(m, s, c, o, sched)
+            if args.methods:
+                methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
             bench_model(case, targets, methods, not args.no_peers, work, done)
     rows = json.loads(json_path.read_text())["rows"]
     print(table(rows))

@@ -17,8 +17,8 @@ from typing import Any
 from onnx_dc.plan import PlanEntry
 
 
-PASS_ORDER = ("prune", "prune_by_activation", "reconstruct", "share", "weighted_kmeans", "gptq", "refit",
-              "bias_correction")
+PASS_ORDER = ("prune", "prune_by_activation", "reconstruct", "share", "weighted_kmeans", "gptq", "joint", "refit",
+              "bias_correction", "token_counts")
 
 
 @dataclass(frozen=True)

@@ -254,9 +254,12 @@ def measure_suggestion(model, sens: Sensitivity, max_drop: float, metric, prepro
 # bytes rounded up to whole units, so the true sum stays within C). The whole model is compressed with
 # the choice, packed (.dcz) and measured; C starts at the original file's bytes / R and is scaled by
 # (bytes wanted / .dcz bytes measured) until the .dcz ratio lands in [R, R * RATIO_SLACK], for at most
-# ROUNDS rounds. The chosen round is the one with the smallest measured drop among those >= R.
+# ROUNDS rounds; after a round that missed R the capacity goes RATIO_MARGIN lower still, so that the
+# discrete choices do not circle just above the size wanted. The chosen round is the one with the
+# smallest measured drop among those >= R.
 
 RATIO_SLACK = 1.03
+RATIO_MARGIN = 0.98
 RATIO_METHOD = "multiple-choice knapsack (exact DP over the layers' bytes), then measured .dcz ratio"
 
 
@@ -354,7 +357,7 @@ def choose_for_ratio(
                                  sens.baseline - score, nbytes, config, packed, original_bytes / packed))
         if target <= original_bytes / packed <= target * RATIO_SLACK:
             break
-        capacity = max(1, int(capacity * wanted / packed))
+        capacity = max(1, int(capacity * wanted / packed * (RATIO_MARGIN if packed > wanted else 1.0)))
     if not any(r.ratio >= target for r in rounds):
         best = max(r.ratio for r in rounds)
         raise ConfigError(f"--target-ratio {target:g}: not met; the smallest .dcz these sensitivity curves reach is "

@@ -32,6 +32,7 @@ from onnx_dc import progress
 from onnx_dc.errors import ConfigError
 from onnx_dc.passes.bias_correct import correct_bias
 from onnx_dc.passes.gptq import gptq_layer
+from onnx_dc.passes.joint import obs_mask
 from onnx_dc.passes.lookup import compress_lookup
 from onnx_dc.passes.prune import prune_layer
 from onnx_dc.passes.prune_activation import prune_layer_by_activation
@@ -64,6 +65,7 @@ class DataAwareSettings:
     refit: bool = True
     bias_correction: bool = True
     gptq: bool = False
+    joint: bool = False  # mask and codes chosen together with error compensation (passes/joint.py)
     sequential: bool = True
     batch_size: int = 64
     full_hessian_max_dim: int = 4096
@@ -82,6 +84,7 @@ DATA_AWARE_SECTION = Section(
     Field("refit", bool),
     Field("bias_correction", bool),
     Field("gptq", bool),
+    Field("joint", bool),
     Field("sequential", bool),
     Field("batch_size", int, low=1),
     Field("full_hessian_max_dim", int, low=1),
@@ -106,6 +109,7 @@ class DataAwareResult:
     reconstructed: list[str] = field(default_factory=list)
     weighted_kmeans: list[str] = field(default_factory=list)
     gptq: list[str] = field(default_factory=list)
+    joint: list[str] = field(default_factory=list)
     refit: list[str] = field(default_factory=list)
     bias_corrected: list[str] = field(default_factory=list)
     token_counts: list[str] = field(default_factory=list)  # embedding tables weighted by their rows' counts
@@ -116,7 +120,7 @@ class DataAwareResult:
     def passes_ran(self) -> list[str]:
         """Names of the passes that changed at least one layer."""
         named = {"prune_by_activation": self.pruned_by_activation, "reconstruct": self.reconstructed,
-                 "weighted_kmeans": self.weighted_kmeans, "gptq": self.gptq,
+                 "weighted_kmeans": self.weighted_kmeans, "gptq": self.gptq, "joint": self.joint,
                  "refit": self.refit, "bias_correction": self.bias_corrected, "token_counts": self.token_counts}
         return [k for k, v in named.items() if v]
 
@@ -124,7 +128,7 @@ class DataAwareResult:
         """Plain values (layer names per pass)."""
         return {"passes": self.passes_ran(), "prune_by_activation": self.pruned_by_activation,
                 "reconstruct": self.reconstructed,
-                "weighted_kmeans": self.weighted_kmeans, "gptq": self.gptq, "refit": self.refit,
+                "weighted_kmeans": self.weighted_kmeans, "gptq": self.gptq, "joint": self.joint, "refit": self.refit,
                 "bias_correction": self.bias_corrected, "token_counts": self.token_counts,
                 "without_statistics": self.without_stats,
                 "sequential_waves": self.waves}
@@ -160,7 +164,9 @@ def compress_layer(state: CompressionState, name: str, st: WeightStats, settings
         return
     original = original_weights(state, name)
     s = layer.entry.settings
-    if settings.prune_by == PruneBy.ACTIVATION:
+    if settings.joint and obs_mask(layer, original, st):
+        result.joint.append(name)
+    elif settings.prune_by == PruneBy.ACTIVATION:
         prune_layer_by_activation(layer, st, settings.prune_scope)
         if s.prunes and s.prune_quality is None:
             result.pruned_by_activation.append(name)
@@ -168,12 +174,16 @@ def compress_layer(state: CompressionState, name: str, st: WeightStats, settings
         prune_layer(layer)
     if settings.reconstruct and reconstruct_layer(layer, original, st):
         result.reconstructed.append(name)
+    before_sharing = layer.weights.copy() if name in result.joint else None
     importance = None
     if settings.weighted_kmeans:
         importance = kmeans_importance(st, layer.weights.shape)
     if share_layer(layer, importance) and importance is not None:
         result.weighted_kmeans.append(name)
-    if settings.gptq and gptq_layer(layer, original, st):
+    if before_sharing is not None:  # joint: codes GPTQ's way from the re-solved kept weights
+        if gptq_layer(layer, before_sharing, st):
+            result.gptq.append(name)
+    elif settings.gptq and gptq_layer(layer, original, st):
         result.gptq.append(name)
     if settings.refit and refit_layer(layer, original, st):
         result.refit.append(name)
