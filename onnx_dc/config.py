@@ -47,6 +47,13 @@ class BiasType(str, enum.Enum):
     FLOAT16 = "float16"
 
 
+class Codebook(str, enum.Enum):
+    """How finely a layer's shared values are shared (docs/DCONNX.md)."""
+
+    LAYER = "layer"  # one codebook for the whole layer (the paper)
+    CHANNEL = "channel"  # the layer's codebook times a float16 scale per output channel
+
+
 @dataclass(frozen=True)
 class Settings:
     """Compression settings of one weight; Caffe's CmpConvolution / CmpInnerProduct fields and more."""
@@ -61,6 +68,7 @@ class Settings:
     seed: int = 0
     skip: bool = False
     bias: BiasType = BiasType.FLOAT32
+    codebook: Codebook = Codebook.LAYER
 
     @property
     def prunes(self) -> bool:
@@ -73,6 +81,7 @@ class Settings:
         out["centroid_init"] = self.centroid_init.value
         out["form"] = self.form.value
         out["bias"] = self.bias.value
+        out["codebook"] = self.codebook.value
         out["index_bits"] = "auto" if self.index_bits is None else self.index_bits
         return out
 
@@ -91,6 +100,7 @@ SETTINGS_SECTION = Section(
     Field("seed", int, low=0),
     Field("skip", bool),
     Field("bias", BiasType),
+    Field("codebook", Codebook, note="channel: a float16 scale per output channel times the layer's codebook"),
 )
 
 

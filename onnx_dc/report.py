@@ -43,13 +43,15 @@ class LayerRow:
     entries: int
     codes_bytes: int
     index_bytes: int
-    codebook_bytes: int
+    codebook_bytes: int  # the codebook, and the channel scales when there are some
     coded_codes_bytes: int | None = None  # after entropy coding (.dcz), P+Q+H
     coded_index_bytes: int | None = None
     codecs: str | None = None
     positions_model: str | None = None  # .dcz: the position model chosen, and the entropy under the models
     codes_entropy_bytes: float | None = None
     positions_entropy_bytes: float | None = None
+    codebook: str = "layer"  # codebook: layer, or channel (the layer's codebook times a scale per channel)
+    scale_bytes: int = 0  # of codebook_bytes, the channel scales'
 
     @property
     def coded(self) -> bool:
@@ -159,7 +161,7 @@ class Report:
         rows = [head]
         for r in self.layers:
             row = (r.nodes, r.op_type, "x".join(map(str, r.shape)), str(r.weights), f"{r.kept_pct:.1f}",
-                   str(r.class_num or "-"), str(r.code_bits or "-"), str(r.index_bits or "-"), r.form,
+                   _k(r), str(r.code_bits or "-"), str(r.index_bits or "-"), r.form,
                    str(r.codes_bytes), str(r.index_bytes), str(r.codebook_bytes), f"{r.ratio:.1f}x")
             if coded:
                 idx = r.bits_per_entry(r.coded_index_bytes) if r.index_bits else None
@@ -190,6 +192,13 @@ class Report:
         lines.extend(self.notes)
         lines += skipped_lines(self.skipped, verbose)
         return "\n".join(lines)
+
+
+def _k(row: LayerRow) -> str:
+    """The K column: class_num, marked ``/ch`` with channel scales."""
+    if not row.class_num:
+        return "-"
+    return f"{row.class_num}/ch" if row.codebook == "channel" else str(row.class_num)
 
 
 # The config rule that skipped a tensor, e.g. " (nodes[conv1])": one group for all such tensors.
@@ -234,7 +243,7 @@ def layer_rows(model: onnx.ModelProto) -> tuple[LayerRow, ...]:
         else:
             codes = unpack_bits(numpy_helper.to_array(inits[dec.inputs[layout.CODES]]), dec.code_bits, dec.count)
             kept = int(np.count_nonzero(codes)) if dec.reserves_zero else dec.count
-            codes_b, book_b = size[layout.CODES], size["codebook"]
+            codes_b, book_b = size[layout.CODES], size["codebook"] + size.get(layout.SCALE, 0)
         used = consumers.get(dec.weight, [])
         rows.append(LayerRow(
             weight=dec.weight,
@@ -251,6 +260,8 @@ def layer_rows(model: onnx.ModelProto) -> tuple[LayerRow, ...]:
             codes_bytes=codes_b,
             index_bytes=size.get(layout.GAPS, 0),
             codebook_bytes=book_b,
+            codebook="channel" if dec.scaled else "layer",
+            scale_bytes=size.get(layout.SCALE, 0),
         ))
     return tuple(rows)
 

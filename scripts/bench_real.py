@@ -13,10 +13,12 @@ Methods built today:
 * data-aware: the data-aware passes (onnx_dc.compress(calib=...));
 * data-aware + joint: the same with ``calib: joint`` (the mask by OBS saliency with error compensation,
   codes GPTQ's way from the re-solved weights: onnx_dc/passes/joint.py);
+* data-aware + channel: the same with ``codebook: channel`` (the layer's codebook times a float16 scale
+  per output channel, codebook and scales refit in turn: onnx_dc/passes/share.py, refit.py);
 * data-aware + label-free fine-tuning (compress(calib=..., epochs=N)), with --finetune only (slow).
 
-Not built yet (no rows): finer codebooks, block reconstruction. Each will be one
-entry of METHODS: name -> function(model path, settings, calib spec, output path) -> the *.dc.onnx path.
+Each is one entry of METHODS: name -> function(model path, settings, calib spec, output path) -> the
+*.dc.onnx path.
 
 Peers, once per model, in the same run (onnxruntime.quantization of the installed onnxruntime):
 INT8 dynamic (QInt8 weights), static QDQ per channel (MinMax over the same calibration samples; when
@@ -92,6 +94,12 @@ def data_aware_joint(model: Path, settings: dict, calib, out: Path) -> Path:
     return out
 
 
+def data_aware_channel(model: Path, settings: dict, calib, out: Path) -> Path:
+    """The data-aware passes with a scale per output channel (setting ``codebook: channel``)."""
+    onnx_dc.compress(str(model), out, calib=calib, codebook="channel", **settings)
+    return out
+
+
 def data_aware_finetuned(model: Path, settings: dict, calib, out: Path, schedule: dict) -> Path:
     """The data-aware passes, then label-free fine-tuning against the original's outputs."""
     rest = {k: v for k, v in schedule.items() if k != "epochs"}
@@ -103,6 +111,7 @@ METHODS: dict[str, Callable[[Path, dict, object, Path], Path]] = {
     "data-free": data_free,
     "data-aware": data_aware,
     "data-aware + joint": data_aware_joint,
+    "data-aware + channel": data_aware_channel,
 }
 FINETUNED = "data-aware + label-free ft"
 

@@ -144,14 +144,18 @@ def test_knapsack_over_bytes_equals_brute_force():
 
 
 @needs_shared
-def test_target_ratio_is_met_by_the_packed_file_with_the_best_measured_round(capsys, sweep, tmp_path):
+def test_target_ratio_is_met_by_the_packed_file_with_the_best_measured_round(capsys, sweep, tmp_path, monkeypatch):
     saved = tmp_path / "s.json"
     saved.write_text(json.dumps(sweep.to_dict()))
     out = tmp_path / "r.dc.onnx"
+    runs = []
+    real_compress = onnx_dc.api.compress
+    monkeypatch.setattr(onnx_dc.api, "compress", lambda *a, **k: runs.append(k) or real_compress(*a, **k))
     code, text, err = cli(capsys, "compress", LENET, "-o", out, "--data", DATA, "--target-ratio", "30", "--limit",
                           "500", "--sensitivity", saved, "--json")
     assert code == 0, err
     target = json.loads(text)["target"]
+    assert len(runs) == len(target["rounds"])  # the chosen round's model is written, not compressed again
     chosen = target["rounds"][target["chosen_round"] - 1]
     packed = onnx_dc.pack(out, tmp_path / "r.dcz")
     assert packed == chosen["packed_bytes"] and LENET.stat().st_size / packed >= 30  # measured on the file written

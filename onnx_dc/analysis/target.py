@@ -17,6 +17,7 @@ model (:func:`measure_suggestion`), whose total drop is not bounded by the per-l
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -150,14 +151,31 @@ def compress_for_target(model, output_path, metric, target: float, sens: Sensiti
     Returns:
         (the :class:`~onnx_dc.api.CompressResult` of the chosen config, the :class:`TargetResult`).
     """
+    last: dict[str, Any] = {}
+    chosen = choose_settings(sens, target, config_measure(model, metric, preprocess, calib,
+                                                          lambda config, result: last.update(config=config, result=result)))
+    # the round that met the target is the last one measured: its model is written, not made again
+    return write_measured(model, output_path, chosen.chosen.config, last, preprocess, calib), chosen
+
+
+def write_measured(model, output_path, config: dict[str, Any], kept: dict[str, Any], preprocess=None, calib=None):
+    """The result measured for ``config`` (``kept``: ``{"config", "result"}``), written to ``output_path`` if given;
+    compressed again only when ``kept`` holds another config's."""
     from onnx_dc import api
+    from onnx_dc.graph.io import refuse_overwrite, write_model
 
-    chosen = choose_settings(sens, target, config_measure(model, metric, preprocess, calib))
-    result = api.compress(model, output_path, chosen.chosen.config, preprocess=preprocess, calib=calib)
-    return result, chosen
+    result = kept.get("result")
+    if result is None or kept.get("config") != config:
+        return api.compress(model, output_path, config, preprocess=preprocess, calib=calib)
+    if output_path is not None:
+        refuse_overwrite(output_path, [model])
+        file_bytes, external = write_model(result.model, output_path)
+        result = dataclasses.replace(result, report=dataclasses.replace(result.report, file_bytes=file_bytes),
+                                     external_data=external)
+    return result
 
 
-def config_measure(model, metric, preprocess=None, calib=None
+def config_measure(model, metric, preprocess=None, calib=None, on_result: Callable[[dict, Any], None] | None = None
                    ) -> Callable[[dict[str, Any]], tuple[float, int, onnx.ModelProto]]:
     """``measure(config) -> (score, layer bytes, model)``: the whole model compressed with a config (nothing
     written), scored by ``metric``.
@@ -165,7 +183,8 @@ def config_measure(model, metric, preprocess=None, calib=None
     With ``calib`` every measurement runs the data-aware passes, as the sweep's points did: with sequential
     statistics (the default) each one is a whole calibrated compress, so it measures exactly the model a
     compress with that config makes; with ``sequential: false`` the measurements share statistics
-    collected once, here.
+    collected once, here. ``on_result(config, result)`` receives each measured
+    :class:`~onnx_dc.api.CompressResult` (so the chosen one need not be compressed again).
     """
     from onnx_dc import api, progress
 
@@ -187,6 +206,8 @@ def config_measure(model, metric, preprocess=None, calib=None
                 state = api.prepare(model, config)
                 run_with_stats(state, stats.stats, stats.settings)
                 result = api.finish(state, None, preprocess)
+            if on_result is not None:
+                on_result(config, result)
             return metric(result.model), result.report.totals()["compressed_bytes"], result.model
 
     return measure
@@ -377,10 +398,27 @@ def compress_for_ratio(model, output_path, metric, target: float, sens: Sensitiv
     from onnx_dc.formats import dcz
     from onnx_dc.formats.models import model_bytes
 
-    def packed_size(compressed: onnx.ModelProto) -> int:
-        return len(dcz.pack_bytes(model_bytes(compressed)))
+    original = os.path.getsize(model)
+    last: dict[str, Any] = {}
+    best: dict[str, Any] = {}
 
-    chosen = choose_for_ratio(sens, target, os.path.getsize(model), config_measure(model, metric, preprocess, calib),
-                              packed_size)
-    result = api.compress(model, output_path, chosen.chosen.config, preprocess=preprocess, calib=calib)
-    return result, chosen
+    def packed_size(compressed: onnx.ModelProto) -> int:
+        packed = len(dcz.pack_bytes(model_bytes(compressed)))
+        # the chosen round: the smallest drop (largest score), then the largest ratio, among those >= target;
+        # only its result is kept (a result holds the model's weights)
+        rank = (last["score"], original / packed)
+        if original / packed >= target and ("rank" not in best or rank > best["rank"]):
+            best.update(rank=rank, config=last["config"], result=last["result"])
+        return packed
+
+    base = config_measure(model, metric, preprocess, calib, lambda config, result: last.update(config=config,
+                                                                                               result=result))
+
+    def measure(config: dict[str, Any]) -> tuple[float, int, onnx.ModelProto]:
+        score, nbytes, compressed = base(config)
+        last["score"] = score
+        return score, nbytes, compressed
+
+    chosen = choose_for_ratio(sens, target, original, measure, packed_size)
+    last.clear()
+    return write_measured(model, output_path, chosen.chosen.config, best, preprocess, calib), chosen

@@ -105,6 +105,9 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
                                                        "(default: the config's, else none: --sparse-ratio decides)")
     g.add_argument("--class-num", type=int, help="shared values per layer (k-means clusters), 2..256 "
                                                  "(default: the config's, else 32)")
+    g.add_argument("--codebook", choices=("layer", "channel"),
+                   help="layer: one codebook per layer; channel: the layer's codebook times a float16 scale per "
+                        "output channel (finer, 2 bytes a channel) (default: the config's, else layer)")
     g.add_argument("--no-quantize", action="store_true", help="prune only, keep float32 values (quantize_term: false)")
     g.add_argument("--centroid-init", choices=("linear", "density", "random", "kmeans++"),
                    help="where the k-means centroids start (default: the config's, else linear)")
@@ -120,6 +123,7 @@ def settings_from(args: argparse.Namespace) -> dict:
     out = {
         "sparse_ratio": args.sparse_ratio, "prune_quality": args.prune_quality, "class_num": args.class_num,
         "centroid_init": args.centroid_init, "index_bits": args.index_bits, "form": args.form, "seed": args.seed,
+        "codebook": args.codebook,
     }
     if args.no_quantize:
         out["quantize_term"] = False

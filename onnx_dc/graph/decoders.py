@@ -18,6 +18,7 @@ onnx_dc/graph/layout.py) and works in the narrowest integer type. Symbol ``i`` o
     DecodeSparse:       pos = cumsum(int32(sym_gaps) + 1) - 1
                         W = reshape(scatter(zeros(numel), pos, codebook[sym_codes]), shape)
     DecodeSparseValues: the same with the float32 ``values`` in place of codebook[codes]
+    ``_s`` (channel scales): W = W * Cast(scale, float32), ``scale`` float16 in W's rank (broadcast)
 
 The generic functions (``DecodeSparse_g``, for weights of at most layout.GENERIC_MAX_NUMEL
 elements) read the widths b from the node's ``code_bits`` / ``index_bits`` and unpack any b in 1..16:
@@ -218,6 +219,8 @@ def _unpack(packed: str, bits: int | None, attr: str, out: str, p: str) -> tuple
 def make_function(op_type: str, opset: int) -> FunctionProto:
     """The decoder function named ``op_type`` (see :func:`onnx_dc.graph.layout.op_type`) at ai.onnx ``opset``."""
     kind, *widths = op_type.split("_")
+    with_scale = layout.scaled(op_type)
+    widths = [w for w in widths if w != layout.SCALED]
     generic = widths == [layout.GENERIC]
     bits = {"c": None, "i": None} if generic else {w[0]: int(w[1:]) for w in widths}
     body = []
@@ -227,9 +230,19 @@ def make_function(op_type: str, opset: int) -> FunctionProto:
     if kind != layout.DENSE:
         nodes, gaps = _unpack("gaps", bits["i"], "index_bits", "gaps_u", "g")
         body += nodes + _scatter(gaps, "vals" if kind == layout.SPARSE else "values", bits["i"])
-    fn = oh.make_function(layout.DOMAIN, op_type, list(layout.INPUTS[kind]), ["W"], body,
+    if with_scale:
+        _rename_output(body, "W", "Wu")
+        body += [oh.make_node("Cast", [layout.SCALE], ["sf"], to=TensorProto.FLOAT),
+                 oh.make_node("Mul", ["Wu", "sf"], ["W"])]
+    fn = oh.make_function(layout.DOMAIN, op_type, list(layout.inputs_of(kind, with_scale)), ["W"], body,
                           [oh.make_opsetid("", opset)], list(layout.ATTRIBUTES))
     return compact(fn)
+
+
+def _rename_output(body: list[onnx.NodeProto], old: str, new: str) -> None:
+    """The node that writes ``old`` writes ``new`` instead (no node reads ``old`` yet)."""
+    for node in body:
+        node.output[:] = [new if v == old else v for v in node.output]
 
 
 def compact(fn: FunctionProto) -> FunctionProto:

@@ -9,7 +9,10 @@ layout in prose. A decoder node computes
     DecodeSparse:       pos = cumsum(gaps + 1) - 1;  W.flat[pos] = codebook[codes], 0 elsewhere
     DecodeSparseValues: pos as above;                W.flat[pos] = values, 0 elsewhere
 
-with ``codes`` and ``gaps`` bit-packed at ``code_bits`` / ``index_bits``. A weight of at most
+with ``codes`` and ``gaps`` bit-packed at ``code_bits`` / ``index_bits``. A shared weight with channel
+scales (``codebook: channel``) has a fourth input ``scale``, float16 in the weight's rank with 1 on every
+axis but the channel axis, and its op name ends in ``_s``: ``W = decoded * float32(scale)`` (broadcast).
+Files holding such a decoder say format :data:`SCALED_FORMAT_VERSION`. A weight of at most
 :data:`GENERIC_MAX_NUMEL` elements calls the one generic function of its kind
 (``DecodeSparse_g``), which reads the widths from the node's attributes; a larger one names
 the kind and the widths (``DecodeSparse_c5_i5``), so that each width gets a decoder function
@@ -28,7 +31,7 @@ import onnx
 from onnx import helper as oh
 from onnx import numpy_helper
 
-from onnx_dc.config import BiasType, CentroidInit, Form, Settings
+from onnx_dc.config import BiasType, CentroidInit, Codebook, Form, Settings
 from onnx_dc.graph import biases
 from onnx_dc.numerics.bitpack import unpack_bits
 from onnx_dc.numerics.sparse import decode_positions
@@ -36,6 +39,7 @@ from onnx_dc.numerics.sparse import decode_positions
 DOMAIN = "onnx_dc"
 DOMAIN_VERSION = 1
 FORMAT_VERSION = "3"
+SCALED_FORMAT_VERSION = "4"  # format 3 plus decoders with channel scales (``_s``)
 
 DENSE = "DecodeDense"
 SPARSE = "DecodeSparse"
@@ -44,15 +48,18 @@ KINDS = (DENSE, SPARSE, SPARSE_VALUES)
 INPUTS = {DENSE: ("codebook", "codes"), SPARSE: ("codebook", "codes", "gaps"), SPARSE_VALUES: ("values", "gaps")}
 FORM_NAMES = {DENSE: "dense", SPARSE: "sparse", SPARSE_VALUES: "sparse-f32"}
 CODES, GAPS = "codes", "gaps"
+SCALE = "scale"
+SCALED = "s"  # the op-name part of a decoder with channel scales
 
 # Every attribute a decoder node carries (the functions declare them all).
 ATTRIBUTES = ("code_bits", "index_bits", "count", "numel", "shape", "sparse_ratio", "prune_quality", "class_num",
-              "quantize_term", "centroid_init", "form", "fixed_index_bits", "seed", "reserves_zero", "bias")
+              "quantize_term", "centroid_init", "form", "fixed_index_bits", "seed", "reserves_zero", "bias",
+              "codebook")
 
 # Value of a settings attribute when the node does not carry it (old files carry them all).
 ABSENT = {"sparse_ratio": -1.0, "prune_quality": -1.0, "class_num": Settings.class_num, "quantize_term": 1,
           "centroid_init": CentroidInit.LINEAR.value, "form": Form.AUTO.value, "fixed_index_bits": 0, "seed": 0,
-          "reserves_zero": 1, "bias": BiasType.FLOAT32.value}
+          "reserves_zero": 1, "bias": BiasType.FLOAT32.value, "codebook": Codebook.LAYER.value}
 # Weights of at most this many elements use the generic decoder functions (one per kind, widths read from
 # the node). Folding a generic body holds a uint8 bit vector and an int32 [count, width] matrix besides the
 # weight. Measured (scripts/bench_small_files.py, onnxruntime 1.19, one sparse weight, 10% kept): no peak
@@ -68,16 +75,30 @@ META_SOURCE_WEIGHT_BYTES = "onnx_dc.source_weight_bytes"
 META_NOTES = "onnx_dc.notes"  # whole-model remarks (an already-quantized model), a JSON list
 
 
-def op_type(kind: str, code_bits: int, index_bits: int, generic: bool = False) -> str:
-    """The op (and function) name of a decoder of ``kind`` at these widths, or of its generic function."""
-    if generic:
-        return f"{kind}_{GENERIC}"
+def op_type(kind: str, code_bits: int, index_bits: int, generic: bool = False, scaled: bool = False) -> str:
+    """The op (and function) name of a decoder of ``kind`` at these widths, or of its generic function;
+    ``scaled``: with channel scales (a ``_s`` suffix)."""
     parts = [kind]
-    if kind != SPARSE_VALUES:
-        parts.append(f"c{code_bits}")
-    if kind != DENSE:
-        parts.append(f"i{index_bits}")
+    if generic:
+        parts.append(GENERIC)
+    else:
+        if kind != SPARSE_VALUES:
+            parts.append(f"c{code_bits}")
+        if kind != DENSE:
+            parts.append(f"i{index_bits}")
+    if scaled:
+        parts.append(SCALED)
     return "_".join(parts)
+
+
+def scaled(op: str) -> bool:
+    """Whether a decoder op name says it multiplies by channel scales."""
+    return SCALED in op.split("_")[1:]
+
+
+def inputs_of(kind: str, with_scale: bool) -> tuple[str, ...]:
+    """The input roles of a decoder of ``kind``, in order."""
+    return INPUTS[kind] + ((SCALE,) if with_scale else ())
 
 
 def kind_of(node: onnx.NodeProto) -> str | None:
@@ -105,6 +126,7 @@ class Decoder:
         count: stored entries (codes, gaps, values); numel, shape: of the weight.
         settings: the compression settings, every field (form, fixed index bits, seed included).
         reserves_zero: whether code 0 means a pruned weight (codebook entry 0 is 0.0).
+        scaled: whether the node multiplies by channel scales (its ``scale`` input).
     """
 
     kind: str
@@ -117,12 +139,14 @@ class Decoder:
     shape: tuple[int, ...]
     settings: Settings
     reserves_zero: bool
+    scaled: bool = False
 
 
 def make_decoder_node(weight: str, kind: str, code_bits: int, index_bits: int, count: int, shape: tuple[int, ...],
                       settings: Settings, shared: bool, reserves_zero: bool,
-                      generic: bool | None = None) -> onnx.NodeProto:
-    """The decoder node rebuilding ``weight`` from initializers ``weight/dc/<role>``.
+                      generic: bool | None = None, with_scale: bool = False) -> onnx.NodeProto:
+    """The decoder node rebuilding ``weight`` from initializers ``weight/dc/<role>`` (``with_scale``: and
+    ``weight/dc/scale``, channel scales).
 
     ``generic`` (default: whether the weight has at most :data:`GENERIC_MAX_NUMEL` elements)
     picks the generic decoder function of the kind over the one specialised to the widths.
@@ -136,10 +160,11 @@ def make_decoder_node(weight: str, kind: str, code_bits: int, index_bits: int, c
         prune_quality=float(s.prune_quality) if s.prune_quality is not None else -1.0,
         class_num=int(s.class_num), quantize_term=int(shared), centroid_init=s.centroid_init.value,
         form=s.form.value, fixed_index_bits=int(s.index_bits or 0), seed=int(s.seed), reserves_zero=int(reserves_zero),
-        bias=s.bias.value,
+        bias=s.bias.value, codebook=s.codebook.value,
     )
     return oh.make_node(
-        op_type(kind, code_bits, index_bits, generic), [f"{weight}/dc/{x}" for x in INPUTS[kind]], [weight],
+        op_type(kind, code_bits, index_bits, generic, with_scale),
+        [f"{weight}/dc/{x}" for x in inputs_of(kind, with_scale)], [weight],
         name=f"{weight}/dc/decode", domain=DOMAIN,
         code_bits=code_bits, index_bits=index_bits, count=count, numel=numel, shape=[int(d) for d in shape],
         **{k: v for k, v in attrs.items() if v != ABSENT[k]},
@@ -153,11 +178,12 @@ def read_decoder(node: onnx.NodeProto) -> Decoder:
     shape = tuple(int(d) for d in attrs.get("shape", ()))
     # Format 1 files have no reserves_zero: there code 0 was always the reserved zero (ABSENT).
     reserves = bool(int(attrs["reserves_zero"]))
+    with_scale = scaled(node.op_type)
     return Decoder(
-        kind=kind, weight=node.output[0], inputs=dict(zip(INPUTS[kind], node.input)),
+        kind=kind, weight=node.output[0], inputs=dict(zip(inputs_of(kind, with_scale), node.input)),
         code_bits=int(attrs.get("code_bits", 0)), index_bits=int(attrs.get("index_bits", 0)),
         count=int(attrs.get("count", 0)), numel=int(attrs.get("numel", 0)), shape=shape,
-        settings=_settings(attrs), reserves_zero=reserves,
+        settings=_settings(attrs), reserves_zero=reserves, scaled=with_scale,
     )
 
 
@@ -180,6 +206,7 @@ def _settings(attrs: dict) -> Settings:
     form = _text(attrs["form"], Form.AUTO.value)
     fixed = int(attrs["fixed_index_bits"])
     bias = _text(attrs["bias"], BiasType.FLOAT32.value)
+    book = _text(attrs["codebook"], Codebook.LAYER.value)
     return Settings(
         sparse_ratio=ratio if ratio > 0 and quality <= 0 else 0.0,
         prune_quality=quality if quality > 0 else None,
@@ -190,17 +217,33 @@ def _settings(attrs: dict) -> Settings:
         form=Form(form) if form in {f.value for f in Form} else Form.AUTO,
         seed=max(0, int(attrs["seed"])),
         bias=BiasType(bias) if bias in {b.value for b in BiasType} else BiasType.FLOAT32,
+        codebook=Codebook(book) if book in {b.value for b in Codebook} else Codebook.LAYER,
     )
 
 
 @dataclass(frozen=True)
 class Decoded:
-    """A decoder's weight rebuilt in NumPy, with its codebook, per-element codes and keep-mask."""
+    """A decoder's weight rebuilt in NumPy, with its codebook, per-element codes, keep-mask and channel scales
+    (float32 in the stored broadcast shape, or None)."""
 
     weights: np.ndarray
     codebook: np.ndarray | None
     codes: np.ndarray | None
     mask: np.ndarray | None
+    scale: np.ndarray | None = None
+
+
+def _scale(dec: Decoder, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The decoder's channel scales as float32 in their broadcast shape, or None."""
+    if not dec.scaled:
+        return None
+    return arrays[dec.inputs[SCALE]].astype(np.float32)
+
+
+def scale_vector(scale: np.ndarray) -> tuple[np.ndarray, int]:
+    """A stored broadcast-shaped scale as ``([C], axis)``: the axis is the one longer than 1 (0 when none is)."""
+    longer = [i for i, d in enumerate(scale.shape) if d > 1]
+    return scale.astype(np.float32).ravel(), (longer[0] if longer else 0)
 
 
 def decode(dec: Decoder, arrays: dict[str, np.ndarray]) -> Decoded:
@@ -224,14 +267,18 @@ def decode(dec: Decoder, arrays: dict[str, np.ndarray]) -> Decoded:
         codes[positions] = stored
     codes = codes.reshape(dec.shape)
     mask = codes != 0 if dec.reserves_zero else None
-    return Decoded(codebook[codes], codebook, codes, mask)
+    scale = _scale(dec, arrays)
+    weights = codebook[codes] if scale is None else codebook[codes] * scale
+    return Decoded(weights, codebook, codes, mask, scale)
 
 
 def decode_weight(dec: Decoder, arrays: dict[str, np.ndarray]) -> np.ndarray:
     """Only the weight of :func:`decode`, without per-element codes and mask (less memory)."""
+    scale = _scale(dec, arrays)
     if dec.kind == DENSE:
         codes = unpack_bits(arrays[dec.inputs[CODES]], dec.code_bits, dec.count)
-        return arrays[dec.inputs["codebook"]].astype(np.float32).ravel()[codes].reshape(dec.shape)
+        weights = arrays[dec.inputs["codebook"]].astype(np.float32).ravel()[codes].reshape(dec.shape)
+        return weights if scale is None else weights * scale
     positions = decode_positions(unpack_bits(arrays[dec.inputs[GAPS]], dec.index_bits, dec.count))
     if dec.kind == SPARSE:
         codes = unpack_bits(arrays[dec.inputs[CODES]], dec.code_bits, dec.count)
@@ -240,7 +287,7 @@ def decode_weight(dec: Decoder, arrays: dict[str, np.ndarray]) -> np.ndarray:
         values = arrays[dec.inputs["values"]].astype(np.float32).ravel()
     flat = np.zeros(dec.numel, np.float32)
     flat[positions] = values
-    return flat.reshape(dec.shape)
+    return flat.reshape(dec.shape) if scale is None else flat.reshape(dec.shape) * scale
 
 
 def remove_decoders(model: onnx.ModelProto, full: bool = True) -> tuple[onnx.ModelProto, dict[str, tuple]]:

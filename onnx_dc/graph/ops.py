@@ -117,6 +117,26 @@ def quantized(node: onnx.NodeProto) -> bool:
         node.op_type in QUANTIZED or node.op_type.startswith("QLinear"))
 
 
+def channel_axis(node: onnx.NodeProto, input_index: int, rank: int) -> int:
+    """The axis of output channels in a weight that ``node`` reads directly as input ``input_index`` (rank ``rank``).
+
+    ``conv``: 0 (``[out, in / group, *kernel]``); ``conv_transpose``: 1; ``gemm``: the rows of ``op(B)``,
+    0 under ``transB`` else 1 (as the first input, the rows of ``op(A)``); ``matmul``: the last axis (the
+    first input: the one before it); ``recurrent``: 1 (``[D, gates * H, in]``); ``lookup``: the table's
+    width, its last axis. Any other op: 0.
+    """
+    entry = of(node)
+    view = entry.view if entry is not None else None
+    trans = {a.name: a.i for a in node.attribute if a.name in ("transA", "transB")}
+    last = max(rank - 1, 0)
+    if view == "gemm":
+        flag = trans.get("transB" if input_index == 1 else "transA", 0)
+        return (0 if flag else 1) if input_index == 1 else (1 if flag else 0)
+    if view == "matmul":
+        return last if input_index == 1 else max(rank - 2, 0)
+    return {"conv_transpose": min(1, last), "recurrent": min(1, last), "lookup": last}.get(view, 0)
+
+
 def _domain(domain: str) -> str:
     return "" if domain in STANDARD_DOMAINS else domain
 

@@ -42,6 +42,7 @@ class Consumer:
     op_type: str
     input_index: int
     via: tuple[str, ...] = ()
+    channel_axis: int = 0  # the weight's output-channel axis (0 when it reaches the node through other ops)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,11 @@ class WeightSite:
     def op_type(self) -> str:
         """Op type of the first consumer."""
         return self.consumers[0].op_type
+
+    @property
+    def channel_axis(self) -> int:
+        """The axis a per-channel scale runs along (``codebook: channel``): the first consumer's output channels."""
+        return self.consumers[0].channel_axis
 
     @property
     def label(self) -> str:
@@ -193,7 +199,8 @@ class _Scan:
             reason = f"{dtype} weight is not compressed (convert the model to float32 to compress it)"
             self.skipped.append(Skipped(node.name, node.op_type, source, reason))
         else:
-            self.found.setdefault(source, []).append(Consumer(node.name, node.op_type, idx, via))
+            axis = 0 if via else ops.channel_axis(node, idx, len(tensor.dims))
+            self.found.setdefault(source, []).append(Consumer(node.name, node.op_type, idx, via, axis))
         self.claimed.add(source)
 
     def quantized_node(self, node: onnx.NodeProto) -> None:

@@ -11,7 +11,9 @@ each input column ``j`` in order (all rows at once):
 which is the optimal update of the not-yet-assigned weights for the error made on column
 ``j`` (Frantar et al., GPTQ, 2022; with a pruning mask this is SparseGPT's update). The
 codebook (from k-means) and the mask stay; only the codes change. It replaces the plain
-nearest-centroid codes, so it runs after sharing and before the codebook refit.
+nearest-centroid codes, so it runs after sharing and before the codebook refit. With
+channel scales (``codebook: channel``) row ``i``'s entries are ``s_i c_k``: the nearest to
+``w_ij / s_i`` is chosen and ``q_j = s_i c``.
 """
 
 from __future__ import annotations
@@ -50,18 +52,20 @@ def _gptq_view(layer: LayerState, original: np.ndarray, stats: WeightStats) -> b
     order = np.argsort(layer.codebook[z:], kind="stable")
     centroids = layer.codebook[z:][order].astype(np.float64)
     codes2 = np.zeros(index.shape, layer.codes.dtype)
+    scale2 = layer.scale_at(index).astype(np.float64)  # codebook: channel (1.0 without)
     for g in np.unique(groups):
         rows = np.flatnonzero(groups == g)
         u = upper_inverse_cholesky(hessian[g])
         w = original.ravel()[index[rows]].astype(np.float64)
+        s = scale2[rows]
         for j in range(w.shape[1]):
-            nearest = order[assign(w[:, j], centroids)] + z
+            nearest = order[assign(w[:, j] / s[:, j], centroids)] + z
             code = np.where(keep2[rows, j], nearest, 0)
-            err = (w[:, j] - layer.codebook[code]) / u[j, j]
+            err = (w[:, j] - s[:, j] * layer.codebook[code]) / u[j, j]
             w[:, j + 1 :] -= np.outer(err, u[j, j + 1 :])
             codes2[rows, j] = code
     codes = layer.codes.ravel().copy()
     codes[index.ravel()] = codes2.ravel()
     layer.codes = codes.reshape(layer.weights.shape)
-    layer.weights = layer.codebook[layer.codes]
+    layer.weights = layer.shared_values()
     return True

@@ -6,7 +6,8 @@ pruned, code 0 being the reserved zero, else k) the candidates are
     dense:   bytes = ceil(n c / 8)
     sparse:  bytes = ceil(M c / 8) + ceil(M b / 8),  M = kept + fillers(b)   (b minimises bytes)
 
-and for a pruned, unshared layer ``4 M + ceil(M b / 8)``. The smallest wins unless the
+and for a pruned, unshared layer ``4 M + ceil(M b / 8)``; channel scales (``codebook: channel``) add
+2 bytes per channel (float16, the decoder's ``scale`` input). The smallest wins unless the
 config fixes the form or the index width; a layer whose best form is not smaller than
 float32 stays a float32 initializer holding its pruned / shared values. With ``bias: float16``
 the biases of a compressed layer become float16 plus a Cast (onnx_dc/graph/biases.py). docs/DCONNX.md
@@ -54,6 +55,8 @@ def encode_layer(layer: LayerState) -> Encoding:
     raw_bytes = 4 * n
     if layer.codebook is not None:
         enc = _encode_shared(layer, s.form, s.index_bits)
+        if layer.scale is not None:
+            enc.tensors[layout.SCALE] = layer.scale.astype(np.float16).reshape(layer.scale_shape())
     elif layer.mask is not None:
         enc = _encode_values(layer, s.index_bits)
     else:
@@ -100,7 +103,7 @@ def _decoder_node(layer: LayerState, enc: Encoding) -> onnx.NodeProto:
                          f"{decoders.MAX_NUMEL}; skip this weight in the config")
     return layout.make_decoder_node(layer.name, enc.op, enc.code_bits, enc.index_bits, enc.count, layer.weights.shape,
                                     layer.entry.settings, shared=layer.codebook is not None,
-                                    reserves_zero=layer.mask is not None)
+                                    reserves_zero=layer.mask is not None, with_scale=layout.SCALE in enc.tensors)
 
 
 def lower(state: CompressionState, extra_skipped: tuple[Skipped, ...] = ()) -> onnx.ModelProto:
@@ -137,7 +140,8 @@ def lower(state: CompressionState, extra_skipped: tuple[Skipped, ...] = ()) -> o
     _halve_biases(out, [n.output[0] for n in decoder_nodes
                         if state.layers[n.output[0]].entry.settings.bias == BiasType.FLOAT16])
     derived = {(e[0], e[2]) for e in layout.bias_entries(graph)}
-    _set_metadata(out, state, [s for s in skipped if (s.node, s.tensor) not in derived])
+    _set_metadata(out, state, [s for s in skipped if (s.node, s.tensor) not in derived],
+                  any(layout.scaled(op) for op in used_ops))
     return out
 
 
@@ -154,9 +158,9 @@ def _add_functions(model: onnx.ModelProto, used_ops: set[str]) -> None:
     model.opset_import.append(oh.make_opsetid(layout.DOMAIN, layout.DOMAIN_VERSION))
 
 
-def _set_metadata(model: onnx.ModelProto, state: CompressionState, skipped: list[Skipped]) -> None:
+def _set_metadata(model: onnx.ModelProto, state: CompressionState, skipped: list[Skipped], scaled: bool) -> None:
     entries = {
-        layout.META_VERSION: layout.FORMAT_VERSION,
+        layout.META_VERSION: layout.SCALED_FORMAT_VERSION if scaled else layout.FORMAT_VERSION,
         layout.META_SKIPPED: json.dumps([[s.node, s.op_type, s.tensor, s.reason] for s in skipped]),
         layout.META_SOURCE_WEIGHT_BYTES: str(float_parameter_bytes(state.model)),
     }

@@ -9,6 +9,15 @@ Code 0 is reserved for 0.0 (pruned weights, and the filler entries of the sparse
 in layers that are pruned, so that class_num 256 without pruning takes 8-bit codes.
 With ``importance`` h (e.g. E[x_j^2] of each weight's input), k-means minimises
 sum_i h_i (W_i - c(W_i))^2 instead.
+
+With ``codebook: channel`` each output channel r (along the site's channel axis) has a scale
+s_r, the root mean square of its kept weights rounded to float16 (1 where that is 0 or not
+finite), and the codebook is shared by the channels' normalised weights:
+
+    c_1..c_k = kmeans({W_i / s_r(i)}, weights h_i s_r(i)^2),    W'_i = s_r(i) codebook[code_i]
+
+which is the same weighted error sum_i h_i (W_i - W'_i)^2, so a channel of small weights gets
+codebook values its own size instead of the few near zero a layer codebook spends on it.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnx_dc import progress
+from onnx_dc.config import Codebook
 from onnx_dc.numerics.kmeans import kmeans_1d
 from onnx_dc.passes.state import CompressionState, LayerState
 
@@ -28,7 +38,14 @@ def share_layer(layer: LayerState, importance: np.ndarray | None = None) -> bool
     s = layer.entry.settings
     if not s.quantize_term:
         return False
+    layer.scale = None
     w = layer.weights.ravel()
+    if s.codebook == Codebook.CHANNEL and layer.weights.ndim >= 1:
+        layer.scale_axis = min(layer.entry.site.channel_axis, layer.weights.ndim - 1)
+        layer.scale = channel_scales(layer.weights, layer.mask, layer.scale_axis)
+        per_element = layer.scale.reshape(layer.scale_shape())
+        w = (layer.weights / per_element).ravel()
+        importance = (np.ones(layer.weights.shape, np.float32) if importance is None else importance) * per_element**2
     kept = w if layer.mask is None else w[layer.mask.ravel()]
     h = None
     if importance is not None:
@@ -46,9 +63,22 @@ def share_layer(layer: LayerState, importance: np.ndarray | None = None) -> bool
     layer.weights = None  # freed before its shared values are built: one float copy of the layer at a time
     layer.codebook = codebook
     layer.codes = codes.reshape(shape)
-    layer.weights = codebook[layer.codes]
+    layer.weights = layer.shared_values()
     layer.inertia = result.inertia
     return True
+
+
+def channel_scales(weights: np.ndarray, mask: np.ndarray | None, axis: int) -> np.ndarray:
+    """float32 ``[C]``: the RMS of each channel's kept weights along ``axis``, float16-exact; 1.0 where it is 0 or
+    not finite in float16 (an all-pruned channel, or weights below float16's range)."""
+    rows = np.moveaxis(weights, axis, 0).reshape(weights.shape[axis], -1).astype(np.float64)
+    if mask is None:
+        mean_sq = np.mean(rows * rows, axis=1) if rows.shape[1] else np.zeros(rows.shape[0])
+    else:
+        keep = np.moveaxis(mask, axis, 0).reshape(rows.shape)
+        mean_sq = np.sum(rows * rows * keep, axis=1) / np.maximum(keep.sum(axis=1), 1)
+    half = np.sqrt(mean_sq).astype(np.float16).astype(np.float32)
+    return np.where((half > 0) & np.isfinite(half), half, np.float32(1.0)).astype(np.float32)
 
 
 def _code_dtype(codebook: np.ndarray) -> type:
@@ -74,4 +104,4 @@ def set_codebook(layer: LayerState, codebook: np.ndarray) -> None:
     if layer.reserves_zero:
         cb[0] = 0.0
     layer.codebook = cb
-    layer.weights = cb[layer.codes]
+    layer.weights = layer.shared_values()

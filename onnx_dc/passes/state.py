@@ -29,6 +29,8 @@ class LayerState:
         codebook: float32 ``[k + 1]`` with ``codebook[0] == 0`` when pruned, else ``[k]``; None before sharing.
         codes: uint8 (codebook of <= 256 entries) or uint16 per element (0 for pruned weights), or None
             before sharing.
+        scale: ``codebook: channel``: float32 ``[C]``, one float16-exact scale per output channel along
+            :attr:`scale_axis` (``W = scale * codebook[codes]``), or None (one codebook for the layer).
     """
 
     entry: PlanEntry
@@ -38,6 +40,8 @@ class LayerState:
     codebook: np.ndarray | None = None
     codes: np.ndarray | None = None
     inertia: float | None = None
+    scale: np.ndarray | None = None
+    scale_axis: int = 0
 
     @property
     def name(self) -> str:
@@ -53,6 +57,33 @@ class LayerState:
     def reserves_zero(self) -> bool:
         """Whether code 0 is the reserved 0.0 of pruned weights (only pruned layers reserve it)."""
         return self.mask is not None
+
+    def scale_shape(self) -> tuple[int, ...]:
+        """The shape :attr:`scale` is stored in: the weight's rank, 1 on every axis but :attr:`scale_axis`."""
+        full = (self.codes if self.codes is not None else self.weights).shape
+        shape = [1] * len(full)
+        shape[self.scale_axis] = full[self.scale_axis]
+        return tuple(shape)
+
+    def channel_of(self, flat_index: np.ndarray) -> np.ndarray:
+        """The channel (index along :attr:`scale_axis`) of each weight at ``flat_index`` (positions in the flat weight)."""
+        full = (self.codes if self.codes is not None else self.weights).shape
+        stride = int(np.prod(full[self.scale_axis + 1:], dtype=np.int64))
+        return (np.asarray(flat_index) // stride) % full[self.scale_axis]
+
+    def scale_at(self, flat_index: np.ndarray) -> np.ndarray:
+        """The scale of each weight at ``flat_index`` (positions in the flat weight); 1.0 without a scale."""
+        if self.scale is None:
+            return np.ones(np.shape(flat_index), np.float32)
+        return self.scale[self.channel_of(flat_index)]
+
+    def shared_values(self, codebook: np.ndarray | None = None) -> np.ndarray:
+        """The weights the codes stand for: ``codebook[codes]``, times the channel scales when there are some."""
+        cb = self.codebook if codebook is None else codebook
+        values = cb[self.codes]
+        if self.scale is not None:
+            values *= self.scale.reshape(self.scale_shape())
+        return values
 
     def kept(self) -> int:
         """Number of weights not pruned."""

@@ -17,7 +17,9 @@ layer also keeps latent float values ``v`` of its kept weights, starting at
 the forward pass sees ``codebook[codes]``, the gradient goes to ``v``); after every step each
 kept weight takes the code of the centroid nearest its ``v``, so a weight whose value wants
 to move past the midpoint between two centroids changes cluster, which Eq. 3 alone never
-lets it do. When a stage ends, :meth:`Trainer.commit`
+lets it do. With channel scales (``codebook: channel``) ``W_i = s_i codebook[code_i]``: a centroid's
+gradient sums ``s_i G_i``, the latent values live in the codebook's (normalised) domain and step
+by ``s_i G_i`` too. When a stage ends, :meth:`Trainer.commit`
 puts weights, codebooks and biases back into the :class:`CompressionState` by name.
 """
 
@@ -57,6 +59,12 @@ class _Shared:
     index: np.ndarray | None  # flat positions of the kept weights; None: every weight
     weights: np.ndarray  # float32 dense W = codebook[codes], written to onnxruntime each step
     latent: np.ndarray | None = None  # float32 latent values of the kept weights (reassign_lr > 0)
+    scale: np.ndarray | None = None  # float32 channel scale of each kept weight (codebook: channel)
+
+    def values(self) -> np.ndarray:
+        """The kept weights the codes stand for: ``codebook[codes]`` (times the channel scales)."""
+        v = self.codebook[self.codes]
+        return v if self.scale is None else v * self.scale
 
     def reassign(self) -> None:
         """Each kept weight takes the code of the centroid nearest its latent value (entry 0 stays reserved).
@@ -111,7 +119,11 @@ class Trainer:
                 flat = layer.codes.ravel()
                 index = np.flatnonzero(flat) if layer.mask is not None else None
                 codes = (flat[index] if index is not None else flat).astype(np.intp)
-                sh = _Shared(layer.codebook.astype(np.float32, copy=True), codes, index, self.values[binding.parameter])
+                scale = None
+                if layer.scale is not None:
+                    scale = layer.scale_at(index if index is not None else np.arange(flat.size))
+                sh = _Shared(layer.codebook.astype(np.float32, copy=True), codes, index, self.values[binding.parameter],
+                             scale=scale)
                 if reassign_lr > 0:
                     sh.latent = sh.codebook[codes]
                 self.shared[wname] = sh
@@ -164,6 +176,8 @@ class Trainer:
         g = grad.ravel()
         if sh.index is not None:
             g = g[sh.index]
+        if sh.scale is not None:  # dL/dc sums s_i G_i: the gradient in the codebook's domain
+            g = g * sh.scale
         # Eq. 3: a centroid's gradient is the sum of the gradients of the weights sharing it.
         cb_grad = np.bincount(sh.codes, weights=g, minlength=sh.codebook.size).astype(np.float32)
         if sh.index is not None:  # pruned: entry 0 is the reserved zero
@@ -175,7 +189,9 @@ class Trainer:
             opt.update(f"{name}/latent", sh.latent, g.astype(np.float32, copy=False), latent_lr, decay=False)
             sh.reassign()
         flat = sh.weights.reshape(-1)
-        if sh.index is not None:
+        if sh.scale is not None:
+            flat[sh.index if sh.index is not None else slice(None)] = sh.values()
+        elif sh.index is not None:
             flat[sh.index] = sh.codebook[sh.codes]
         else:
             np.take(sh.codebook, sh.codes, out=flat)

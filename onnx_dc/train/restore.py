@@ -4,6 +4,7 @@ Each decoder node is decoded in NumPy by onnx_dc/graph/layout.py (docs/DCONNX.md
 
     codes = unpack(codes, code_bits, count);  pos = cumsum(unpack(gaps, index_bits, count) + 1) - 1
     W.flat[pos] = codebook[codes]  (sparse)   or   W = codebook[codes]  (dense)
+    W = W * scale  (channel scales, ``codebook: channel``)
 
 The decoder node, its initializers and the decoder functions are removed and ``W``
 becomes a float32 initializer again; the layer state gets the codebook, the per-element
@@ -45,6 +46,8 @@ def state_from_dc(model: onnx.ModelProto, name: str = "model") -> CompressionSta
         entries.append(entry)
         layers[wname] = LayerState(entry, arrays.weights.astype(np.float32), mask=arrays.mask,
                                    codebook=arrays.codebook, codes=arrays.codes)
+        if arrays.scale is not None:
+            layers[wname].scale, layers[wname].scale_axis = layout.scale_vector(arrays.scale)
     source = meta.get(layout.META_SOURCE_BYTES)
     return CompressionState(out, Plan(tuple(entries), skipped), layers,
                             int(source) if source and source.isdigit() else None)
