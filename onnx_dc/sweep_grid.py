@@ -12,6 +12,8 @@ from onnx_dc.errors import ArgumentError
 
 DEFAULT_RATIOS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 DEFAULT_CLASS_NUMS = (256, 64, 32, 16)
+DEFAULT_CODEBOOKS = ("layer",)
+CODEBOOKS = ("layer", "channel")  # the codebook settings a sweep may try (onnx_dc.config.Codebook)
 DEFAULT_MAX_DROP = 1.0  # points of the score a suggested per-layer setting may lose
 
 
@@ -31,6 +33,16 @@ def parse_class_nums(text: str | Sequence[int], flag: str = "--class-nums") -> t
     if bad:
         raise ArgumentError(f"{flag}: {bad[0]} is outside 2..256; give numbers of shared values, like 256,32,16")
     return tuple(sorted(set(values), reverse=True))
+
+
+def parse_codebooks(text: str | Sequence[str], flag: str = "--codebooks") -> tuple[str, ...]:
+    """codebook settings (layer, channel), at least one; in that order, without repeats."""
+    items = [p.strip() for p in text.split(",") if p.strip()] if isinstance(text, str) else list(text)
+    bad = [v for v in items if v not in CODEBOOKS]
+    if not items or bad:
+        raise ArgumentError(f"{flag}: {bad[0] if bad else 'empty list'!r} is not a codebook setting; give "
+                            f"comma-separated values among {','.join(CODEBOOKS)}")
+    return tuple(c for c in CODEBOOKS if c in items)
 
 
 def _numbers(text: str | Sequence, flag: str, kind: type) -> list:

@@ -208,3 +208,38 @@ def test_resnet20_channel_scales_lower_the_output_error_at_16_values(tmp_path):
         if name == "channel":
             check_decoders_rebuild_what_is_counted(result)
     assert errors["channel"] < 0.97 * errors["layer"], errors
+
+
+def test_sweep_tries_codebooks_and_the_size_target_may_choose_channel_scales(tmp_path, capsys):
+    """``sensitivity --codebooks layer,channel`` measures each shared setting both ways; the JSON keeps them;
+    ``compress --target-ratio`` picks among them per layer and the report shows the choice."""
+    from conftest import MNIST_DIR, ROOT
+
+    from onnx_dc.analysis.curves import Sensitivity, Setting, config_for, settings_grid
+
+    grid = settings_grid((0.9,), (4,), ("layer", "channel"))
+    assert [s.label() for s in grid] == ["r0.9", "k4", "k4/ch", "r0.9+k4", "r0.9+k4/ch"]
+    lenet = ROOT / "models" / "lenet_300_100.onnx"
+    data = f"mnist:{require(MNIST_DIR)}"
+    sens_json, out = tmp_path / "s.json", tmp_path / "t.dc.onnx"
+    assert main(["sensitivity", str(lenet), "--data", data, "--limit", "300", "--ratios", "0.9", "--class-nums", "4",
+                 "--codebooks", "layer,channel", "--json", str(sens_json), "-q"]) == 0
+    sens = Sensitivity.from_dict(__import__("json").loads(sens_json.read_text()))
+    assert sens.codebooks == ("layer", "channel")
+    assert {p.setting for p in sens.options("ip1.weight")} == set(grid)
+    rule = config_for({"ip1.weight": Setting(0.9, 4, "channel")}, sens.layers)["nodes"][0]
+    assert rule["codebook"] == "channel" and rule["class_num"] == 4
+    capsys.readouterr()
+    assert main(["compress", str(lenet), "-o", str(out), "--data", data, "--limit", "300", "--target-ratio", "30",
+                 "--sensitivity", str(sens_json), "--json"]) == 0
+    result = __import__("json").loads(capsys.readouterr().out)
+    chosen = result["target"]["config"]["nodes"]
+    rows = {r["weight"]: r for r in result["layers"]}
+    for rule in chosen:
+        weight = next(info.weight for info in sens.layers if info.node == rule["match"])
+        if not rule.get("skip"):
+            assert rows[weight]["codebook"] == rule.get("codebook", "layer"), rule
+    assert any(rule.get("codebook") == "channel" for rule in chosen), chosen  # channel scales won a layer here
+    assert main(["sensitivity", str(lenet), "--data", data, "--codebooks", "rows"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--codebooks: 'rows' is not a codebook setting" in err

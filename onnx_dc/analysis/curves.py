@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from onnx_dc.config import Codebook
 from onnx_dc.plan import PlanEntry
 
 
@@ -23,29 +24,39 @@ PASS_ORDER = ("prune", "prune_by_activation", "reconstruct", "share", "weighted_
 
 @dataclass(frozen=True)
 class Setting:
-    """One point of a sweep: prune to ``sparse_ratio``, then share ``class_num`` values (None: not shared)."""
+    """One point of a sweep: prune to ``sparse_ratio``, then share ``class_num`` values (None: not shared)
+    with one codebook per layer or per-channel scales (``codebook``)."""
 
     sparse_ratio: float = 0.0
     class_num: int | None = None
+    codebook: str = "layer"
 
     def apply(self, entry: PlanEntry) -> PlanEntry:
         """The plan entry compressed by this setting instead of its own."""
         s = dataclasses.replace(entry.settings, sparse_ratio=self.sparse_ratio, prune_quality=None,
                                 quantize_term=self.class_num is not None,
-                                class_num=self.class_num or entry.settings.class_num, skip=False)
+                                class_num=self.class_num or entry.settings.class_num, skip=False,
+                                codebook=Codebook(self.codebook))
         return dataclasses.replace(entry, settings=s, origin="sensitivity")
 
     def label(self) -> str:
-        """``r0.9`` / ``k32`` / ``r0.9+k32``."""
+        """``r0.9`` / ``k32`` / ``r0.9+k32`` / ``r0.9+k32/ch`` (channel scales)."""
         parts = ([f"r{self.sparse_ratio:g}"] if self.sparse_ratio else []) + (
-            [f"k{self.class_num}"] if self.class_num else [])
+            [f"k{self.class_num}{self.marker()}"] if self.class_num else [])
         return "+".join(parts)
 
+    def marker(self) -> str:
+        """``/ch`` for channel scales, else nothing."""
+        return "/ch" if self.codebook == Codebook.CHANNEL.value and self.class_num else ""
 
-def settings_grid(ratios: Sequence[float], class_nums: Sequence[int]) -> tuple[Setting, ...]:
-    """Every ratio alone, every class_num alone, then every (ratio, class_num) pair."""
-    return (tuple(Setting(r, None) for r in ratios if r > 0) + tuple(Setting(0.0, k) for k in class_nums)
-            + tuple(Setting(r, k) for r in ratios if r > 0 for k in class_nums))
+
+def settings_grid(ratios: Sequence[float], class_nums: Sequence[int],
+                  codebooks: Sequence[str] = ("layer",)) -> tuple[Setting, ...]:
+    """Every ratio alone, every class_num alone, then every (ratio, class_num) pair; the settings that share
+    values once per codebook setting."""
+    return (tuple(Setting(r, None) for r in ratios if r > 0)
+            + tuple(Setting(0.0, k, c) for c in codebooks for k in class_nums)
+            + tuple(Setting(r, k, c) for c in codebooks for r in ratios if r > 0 for k in class_nums))
 
 
 @dataclass(frozen=True)
@@ -75,11 +86,12 @@ class Point:
     drop: float
     bytes: int
     passes: tuple[str, ...] = ()  # the passes that changed the layer, in order
+    codebook: str = "layer"
 
     @property
     def setting(self) -> Setting:
         """The setting measured."""
-        return Setting(self.sparse_ratio, self.class_num)
+        return Setting(self.sparse_ratio, self.class_num, self.codebook)
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,7 @@ class Sensitivity:
     class_nums: tuple[int, ...]
     runner: str = "serial"
     seconds: float = 0.0
+    codebooks: tuple[str, ...] = ("layer",)
 
     @property
     def passes(self) -> tuple[str, ...]:
@@ -122,7 +135,8 @@ class Sensitivity:
 
     def share_curve(self, weight: str) -> list[tuple[int, float]]:
         """(class_num, score) with no pruning."""
-        return [(p.class_num, p.score) for p in self.options(weight) if p.sparse_ratio == 0 and p.class_num]
+        return [(p.class_num, p.score) for p in self.options(weight)
+                if p.sparse_ratio == 0 and p.class_num and p.codebook == Codebook.LAYER.value]
 
     def suggest(self, max_drop: float) -> dict[str, Point | None]:
         """Per layer the setting with the fewest bytes whose drop <= ``max_drop`` (None: none is)."""
@@ -140,7 +154,8 @@ class Sensitivity:
     def to_dict(self) -> dict[str, Any]:
         """Plain values for JSON."""
         return {"model": self.model, "metric": self.metric, "unit": self.unit, "baseline": self.baseline,
-                "ratios": list(self.ratios), "class_nums": list(self.class_nums), "runner": self.runner,
+                "ratios": list(self.ratios), "class_nums": list(self.class_nums), "codebooks": list(self.codebooks),
+                "runner": self.runner,
                 "seconds": round(self.seconds, 3), "passes": list(self.passes),
                 "layers": [dataclasses.asdict(info) | {"dense_bytes": info.dense_bytes} for info in self.layers],
                 "points": [dataclasses.asdict(p) for p in self.points]}
@@ -152,7 +167,8 @@ class Sensitivity:
                        for x in d["layers"])
         points = tuple(Point(**(p | {"passes": tuple(p.get("passes", ()))})) for p in d["points"])
         return cls(d["model"], d["metric"], d["unit"], d["baseline"], layers, points,
-                   tuple(d["ratios"]), tuple(d["class_nums"]), d.get("runner", "serial"), d.get("seconds", 0.0))
+                   tuple(d["ratios"]), tuple(d["class_nums"]), d.get("runner", "serial"), d.get("seconds", 0.0),
+                   tuple(d.get("codebooks", ("layer",))))
 
     def to_table(self, max_drop: float | None = None) -> str:
         """Drop per layer and setting (pruned alone, shared alone), then the suggested settings."""
@@ -178,7 +194,8 @@ class Sensitivity:
             if p is None:
                 rows.append([info.node, "-", "-", str(info.dense_bytes), "1.0x", "(none fits: skipped)"])
             else:
-                rows.append([info.node, f"{p.sparse_ratio:g}", str(p.class_num or "-"), str(p.bytes),
+                rows.append([info.node, f"{p.sparse_ratio:g}", f"{p.class_num}{p.setting.marker()}" if p.class_num
+                             else "-", str(p.bytes),
                              f"{info.dense_bytes / p.bytes:.1f}x", f"{p.drop:+.2f}"])
         return rows
 
@@ -203,6 +220,8 @@ def config_for(chosen: dict[str, Setting | None], layers: Sequence[LayerInfo]) -
                 rule["quantize_term"] = False
             else:
                 rule["class_num"] = s.class_num
+                if s.codebook != Codebook.LAYER.value:
+                    rule["codebook"] = s.codebook
         nodes.append(rule)
     return {"version": 1, "nodes": nodes}
 

@@ -43,7 +43,8 @@ from onnx_dc.passes.prune import prune
 from onnx_dc.passes.share import share
 from onnx_dc.passes.state import CompressionState, LayerState
 from onnx_dc.plan import Plan, PlanEntry
-from onnx_dc.sweep_grid import DEFAULT_CLASS_NUMS, DEFAULT_RATIOS, parse_class_nums, parse_ratios
+from onnx_dc.sweep_grid import (DEFAULT_CLASS_NUMS, DEFAULT_CODEBOOKS, DEFAULT_RATIOS, parse_class_nums,
+                                parse_codebooks, parse_ratios)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ def run_sensitivity(
     ratios: Sequence[float] = DEFAULT_RATIOS,
     class_nums: Sequence[int] = DEFAULT_CLASS_NUMS,
     runner: Runner = Runner(),
+    codebooks: Sequence[str] = DEFAULT_CODEBOOKS,
     config: Any = None,
     calib: Any = None,
 ) -> Sensitivity:
@@ -100,6 +102,7 @@ def run_sensitivity(
             when the sweep runs in other processes (e.g. :class:`Accuracy`).
         ratios: sparse ratios in [0, 1).
         class_nums: numbers of shared values, 2..256.
+        codebooks: codebook settings tried with each shared setting (``layer``, ``channel``).
         runner: serial, worker processes or Ray (:class:`onnx_dc.analysis.sweep.Runner`).
         config: a config whose ``skip`` / other settings (centroid_init, seed, ...) apply; its
             sparse_ratio / class_num are replaced by the sweep's; its ``calib:`` section says which
@@ -113,24 +116,24 @@ def run_sensitivity(
     """
     from onnx_dc.api import prepare
 
-    ratios, class_nums = parse_ratios(ratios), parse_class_nums(class_nums)
+    ratios, class_nums, codebooks = parse_ratios(ratios), parse_class_nums(class_nums), parse_codebooks(codebooks)
     base = prepare(model, config)
     original = base.dense_model()  # nothing is compressed yet: the normalized model with every weight in it
     stats = collect_calib_stats(base, calib, config) if calib is not None else None
     ctx = _Context(serialize(original), {e.site.name: e for e in base.plan.entries}, metric, stats)
-    grid = settings_grid(ratios, class_nums)
+    grid = settings_grid(ratios, class_nums, codebooks)
     jobs = [(name, s) for name in ctx.entries for s in grid]
     start = time.perf_counter()
     with progress.quieted():
         baseline = metric(original)
     results = run_jobs(measure, ctx, jobs, runner, desc="sensitivity")
-    points = tuple(Point(name, s.sparse_ratio, s.class_num, score, baseline - score, nbytes, passes)
+    points = tuple(Point(name, s.sparse_ratio, s.class_num, score, baseline - score, nbytes, passes, s.codebook)
                    for (name, s), (score, nbytes, passes) in zip(jobs, results))
     layers = tuple(LayerInfo(e.site.name, e.site.node, e.site.op_type, tuple(e.site.shape), e.site.numel)
                    for e in base.plan.entries)
     name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
     describe = getattr(metric, "describe", lambda: getattr(metric, "name", "score"))
     return Sensitivity(name, describe(), getattr(metric, "unit", ""), baseline, layers, points, ratios, class_nums,
-                       runner.describe(), time.perf_counter() - start)
+                       runner.describe(), time.perf_counter() - start, codebooks)
 
 

@@ -394,7 +394,6 @@ def compress_for_ratio(model, output_path, metric, target: float, sens: Sensitiv
     """
     import os
 
-    from onnx_dc import api
     from onnx_dc.formats import dcz
     from onnx_dc.formats.models import model_bytes
 

@@ -83,7 +83,7 @@ def _measured_lines(args: argparse.Namespace, sens, measured) -> list[str]:
 
 # The flags of a sensitivity run that say what is scored and on what, as compress --target-drop takes them.
 SAME_DATA_FLAGS = ("data", "calib", "limit", "scale", "mean", "std", "layout", "size", "channels", "calib_limit", "seed",
-                   "ratios", "class_nums")
+                   "ratios", "class_nums", "codebooks")
 
 
 def _same_data_flags(args: argparse.Namespace) -> str:

@@ -99,6 +99,13 @@ def ratio_list(text: str | None, flag: str = "--ratios") -> tuple[float, ...] | 
     return None if text is None else parse_ratios(text, flag)
 
 
+def codebook_list(text: str | None, flag: str = "--codebooks") -> tuple[str, ...] | None:
+    """Comma-separated codebook settings (layer, channel), at least one (None: not given)."""
+    from onnx_dc.sweep_grid import parse_codebooks
+
+    return None if text is None else parse_codebooks(text, flag)
+
+
 def class_num_list(text: str | None, flag: str = "--class-nums") -> tuple[int, ...] | None:
     """Comma-separated class_num values, each in 2..256, at least one (None: not given)."""
     from onnx_dc.sweep_grid import parse_class_nums

@@ -216,17 +216,19 @@ def add_common_args(parser: argparse.ArgumentParser, sub: argparse._SubParsersAc
 
 # ----------------------------------------------------------------------------- sensitivity sweeps
 
-SWEEP_FLAGS = ("ratios", "class_nums", "workers", "ray", "limit", "sensitivity")
+SWEEP_FLAGS = ("ratios", "class_nums", "codebooks", "workers", "ray", "limit", "sensitivity")
 
 
 def add_sweep_args(p: argparse.ArgumentParser, title: str) -> None:
-    """--ratios --class-nums --limit --workers --ray."""
+    """--ratios --class-nums --codebooks --limit --workers --ray."""
     from onnx_dc.sweep_grid import DEFAULT_CLASS_NUMS, DEFAULT_RATIOS
 
     g = p.add_argument_group(title)
     g.add_argument("--ratios", help="sparse ratios to try, in [0, 1) (default "
                    f"{','.join(f'{r:g}' for r in DEFAULT_RATIOS)})")
     g.add_argument("--class-nums", help=f"class_num values to try, 2..256 (default {','.join(map(str, DEFAULT_CLASS_NUMS))})")
+    g.add_argument("--codebooks", help="codebook settings to try with each class_num: layer, channel (a scale per "
+                   "output channel) or layer,channel (default layer)")
     g.add_argument("--limit", type=int, help="score on the first N test samples only (faster, coarser)")
     where = g.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, help="run the (layer x setting) evaluations in N worker processes")
@@ -238,6 +240,7 @@ def add_sweep_args(p: argparse.ArgumentParser, title: str) -> None:
 def check_sweep_args(args: argparse.Namespace) -> None:
     argcheck.ratio_list(args.ratios)
     argcheck.class_num_list(args.class_nums)
+    argcheck.codebook_list(args.codebooks)
     argcheck.count(args.limit, "--limit")
     argcheck.count(args.workers, "--workers")
     argcheck.ray_address(args.ray)
@@ -250,10 +253,11 @@ def runner_from(args: argparse.Namespace):
 
 
 def grid_from(args: argparse.Namespace) -> dict:
-    from onnx_dc.sweep_grid import DEFAULT_CLASS_NUMS, DEFAULT_RATIOS
+    from onnx_dc.sweep_grid import DEFAULT_CLASS_NUMS, DEFAULT_CODEBOOKS, DEFAULT_RATIOS
 
     return {"ratios": argcheck.ratio_list(args.ratios) or DEFAULT_RATIOS,
-            "class_nums": argcheck.class_num_list(args.class_nums) or DEFAULT_CLASS_NUMS}
+            "class_nums": argcheck.class_num_list(args.class_nums) or DEFAULT_CLASS_NUMS,
+            "codebooks": argcheck.codebook_list(args.codebooks) or DEFAULT_CODEBOOKS}
 
 
 def metric_from(args: argparse.Namespace, model: str):
