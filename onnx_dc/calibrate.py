@@ -21,6 +21,7 @@ from onnx_dc.data.calib import CalibData, CalibSpec, as_calib_spec, load_calib, 
 from onnx_dc.data.datasets import DataSpec, Preprocess, load_dataset
 from onnx_dc.errors import DataError, ModelError
 from onnx_dc.formats.models import load_model, model_bytes
+from onnx_dc.graph import external
 from onnx_dc.passes.data_aware import (DataAwareResult, DataAwareSettings, compress_layer, compress_plain,
                                        original_weights, parse_data_aware, run_data_aware)
 from onnx_dc.passes.state import CompressionState
@@ -50,6 +51,7 @@ class CalibRun:
     collected: Collected | None
     result: DataAwareResult | None
     superseded: str | None = None  # why the compressed model is not the data-aware passes' result
+    blocks: Any = None  # onnx_dc.train.blocks.BlockResult: what block reconstruction did (calib: blocks)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values: the samples, the settings, what each pass changed, collection time."""
@@ -58,6 +60,8 @@ class CalibRun:
             out.update(self.result.to_dict())
         if self.collected is not None:
             out["collect_seconds"] = round(self.collected.seconds, 3)
+        if self.blocks is not None:
+            out["blocks"] = self.blocks.to_dict()
         return out
 
 
@@ -120,6 +124,21 @@ def run_calibrated(state: CompressionState, run: CalibRun) -> CalibRun:
         result.waves = len(waves)
     collected = Collected(stats, collector.unsupported, time.perf_counter() - start, len(run.data.calib))
     return CalibRun(run.data, settings, collected, result)
+
+
+def original_model(state: CompressionState, result: DataAwareResult) -> onnx.ModelProto:
+    """The original model of a state the data-aware passes compressed: a copy of ``state.model`` (which keeps
+    the original weights) with the bias entries bias correction moved put back (the teacher of block
+    reconstruction, config ``calib: blocks``, :func:`onnx_dc.pipeline.blocks`)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(state.model)
+    external.embed_all(out)
+    inits = {t.name: t for t in out.graph.initializer}
+    for bias, rows, values in reversed(list(result.original_biases.values())):  # the earliest correction last
+        arr = numpy_helper.to_array(inits[bias]).copy()
+        arr.flat[rows] = values
+        inits[bias].CopyFrom(numpy_helper.from_array(arr, bias))
+    return out
 
 
 def share_again(state: CompressionState, run: CalibRun) -> DataAwareResult:

@@ -1,7 +1,8 @@
 """``compress`` as a declared list of stages.
 
-    read -> plan -> [calibration samples] -> data-free passes | data-aware passes | labeled fine-tuning
-         -> [label-free fine-tuning -> (start: both) -> (data-aware passes again)] -> lower -> write -> [fidelity]
+    read -> plan -> [calibration samples] -> data-free passes | data-aware passes [-> blocks] | labeled fine-tuning
+         -> [label-free fine-tuning -> (start: both) -> (data-aware passes again [-> blocks])] -> lower -> write
+         -> [fidelity]
 
 :func:`stages_for` builds the list from the call's arguments, :func:`run` runs it. A stage is a
 function ``(state, context) -> Done | None``: it works on the :class:`~onnx_dc.passes.state.CompressionState`
@@ -231,6 +232,20 @@ def data_aware(state: CompressionState, ctx: Context) -> Done:
     return Done(", ".join(ran) if ran else "none")
 
 
+def blocks(state: CompressionState, ctx: Context) -> Done | None:
+    """Config ``calib: blocks``: train each block to reproduce the original's block output (after the layer passes,
+    and again after they ran again); :mod:`onnx_dc.train.blocks`."""
+    if not ctx.run.settings.blocks or ctx.run.blocks is not None or ctx.run.result is None:
+        return None
+    from onnx_dc import calibrate
+    from onnx_dc.train.blocks import reconstruct_blocks
+
+    done = reconstruct_blocks(state, calibrate.original_model(state, ctx.run.result), ctx.run.data.calib,
+                              name=ctx.name, block_layers=ctx.run.settings.block_layers)
+    ctx.run = dataclasses.replace(ctx.run, blocks=done)
+    return Done(done.summary())
+
+
 def labeled(state: CompressionState, ctx: Context) -> Done:
     """The paper's schedule on labeled data: prune in steps with retraining, share, train the codebooks."""
     from onnx_dc.train.schedule import run_schedule
@@ -339,6 +354,7 @@ READ, PLAN = Stage("read", read), Stage("plan", plan)
 DATA_FREE = Stage("data-free passes", data_free)
 SAMPLES = Stage("calibration samples", samples)
 DATA_AWARE = Stage("data-aware passes", data_aware)
+BLOCKS = Stage("block reconstruction", blocks)
 LABELED = Stage("labeled fine-tuning", labeled)
 LABEL_FREE = Stage("label-free fine-tuning", label_free)
 BOTH_STARTS = Stage("start: both", both_starts)
@@ -360,9 +376,9 @@ def stages_for(ctx: Context) -> list[Stage]:
         else:
             if ctx.schedule is not None and not ctx.epochs:
                 raise ConfigError("a fine-tuning schedule was given without epochs; pass epochs=N to fine-tune")
-            stages.append(DATA_AWARE)
+            stages += [DATA_AWARE, BLOCKS]
             if ctx.epochs:
-                stages += [LABEL_FREE, BOTH_STARTS, DATA_AWARE_AGAIN]
+                stages += [LABEL_FREE, BOTH_STARTS, DATA_AWARE_AGAIN, BLOCKS]
     elif ctx.data is not None:
         stages.append(LABELED)
     else:

@@ -15,6 +15,8 @@ Methods built today:
   codes GPTQ's way from the re-solved weights: onnx_dc/passes/joint.py);
 * data-aware + channel: the same with ``codebook: channel`` (the layer's codebook times a float16 scale
   per output channel, codebook and scales refit in turn: onnx_dc/passes/share.py, refit.py);
+* data-aware + blocks: the same with ``calib: blocks`` (each block trained alone in onnxruntime-training
+  to reproduce the original block's output: onnx_dc/train/blocks.py);
 * data-aware + label-free fine-tuning (compress(calib=..., epochs=N)), with --finetune only (slow).
 
 Each is one entry of METHODS: name -> function(model path, settings, calib spec, output path) -> the
@@ -100,6 +102,12 @@ def data_aware_channel(model: Path, settings: dict, calib, out: Path) -> Path:
     return out
 
 
+def data_aware_blocks(model: Path, settings: dict, calib, out: Path) -> Path:
+    """The data-aware passes, then block reconstruction (config ``calib: blocks: true``)."""
+    onnx_dc.compress(str(model), out, config={"version": 1, "calib": {"blocks": True}}, calib=calib, **settings)
+    return out
+
+
 def data_aware_finetuned(model: Path, settings: dict, calib, out: Path, schedule: dict) -> Path:
     """The data-aware passes, then label-free fine-tuning against the original's outputs."""
     rest = {k: v for k, v in schedule.items() if k != "epochs"}
@@ -112,6 +120,7 @@ METHODS: dict[str, Callable[[Path, dict, object, Path], Path]] = {
     "data-aware": data_aware,
     "data-aware + joint": data_aware_joint,
     "data-aware + channel": data_aware_channel,
+    "data-aware + blocks": data_aware_blocks,
 }
 FINETUNED = "data-aware + label-free ft"
 

@@ -336,3 +336,36 @@ def test_joint_pass_prunes_each_row_to_the_ratio_by_saliency_and_lowers_the_outp
         errors[joint] = output_error(original.ravel()[index], layer.weights.ravel()[index], st.stats.hessian(),
                                      st.view.group_of_rows())
     assert errors[True] < 0.9 * errors[False], errors
+
+
+def test_joint_pass_never_ends_above_todays_passes_on_a_real_network(tmp_path):
+    """calib: joint on the first 10 layers of the CIFAR-10 ResNet-20 (../shared/data/real) at 0.5 / 32, on photo
+    crops: each layer's output error (on the samples its statistics come from) is at most what today's
+    passes leave, layer by layer; where the joint pass lost, the layer keeps today's result and says so."""
+    from calib_images import require, write_folder
+    from conftest import SHARED_DATA
+
+    from onnx_dc.data.calib import load_calib, parse_calib_spec
+    from onnx_dc.passes.data_aware import DataAwareResult, DataAwareSettings, compress_layer, layer_error
+
+    model = require(SHARED_DATA / "real" / "cifar10-resnet20" / "resnet20_cifar10_pre.onnx")
+    folder = write_folder(tmp_path / "imgs", 24, (32, 32))
+    spec = parse_calib_spec(f"images:{folder}", mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
+    base = prepare(model, sparse_ratio=0.5, class_num=32)
+    stats = collect_stats(base, load_calib(spec, base.model).calib).stats  # one set of statistics for both
+    errors, results = {}, {}
+    for joint in (False, True):
+        state = prepare(model, sparse_ratio=0.5, class_num=32)
+        state.keep_originals()
+        result = DataAwareResult()
+        settings = DataAwareSettings(joint=joint, bias_correction=False, sequential=False)
+        names = list(state.layers)[:10]
+        for name in names:
+            compress_layer(state, name, stats[name], settings, result)
+        errors[joint] = {n: layer_error(state.layers[n], original_weights(state, n), stats[n]) for n in names}
+        results[joint] = result
+    for name in errors[True]:
+        assert errors[True][name] <= errors[False][name] * (1 + 1e-9), name
+    assert results[True].joint and set(results[True].joint).isdisjoint(results[True].joint_lost)
+    assert len(results[True].joint) + len(results[True].joint_lost) == len(errors[True])
+    assert sum(errors[True].values()) < sum(errors[False].values())

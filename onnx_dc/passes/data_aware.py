@@ -37,7 +37,7 @@ from onnx_dc.passes.lookup import compress_lookup
 from onnx_dc.passes.prune import prune_layer
 from onnx_dc.passes.prune_activation import prune_layer_by_activation
 from onnx_dc.passes.reconstruct import reconstruct_layer
-from onnx_dc.passes.refit import refit_layer
+from onnx_dc.passes.refit import output_error, refit_layer
 from onnx_dc.passes.share import share_layer
 from onnx_dc.passes.state import CompressionState, LayerState
 from onnx_dc.passes.stats import WeightStats
@@ -70,6 +70,8 @@ class DataAwareSettings:
     batch_size: int = 64
     full_hessian_max_dim: int = 4096
     carry_mb: int = 2048  # sequential: activations carried between waves, both models (0: none)
+    blocks: bool = False  # block reconstruction after the layer passes (onnx_dc/train/blocks.py)
+    block_layers: int = 1  # blocks: planned layers per block, at most
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values."""
@@ -89,6 +91,8 @@ DATA_AWARE_SECTION = Section(
     Field("batch_size", int, low=1),
     Field("full_hessian_max_dim", int, low=1),
     Field("carry_mb", int, low=0, note="megabytes, 0 turns carrying off"),
+    Field("blocks", bool),
+    Field("block_layers", int, low=1),
 )
 
 
@@ -110,6 +114,7 @@ class DataAwareResult:
     weighted_kmeans: list[str] = field(default_factory=list)
     gptq: list[str] = field(default_factory=list)
     joint: list[str] = field(default_factory=list)
+    joint_lost: list[str] = field(default_factory=list)  # joint: layers where today's passes gave the smaller error
     refit: list[str] = field(default_factory=list)
     bias_corrected: list[str] = field(default_factory=list)
     token_counts: list[str] = field(default_factory=list)  # embedding tables weighted by their rows' counts
@@ -128,7 +133,8 @@ class DataAwareResult:
         """Plain values (layer names per pass)."""
         return {"passes": self.passes_ran(), "prune_by_activation": self.pruned_by_activation,
                 "reconstruct": self.reconstructed,
-                "weighted_kmeans": self.weighted_kmeans, "gptq": self.gptq, "joint": self.joint, "refit": self.refit,
+                "weighted_kmeans": self.weighted_kmeans, "gptq": self.gptq, "joint": self.joint,
+                "joint_lost": self.joint_lost, "refit": self.refit,
                 "bias_correction": self.bias_corrected, "token_counts": self.token_counts,
                 "without_statistics": self.without_stats,
                 "sequential_waves": self.waves}
@@ -155,7 +161,13 @@ def compress_plain(layer: LayerState) -> None:
 
 def compress_layer(state: CompressionState, name: str, st: WeightStats, settings: DataAwareSettings,
                    result: DataAwareResult) -> None:
-    """Prune and share one planned layer from its input statistics; record what ran in ``result``."""
+    """Prune and share one planned layer from its input statistics; record what ran in ``result``.
+
+    With ``joint``, the layer is compressed both ways (the joint pass, and today's passes) and keeps
+    the one with the smaller output error on the statistics' samples (:func:`layer_error`), so the
+    joint pass never leaves a layer worse than the passes it replaces; ``result.joint_lost`` lists
+    the layers where it lost.
+    """
     layer = state.layers[name]
     if st.view.lookup:
         by_counts, shared = compress_lookup(layer, st, settings.weighted_kmeans)
@@ -163,6 +175,51 @@ def compress_layer(state: CompressionState, name: str, st: WeightStats, settings
             result.token_counts.append(name)
         return
     original = original_weights(state, name)
+    if not settings.joint:
+        _compress_matrix(layer, name, original, st, settings, result)
+    else:
+        start = layer.copy()
+        tried = DataAwareResult()
+        _compress_matrix(layer, name, original, st, settings, tried)
+        joint = layer.copy() if name in tried.joint else None
+        if joint is not None:
+            joint_error = layer_error(layer, original, st)
+            layer.assign(start)
+            plain = DataAwareResult()
+            _compress_matrix(layer, name, original, st, dataclasses.replace(settings, joint=False), plain)
+            if joint_error <= layer_error(layer, original, st):
+                layer.assign(joint)
+            else:
+                tried = plain
+                result.joint_lost.append(name)
+        _merge(result, tried)
+    if settings.bias_correction:
+        before = correct_bias(state, name, original, st)
+        if before is not None:
+            result.bias_corrected.append(name)
+            rows = st.view.bias_index()
+            result.original_biases[name] = (st.view.bias, rows, before.ravel()[rows])
+
+
+def _merge(result: DataAwareResult, part: DataAwareResult) -> None:
+    """Add the layer names ``part`` recorded per pass to ``result``."""
+    for f in ("pruned_by_activation", "reconstructed", "weighted_kmeans", "gptq", "joint", "refit"):
+        getattr(result, f).extend(getattr(part, f))
+
+
+def layer_error(layer: LayerState, original: np.ndarray, st: WeightStats) -> float:
+    """The layer's output error on the statistics' samples, summed over its views (refit.output_error)."""
+    total = 0.0
+    for p in st.pieces():
+        index = p.view.index
+        total += output_error(original.ravel()[index], layer.weights.ravel()[index], p.stats.hessian(),
+                              p.view.group_of_rows(), p.stats.cross_moment())
+    return total
+
+
+def _compress_matrix(layer: LayerState, name: str, original: np.ndarray, st: WeightStats,
+                     settings: DataAwareSettings, result: DataAwareResult) -> None:
+    """Prune, re-solve, share, [assign codes GPTQ's way] and refit one matrix layer (no bias correction)."""
     s = layer.entry.settings
     if settings.joint and obs_mask(layer, original, st):
         result.joint.append(name)
@@ -187,12 +244,6 @@ def compress_layer(state: CompressionState, name: str, st: WeightStats, settings
         result.gptq.append(name)
     if settings.refit and refit_layer(layer, original, st):
         result.refit.append(name)
-    if settings.bias_correction:
-        before = correct_bias(state, name, original, st)
-        if before is not None:
-            result.bias_corrected.append(name)
-            rows = st.view.bias_index()
-            result.original_biases[name] = (st.view.bias, rows, before.ravel()[rows])
 
 
 def run_data_aware(state: CompressionState, stats: dict[str, WeightStats], settings: DataAwareSettings,

@@ -233,7 +233,7 @@ def distillation_loss(targets: Sequence[OutputTarget]) -> LossBuilder:
     return build
 
 
-def run_teacher(model: onnx.ModelProto, samples: Samples, outputs: Sequence[str], threads: int = 0,
+def run_teacher(model: onnx.ModelProto | bytes, samples: Samples, outputs: Sequence[str], threads: int = 0,
                 chunk: int = 256) -> dict[str, np.ndarray]:
     """The model's ``outputs`` on every sample (entry ``i`` the output of sample ``i``'s feed), in onnxruntime."""
     from onnx_dc.runtime.session import InferenceSession
@@ -296,6 +296,8 @@ def distill(
     evaluate: Callable[[onnx.ModelProto], float] | None = None,
     keep_better: bool = False,
     validation: Samples | None = None,
+    teacher_outputs: Mapping[str, np.ndarray] | None = None,
+    validation_outputs: Mapping[str, np.ndarray] | None = None,
 ) -> DistillResult:
     """Prune in steps and share as :func:`onnx_dc.train.schedule.run_stages`, training against the original model.
 
@@ -318,6 +320,12 @@ def distill(
         validation: with ``keep_better``, the samples that validate (none of ``samples``; they
             should not have been seen by the passes that made the starting state either);
             None: every eighth of ``samples`` (:func:`validation_split`), trained on the rest.
+        teacher_outputs: the teacher's outputs on ``samples``, computed beforehand (output name ->
+            array, entry ``i`` on sample ``i``, as :func:`run_teacher` gives them); the teacher is then
+            not run, and ``teacher`` (default: ``state``'s model) only says which outputs are class
+            scores. For a part of a model whose original inputs differ from the samples
+            (:mod:`onnx_dc.train.blocks`). With ``keep_better``, give ``validation`` and
+            ``validation_outputs`` (the same on ``validation``) too.
 
     Raises:
         TrainingUnavailable: when onnxruntime-training cannot be imported.
@@ -333,18 +341,26 @@ def distill(
         raise DataError(f"{name}: no calibration samples to fine-tune on")
     start = time.perf_counter()
     teacher_model = teacher if teacher is not None else state.dense_model()
+    if teacher_outputs is not None and keep_better and (validation is None or validation_outputs is None):
+        raise ValueError("distill: teacher_outputs with keep_better needs validation and validation_outputs")
     if keep_better and validation is not None:
         train_part, val_part = samples, validation
     else:
         train_part, val_part = validation_split(samples) if keep_better else (samples, samples)
-    teacher = run_teacher(teacher_model, train_part, _float_outputs(teacher_model), settings.threads)
+
+    def outputs_of(part: Samples, outputs: Sequence[str], given: Mapping[str, np.ndarray] | None) -> dict:
+        if given is not None:
+            return {o: given[o] for o in outputs}
+        return run_teacher(teacher_model, part, outputs, settings.threads)
+
+    teacher = outputs_of(train_part, _float_outputs(teacher_model), teacher_outputs)
     targets = output_targets(teacher_model, teacher, list(state.layers))
     producers = {o: n.op_type for n in teacher_model.graph.node for o in n.output}
     step, full_loss = _step_fn(replace(train_part, arrays={**train_part.arrays,
                                                            **teacher_targets(targets, producers, teacher)}))
     snapshot = val_teacher = None
     if keep_better and targets:
-        val_teacher = run_teacher(teacher_model, val_part, [t.output for t in targets], settings.threads)
+        val_teacher = outputs_of(val_part, [t.output for t in targets], validation_outputs)
         _, full_loss = _step_fn(replace(val_part, arrays={**val_part.arrays,
                                                           **teacher_targets(targets, producers, val_teacher)}))
         snapshot = _snapshot(state)
