@@ -236,9 +236,11 @@ def _peak_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def stage_build(name: str, dense: str, config: str) -> dict:
-    """Write the dense model and its compression config."""
+def stage_build(name: str, dense: str, config: str, codebook: str = "layer") -> dict:
+    """Write the dense model and its compression config (``codebook``: the setting of every layer)."""
     cfg = MODELS[name].build(Path(dense))
+    if codebook != "layer":
+        cfg["defaults"] = {**cfg.get("defaults", {}), "codebook": codebook}
     Path(config).write_text(json.dumps(cfg))
     return {"bytes": _file_bytes(Path(dense))}
 
@@ -351,13 +353,13 @@ def run_stage(stage: str, python: Path | str = sys.executable, **kwargs) -> dict
 
 # ============================================================================ orchestration
 def run_model(name: str, scratch: Path, pythons: dict[str, dict[str, Path]], runs: int,
-              echo: Callable[[str], None], calib: int = 0) -> dict:
+              echo: Callable[[str], None], calib: int = 0, codebook: str = "layer") -> dict:
     """All stages of one model; files stay in ``scratch``."""
     dense, config = scratch / f"{name}.onnx", scratch / f"{name}.config.json"
     dc, dcz, back = scratch / f"{name}.dc.onnx", scratch / f"{name}.dcz", scratch / f"{name}.unpacked.dc.onnx"
-    row: dict = {"model": name}
+    row: dict = {"model": name, "codebook": codebook}
     steps = [
-        ("build", {"name": name, "dense": str(dense), "config": str(config)}),
+        ("build", {"name": name, "dense": str(dense), "config": str(config), "codebook": codebook}),
         ("compress", {"dense": str(dense), "config": str(config), "out": str(dc)}),
         ("pack", {"src": str(dc), "out": str(dcz)}),
         ("unpack", {"src": str(dcz), "out": str(back), "original": str(dc)}),
@@ -459,6 +461,8 @@ def main() -> None:
     parser.add_argument("--infer-runs", type=int, default=3, help="inferences per session (median reported)")
     parser.add_argument("--calib", type=int, default=0, metavar="N",
                         help="also compress with N random calibration samples, one pass and sequential (default: skip)")
+    parser.add_argument("--codebook", choices=("layer", "channel"), default="layer",
+                        help="the codebook setting of every layer (channel: a float16 scale per output channel)")
     parser.add_argument("--child", nargs=2, metavar=("STAGE", "ARGS_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -475,7 +479,8 @@ def main() -> None:
         pythons = {via: {o: PYTHONS[o] for o in args.ort.split(",")} for via in args.via.split(",")}
         if "onnx_dc" in pythons and "latest" in pythons["onnx_dc"] and args.latest_dc_python:
             pythons["onnx_dc"]["latest"] = Path(args.latest_dc_python)
-        rows = [run_model(m, scratch, pythons, args.infer_runs, lambda s: print(s, flush=True), args.calib) for m in names]
+        rows = [run_model(m, scratch, pythons, args.infer_runs, lambda s: print(s, flush=True), args.calib,
+                          args.codebook) for m in names]
     finally:
         if not args.scratch:
             shutil.rmtree(scratch, ignore_errors=True)
