@@ -18,7 +18,10 @@ onnx_dc/graph/layout.py) and works in the narrowest integer type. Symbol ``i`` o
     DecodeSparse:       pos = cumsum(int32(sym_gaps) + 1) - 1
                         W = reshape(scatter(zeros(numel), pos, codebook[sym_codes]), shape)
     DecodeSparseValues: the same with the float32 ``values`` in place of codebook[codes]
-    ``_s`` (channel scales): W = W * Cast(scale, float32), ``scale`` float16 in W's rank (broadcast)
+    ``_s`` (channel scales, ``scale`` float16 in W's rank):
+                        DecodeDense:  W = W * Cast(scale, float32)   (broadcast)
+                        DecodeSparse: the kept values times Cast(scale, float32).flat[(pos div scale_stride) mod C]
+                                      before the scatter, so no second weight-sized tensor is folded
 
 The generic functions (``DecodeSparse_g``, for weights of at most layout.GENERIC_MAX_NUMEL
 elements) read the widths b from the node's ``code_bits`` / ``index_bits`` and unpack any b in 1..16:
@@ -189,8 +192,29 @@ def _lookup(codes: str, bits: int, out: str, shaped: bool) -> list[onnx.NodeProt
     return nodes + cast + [oh.make_node("Gather", ["codebook", index], [out], axis=0)]
 
 
-def _scatter(gaps: str, values: str, index_bits: int) -> list[onnx.NodeProto]:
+def _scaled_values(values: str) -> tuple[list[onnx.NodeProto], str]:
+    """``values * float32(scale)[(pos div scale_stride) mod C]``: the kept values times their channel's scale,
+    before the scatter (count-sized intermediates, not weight-sized ones)."""
+    return [
+        _ref("st", "scale_stride", "int"),
+        oh.make_node("Cast", ["st"], ["st32"], to=TensorProto.INT32),
+        oh.make_node("Div", ["pos", "st32"], ["pd"]),
+        oh.make_node("Size", [layout.SCALE], ["sc"]),
+        oh.make_node("Cast", ["sc"], ["sc32"], to=TensorProto.INT32),
+        oh.make_node("Mod", ["pd", "sc32"], ["ch"]),
+        _const("flat1", np.array([-1], np.int64)),
+        oh.make_node("Reshape", [layout.SCALE, "flat1"], ["sv"]),
+        oh.make_node("Cast", ["sv"], ["svf"], to=TensorProto.FLOAT),
+        oh.make_node("Gather", ["svf", "ch"], ["vs"], axis=0),
+        oh.make_node("Mul", [values, "vs"], ["vsc"]),
+    ], "vsc"
+
+
+def _scatter(gaps: str, values: str, index_bits: int, with_scale: bool = False) -> list[onnx.NodeProto]:
     cast, gaps32 = _as_int32(gaps, index_bits, "g32")
+    scaled = []
+    if with_scale:
+        scaled, values = _scaled_values(values)
     return [
         *cast,
         _const("one32", np.array(1, np.int32)),
@@ -198,6 +222,7 @@ def _scatter(gaps: str, values: str, index_bits: int) -> list[onnx.NodeProto]:
         oh.make_node("Add", [gaps32, "one32"], ["steps"]),
         oh.make_node("CumSum", ["steps", "ax0"], ["pos1"]),
         oh.make_node("Sub", ["pos1", "one32"], ["pos"]),
+        *scaled,
         _ref("numel", "numel", "int"),
         _const("one64", np.array([1], np.int64)),
         oh.make_node("Reshape", ["numel", "one64"], ["numel1"]),
@@ -229,8 +254,8 @@ def make_function(op_type: str, opset: int) -> FunctionProto:
         body += nodes + _lookup(codes, bits["c"], "W" if kind == layout.DENSE else "vals", shaped=kind == layout.DENSE)
     if kind != layout.DENSE:
         nodes, gaps = _unpack("gaps", bits["i"], "index_bits", "gaps_u", "g")
-        body += nodes + _scatter(gaps, "vals" if kind == layout.SPARSE else "values", bits["i"])
-    if with_scale:
+        body += nodes + _scatter(gaps, "vals" if kind == layout.SPARSE else "values", bits["i"], with_scale)
+    if with_scale and kind == layout.DENSE:
         _rename_output(body, "W", "Wu")
         body += [oh.make_node("Cast", [layout.SCALE], ["sf"], to=TensorProto.FLOAT),
                  oh.make_node("Mul", ["Wu", "sf"], ["W"])]

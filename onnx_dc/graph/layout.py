@@ -11,7 +11,9 @@ layout in prose. A decoder node computes
 
 with ``codes`` and ``gaps`` bit-packed at ``code_bits`` / ``index_bits``. A shared weight with channel
 scales (``codebook: channel``) has a fourth input ``scale``, float16 in the weight's rank with 1 on every
-axis but the channel axis, and its op name ends in ``_s``: ``W = decoded * float32(scale)`` (broadcast).
+axis but the channel axis, and its op name ends in ``_s``: ``W = decoded * float32(scale)`` (broadcast;
+the sparse kind scales the kept values before the scatter, reading the channel of position ``p`` as
+``(p div scale_stride) mod C``, ``scale_stride`` a node attribute).
 Files holding such a decoder say format :data:`SCALED_FORMAT_VERSION`. A weight of at most
 :data:`GENERIC_MAX_NUMEL` elements calls the one generic function of its kind
 (``DecodeSparse_g``), which reads the widths from the node's attributes; a larger one names
@@ -54,7 +56,7 @@ SCALED = "s"  # the op-name part of a decoder with channel scales
 # Every attribute a decoder node carries (the functions declare them all).
 ATTRIBUTES = ("code_bits", "index_bits", "count", "numel", "shape", "sparse_ratio", "prune_quality", "class_num",
               "quantize_term", "centroid_init", "form", "fixed_index_bits", "seed", "reserves_zero", "bias",
-              "codebook")
+              "codebook", "scale_stride")
 
 # Value of a settings attribute when the node does not carry it (old files carry them all).
 ABSENT = {"sparse_ratio": -1.0, "prune_quality": -1.0, "class_num": Settings.class_num, "quantize_term": 1,
@@ -144,9 +146,9 @@ class Decoder:
 
 def make_decoder_node(weight: str, kind: str, code_bits: int, index_bits: int, count: int, shape: tuple[int, ...],
                       settings: Settings, shared: bool, reserves_zero: bool,
-                      generic: bool | None = None, with_scale: bool = False) -> onnx.NodeProto:
+                      generic: bool | None = None, with_scale: bool = False, scale_axis: int = 0) -> onnx.NodeProto:
     """The decoder node rebuilding ``weight`` from initializers ``weight/dc/<role>`` (``with_scale``: and
-    ``weight/dc/scale``, channel scales).
+    ``weight/dc/scale``, channel scales along ``scale_axis``).
 
     ``generic`` (default: whether the weight has at most :data:`GENERIC_MAX_NUMEL` elements)
     picks the generic decoder function of the kind over the one specialised to the widths.
@@ -162,12 +164,15 @@ def make_decoder_node(weight: str, kind: str, code_bits: int, index_bits: int, c
         form=s.form.value, fixed_index_bits=int(s.index_bits or 0), seed=int(s.seed), reserves_zero=int(reserves_zero),
         bias=s.bias.value, codebook=s.codebook.value,
     )
+    extra = {}
+    if with_scale:  # elements per step along the channel axis: the sparse kind's channel of a flat position
+        extra["scale_stride"] = int(np.prod(shape[scale_axis + 1:], dtype=np.int64))
     return oh.make_node(
         op_type(kind, code_bits, index_bits, generic, with_scale),
         [f"{weight}/dc/{x}" for x in inputs_of(kind, with_scale)], [weight],
         name=f"{weight}/dc/decode", domain=DOMAIN,
         code_bits=code_bits, index_bits=index_bits, count=count, numel=numel, shape=[int(d) for d in shape],
-        **{k: v for k, v in attrs.items() if v != ABSENT[k]},
+        **{k: v for k, v in attrs.items() if v != ABSENT[k]}, **extra,
     )
 
 

@@ -103,7 +103,8 @@ def _decoder_node(layer: LayerState, enc: Encoding) -> onnx.NodeProto:
                          f"{decoders.MAX_NUMEL}; skip this weight in the config")
     return layout.make_decoder_node(layer.name, enc.op, enc.code_bits, enc.index_bits, enc.count, layer.weights.shape,
                                     layer.entry.settings, shared=layer.codebook is not None,
-                                    reserves_zero=layer.mask is not None, with_scale=layout.SCALE in enc.tensors)
+                                    reserves_zero=layer.mask is not None, with_scale=layout.SCALE in enc.tensors,
+                                    scale_axis=layer.scale_axis)
 
 
 def lower(state: CompressionState, extra_skipped: tuple[Skipped, ...] = ()) -> onnx.ModelProto:

@@ -182,7 +182,8 @@ def _refit_scales(layer: LayerState, original: np.ndarray, pieces) -> bool:
     old = layer.scale
     with np.errstate(divide="ignore", invalid="ignore"):
         fitted = (num / den).astype(np.float16).astype(np.float32)
-    new = np.where((den > 0) & np.isfinite(fitted) & (fitted != 0), fitted, old).astype(np.float32)
+    # positive only: a pruned weight decodes to +0.0 however the decoder applies the scale
+    new = np.where((den > 0) & np.isfinite(fitted) & (fitted > 0), fitted, old).astype(np.float32)
     if np.array_equal(new, old):
         return False
     before = _error(_parts(layer, original, pieces), layer.codebook)
