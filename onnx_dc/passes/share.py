@@ -40,16 +40,24 @@ def share_layer(layer: LayerState, importance: np.ndarray | None = None) -> bool
         return False
     layer.scale = None
     w = layer.weights.ravel()
-    if s.codebook == Codebook.CHANNEL and layer.weights.ndim >= 1:
-        layer.scale_axis = min(layer.entry.site.channel_axis, layer.weights.ndim - 1)
-        layer.scale = channel_scales(layer.weights, layer.mask, layer.scale_axis)
-        per_element = layer.scale.reshape(layer.scale_shape())
-        w = (layer.weights / per_element).ravel()
-        importance = (np.ones(layer.weights.shape, np.float32) if importance is None else importance) * per_element**2
-    kept = w if layer.mask is None else w[layer.mask.ravel()]
+    keep = None if layer.mask is None else layer.mask.ravel()
+    kept = w if keep is None else w[keep]
     h = None
     if importance is not None:
-        h = importance.ravel() if layer.mask is None else importance.ravel()[layer.mask.ravel()]
+        h = importance.ravel() if keep is None else importance.ravel()[keep]
+    if s.codebook == Codebook.CHANNEL and layer.weights.ndim >= 1:
+        # the kept weights over their channel's scale, weighted by h s^2 (module docstring); weight-sized
+        # temporaries only for an unpruned layer
+        layer.scale_axis = min(layer.entry.site.channel_axis, layer.weights.ndim - 1)
+        layer.scale = channel_scales(layer.weights, layer.mask, layer.scale_axis)
+        if keep is None:
+            per_element = np.broadcast_to(layer.scale.reshape(layer.scale_shape()), layer.weights.shape).ravel()
+        else:
+            per_element = layer.scale_at(np.flatnonzero(keep))
+        kept = kept / per_element
+        squared = per_element * per_element
+        h = squared if h is None else h * squared
+        del per_element, squared
     result = kmeans_1d(kept, s.class_num, s.centroid_init.value, seed=s.seed, weights=h)
     if layer.mask is None:
         codebook = np.asarray(result.centroids, np.float32)
@@ -71,12 +79,17 @@ def share_layer(layer: LayerState, importance: np.ndarray | None = None) -> bool
 def channel_scales(weights: np.ndarray, mask: np.ndarray | None, axis: int) -> np.ndarray:
     """float32 ``[C]``: the RMS of each channel's kept weights along ``axis``, float16-exact; 1.0 where it is 0 or
     not finite in float16 (an all-pruned channel, or weights below float16's range)."""
-    rows = np.moveaxis(weights, axis, 0).reshape(weights.shape[axis], -1).astype(np.float64)
-    if mask is None:
-        mean_sq = np.mean(rows * rows, axis=1) if rows.shape[1] else np.zeros(rows.shape[0])
-    else:
-        keep = np.moveaxis(mask, axis, 0).reshape(rows.shape)
-        mean_sq = np.sum(rows * rows * keep, axis=1) / np.maximum(keep.sum(axis=1), 1)
+    rows = np.moveaxis(weights, axis, 0).reshape(weights.shape[axis], -1)
+    keep = None if mask is None else np.moveaxis(mask, axis, 0).reshape(rows.shape)
+    sums = np.zeros(rows.shape[0])
+    step = max(1, (1 << 22) // max(rows.shape[1], 1))  # rows at a time: float64 temporaries stay small
+    for lo in range(0, rows.shape[0], step):
+        part = rows[lo:lo + step].astype(np.float64)
+        if keep is not None:
+            part *= keep[lo:lo + step]
+        sums[lo:lo + step] = np.einsum("ij,ij->i", part, part)
+    count = np.full(rows.shape[0], rows.shape[1]) if keep is None else keep.sum(axis=1)
+    mean_sq = sums / np.maximum(count, 1)
     half = np.sqrt(mean_sq).astype(np.float16).astype(np.float32)
     return np.where((half > 0) & np.isfinite(half), half, np.float32(1.0)).astype(np.float32)
 
