@@ -23,7 +23,7 @@ from onnx_dc.errors import DataError, ModelError
 from onnx_dc.formats.models import load_model, model_bytes
 from onnx_dc.graph import external
 from onnx_dc.passes.data_aware import (DataAwareResult, DataAwareSettings, compress_layer, compress_plain,
-                                       original_weights, parse_data_aware, run_data_aware)
+                                       layer_error, original_weights, parse_data_aware, run_data_aware)
 from onnx_dc.passes.state import CompressionState
 from onnx_dc.runtime.collect import Collected, Collector
 from onnx_dc.runtime.fidelity import (Fidelity, compare_outputs, mean_error, measure_fidelity, record_outputs,
@@ -243,20 +243,13 @@ def _candidates(state: CompressionState, run: CalibRun, originals) -> list[str]:
     stats = run.collected.stats if run.collected is not None else {}
     if len(names) <= ATTRIBUTION_LAYERS or not stats:
         return names
-    from onnx_dc.passes.refit import output_error
-
     def own_error(name: str) -> float:
         st = stats.get(name)
         if st is None or any(p.stats.hessian() is None for p in st.pieces()):
             return float("inf")  # not measurable here: keep it a candidate
-        original, weights = originals(name).ravel(), state.layers[name].weights.ravel()
-        error = total = 0.0
-        for p in st.pieces():  # every view of a fused weight
-            w2, wq2 = original[p.view.index], weights[p.view.index]
-            h, groups = p.stats.hessian(), p.view.group_of_rows()
-            error += output_error(w2, wq2, h, groups, p.stats.cross_moment())
-            total += output_error(w2, 0 * w2, h, groups)
-        return error / max(total, 1e-30)
+        original = originals(name)
+        total = layer_error(np.zeros_like(original), original, st)
+        return layer_error(state.layers[name].weights, original, st) / max(total, 1e-30)
 
     return sorted(names, key=own_error, reverse=True)[:ATTRIBUTION_LAYERS]
 

@@ -362,7 +362,7 @@ def test_joint_pass_never_ends_above_todays_passes_on_a_real_network(tmp_path):
         names = list(state.layers)[:10]
         for name in names:
             compress_layer(state, name, stats[name], settings, result)
-        errors[joint] = {n: layer_error(state.layers[n], original_weights(state, n), stats[n]) for n in names}
+        errors[joint] = {n: layer_error(state.layers[n].weights, original_weights(state, n), stats[n]) for n in names}
         results[joint] = result
     for name in errors[True]:
         assert errors[True][name] <= errors[False][name] * (1 + 1e-9), name

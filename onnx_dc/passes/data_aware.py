@@ -183,11 +183,11 @@ def compress_layer(state: CompressionState, name: str, st: WeightStats, settings
         _compress_matrix(layer, name, original, st, settings, tried)
         joint = layer.copy() if name in tried.joint else None
         if joint is not None:
-            joint_error = layer_error(layer, original, st)
+            joint_error = layer_error(layer.weights, original, st)
             layer.assign(start)
             plain = DataAwareResult()
             _compress_matrix(layer, name, original, st, dataclasses.replace(settings, joint=False), plain)
-            if joint_error <= layer_error(layer, original, st):
+            if joint_error <= layer_error(layer.weights, original, st):
                 layer.assign(joint)
             else:
                 tried = plain
@@ -207,12 +207,13 @@ def _merge(result: DataAwareResult, part: DataAwareResult) -> None:
         getattr(result, f).extend(getattr(part, f))
 
 
-def layer_error(layer: LayerState, original: np.ndarray, st: WeightStats) -> float:
-    """The layer's output error on the statistics' samples, summed over its views (refit.output_error)."""
+def layer_error(weights: np.ndarray, original: np.ndarray, st: WeightStats) -> float:
+    """The output error of a layer holding ``weights`` instead of ``original`` on the statistics' samples,
+    summed over its views (:func:`onnx_dc.passes.refit.output_error`; zero ``weights``: the output's own size)."""
     total = 0.0
     for p in st.pieces():
         index = p.view.index
-        total += output_error(original.ravel()[index], layer.weights.ravel()[index], p.stats.hessian(),
+        total += output_error(original.ravel()[index], weights.ravel()[index], p.stats.hessian(),
                               p.view.group_of_rows(), p.stats.cross_moment())
     return total
 
