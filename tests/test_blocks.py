@@ -163,6 +163,34 @@ def test_a_block_without_a_gradient_says_so_in_one_line_and_the_others_train(cap
     check_still_compressed(state, before)
 
 
+def shape_reading_model() -> onnx.ModelProto:
+    """x [N, 32] -> MatMul -> Reshape to Shape(x) -> Relu -> MatMul: the first block reads a shape computed
+    at run time (a tensor without the batch axis), as a transformer's reshapes do."""
+    rng = np.random.default_rng(0)
+    nodes = [oh.make_node("Shape", ["x"], ["xs"], name="shape"),
+             oh.make_node("MatMul", ["x", "w0"], ["h"], name="fc0"),
+             oh.make_node("Reshape", ["h", "xs"], ["hr"], name="reshape"),
+             oh.make_node("Relu", ["hr"], ["a"], name="relu"),
+             oh.make_node("MatMul", ["a", "w1"], ["y"], name="fc1")]
+    g = oh.make_graph(nodes, "shapes", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+                      [init("w0", rng.normal(0, 0.3, (32, 32)).astype(np.float32)),
+                       init("w1", rng.normal(0, 0.3, (32, 8)).astype(np.float32))])
+    return finish_model(g)
+
+
+@needs_training
+def test_a_block_reading_a_shape_computed_at_run_time_trains_one_sample_at_a_time():
+    state, original = data_free(shape_reading_model(), sparse_ratio=0.5, class_num=4)
+    before = snapshot(state)
+    first = find_blocks(state)[0]
+    assert "xs" in first.inputs  # [2], not per sample: joined samples would not split back
+    x = np.random.default_rng(3).normal(size=(48, 1, 32)).astype(np.float32)
+    result = reconstruct_blocks(state, original, Samples({"x": x}, stackable=True), FAST)
+    assert all(b.skipped is None and b.error_after <= b.error_before for b in result.blocks), result.to_dict()
+    check_still_compressed(state, before)
+
+
 @needs_training
 def test_a_block_that_training_makes_worse_keeps_the_layer_passes_result():
     """Keep-better per block: a learning rate far too large raises each block's error, and each is undone."""

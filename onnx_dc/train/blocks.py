@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -320,6 +320,20 @@ def _values(model: onnx.ModelProto, names: Sequence[str], replace: Mapping, samp
     return given
 
 
+def _stacks(model: onnx.ModelProto, names: Sequence[str], replace: Mapping, samples: Samples, threads: int) -> bool:
+    """Whether every tensor ``names`` carries the samples' batch axis: its first dimension doubles when two
+    samples run joined instead of one (a shape computed from the input does not)."""
+    from onnx_dc.runtime.session import InferenceSession
+
+    run = [n for n in names if n not in samples.arrays and n not in samples.constants]
+    if not run or len(samples) < 2:
+        return True
+    session = InferenceSession(cut_model(model, run, replace), threads)
+    one = session.run(run, next(samples.take(slice(0, 1)).batches(1)))
+    two = session.run(run, next(samples.take(slice(0, 2)).batches(2)))
+    return all(a.ndim and b.shape == (2 * a.shape[0], *a.shape[1:]) for a, b in zip(one, two))
+
+
 def _block_samples(block: Block, values: Mapping[str, np.ndarray], samples: Samples) -> Samples:
     constants = {n: samples.constants[n] for n in block.inputs if n in samples.constants}
     return Samples({n: values[n] for n in block.inputs if n not in constants}, constants, samples.stackable)
@@ -379,12 +393,17 @@ def _train_block(state: CompressionState, original: onnx.ModelProto, block: Bloc
                  val_part: Samples, settings: TrainSettings, name: str, record: BlockRecord) -> None:
     start = time.perf_counter()
     current = {n: layer.weights for n, layer in state.layers.items()}
-    parts = []
-    for part in (train_part, val_part):
+
+    def measured(part: Samples) -> tuple[Samples, dict[str, np.ndarray]]:
         x = _block_samples(block, _values(state.model, block.inputs, current, part, settings.threads), part)
-        y = _values(original, block.outputs, {}, part, settings.threads)
-        parts.append((x, y))
-    (x_train, y_train), (x_val, y_val) = parts
+        return x, _values(original, block.outputs, {}, part, settings.threads)
+
+    if train_part.stackable and not _stacks(state.model, [*block.inputs, *block.outputs], current, train_part,
+                                            settings.threads):
+        # a tensor of the block without the samples' batch axis (a shape computed at run time, as a
+        # transformer's reshapes read): measured and trained one sample at a time, as each was fed
+        train_part, val_part = replace(train_part, stackable=False), replace(val_part, stackable=False)
+    (x_train, y_train), (x_val, y_val) = measured(train_part), measured(val_part)
     model = block_model(state, block, x_train, y_train)
     sub = CompressionState(model, state.plan, {n: state.layers[n] for n in block.layers}, None)
     tuned = distill(sub, x_train, settings, name=f"{name}: block {block.name}", teacher=model,
