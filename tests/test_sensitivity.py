@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import MNIST_DIR, ROOT, needs_shared, shared_path
+from conftest import MNIST_DIR, ROOT, SHARED_DATA, needs_shared, shared_path
 from test_cli import cli, expect_user_error
 
 import onnx_dc
@@ -141,6 +141,78 @@ def test_knapsack_over_bytes_equals_brute_force():
             assert total <= capacity
             assert sum(0.0 if p is None else max(0.0, p.drop) for p in chosen.values()) == pytest.approx(
                 min(sum(d for d, _ in c) for c in combos))
+
+
+def test_knapsack_over_bytes_minimises_the_smooth_error_where_the_sweep_measured_it():
+    """Every drop 0 (no held-out sample changes its top-1 with one layer compressed), errors differ: the
+    choice is the one of least summed error (brute force), not the first that fits; a sweep whose points
+    lack errors (labels, or an older JSON) still ranks by drops."""
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        opts = [[(float(rng.uniform(0, 1)), int(rng.integers(1, 40))) for _ in range(int(rng.integers(1, 4)))]
+                for _ in range(int(rng.integers(1, 4)))]
+        layers = tuple(LayerInfo(f"w{i}", f"n{i}", "Gemm", (10,), 10) for i in range(len(opts)))
+        points = tuple(Point(f"w{i}", 0.1 * j, 16, 100.0, 0.0, b, error=e) for i, layer in enumerate(opts)
+                       for j, (e, b) in enumerate(layer))
+        sens = Sensitivity("m", "fidelity", "%", 100.0, layers, points, (), ())
+        assert sens.smooth and not _synthetic([[(0.0, 5)]]).smooth
+        assert Sensitivity.from_dict(json.loads(json.dumps(sens.to_dict()))).points == points
+        options = [[(0.0, 40)] + list(layer) for layer in opts]
+        for capacity in (20, 50, 80):
+            combos = [c for c in itertools.product(*options) if sum(b for _, b in c) <= capacity]
+            if not combos:
+                continue
+            chosen = knapsack_bytes(sens, capacity, steps=capacity)
+            assert sum(40 if p is None else p.bytes for p in chosen.values()) <= capacity
+            assert sum(0.0 if p is None else p.error for p in chosen.values()) == pytest.approx(
+                min(sum(e for e, _ in c) for c in combos))
+
+
+def test_knapsack_over_bytes_of_many_layers_keeps_within_the_capacity():
+    """200 layers of 6 settings: every layer's rounding to whole units stays within the capacity, and a
+    capacity just above the smallest settings' sum is met (units at most 1 / 100 of it per layer)."""
+    rng = np.random.default_rng(4)
+    drops = [[(float(rng.uniform(0, 2)), int(rng.integers(100, 5000))) for _ in range(6)] for _ in range(200)]
+    sens = _synthetic(drops)
+    least = sum(min(b for _, b in layer) for layer in drops)
+    for capacity in (int(least * 1.01), int(least * 1.5), 40 * 200):
+        chosen = knapsack_bytes(sens, capacity)
+        assert sum(40 if p is None else p.bytes for p in chosen.values()) <= capacity
+
+
+@needs_shared
+def test_target_ratio_on_resnet20_ranks_layers_by_output_error(tmp_path):
+    """ResNet-20 on unlabeled crops: top-1 agreement on the held-out crops moves in whole samples, and
+    often not at all with one layer compressed, so ranked by drops the knapsack sees such settings as free. Ranked by the sweep's output
+    errors, the same byte capacity gives a whole model closer to the original (lower error, higher cosine)."""
+    import dataclasses
+
+    from calib_images import require, write_folder
+    from onnx_dc.analysis.metrics import Agreement
+    from onnx_dc.analysis.curves import config_for
+    from onnx_dc.analysis.target import config_measure
+    from onnx_dc.calibrate import fidelity
+    from onnx_dc.data.calib import parse_calib_spec
+
+    model = require(SHARED_DATA / "real" / "cifar10-resnet20" / "resnet20_cifar10_pre.onnx")
+    calib = parse_calib_spec(f"images:{write_folder(tmp_path / 'r20', 120, (48, 48), seed=7, suffix='.jpg')}",
+                             size="32,32", mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
+    metric = Agreement(calib, model.read_bytes())
+    sens = run_sensitivity(model, metric, ratios=(0.0,), class_nums=(4, 8, 32), calib=calib)
+    assert sens.smooth and all(p.error > 0 for p in sens.points)
+    coarse = dataclasses.replace(sens, points=tuple(dataclasses.replace(p, error=None) for p in sens.points))
+    held_out = len(metric._heldout())
+    steps = {round(p.drop * held_out / 100, 6) for p in sens.points}
+    assert all(float(k).is_integer() for k in steps)  # drops move in whole held-out samples
+    capacity = int(sum(info.dense_bytes for info in sens.layers) / 6)  # about 5 bits a weight
+    measure = config_measure(model, metric, calib=calib)
+    got = {}
+    for name, s in (("error", sens), ("drop", coarse)):
+        chosen = knapsack_bytes(s, capacity)
+        config = config_for({w: None if p is None else p.setting for w, p in chosen.items()}, sens.layers)
+        _, _, compressed, error = measure(config)
+        got[name] = (error, fidelity(compressed, model, calib).outputs[0].cosine)
+    assert got["error"][0] < 0.8 * got["drop"][0] and got["error"][1] > got["drop"][1], got
 
 
 @needs_shared

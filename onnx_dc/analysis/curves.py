@@ -87,6 +87,7 @@ class Point:
     bytes: int
     passes: tuple[str, ...] = ()  # the passes that changed the layer, in order
     codebook: str = "layer"
+    error: float | None = None  # the metric's smooth output error, when it measures one (metrics.score_and_error)
 
     @property
     def setting(self) -> Setting:
@@ -115,6 +116,11 @@ class Sensitivity:
         """Every pass some point ran, in the order they run."""
         seen = {p for point in self.points for p in point.passes}
         return tuple(p for p in PASS_ORDER if p in seen) + tuple(sorted(seen - set(PASS_ORDER)))
+
+    @property
+    def smooth(self) -> bool:
+        """Whether every point carries the metric's smooth output error (sweeps on --calib samples)."""
+        return bool(self.points) and all(p.error is not None for p in self.points)
 
     def layer(self, weight: str) -> LayerInfo:
         """A layer by weight name."""

@@ -34,7 +34,7 @@ import onnx
 
 from onnx_dc import progress
 from onnx_dc.analysis.curves import LayerInfo, Point, Sensitivity, Setting, settings_grid
-from onnx_dc.analysis.metrics import Metric
+from onnx_dc.analysis.metrics import Metric, score_and_error
 from onnx_dc.analysis.sweep import Runner, run_jobs
 from onnx_dc.calibrate import CalibStats, collect_calib_stats
 from onnx_dc.graph.io import serialize
@@ -58,14 +58,16 @@ class _Context:
     calib: CalibStats | None = None
 
 
-def measure(ctx: _Context, job: tuple[str, Setting]) -> tuple[float, int, tuple[str, ...]]:
-    """Score, stored bytes and passes run of the model with one layer compressed by one setting (a sweep job)."""
+def measure(ctx: _Context, job: tuple[str, Setting]) -> tuple[float, int, tuple[str, ...], float | None]:
+    """Score, stored bytes, passes run and smooth error (None when the metric has none) of the model with one
+    layer compressed by one setting (a sweep job)."""
     name, setting = job
     entry = setting.apply(ctx.entries[name])
     state = CompressionState.start(onnx.load_model_from_string(ctx.model), Plan((entry,), ()))
     with progress.quieted():
         passes = _compress_layer(state, name, setting, ctx.calib)
-    return ctx.metric(state.dense_model()), stored_bytes(state.layers[name]), passes
+    score, error = score_and_error(ctx.metric, state.dense_model())
+    return score, stored_bytes(state.layers[name]), passes, error
 
 
 def _compress_layer(state: CompressionState, name: str, setting: Setting, calib: CalibStats | None) -> tuple[str, ...]:
@@ -127,8 +129,8 @@ def run_sensitivity(
     with progress.quieted():
         baseline = metric(original)
     results = run_jobs(measure, ctx, jobs, runner, desc="sensitivity")
-    points = tuple(Point(name, s.sparse_ratio, s.class_num, score, baseline - score, nbytes, passes, s.codebook)
-                   for (name, s), (score, nbytes, passes) in zip(jobs, results))
+    points = tuple(Point(name, s.sparse_ratio, s.class_num, score, baseline - score, nbytes, passes, s.codebook,
+                         error) for (name, s), (score, nbytes, passes, error) in zip(jobs, results))
     layers = tuple(LayerInfo(e.site.name, e.site.node, e.site.op_type, tuple(e.site.shape), e.site.numel)
                    for e in base.plan.entries)
     name = str(model) if isinstance(model, (str, os.PathLike)) else "model"
