@@ -17,10 +17,18 @@ Methods built today:
   per output channel, codebook and scales refit in turn: onnx_dc/passes/share.py, refit.py);
 * data-aware + blocks: the same with ``calib: blocks`` (each block trained alone in onnxruntime-training
   to reproduce the original block's output: onnx_dc/train/blocks.py);
-* data-aware + label-free fine-tuning (compress(calib=..., epochs=N)), with --finetune only (slow).
+* data-aware + label-free fine-tuning (compress(calib=..., epochs=N)), with --finetune only (slow);
+* data-aware + size target: not the uniform settings above but ``compress --calib --target-ratio R``
+  with R the target (4, 8, 12, 16): per layer the sparse_ratio / class_num (or dense) of a sensitivity
+  sweep on the same samples (SWEEP_GRID, every layer alone at every setting, output error measured on
+  the held-out part), chosen by a knapsack over bytes and measured on the packed file
+  (onnx_dc/analysis/target.py). The sweep runs once per model, in two worker processes; its seconds are
+  the first target's row's ``sweep_seconds`` (and its note), not in ``seconds``, which is the search's
+  compress rounds, the packing and the held-out check.
 
 Each is one entry of METHODS: name -> function(model path, settings, calib spec, output path) -> the
-*.dc.onnx path.
+*.dc.onnx path; the size target's is SIZED (function(model path, target ratio, calib spec, output path,
+work folder)).
 
 Peers, once per model, in the same run (onnxruntime.quantization of the installed onnxruntime):
 INT8 dynamic (QInt8 weights), static QDQ per channel (MinMax over the same calibration samples; when
@@ -123,6 +131,41 @@ METHODS: dict[str, Callable[[Path, dict, object, Path], Path]] = {
     "data-aware + blocks": data_aware_blocks,
 }
 FINETUNED = "data-aware + label-free ft"
+
+# the size target's sweep: pruned float32 alone, shared alone and every pair (curves.settings_grid)
+SWEEP_GRID = {"ratios": (0.3, 0.5, 0.7), "class_nums": (4, 8, 16, 32, 64)}
+SWEEP_WORKERS = 2
+_SWEEPS: dict[str, tuple] = {}  # model path -> (Sensitivity, metric, seconds), once per run
+
+
+def data_aware_sized(model: Path, target: int, calib, out: Path) -> tuple[Path, dict]:
+    """``compress --calib SPEC --target-ratio target``: the sweep (once per model), then the knapsack's rounds.
+    Returns the output and the row's extra fields (sweep seconds the first time, the rounds, the settings chosen)."""
+    from collections import Counter
+
+    from onnx_dc.analysis.metrics import Agreement
+    from onnx_dc.analysis.sensitivity import run_sensitivity
+    from onnx_dc.analysis.sweep import Runner
+    from onnx_dc.analysis.target import compress_for_ratio
+
+    extra: dict = {}
+    if str(model) not in _SWEEPS:
+        metric = Agreement(calib, model.read_bytes())
+        start = time.perf_counter()
+        sens = run_sensitivity(str(model), metric, runner=Runner(workers=SWEEP_WORKERS), calib=calib, **SWEEP_GRID)
+        _SWEEPS[str(model)] = (sens, metric)
+        extra["sweep_seconds"] = round(time.perf_counter() - start, 1)
+    sens, metric = _SWEEPS[str(model)]
+    _, chosen = compress_for_ratio(str(model), str(out), metric, float(target), sens, None, calib)
+    kinds = Counter("dense" if "skip" in n else f"{n['sparse_ratio']:g}/{n.get('class_num', 'f32')}"
+                    for n in chosen.chosen.config["nodes"])
+    sweep = f"sweep {extra['sweep_seconds']:.0f} s; " if "sweep_seconds" in extra else ""
+    extra.update(rounds=len(chosen.rounds), chosen=dict(kinds.most_common()),
+                 note=sweep + "per layer: " + ", ".join(f"{k} x{v}" for k, v in kinds.most_common()))
+    return out, extra
+
+
+SIZED = "data-aware + size target"
 
 
 # --- peers ----------------------------------------------------------------------------------------
@@ -230,16 +273,21 @@ def measure(case: Case, candidate: Path) -> dict:
 
 
 def bench_method(case: Case, method: str, fn: Callable, target: int, work: Path) -> dict:
-    settings = TARGETS[target]
-    row = {"model": case.name, "method": method, "target": f"~{target}x", "settings": settings,
-           "original_bytes": case.path.stat().st_size}
+    settings = TARGETS[target] if method != SIZED else {"target_ratio": target, **SWEEP_GRID}
+    row = {"model": case.name, "method": method, "target": f"~{target}x" if method != SIZED else f">={target}x",
+           "settings": settings, "original_bytes": case.path.stat().st_size}
     stem = work / f"{case.name}-{method.replace(' ', '_')}-{target}x"
     dc, dcz = stem.with_suffix(".dc.onnx"), stem.with_suffix(".dcz")
     for f in (dc, dcz):
         f.unlink(missing_ok=True)  # our own output of an earlier run in --keep DIR
     start = time.perf_counter()
     try:
-        fn(case.path, settings, case.spec, dc)
+        if method == SIZED:
+            extra = fn(case.path, target, case.spec, dc)[1]
+            row.update(extra)
+            start += extra.get("sweep_seconds", 0.0)
+        else:
+            fn(case.path, settings, case.spec, dc)
         onnx_dc.pack(dc, dcz)
     except (OnnxDcError, FileNotFoundError) as exc:
         row.update(seconds=round(time.perf_counter() - start, 2), error=_line(exc))
@@ -394,7 +442,7 @@ def main() -> int:
                 done({"model": name, "method": "", "target": "", "seconds": 0.0, "error": _line(exc)})
                 continue
             case = Case(name, made["path"], made["spec"], made["schedule"])
-            methods = dict(METHODS)
+            methods = dict(METHODS) | {SIZED: data_aware_sized}
             if args.finetune:
                 methods[FINETUNED] = lambda m, s, c, o, sched=case.schedule: data_aware_finetuned(m, s, c, o, sched)
             if args.methods:

@@ -201,7 +201,7 @@ def test_target_ratio_on_resnet20_ranks_layers_by_output_error(tmp_path):
     sens = run_sensitivity(model, metric, ratios=(0.0,), class_nums=(4, 8, 32), calib=calib)
     assert sens.smooth and all(p.error > 0 for p in sens.points)
     coarse = dataclasses.replace(sens, points=tuple(dataclasses.replace(p, error=None) for p in sens.points))
-    held_out = len(metric._heldout())
+    held_out = len(metric._heldout()[0])
     steps = {round(p.drop * held_out / 100, 6) for p in sens.points}
     assert all(float(k).is_integer() for k in steps)  # drops move in whole held-out samples
     capacity = int(sum(info.dense_bytes for info in sens.layers) / 6)  # about 5 bits a weight

@@ -74,17 +74,23 @@ class Agreement:
         from onnx_dc.runtime.fidelity import compare_outputs
         from onnx_dc.runtime.session import InferenceSession
 
-        outputs = compare_outputs(InferenceSession(self.reference, 1), InferenceSession(model, 1), self._heldout())
+        samples, recorded = self._heldout()
+        outputs = compare_outputs(recorded, InferenceSession(model, 1), samples)
         score = 100.0 * sum(o.top1 if o.top1 is not None else o.cosine for o in outputs) / max(len(outputs), 1)
         return score, float(sum(o.rel_l2 ** 2 for o in outputs))
 
     def _heldout(self):
+        """The held-out samples and the original's outputs on them: read and run once per process, not once
+        per evaluation."""
         key = (str(self.calib), hash(self.reference))
-        if key not in _HELDOUT:  # read once per process, not once per evaluation
+        if key not in _HELDOUT:
             from onnx_dc.data.calib import load_calib
+            from onnx_dc.runtime.fidelity import record_outputs
+            from onnx_dc.runtime.session import InferenceSession
 
             data = load_calib(self.calib, onnx.load_model_from_string(self.reference))
-            _HELDOUT[key] = data.heldout if len(data.heldout) else data.calib
+            samples = data.heldout if len(data.heldout) else data.calib
+            _HELDOUT[key] = samples, record_outputs(InferenceSession(self.reference, 1), samples)
         return _HELDOUT[key]
 
     def describe(self) -> str:
