@@ -43,6 +43,7 @@ is one: ResNet-20's top-1 agreement, MiniLM's nearest-neighbour agreement of sen
 Seconds: compress + pack (data-aware: including compress's own held-out check), or the quantizer's run.
 
     python scripts/bench_real.py [--models cifar10-resnet20,minilm] [--targets 4,8,12,16] [--limit 64]
+        [--sweep-ratios 0.3,0.5,0.7] [--sweep-class-nums 4,8,16,32,64]
         [--finetune [--epochs 2]] [--no-peers] [--json out/bench_real.json] [--plot out/bench_real.png]
         [--keep DIR] [--update]
 """
@@ -394,6 +395,10 @@ def main() -> int:
     parser.add_argument("--targets", default="4,8,12,16", help=f"comma-separated subset of {sorted(TARGETS)}")
     parser.add_argument("--limit", type=int, default=64, help="calibration samples per model (default 64)")
     parser.add_argument("--methods", help="comma-separated subset of the methods (default: all of them)")
+    parser.add_argument("--sweep-ratios", help="the size target's sweep: sparse ratios (default "
+                        f"{','.join(map(str, SWEEP_GRID['ratios']))})")
+    parser.add_argument("--sweep-class-nums", help="the size target's sweep: class_nums (default "
+                        f"{','.join(map(str, SWEEP_GRID['class_nums']))})")
     parser.add_argument("--finetune", action="store_true", help="add data-aware + label-free fine-tuning (slow)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per fine-tuning stage (default 2)")
     parser.add_argument("--no-peers", action="store_true", help="skip onnxruntime.quantization's rows")
@@ -404,6 +409,10 @@ def main() -> int:
                         help="keep the JSON's rows of (model, method, target) not run now")
     args = parser.parse_args()
     targets = [int(t) for t in args.targets.split(",")]
+    if args.sweep_ratios:
+        SWEEP_GRID["ratios"] = tuple(float(r) for r in args.sweep_ratios.split(","))
+    if args.sweep_class_nums:
+        SWEEP_GRID["class_nums"] = tuple(int(k) for k in args.sweep_class_nums.split(","))
     if unknown := [t for t in targets if t not in TARGETS]:
         parser.error(f"--targets: {unknown} not among {sorted(TARGETS)}")
     json_path = Path(args.json)

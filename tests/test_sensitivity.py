@@ -170,12 +170,13 @@ def test_knapsack_over_bytes_minimises_the_smooth_error_where_the_sweep_measured
 
 def test_knapsack_over_bytes_of_many_layers_keeps_within_the_capacity():
     """200 layers of 6 settings: every layer's rounding to whole units stays within the capacity, and a
-    capacity just above the smallest settings' sum is met (units at most 1 / 100 of it per layer)."""
+    capacity just above the smallest settings' sum is met (units at most 1 / 100 of it per layer), and
+    so is a capacity of exactly that sum (solved again in bytes when the rounding refuses it)."""
     rng = np.random.default_rng(4)
     drops = [[(float(rng.uniform(0, 2)), int(rng.integers(100, 5000))) for _ in range(6)] for _ in range(200)]
     sens = _synthetic(drops)
     least = sum(min(b for _, b in layer) for layer in drops)
-    for capacity in (int(least * 1.01), int(least * 1.5), 40 * 200):
+    for capacity in (least, int(least * 1.01), int(least * 1.5), 40 * 200):
         chosen = knapsack_bytes(sens, capacity)
         assert sum(40 if p is None else p.bytes for p in chosen.values()) <= capacity
 

@@ -283,7 +283,8 @@ def measure_suggestion(model, sens: Sensitivity, max_drop: float, metric, prepro
 #
 # solved exactly by dynamic programming over the byte capacity C cut into units (at least STEPS and
 # UNITS_PER_LAYER per layer; each layer's bytes rounded up to whole units, so the true sum stays within
-# C, and the rounding costs at most 1 / UNITS_PER_LAYER of C). The whole model is compressed with
+# C, and the rounding costs at most 1 / UNITS_PER_LAYER of C per layer; where that rounding alone
+# refuses C, it is solved again in units of one byte). The whole model is compressed with
 # the choice, packed (.dcz) and measured; C starts at the original file's bytes / R and is scaled by
 # (bytes wanted / .dcz bytes measured) until the .dcz ratio lands in [R, R * RATIO_SLACK], for at most
 # ROUNDS rounds; after a round that missed R the capacity goes RATIO_MARGIN lower still, so that the
@@ -292,6 +293,7 @@ def measure_suggestion(model, sens: Sensitivity, max_drop: float, metric, prepro
 
 RATIO_SLACK = 1.03
 UNITS_PER_LAYER = 100
+EXACT_UNITS = 1 << 20  # when rounding alone refuses a capacity, it is solved again in bytes (up to this many)
 RATIO_MARGIN = 0.98
 RATIO_METHOD = "multiple-choice knapsack (exact DP over the layers' bytes), then measured .dcz ratio"
 
@@ -347,14 +349,29 @@ def knapsack_bytes(sens: Sensitivity, capacity: int, steps: int = STEPS) -> dict
     Raises:
         ConfigError: when even the smallest measured setting of every layer takes more than ``capacity``.
     """
-    steps = max(steps, UNITS_PER_LAYER * len(sens.layers))
-    unit = max(capacity, 1) / steps
     smooth = sens.smooth
-    cost = np.zeros(steps + 1)  # cost[c]: the least summed error of the layers so far within c units
-    picks: list[tuple[list[Point | None], list[int], np.ndarray]] = []
-    for info in sens.layers:
-        options: list[tuple[Point | None, float, int]] = [(None, 0.0, info.dense_bytes)]
-        options += [(p, max(0.0, p.error if smooth else p.drop), p.bytes) for p in sens.options(info.weight)]
+    layers = [[(None, 0.0, info.dense_bytes)] + [(p, max(0.0, p.error if smooth else p.drop), p.bytes)
+                                                 for p in sens.options(info.weight)] for info in sens.layers]
+    steps = max(steps, UNITS_PER_LAYER * len(layers))
+    chosen = _knapsack_units(layers, capacity, steps)
+    least = sum(min(b for _, _, b in options) for options in layers)
+    if chosen is None and least <= capacity and steps < min(capacity, EXACT_UNITS):
+        chosen = _knapsack_units(layers, capacity, min(capacity, EXACT_UNITS))  # the rounding was in the way
+    if chosen is None:
+        near = "" if least > capacity else f" (within the search's rounding to {capacity / steps:.0f} B units)"
+        raise ConfigError(f"the smallest measured settings of every layer take {least} B together{near}, more than "
+                          f"the {capacity} B the size target leaves them; sweep harsher settings (--ratios / --class-nums)")
+    return {info.weight: p for info, p in zip(sens.layers, chosen)}
+
+
+def _knapsack_units(layers: list[list[tuple[Point | None, float, int]]], capacity: int,
+                    steps: int) -> list[Point | None] | None:
+    """The DP of :func:`knapsack_bytes` with ``capacity`` cut into ``steps`` units: per layer (its options:
+    point or None, cost, bytes) the chosen point; None when no choice fits."""
+    unit = max(capacity, 1) / steps
+    cost = np.zeros(steps + 1)  # cost[c]: the least summed cost of the layers so far within c units
+    picks: list[tuple[list[int], np.ndarray]] = []
+    for options in layers:
         units = [math.ceil(b / unit - 1e-9) for _, _, b in options]
         new, pick = np.full(steps + 1, np.inf), np.full(steps + 1, -1)
         for j, ((_, d, _), u) in enumerate(zip(options, units)):
@@ -364,20 +381,17 @@ def knapsack_bytes(sens: Sensitivity, capacity: int, steps: int = STEPS) -> dict
             cand[u:] = cost[: steps + 1 - u] + d
             better = cand < new  # the first option of equal cost stays
             new[better], pick[better] = cand[better], j
-        picks.append(([p for p, _, _ in options], units, pick))
+        picks.append((units, pick))
         cost = new
     if not np.isfinite(cost[steps]):
-        least = sum(min([info.dense_bytes] + [p.bytes for p in sens.options(info.weight)]) for info in sens.layers)
-        near = "" if least > capacity else f" (within the search's rounding to {unit:.0f} B units)"
-        raise ConfigError(f"the smallest measured settings of every layer take {least} B together{near}, more than "
-                          f"the {capacity} B the size target leaves them; sweep harsher settings (--ratios / --class-nums)")
+        return None
     chosen: list[Point | None] = []
     c = steps
-    for points, units, pick in reversed(picks):
+    for options, (units, pick) in zip(reversed(layers), reversed(picks)):
         j = int(pick[c])
-        chosen.append(points[j])
+        chosen.append(options[j][0])
         c -= units[j]
-    return {info.weight: p for info, p in zip(sens.layers, reversed(chosen))}
+    return chosen[::-1]
 
 
 def choose_for_ratio(
