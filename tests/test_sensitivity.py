@@ -172,13 +172,21 @@ def test_knapsack_over_bytes_of_many_layers_keeps_within_the_capacity():
     """200 layers of 6 settings: every layer's rounding to whole units stays within the capacity, and a
     capacity just above the smallest settings' sum is met (units at most 1 / 100 of it per layer), and
     so is a capacity of exactly that sum (solved again in bytes when the rounding refuses it)."""
+    from onnx_dc.analysis import target
+
     rng = np.random.default_rng(4)
-    drops = [[(float(rng.uniform(0, 2)), int(rng.integers(100, 5000))) for _ in range(6)] for _ in range(200)]
-    sens = _synthetic(drops)
-    least = sum(min(b for _, b in layer) for layer in drops)
-    for capacity in (least, int(least * 1.01), int(least * 1.5), 40 * 200):
+    layers = tuple(LayerInfo(f"w{i}", f"n{i}", "Gemm", (2000,), 2000) for i in range(200))  # dense: 8000 B
+    points = tuple(Point(f"w{i}", 0.1 * j, 16, 100.0, 0.0, int(rng.integers(100, 5000)), error=float(rng.uniform(0, 2)))
+                   for i in range(200) for j in range(6))
+    sens = Sensitivity("m", "fidelity", "%", 100.0, layers, points, (), ())
+    least = sum(min(p.bytes for p in sens.options(info.weight)) for info in layers)
+    rounded = [[(None, 0.0, 8000)] + [(p, p.error, p.bytes) for p in sens.options(info.weight)] for info in layers]
+    assert target._knapsack_units(rounded, least, target.UNITS_PER_LAYER * 200) is None  # rounding refuses it
+    for capacity in (least, int(least * 1.01), int(least * 1.5), 8000 * 200):
         chosen = knapsack_bytes(sens, capacity)
-        assert sum(40 if p is None else p.bytes for p in chosen.values()) <= capacity
+        assert sum(8000 if p is None else p.bytes for p in chosen.values()) <= capacity
+    with pytest.raises(ConfigError, match="more than the"):
+        knapsack_bytes(sens, least - 1)
 
 
 @needs_shared
