@@ -134,9 +134,10 @@ METHODS: dict[str, Callable[[Path, dict, object, Path], Path]] = {
 FINETUNED = "data-aware + label-free ft"
 
 # the size target's sweep: pruned float32 alone, shared alone and every pair (curves.settings_grid)
-SWEEP_GRID = {"ratios": (0.3, 0.5, 0.7), "class_nums": (4, 8, 16, 32, 64)}
+DEFAULT_SWEEP_GRID = {"ratios": (0.3, 0.5, 0.7), "class_nums": (4, 8, 16, 32, 64)}
+SWEEP_GRID = dict(DEFAULT_SWEEP_GRID)  # this run's (main sets it from --sweep-ratios / --sweep-class-nums)
 SWEEP_WORKERS = 2
-_SWEEPS: dict[str, tuple] = {}  # model path -> (Sensitivity, metric, seconds), once per run
+_SWEEPS: dict[tuple, tuple] = {}  # (model path, grid) -> (Sensitivity, metric), once per run
 
 
 def data_aware_sized(model: Path, target: int, calib, out: Path) -> tuple[Path, dict]:
@@ -150,13 +151,14 @@ def data_aware_sized(model: Path, target: int, calib, out: Path) -> tuple[Path, 
     from onnx_dc.analysis.target import compress_for_ratio
 
     extra: dict = {}
-    if str(model) not in _SWEEPS:
+    key = (str(model), repr(sorted(SWEEP_GRID.items())))
+    if key not in _SWEEPS:
         metric = Agreement(calib, model.read_bytes())
         start = time.perf_counter()
         sens = run_sensitivity(str(model), metric, runner=Runner(workers=SWEEP_WORKERS), calib=calib, **SWEEP_GRID)
-        _SWEEPS[str(model)] = (sens, metric)
+        _SWEEPS[key] = (sens, metric)
         extra["sweep_seconds"] = round(time.perf_counter() - start, 1)
-    sens, metric = _SWEEPS[str(model)]
+    sens, metric = _SWEEPS[key]
     _, chosen = compress_for_ratio(str(model), str(out), metric, float(target), sens, None, calib)
     kinds = Counter("dense" if "skip" in n else f"{n['sparse_ratio']:g}/{n.get('class_num', 'f32')}"
                     for n in chosen.chosen.config["nodes"])
@@ -396,9 +398,9 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=64, help="calibration samples per model (default 64)")
     parser.add_argument("--methods", help="comma-separated subset of the methods (default: all of them)")
     parser.add_argument("--sweep-ratios", help="the size target's sweep: sparse ratios (default "
-                        f"{','.join(map(str, SWEEP_GRID['ratios']))})")
+                        f"{','.join(map(str, DEFAULT_SWEEP_GRID['ratios']))})")
     parser.add_argument("--sweep-class-nums", help="the size target's sweep: class_nums (default "
-                        f"{','.join(map(str, SWEEP_GRID['class_nums']))})")
+                        f"{','.join(map(str, DEFAULT_SWEEP_GRID['class_nums']))})")
     parser.add_argument("--finetune", action="store_true", help="add data-aware + label-free fine-tuning (slow)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per fine-tuning stage (default 2)")
     parser.add_argument("--no-peers", action="store_true", help="skip onnxruntime.quantization's rows")
@@ -409,6 +411,7 @@ def main() -> int:
                         help="keep the JSON's rows of (model, method, target) not run now")
     args = parser.parse_args()
     targets = [int(t) for t in args.targets.split(",")]
+    SWEEP_GRID.update(DEFAULT_SWEEP_GRID)
     if args.sweep_ratios:
         SWEEP_GRID["ratios"] = tuple(float(r) for r in args.sweep_ratios.split(","))
     if args.sweep_class_nums:
