@@ -32,6 +32,7 @@ def test_real_model_fine_tunes_label_free_without_skipping(name, tmp_path, monke
 
     shared_path(bench_distill.WAV)
     monkeypatch.setattr(bench_distill, "N_IMAGES", 12)  # photo crops written (the benchmark writes 160)
+    monkeypatch.setattr(bench_distill, "N_SMALL_IMAGES", 12)  # (and 1280 of ResNet-20's size)
     case = bench_distill.cases(tmp_path, epochs=1, limit=8, audio_epochs=1, audio_limit=8)[name]()
     state = prepare(str(shared_path(case["path"])), **case["settings"])
     samples = load_calib(case["spec"], state.model).calib
