@@ -307,8 +307,14 @@ class RatioRound(Round):
     error: float | None = None  # the metric's smooth output error of the whole model, when it measures one
 
     def rank(self) -> tuple[float, float, float]:
-        """Smaller is better: the measured drop, then the smooth error, then the larger ratio."""
-        return self.measured, self.error if self.error is not None else 0.0, -self.ratio
+        """Smaller is better (:func:`ratio_rank`)."""
+        return ratio_rank(self.measured, self.error, self.ratio)
+
+
+def ratio_rank(drop: float, error: float | None, ratio: float) -> tuple[float, float, float]:
+    """How a size target's rounds compare, smaller is better: the measured drop, then the smooth error, then
+    the larger ratio."""
+    return drop, error if error is not None else 0.0, -ratio
 
 
 @dataclass(frozen=True)
@@ -451,7 +457,7 @@ def compress_for_ratio(model, output_path, metric, target: float, sens: Sensitiv
         packed = len(dcz.pack_bytes(model_bytes(compressed)))
         # the chosen round (RatioRound.rank: the smallest drop, then error, then the largest ratio, among
         # those >= target); only its result is kept (a result holds the model's weights)
-        rank = (-last["score"], last["error"] if last["error"] is not None else 0.0, -original / packed)
+        rank = ratio_rank(-last["score"], last["error"], original / packed)  # -score: the drop less the baseline
         if original / packed >= target and ("rank" not in best or rank < best["rank"]):
             best.update(rank=rank, config=last["config"], result=last["result"])
         return packed

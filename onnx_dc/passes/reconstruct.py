@@ -68,8 +68,7 @@ def _reconstruct_view(layer: LayerState, original: np.ndarray, stats: WeightStat
         return False
     for g in np.unique(groups):
         h = hessian[g]
-        lam = DAMPING * max(float(np.mean(np.diag(h))), 1e-12)
-        h = h + lam * np.eye(h.shape[0])
+        h, lam = _damped(h)
         # E[x x_o^T] w_i for every row (H w_i when not sequential), plus the damping's pull toward w_i
         hw = w2 @ cross[g].T + lam * w2
         for count in np.unique(counts[groups == g]):
@@ -98,10 +97,15 @@ def _solve_unpruned(layer: LayerState, w2: np.ndarray, index: np.ndarray, hessia
     new2 = np.empty_like(w2)
     for g in np.unique(groups):
         rows = np.flatnonzero(groups == g)
-        h = hessian[g]
-        lam = DAMPING * max(float(np.mean(np.diag(h))), 1e-12)
+        h, lam = _damped(hessian[g])
         rhs = cross[g] @ w2[rows].T + lam * w2[rows].T
-        new2[rows] = np.linalg.solve(h + lam * np.eye(h.shape[0]), rhs).T
+        new2[rows] = np.linalg.solve(h, rhs).T
     flat = layer.weights.ravel().copy()
     flat[index.ravel()] = new2.ravel().astype(np.float32)
     layer.weights = flat.reshape(layer.weights.shape).astype(np.float32)
+
+
+def _damped(h: np.ndarray) -> tuple[np.ndarray, float]:
+    """``H + l I`` and ``l`` (DAMPING of the mean diagonal)."""
+    lam = DAMPING * max(float(np.mean(np.diag(h))), 1e-12)
+    return h + lam * np.eye(h.shape[0]), lam
