@@ -43,7 +43,7 @@ is one: ResNet-20's top-1 agreement, MiniLM's nearest-neighbour agreement of sen
 Seconds: compress + pack (data-aware: including compress's own held-out check), or the quantizer's run.
 
     python scripts/bench_real.py [--models cifar10-resnet20,minilm] [--targets 4,8,12,16] [--limit 64]
-        [--sweep-ratios 0.3,0.5,0.7] [--sweep-class-nums 4,8,16,32,64]
+        [--sweep-ratios 0.3,0.5,0.7] [--sweep-class-nums 4,8,16,32,64] [--sweeps DIR]
         [--finetune [--epochs 2]] [--no-peers] [--json out/bench_real.json] [--plot out/bench_real.png]
         [--keep DIR] [--update]
 """
@@ -138,6 +138,7 @@ DEFAULT_SWEEP_GRID = {"ratios": (0.3, 0.5, 0.7), "class_nums": (4, 8, 16, 32, 64
 SWEEP_GRID = dict(DEFAULT_SWEEP_GRID)  # this run's (main sets it from --sweep-ratios / --sweep-class-nums)
 SWEEP_WORKERS = 2
 _SWEEPS: dict[tuple, tuple] = {}  # (model path, grid) -> (Sensitivity, metric), once per run
+SWEEP_DIR: list[Path] = []  # --sweeps DIR: each model's sweep is saved there and read again when its grid matches
 
 
 def data_aware_sized(model: Path, target: int, calib, out: Path) -> tuple[Path, dict]:
@@ -145,6 +146,7 @@ def data_aware_sized(model: Path, target: int, calib, out: Path) -> tuple[Path, 
     Returns the output and the row's extra fields (sweep seconds the first time, the rounds, the settings chosen)."""
     from collections import Counter
 
+    from onnx_dc.analysis.curves import load_sensitivity
     from onnx_dc.analysis.metrics import Agreement
     from onnx_dc.analysis.sensitivity import run_sensitivity
     from onnx_dc.analysis.sweep import Runner
@@ -152,17 +154,30 @@ def data_aware_sized(model: Path, target: int, calib, out: Path) -> tuple[Path, 
 
     extra: dict = {}
     key = (str(model), repr(sorted(SWEEP_GRID.items())))
+    limit = getattr(calib, "limit", None)
+    saved = SWEEP_DIR[0] / f"{model.parent.name}-{model.stem}-{limit}.sweep.json" if SWEEP_DIR else None
+    if key not in _SWEEPS and saved is not None and saved.is_file():
+        sens = load_sensitivity(saved)
+        if ({*sens.ratios} - {0.0}, {*sens.class_nums}) == ({*SWEEP_GRID["ratios"]} - {0.0}, {*SWEEP_GRID["class_nums"]}):
+            _SWEEPS[key] = (sens, Agreement(calib, model.read_bytes()))
+            extra["sweep_read"] = f"{saved.name} ({sens.seconds:.0f} s when measured)"
     if key not in _SWEEPS:
         metric = Agreement(calib, model.read_bytes())
         start = time.perf_counter()
         sens = run_sensitivity(str(model), metric, runner=Runner(workers=SWEEP_WORKERS), calib=calib, **SWEEP_GRID)
         _SWEEPS[key] = (sens, metric)
         extra["sweep_seconds"] = round(time.perf_counter() - start, 1)
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            tmp = saved.with_suffix(".tmp")
+            tmp.write_text(json.dumps(sens.to_dict(), indent=1))
+            tmp.replace(saved)
     sens, metric = _SWEEPS[key]
     _, chosen = compress_for_ratio(str(model), str(out), metric, float(target), sens, None, calib)
     kinds = Counter("dense" if "skip" in n else f"{n['sparse_ratio']:g}/{n.get('class_num', 'f32')}"
                     for n in chosen.chosen.config["nodes"])
-    sweep = f"sweep {extra['sweep_seconds']:.0f} s; " if "sweep_seconds" in extra else ""
+    sweep = (f"sweep {extra['sweep_seconds']:.0f} s; " if "sweep_seconds" in extra
+             else f"sweep read from {extra['sweep_read']}; " if "sweep_read" in extra else "")
     extra.update(rounds=len(chosen.rounds), chosen=dict(kinds.most_common()),
                  note=sweep + "per layer: " + ", ".join(f"{k} x{v}" for k, v in kinds.most_common()))
     return out, extra
@@ -401,6 +416,8 @@ def main() -> int:
                         f"{','.join(map(str, DEFAULT_SWEEP_GRID['ratios']))})")
     parser.add_argument("--sweep-class-nums", help="the size target's sweep: class_nums (default "
                         f"{','.join(map(str, DEFAULT_SWEEP_GRID['class_nums']))})")
+    parser.add_argument("--sweeps", help="save each model's size-target sweep in this folder (MODEL.sweep.json) "
+                        "and read it from there when its grid matches this run's")
     parser.add_argument("--finetune", action="store_true", help="add data-aware + label-free fine-tuning (slow)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per fine-tuning stage (default 2)")
     parser.add_argument("--no-peers", action="store_true", help="skip onnxruntime.quantization's rows")
@@ -416,6 +433,8 @@ def main() -> int:
         SWEEP_GRID["ratios"] = tuple(float(r) for r in args.sweep_ratios.split(","))
     if args.sweep_class_nums:
         SWEEP_GRID["class_nums"] = tuple(int(k) for k in args.sweep_class_nums.split(","))
+    SWEEP_DIR[:] = [Path(args.sweeps)] if args.sweeps else []
+    _SWEEPS.clear()
     if unknown := [t for t in targets if t not in TARGETS]:
         parser.error(f"--targets: {unknown} not among {sorted(TARGETS)}")
     json_path = Path(args.json)

@@ -19,10 +19,11 @@ def test_bench_real_rows_measure_the_written_files(tmp_path, monkeypatch):
     shared_path(MODEL)
     monkeypatch.setattr(bench_distill, "N_IMAGES", 12)  # photo crops written (the benchmark writes 160)
     monkeypatch.setattr(bench_distill, "N_SMALL_IMAGES", 12)  # (and 1280 of ResNet-20's size)
-    out, files = tmp_path / "bench.json", tmp_path / "files"
+    out, files, sweeps = tmp_path / "bench.json", tmp_path / "files", tmp_path / "sweeps"
+    grid = ["--sweep-ratios", "0.5", "--sweep-class-nums", "16", "--sweeps", str(sweeps)]
     monkeypatch.setattr(sys, "argv", ["bench_real.py", "--models", "cifar10-resnet20", "--targets", "4",
                                       "--limit", "4", "--json", str(out), "--plot", str(tmp_path / "p.png"),
-                                      "--keep", str(files), "--sweep-ratios", "0.5", "--sweep-class-nums", "16"])
+                                      "--keep", str(files)] + grid)
     assert bench_real.main() == 0
 
     rows = json.loads(out.read_text())["rows"]
@@ -49,3 +50,14 @@ def test_bench_real_rows_measure_the_written_files(tmp_path, monkeypatch):
     for r in rows[: len(bench_real.METHODS) + 1]:  # onnx_dc's rows measure the packed .dcz
         assert "error" not in r and r["file"].endswith(".dcz")
     assert (tmp_path / "p.png").stat().st_size > 0
+
+    # --sweeps: the sweep was saved, and a second run of the size target reads it instead of sweeping again
+    (saved,) = sweeps.glob("*.sweep.json")
+    assert json.loads(saved.read_text())["class_nums"] == [16]
+    monkeypatch.setattr(sys, "argv", ["bench_real.py", "--models", "cifar10-resnet20", "--targets", "4", "--limit",
+                                      "4", "--json", str(out), "--plot", "", "--methods", bench_real.SIZED,
+                                      "--no-peers", "--update"] + grid)
+    assert bench_real.main() == 0
+    again = [r for r in json.loads(out.read_text())["rows"] if r["method"] == bench_real.SIZED]
+    assert len(again) == 1 and "sweep_seconds" not in again[0]
+    assert again[0]["note"].startswith(f"sweep read from {saved.name}") and again[0]["ratio"] >= 4

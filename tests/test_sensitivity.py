@@ -189,6 +189,44 @@ def test_knapsack_over_bytes_of_many_layers_keeps_within_the_capacity():
         knapsack_bytes(sens, least - 1)
 
 
+def test_target_ratio_also_measures_the_best_uniform_setting_that_fits():
+    """Where the layers' errors do not add up (here a mix of settings costs 1.0 more than its parts), the
+    knapsack's mixed choice measures worse than one swept setting on every layer: the size target measures
+    the best uniform settings predicted to fit and keeps the better, as measured. A uniform setting
+    predicted too large is not compressed at all."""
+    from onnx_dc.analysis.curves import config_for
+    from onnx_dc.analysis.target import UNIFORM_TRIES, choose_for_ratio, uniform_candidates
+
+    layers = tuple(LayerInfo(f"w{i}", f"n{i}", "Gemm", (10,), 10) for i in range(2))  # dense: 40 B each
+    points = (Point("w0", 0.0, 16, 100.0, 0.0, 10, error=0.1), Point("w0", 0.0, 8, 100.0, 0.0, 6, error=0.3),
+              Point("w0", 0.5, 8, 100.0, 0.0, 4, error=0.05),
+              Point("w1", 0.0, 16, 100.0, 0.0, 10, error=0.1), Point("w1", 0.0, 8, 100.0, 0.0, 6, error=0.3))
+    sens = Sensitivity("m", "fidelity", "%", 100.0, layers, points, (0.5,), (8, 16))
+    assert [(e, b, (s.sparse_ratio, s.class_num)) for e, b, s in uniform_candidates(sens)] == [
+        (pytest.approx(0.2), 20, (0.0, 16)), (pytest.approx(0.6), 12, (0.0, 8))]
+    measured = []
+
+    def measure(config):
+        nodes = config["nodes"]
+        kinds = {(n.get("sparse_ratio"), n.get("class_num")) for n in nodes}
+        nbytes = sum(next(p.bytes for p in points if p.layer == f"w{i}" and (p.sparse_ratio, p.class_num) == k)
+                     for i, k in enumerate((n["sparse_ratio"], n["class_num"]) for n in nodes))
+        error = sum(next(p.error for p in points if p.layer == f"w{i}" and (p.sparse_ratio, p.class_num) == (
+            n["sparse_ratio"], n["class_num"])) for i, n in enumerate(nodes)) + (1.0 if len(kinds) > 1 else 0.0)
+        measured.append(config)
+        return 100.0, nbytes, nbytes, error  # the "model" is its bytes here
+
+    result = choose_for_ratio(sens, 5.0, 80, measure, packed_size=lambda nbytes: nbytes)
+    kinds = [r.kind for r in result.rounds]
+    assert kinds[0] == "knapsack" and kinds[-1] == "uniform 0/8" and len(measured) == len(result.rounds)
+    assert sum(k != "knapsack" for k in kinds) <= UNIFORM_TRIES
+    assert result.rounds[0].config["nodes"][0]["sparse_ratio"] == 0.5  # the knapsack mixes 0.5 / 8 and 0 / 16
+    assert result.chosen.kind == "uniform 0/8" and result.chosen.error == pytest.approx(0.6)
+    assert result.chosen.config == config_for({i.weight: points[1].setting for i in layers}, layers)
+    assert config_for({i.weight: points[0].setting for i in layers}, layers) not in measured  # 20 B > 16 B
+    assert "(uniform 0/8)" in result.summary() and result.to_dict()["rounds"][-1]["kind"] == "uniform 0/8"
+
+
 @needs_shared
 def test_target_ratio_on_resnet20_ranks_layers_by_output_error(tmp_path):
     """ResNet-20 on unlabeled crops: top-1 agreement on the held-out crops moves in whole samples, and
