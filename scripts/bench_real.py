@@ -43,7 +43,8 @@ is one: ResNet-20's top-1 agreement, MiniLM's nearest-neighbour agreement of sen
 Seconds: compress + pack (data-aware: including compress's own held-out check), or the quantizer's run.
 
     python scripts/bench_real.py [--models cifar10-resnet20,minilm] [--targets 4,8,12,16] [--limit 64]
-        [--sweep-ratios 0.3,0.5,0.7] [--sweep-class-nums 4,8,16,32,64] [--sweeps DIR]
+        [--sweep-ratios 0.3,0.5,0.7] [--sweep-class-nums 4,8,16,32,64]
+        [--sweep-codebooks layer,channel] [--sweeps DIR]
         [--finetune [--epochs 2]] [--no-peers] [--json out/bench_real.json] [--plot out/bench_real.png]
         [--keep DIR] [--update]
 """
@@ -134,8 +135,8 @@ METHODS: dict[str, Callable[[Path, dict, object, Path], Path]] = {
 FINETUNED = "data-aware + label-free ft"
 
 # the size target's sweep: pruned float32 alone, shared alone and every pair (curves.settings_grid)
-DEFAULT_SWEEP_GRID = {"ratios": (0.3, 0.5, 0.7), "class_nums": (4, 8, 16, 32, 64)}
-SWEEP_GRID = dict(DEFAULT_SWEEP_GRID)  # this run's (main sets it from --sweep-ratios / --sweep-class-nums)
+DEFAULT_SWEEP_GRID = {"ratios": (0.3, 0.5, 0.7), "class_nums": (4, 8, 16, 32, 64), "codebooks": ("layer",)}
+SWEEP_GRID = dict(DEFAULT_SWEEP_GRID)  # this run's (main sets it from --sweep-ratios / -class-nums / -codebooks)
 SWEEP_WORKERS = 2
 _SWEEPS: dict[tuple, tuple] = {}  # (model path, grid) -> (Sensitivity, metric), once per run
 SWEEP_DIR: list[Path] = []  # --sweeps DIR: each model's sweep is saved there and read again when its grid matches
@@ -155,10 +156,12 @@ def data_aware_sized(model: Path, target: int, calib, out: Path) -> tuple[Path, 
     extra: dict = {}
     key = (str(model), repr(sorted(SWEEP_GRID.items())))
     limit = getattr(calib, "limit", None)
-    saved = SWEEP_DIR[0] / f"{model.parent.name}-{model.stem}-{limit}.sweep.json" if SWEEP_DIR else None
+    codebooks = "" if SWEEP_GRID["codebooks"] == ("layer",) else "-" + "-".join(SWEEP_GRID["codebooks"])
+    saved = SWEEP_DIR[0] / f"{model.parent.name}-{model.stem}-{limit}{codebooks}.sweep.json" if SWEEP_DIR else None
     if key not in _SWEEPS and saved is not None and saved.is_file():
         sens = load_sensitivity(saved)
-        if ({*sens.ratios} - {0.0}, {*sens.class_nums}) == ({*SWEEP_GRID["ratios"]} - {0.0}, {*SWEEP_GRID["class_nums"]}):
+        if ({*sens.ratios} - {0.0}, {*sens.class_nums}, {*sens.codebooks}) == (
+                {*SWEEP_GRID["ratios"]} - {0.0}, {*SWEEP_GRID["class_nums"]}, {*SWEEP_GRID["codebooks"]}):
             _SWEEPS[key] = (sens, Agreement(calib, model.read_bytes()))
             extra["sweep_read"] = f"{saved.name} ({sens.seconds:.0f} s when measured)"
     if key not in _SWEEPS:
@@ -175,11 +178,13 @@ def data_aware_sized(model: Path, target: int, calib, out: Path) -> tuple[Path, 
     sens, metric = _SWEEPS[key]
     _, chosen = compress_for_ratio(str(model), str(out), metric, float(target), sens, None, calib)
     kinds = Counter("dense" if "skip" in n else f"{n['sparse_ratio']:g}/{n.get('class_num', 'f32')}"
-                    for n in chosen.chosen.config["nodes"])
+                    + (f" {n['codebook']}" if "codebook" in n else "") for n in chosen.chosen.config["nodes"])
     sweep = (f"sweep {extra['sweep_seconds']:.0f} s; " if "sweep_seconds" in extra
              else f"sweep read from {extra['sweep_read']}; " if "sweep_read" in extra else "")
-    extra.update(rounds=len(chosen.rounds), chosen=dict(kinds.most_common()),
-                 note=sweep + "per layer: " + ", ".join(f"{k} x{v}" for k, v in kinds.most_common()))
+    kind = "" if chosen.chosen.kind == "knapsack" else f"{chosen.chosen.kind} (measured better than the knapsack's); "
+    extra.update(rounds=len(chosen.rounds), chosen=dict(kinds.most_common()), chosen_round=chosen.chosen.kind,
+                 round_list=[{"kind": r.kind, "ratio": round(r.ratio, 3), "error": r.error} for r in chosen.rounds],
+                 note=sweep + kind + "per layer: " + ", ".join(f"{k} x{v}" for k, v in kinds.most_common()))
     return out, extra
 
 
@@ -416,6 +421,8 @@ def main() -> int:
                         f"{','.join(map(str, DEFAULT_SWEEP_GRID['ratios']))})")
     parser.add_argument("--sweep-class-nums", help="the size target's sweep: class_nums (default "
                         f"{','.join(map(str, DEFAULT_SWEEP_GRID['class_nums']))})")
+    parser.add_argument("--sweep-codebooks", help="the size target's sweep: codebooks, layer and / or channel "
+                        "(default layer)")
     parser.add_argument("--sweeps", help="save each model's size-target sweep in this folder (MODEL.sweep.json) "
                         "and read it from there when its grid matches this run's")
     parser.add_argument("--finetune", action="store_true", help="add data-aware + label-free fine-tuning (slow)")
@@ -433,6 +440,8 @@ def main() -> int:
         SWEEP_GRID["ratios"] = tuple(float(r) for r in args.sweep_ratios.split(","))
     if args.sweep_class_nums:
         SWEEP_GRID["class_nums"] = tuple(int(k) for k in args.sweep_class_nums.split(","))
+    if args.sweep_codebooks:
+        SWEEP_GRID["codebooks"] = tuple(args.sweep_codebooks.split(","))
     SWEEP_DIR[:] = [Path(args.sweeps)] if args.sweeps else []
     _SWEEPS.clear()
     if unknown := [t for t in targets if t not in TARGETS]:

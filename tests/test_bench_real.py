@@ -31,7 +31,7 @@ def test_bench_real_rows_measure_the_written_files(tmp_path, monkeypatch):
         [(m, "~4x") for m in bench_real.METHODS] + [(bench_real.SIZED, ">=4x")]
         + [(p, "peer") for p in bench_real.PEERS])
     sized = rows[len(bench_real.METHODS)]  # the size target: the settings it swept, what it chose, >= 4x
-    assert sized["settings"] == {"target_ratio": 4, "ratios": [0.5], "class_nums": [16]}
+    assert sized["settings"] == {"target_ratio": 4, "ratios": [0.5], "class_nums": [16], "codebooks": ["layer"]}
     assert sized["rounds"] >= 1 and sized["sweep_seconds"] > 0 and sized["note"].startswith("sweep ")
     assert sum(sized["chosen"].values()) == 22 and set(sized["chosen"]) <= {"dense", "0/16", "0.5/16", "0.5/f32"}
     assert sized["ratio"] >= 4

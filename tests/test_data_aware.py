@@ -369,3 +369,44 @@ def test_joint_pass_never_ends_above_todays_passes_on_a_real_network(tmp_path):
     assert results[True].joint and set(results[True].joint).isdisjoint(results[True].joint_lost)
     assert len(results[True].joint) + len(results[True].joint_lost) == len(errors[True])
     assert sum(errors[True].values()) < sum(errors[False].values())
+
+
+def test_gptq_unpruned_codes_unpruned_layers_from_the_resolved_weights_and_never_raises_their_error(tmp_path):
+    """calib: gptq: unpruned on the first 10 layers of the CIFAR-10 ResNet-20 (../shared/data/real), half of
+    them pruned (0.5 / 16), half not (0 / 16), on photo crops. The layers that prune nothing get GPTQ's codes
+    (from the re-solved weights) where those leave a smaller output error than the nearest codes, and keep
+    the nearest ones where not (``gptq_lost``), so no layer ends above the plain passes (refit off, so the
+    codes alone differ); pruned layers come out exactly as without it; over the unpruned layers the summed
+    output error falls well below the plain passes'."""
+    from calib_images import require, write_folder
+    from conftest import SHARED_DATA
+
+    from onnx_dc.data.calib import load_calib, parse_calib_spec
+    from onnx_dc.passes.data_aware import DataAwareResult, DataAwareSettings, compress_layer, layer_error
+
+    model = require(SHARED_DATA / "real" / "cifar10-resnet20" / "resnet20_cifar10_pre.onnx")
+    folder = write_folder(tmp_path / "imgs", 24, (32, 32))
+    spec = parse_calib_spec(f"images:{folder}", mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
+    names = list(prepare(model).layers)[:10]  # weight names without fnmatch's special characters
+    config = {"version": 1, "nodes": [{"match": n, "sparse_ratio": 0.5 * (i % 2), "class_num": 16}
+                                      for i, n in enumerate(names)] + [{"match": "*", "skip": True}]}
+    errors, weights, results = {}, {}, {}
+    for mode in (False, "unpruned"):
+        state = prepare(model, config=config)
+        stats = collect_stats(state, load_calib(spec, state.model).calib).stats
+        state.keep_originals()
+        result = DataAwareResult()
+        settings = DataAwareSettings(gptq=mode, refit=False, bias_correction=False, sequential=False)
+        for name in names:
+            compress_layer(state, name, stats[name], settings, result)
+        errors[mode] = {n: layer_error(state.layers[n].weights, original_weights(state, n), stats[n]) for n in names}
+        weights[mode] = {n: state.layers[n].weights.copy() for n in names}
+        results[mode] = result
+    pruned, unpruned = names[1::2], names[0::2]
+    assert set(results["unpruned"].gptq) | set(results["unpruned"].gptq_lost) == set(unpruned)
+    assert results["unpruned"].gptq and not results[False].gptq
+    for name in pruned:
+        np.testing.assert_array_equal(weights["unpruned"][name], weights[False][name])
+    for name in unpruned:
+        assert errors["unpruned"][name] <= errors[False][name] * (1 + 1e-9), name
+    assert sum(errors["unpruned"][n] for n in unpruned) < 0.8 * sum(errors[False][n] for n in unpruned)

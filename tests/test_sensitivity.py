@@ -281,7 +281,7 @@ def test_target_ratio_is_met_by_the_packed_file_with_the_best_measured_round(cap
     assert sweep.baseline - 100 * evaluate(out, DATA, limit=500).accuracy == chosen["measured"]
     assert chosen["measured"] == min(r["measured"] for r in target["rounds"] if r["ratio"] >= 30)
     err = expect_user_error(capsys, "compress", LENET, "-o", tmp_path / "x.dc.onnx", "--data", DATA, "--limit", "500",
-                            "--target-ratio", "2000", "--sensitivity", saved, contains="smallest measured settings")
+                            "--target-ratio", "2000", "--sensitivity", saved, contains="not met; the smallest .dcz")
     assert not (tmp_path / "x.dc.onnx").exists()
 
 
@@ -409,7 +409,7 @@ def test_calib_sweep_runs_the_data_aware_passes_per_layer(capsys, tmp_path):
     metric = Agreement(calib, serialize(load_model(MNIST8)))
     grid = {"ratios": (0.8,), "class_nums": (16,)}
     aware = run_sensitivity(MNIST8, metric, calib=calib, **grid)
-    assert aware.passes == ("prune_by_activation", "reconstruct", "weighted_kmeans", "refit", "bias_correction")
+    assert aware.passes == ("prune_by_activation", "reconstruct", "weighted_kmeans", "gptq", "refit", "bias_correction")
     assert run_sensitivity(MNIST8, metric, calib=calib, runner=Runner(workers=2), **grid).points == aware.points
     # a point is what compress(calib=...) makes of that layer alone at that setting
     for point in (aware.points[0], aware.points[5], aware.points[-1]):

@@ -251,14 +251,19 @@ def test_an_unpruned_layer_is_re_solved_against_the_error_arriving_from_upstream
 
 def test_an_unpruned_resnet20_gains_from_the_re_solve(tmp_path):
     """ResNet-20 at sparse_ratio 0 / class_num 16 (sequential statistics): held-out outputs closer to the
-    original's with the re-solve than with ``reconstruct: false``, which is what 0 / 16 did before."""
+    original's with the re-solve than with ``reconstruct: false``, which is what 0 / 16 did before (both
+    with ``gptq: false``, the re-solve alone); and closer still with the default ``gptq: unpruned``, whose
+    codes come from the re-solved weights."""
     model = require(REAL / "cifar10-resnet20" / "resnet20_cifar10_pre.onnx")
     calib = parse_calib_spec(f"images:{write_folder(tmp_path / 'r20', 80, (48, 48), seed=5, suffix='.jpg')}",
                              size="32,32", mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
     fid = {}
-    for re_solve in (True, False):
+    for re_solve, gptq in ((True, False), (False, False), (True, "unpruned")):
         result = onnx_dc.compress(model, None, {"defaults": {"sparse_ratio": 0.0, "class_num": 16},
-                                                "calib": {"reconstruct": re_solve}}, calib=calib)
+                                                "calib": {"reconstruct": re_solve, "gptq": gptq}}, calib=calib)
         assert bool(result.calib.result.reconstructed) == re_solve
-        fid[re_solve] = result.fidelity.outputs[0]
+        assert bool(result.calib.result.gptq) == bool(gptq)
+        fid[re_solve, gptq] = result.fidelity.outputs[0]
+    assert fid[True, "unpruned"].rel_l2 < 0.8 * fid[True, False].rel_l2
+    fid = {re_solve: fid[re_solve, False] for re_solve in (True, False)}
     assert fid[True].rel_l2 < 0.8 * fid[False].rel_l2 and fid[True].cosine > fid[False].cosine

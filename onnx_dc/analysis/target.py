@@ -300,6 +300,7 @@ EXACT_UNITS = 1 << 20  # when rounding alone refuses a capacity, it is solved ag
 RATIO_MARGIN = 0.98
 RATIO_METHOD = "multiple-choice knapsack (exact DP over the layers' bytes), then measured .dcz ratio"
 UNIFORM_TRIES = 2  # uniform settings measured after the knapsack's rounds, at most
+UNIFORM_SLACK = 1.1  # ... among those predicted at most this much above the bytes wanted (the prediction is rough)
 
 
 @dataclass(frozen=True)
@@ -366,7 +367,7 @@ def knapsack_bytes(sens: Sensitivity, capacity: int, steps: int = STEPS) -> dict
                                                  for p in sens.options(info.weight)] for info in sens.layers]
     steps = max(steps, UNITS_PER_LAYER * len(layers))
     chosen = _knapsack_units(layers, capacity, steps)
-    least = sum(min(b for _, _, b in options) for options in layers)
+    least = least_bytes(sens)
     if chosen is None and least <= capacity and steps < min(capacity, EXACT_UNITS):
         chosen = _knapsack_units(layers, capacity, min(capacity, EXACT_UNITS))  # the rounding was in the way
     if chosen is None:
@@ -374,6 +375,11 @@ def knapsack_bytes(sens: Sensitivity, capacity: int, steps: int = STEPS) -> dict
         raise ConfigError(f"the smallest measured settings of every layer take {least} B together{near}, more than "
                           f"the {capacity} B the size target leaves them; sweep harsher settings (--ratios / --class-nums)")
     return {info.weight: p for info, p in zip(sens.layers, chosen)}
+
+
+def least_bytes(sens: Sensitivity) -> int:
+    """The layers' bytes with every layer at its smallest measured setting (or dense, if smaller)."""
+    return sum(min([info.dense_bytes] + [p.bytes for p in sens.options(info.weight)]) for info in sens.layers)
 
 
 def _knapsack_units(layers: list[list[tuple[Point | None, float, int]]], capacity: int,
@@ -422,7 +428,8 @@ def choose_for_ratio(
         ConfigError: when no round reaches the ratio; the message says the largest ratio reached.
     """
     wanted = original_bytes / target
-    capacity = int(wanted)
+    least = least_bytes(sens)  # the .dcz codes the layers further, so even these may pack small enough
+    capacity = max(int(wanted), least)
     rounds: list[RatioRound] = []
     tried: set[str] = set()
     for _ in range(ROUNDS):
@@ -438,7 +445,7 @@ def choose_for_ratio(
                                  sens.baseline - score, nbytes, config, packed, original_bytes / packed, error))
         if target <= original_bytes / packed <= target * RATIO_SLACK:
             break
-        capacity = max(1, int(capacity * wanted / packed * (RATIO_MARGIN if packed > wanted else 1.0)))
+        capacity = max(least, int(capacity * wanted / packed * (RATIO_MARGIN if packed > wanted else 1.0)))
     rounds += _uniform_rounds(sens, target, original_bytes, rounds, tried, measure, packed_size)
     if not any(r.ratio >= target for r in rounds):
         best = max(r.ratio for r in rounds)
@@ -464,8 +471,9 @@ def _uniform_rounds(sens: Sensitivity, target: float, original_bytes: int, round
                     tried: set[str], measure, packed_size) -> list[RatioRound]:
     """The knapsack adds the layers' errors as if they did not interact; where they do, one swept setting on
     every layer can be closer to the original at the same size. Measure the best uniform settings predicted
-    to reach ``target`` (the .dcz bytes scaled from the knapsack round nearest it), at most UNIFORM_TRIES,
-    stopping at the first that reaches it; the rounds then rank together (:func:`ratio_rank`)."""
+    to come near ``target`` (the .dcz bytes scaled from the knapsack round nearest it, within UNIFORM_SLACK:
+    settings differ in how far the .dcz's coding shrinks them), at most UNIFORM_TRIES, stopping at the
+    first that reaches it; the rounds then rank together (:func:`ratio_rank`)."""
     if not rounds:
         return []
     near = min(rounds, key=lambda r: abs(r.ratio - target))
@@ -475,7 +483,7 @@ def _uniform_rounds(sens: Sensitivity, target: float, original_bytes: int, round
     for error_sum, nbytes_sum, setting in uniform_candidates(sens):
         if len(out) >= UNIFORM_TRIES or any(r.ratio >= target for r in out):
             break
-        if nbytes_sum * scale > wanted:
+        if nbytes_sum * scale > wanted * UNIFORM_SLACK:
             continue
         config = config_for({info.weight: setting for info in sens.layers}, sens.layers)
         if repr(config) in tried:

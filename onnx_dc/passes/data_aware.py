@@ -64,7 +64,7 @@ class DataAwareSettings:
     weighted_kmeans: bool = True
     refit: bool = True
     bias_correction: bool = True
-    gptq: bool = False
+    gptq: bool | str = "unpruned"  # "unpruned": layers that prune nothing (see _compress_matrix); True: every layer
     joint: bool = False  # mask and codes chosen together with error compensation (passes/joint.py)
     sequential: bool = True
     batch_size: int = 64
@@ -85,7 +85,7 @@ DATA_AWARE_SECTION = Section(
     Field("weighted_kmeans", bool),
     Field("refit", bool),
     Field("bias_correction", bool),
-    Field("gptq", bool),
+    Field("gptq", lambda v: _gptq_mode(v)),
     Field("joint", bool),
     Field("sequential", bool),
     Field("batch_size", int, low=1),
@@ -94,6 +94,16 @@ DATA_AWARE_SECTION = Section(
     Field("blocks", bool),
     Field("block_layers", int, low=1),
 )
+
+
+GPTQ_MODES = (False, True, "unpruned")
+
+
+def _gptq_mode(value: Any) -> bool | str:
+    """``gptq:`` true, false or unpruned."""
+    if value in GPTQ_MODES and (isinstance(value, bool) or value == "unpruned"):
+        return value
+    raise ValueError("must be true, false or unpruned")
 
 
 def parse_data_aware(raw: Mapping[str, Any] | None, source: str = "calib") -> DataAwareSettings:
@@ -115,6 +125,7 @@ class DataAwareResult:
     gptq: list[str] = field(default_factory=list)
     joint: list[str] = field(default_factory=list)
     joint_lost: list[str] = field(default_factory=list)  # joint: layers where today's passes gave the smaller error
+    gptq_lost: list[str] = field(default_factory=list)  # gptq: unpruned: layers that kept the nearest codes
     refit: list[str] = field(default_factory=list)
     bias_corrected: list[str] = field(default_factory=list)
     token_counts: list[str] = field(default_factory=list)  # embedding tables weighted by their rows' counts
@@ -134,7 +145,7 @@ class DataAwareResult:
         return {"passes": self.passes_ran(), "prune_by_activation": self.pruned_by_activation,
                 "reconstruct": self.reconstructed,
                 "weighted_kmeans": self.weighted_kmeans, "gptq": self.gptq, "joint": self.joint,
-                "joint_lost": self.joint_lost, "refit": self.refit,
+                "joint_lost": self.joint_lost, "gptq_lost": self.gptq_lost, "refit": self.refit,
                 "bias_correction": self.bias_corrected, "token_counts": self.token_counts,
                 "without_statistics": self.without_stats,
                 "sequential_waves": self.waves}
@@ -203,7 +214,7 @@ def compress_layer(state: CompressionState, name: str, st: WeightStats, settings
 
 def _merge(result: DataAwareResult, part: DataAwareResult) -> None:
     """Add the layer names ``part`` recorded per pass to ``result``."""
-    for f in ("pruned_by_activation", "reconstructed", "weighted_kmeans", "gptq", "joint", "refit"):
+    for f in ("pruned_by_activation", "reconstructed", "weighted_kmeans", "gptq", "gptq_lost", "joint", "refit"):
         getattr(result, f).extend(getattr(part, f))
 
 
@@ -232,16 +243,24 @@ def _compress_matrix(layer: LayerState, name: str, original: np.ndarray, st: Wei
         prune_layer(layer)
     if settings.reconstruct and reconstruct_layer(layer, original, st):
         result.reconstructed.append(name)
-    before_sharing = layer.weights.copy() if name in result.joint else None
+    # joint, and gptq: unpruned on a layer that prunes nothing: codes GPTQ's way from the re-solved weights
+    unpruned_gptq = settings.gptq == "unpruned" and layer.mask is None
+    before_sharing = layer.weights.copy() if name in result.joint or unpruned_gptq else None
     importance = None
     if settings.weighted_kmeans:
         importance = kmeans_importance(st, layer.weights.shape)
     if share_layer(layer, importance) and importance is not None:
         result.weighted_kmeans.append(name)
-    if before_sharing is not None:  # joint: codes GPTQ's way from the re-solved kept weights
+    if before_sharing is not None:
+        kept = layer.copy() if unpruned_gptq else None
+        error = layer_error(layer.weights, original, st) if kept is not None else 0.0
         if gptq_layer(layer, before_sharing, st):
-            result.gptq.append(name)
-    elif settings.gptq and gptq_layer(layer, original, st):
+            if kept is not None and layer_error(layer.weights, original, st) > error:
+                layer.assign(kept)  # the nearest codes were closer on these samples
+                result.gptq_lost.append(name)
+            else:
+                result.gptq.append(name)
+    elif settings.gptq is True and gptq_layer(layer, original, st):
         result.gptq.append(name)
     if settings.refit and refit_layer(layer, original, st):
         result.refit.append(name)
