@@ -247,6 +247,9 @@ def test_calib_section_is_validated():
         parse_data_aware({"prune_by": "size", "refit": 1, "typo": True, "carry_mb": -1})
     assert all(k in str(exc.value) for k in ("prune_by", "refit", "typo", "carry_mb"))
     assert parse_data_aware({"carry_mb": 0}).carry_mb == 0 and parse_data_aware(None).carry_mb == 2048
+    assert parse_data_aware(None).gptq == "unpruned" and parse_data_aware({"gptq": True}).gptq is True
+    with pytest.raises(ConfigError, match="gptq.*true, false or unpruned"):
+        parse_data_aware({"gptq": "pruned"})
 
 
 def test_gptq_keeps_mask_and_codebook():

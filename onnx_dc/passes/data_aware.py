@@ -78,24 +78,6 @@ class DataAwareSettings:
         return {**dataclasses.asdict(self), "prune_by": self.prune_by.value}
 
 
-DATA_AWARE_SECTION = Section(
-    Field("prune_by", PruneBy),
-    Field("prune_scope", PRUNE_SCOPES),
-    Field("reconstruct", bool),
-    Field("weighted_kmeans", bool),
-    Field("refit", bool),
-    Field("bias_correction", bool),
-    Field("gptq", lambda v: _gptq_mode(v)),
-    Field("joint", bool),
-    Field("sequential", bool),
-    Field("batch_size", int, low=1),
-    Field("full_hessian_max_dim", int, low=1),
-    Field("carry_mb", int, low=0, note="megabytes, 0 turns carrying off"),
-    Field("blocks", bool),
-    Field("block_layers", int, low=1),
-)
-
-
 GPTQ_MODES = (False, True, "unpruned")
 
 
@@ -104,6 +86,24 @@ def _gptq_mode(value: Any) -> bool | str:
     if value in GPTQ_MODES and (isinstance(value, bool) or value == "unpruned"):
         return value
     raise ValueError("must be true, false or unpruned")
+
+
+DATA_AWARE_SECTION = Section(
+    Field("prune_by", PruneBy),
+    Field("prune_scope", PRUNE_SCOPES),
+    Field("reconstruct", bool),
+    Field("weighted_kmeans", bool),
+    Field("refit", bool),
+    Field("bias_correction", bool),
+    Field("gptq", _gptq_mode),
+    Field("joint", bool),
+    Field("sequential", bool),
+    Field("batch_size", int, low=1),
+    Field("full_hessian_max_dim", int, low=1),
+    Field("carry_mb", int, low=0, note="megabytes, 0 turns carrying off"),
+    Field("blocks", bool),
+    Field("block_layers", int, low=1),
+)
 
 
 def parse_data_aware(raw: Mapping[str, Any] | None, source: str = "calib") -> DataAwareSettings:
