@@ -363,8 +363,8 @@ def knapsack_bytes(sens: Sensitivity, capacity: int, steps: int = STEPS) -> dict
         ConfigError: when even the smallest measured setting of every layer takes more than ``capacity``.
     """
     smooth = sens.smooth
-    layers = [[(None, 0.0, info.dense_bytes)] + [(p, max(0.0, p.error if smooth else p.drop), p.bytes)
-                                                 for p in sens.options(info.weight)] for info in sens.layers]
+    layers = [[(None, 0.0, info.dense_bytes)] + [(p, _cost(p, smooth), p.bytes) for p in sens.options(info.weight)]
+              for info in sens.layers]
     steps = max(steps, UNITS_PER_LAYER * len(layers))
     chosen = _knapsack_units(layers, capacity, steps)
     least = least_bytes(sens)
@@ -375,6 +375,12 @@ def knapsack_bytes(sens: Sensitivity, capacity: int, steps: int = STEPS) -> dict
         raise ConfigError(f"the smallest measured settings of every layer take {least} B together{near}, more than "
                           f"the {capacity} B the size target leaves them; sweep harsher settings (--ratios / --class-nums)")
     return {info.weight: p for info, p in zip(sens.layers, chosen)}
+
+
+def _cost(point: Point, smooth: bool) -> float:
+    """What the size target minimises for one point: its smooth output error where the sweep measured
+    errors on every point, else its drop (never below 0)."""
+    return max(0.0, point.error if smooth else point.drop)
 
 
 def least_bytes(sens: Sensitivity) -> int:
@@ -439,10 +445,8 @@ def choose_for_ratio(
         if key in tried:  # the capacity moved too little to change any layer's choice
             break
         tried.add(key)
-        score, nbytes, model, error = measure(config)
-        packed = packed_size(model)
-        rounds.append(RatioRound(capacity, sum(max(0.0, p.drop) for p in chosen.values() if p is not None),
-                                 sens.baseline - score, nbytes, config, packed, original_bytes / packed, error))
+        rounds.append(_measured_round(sens, original_bytes, measure, packed_size, config, capacity, chosen.values()))
+        packed = rounds[-1].packed_bytes
         if target <= original_bytes / packed <= target * RATIO_SLACK:
             break
         capacity = max(least, int(capacity * wanted / packed * (RATIO_MARGIN if packed > wanted else 1.0)))
@@ -463,7 +467,7 @@ def uniform_candidates(sens: Sensitivity) -> list[tuple[float, int, Setting]]:
     out = []
     for setting in common:
         points = [sens.point(info.weight, setting) for info in sens.layers]
-        out.append((sum(max(0.0, p.error if smooth else p.drop) for p in points), sum(p.bytes for p in points), setting))
+        out.append((sum(_cost(p, smooth) for p in points), sum(p.bytes for p in points), setting))
     return sorted(out, key=lambda c: (c[0], c[1], repr(c[2])))
 
 
@@ -480,7 +484,7 @@ def _uniform_rounds(sens: Sensitivity, target: float, original_bytes: int, round
     scale = near.packed_bytes / max(near.layer_bytes, 1)  # .dcz bytes per byte of the layers, as measured
     wanted = original_bytes / target
     out: list[RatioRound] = []
-    for error_sum, nbytes_sum, setting in uniform_candidates(sens):
+    for _, nbytes_sum, setting in uniform_candidates(sens):
         if len(out) >= UNIFORM_TRIES or any(r.ratio >= target for r in out):
             break
         if nbytes_sum * scale > wanted * UNIFORM_SLACK:
@@ -489,13 +493,20 @@ def _uniform_rounds(sens: Sensitivity, target: float, original_bytes: int, round
         if repr(config) in tried:
             continue
         tried.add(repr(config))
-        score, nbytes, model, error = measure(config)
-        packed = packed_size(model)
         kind = f"uniform {setting.sparse_ratio:g}/{setting.class_num or 'f32'}" + (
             "" if setting.codebook == "layer" else f" {setting.codebook}")
-        out.append(RatioRound(nbytes_sum, sum(max(0.0, sens.point(i.weight, setting).drop) for i in sens.layers),
-                              sens.baseline - score, nbytes, config, packed, original_bytes / packed, error, kind))
+        points = [sens.point(info.weight, setting) for info in sens.layers]
+        out.append(_measured_round(sens, original_bytes, measure, packed_size, config, nbytes_sum, points, kind))
     return out
+
+
+def _measured_round(sens: Sensitivity, original_bytes: int, measure, packed_size, config: dict[str, Any],
+                    budget: int, points, kind: str = "knapsack") -> RatioRound:
+    """Compress, pack and measure ``config``: one round; its predicted drop is the ``points``' summed drops."""
+    score, nbytes, model, error = measure(config)
+    packed = packed_size(model)
+    return RatioRound(budget, sum(max(0.0, p.drop) for p in points if p is not None), sens.baseline - score,
+                      nbytes, config, packed, original_bytes / packed, error, kind)
 
 
 def compress_for_ratio(model, output_path, metric, target: float, sens: Sensitivity, preprocess=None, calib=None):
