@@ -20,9 +20,12 @@ Methods built today:
 * data-aware + label-free fine-tuning (compress(calib=..., epochs=N)), with --finetune only (slow);
 * data-aware + size target: not the uniform settings above but ``compress --calib --target-ratio R``
   with R the target (4, 8, 12, 16): per layer the sparse_ratio / class_num (or dense) of a sensitivity
-  sweep on the same samples (SWEEP_GRID, every layer alone at every setting, output error measured on
-  the held-out part), chosen by a knapsack over bytes and measured on the packed file
-  (onnx_dc/analysis/target.py). The sweep runs once per model, in two worker processes; its seconds are
+  sweep on the same samples (SWEEP_GRID, every layer alone at every setting), chosen by a knapsack over
+  bytes and measured on the packed file (onnx_dc/analysis/target.py). The sweep's output errors and the
+  rounds are judged on the pool's samples that are neither calibration nor held-out ones
+  (selection_spec), so that the row's held-out fidelity is measured on samples nothing was chosen by;
+  a pool with none left judges on the held-out part, and the row's note says so. The sweep runs once
+  per model, in two worker processes; its seconds are
   the first target's row's ``sweep_seconds`` (and its note), not in ``seconds``, which is the search's
   compress rounds, the packing and the held-out check.
 
@@ -54,10 +57,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -156,16 +160,22 @@ def data_aware_sized(model: Path, target: int, calib, out: Path) -> tuple[Path, 
     extra: dict = {}
     key = (str(model), repr(sorted(SWEEP_GRID.items())))
     limit = getattr(calib, "limit", None)
+    select = selection_spec(calib, out.parent / f"select-{model.stem}")
+    judged = (f"judged on {select.limit} samples neither calibration nor held out" if select is not None
+              else "judged on the held-out samples (the pool has no others)")
+    select = select if select is not None else calib
     codebooks = "" if SWEEP_GRID["codebooks"] == ("layer",) else "-" + "-".join(SWEEP_GRID["codebooks"])
-    saved = SWEEP_DIR[0] / f"{model.parent.name}-{model.stem}-{limit}{codebooks}.sweep.json" if SWEEP_DIR else None
+    tag = "-select" if select is not calib else ""
+    saved = (SWEEP_DIR[0] / f"{model.parent.name}-{model.stem}-{limit}{codebooks}{tag}.sweep.json"
+             if SWEEP_DIR else None)
     if key not in _SWEEPS and saved is not None and saved.is_file():
         sens = load_sensitivity(saved)
         if ({*sens.ratios} - {0.0}, {*sens.class_nums}, {*sens.codebooks}) == (
                 {*SWEEP_GRID["ratios"]} - {0.0}, {*SWEEP_GRID["class_nums"]}, {*SWEEP_GRID["codebooks"]}):
-            _SWEEPS[key] = (sens, Agreement(calib, model.read_bytes()))
+            _SWEEPS[key] = (sens, Agreement(select, model.read_bytes()))
             extra["sweep_read"] = f"{saved.name} ({sens.seconds:.0f} s when measured)"
     if key not in _SWEEPS:
-        metric = Agreement(calib, model.read_bytes())
+        metric = Agreement(select, model.read_bytes())
         start = time.perf_counter()
         sens = run_sensitivity(str(model), metric, runner=Runner(workers=SWEEP_WORKERS), calib=calib, **SWEEP_GRID)
         _SWEEPS[key] = (sens, metric)
@@ -184,8 +194,43 @@ def data_aware_sized(model: Path, target: int, calib, out: Path) -> tuple[Path, 
     kind = "" if chosen.chosen.kind == "knapsack" else f"{chosen.chosen.kind} (measured better than the knapsack's); "
     extra.update(rounds=len(chosen.rounds), chosen=dict(kinds.most_common()), chosen_round=chosen.chosen.kind,
                  round_list=[{"kind": r.kind, "ratio": round(r.ratio, 3), "error": r.error} for r in chosen.rounds],
-                 note=sweep + kind + "per layer: " + ", ".join(f"{k} x{v}" for k, v in kinds.most_common()))
+                 judged=judged, note=sweep + kind + "per layer: " + ", ".join(f"{k} x{v}" for k, v in kinds.most_common())
+                 + f"; {judged}")
     return out, extra
+
+
+def selection_spec(spec, folder: Path):
+    """The samples the size target judges by: those of ``spec``'s pool (``images:DIR`` or ``npz:FILE``) that
+    are neither its calibration nor its held-out samples, written to ``folder`` as a spec of the same kind
+    with all of them calibration samples and none held out (onnx_dc.analysis.metrics.Agreement then measures
+    on them); None when none are left (or the spec is of another kind)."""
+    import numpy as np
+
+    from onnx_dc.data.calib import image_files, split_indices
+
+    if spec.kind == "images":
+        files = image_files(Path(spec.path))
+        n = len(files)
+    elif spec.kind == "npz":
+        with np.load(spec.path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        n = max((len(v) for v in arrays.values() if v.ndim), default=0)
+    else:
+        return None
+    calib, held = split_indices(n, spec)
+    unused = np.setdiff1d(np.arange(n), np.concatenate([calib, held]))
+    if unused.size == 0:
+        return None
+    shutil.rmtree(folder, ignore_errors=True)  # this function's own folder, from an earlier call
+    folder.mkdir(parents=True)
+    if spec.kind == "images":
+        for i in unused:
+            (folder / files[i].name).symlink_to(files[i].resolve())
+        path = folder
+    else:
+        path = folder / Path(spec.path).name
+        np.savez(path, **{k: v[unused] if v.ndim and len(v) == n else v for k, v in arrays.items()})
+    return replace(spec, path=str(path), limit=int(unused.size), holdout_limit=0)
 
 
 SIZED = "data-aware + size target"

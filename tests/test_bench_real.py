@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
+import numpy as np
+import onnx
 from conftest import ROOT, shared_path
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench_distill  # noqa: E402
 import bench_real  # noqa: E402
+from onnx_dc.data.calib import as_calib_spec, load_calib, split_indices  # noqa: E402
 
 MODEL = bench_distill.REAL / "cifar10-resnet20" / "resnet20_cifar10_pre.onnx"
 
@@ -35,6 +39,8 @@ def test_bench_real_rows_measure_the_written_files(tmp_path, monkeypatch):
     assert sized["rounds"] >= 1 and sized["sweep_seconds"] > 0 and sized["note"].startswith("sweep ")
     assert sum(sized["chosen"].values()) == 22 and set(sized["chosen"]) <= {"dense", "0/16", "0.5/16", "0.5/f32"}
     assert sized["ratio"] >= 4
+    # judged on the 6 crops of 12 that are neither the 4 calibration nor the 2 held-out ones (selection_spec)
+    assert sized["judged"] == "judged on 6 samples neither calibration nor held out"
     original = MODEL.stat().st_size
     for r in rows:
         assert r["model"] == "cifar10-resnet20" and r["original_bytes"] == original and r["seconds"] >= 0
@@ -61,3 +67,35 @@ def test_bench_real_rows_measure_the_written_files(tmp_path, monkeypatch):
     again = [r for r in json.loads(out.read_text())["rows"] if r["method"] == bench_real.SIZED]
     assert len(again) == 1 and "sweep_seconds" not in again[0]
     assert again[0]["note"].startswith(f"sweep read from {saved.name}") and again[0]["ratio"] >= 4
+
+
+def test_size_target_judges_on_samples_neither_calibration_nor_held_out(tmp_path, monkeypatch):
+    """selection_spec: the samples the size target's sweep and rounds are judged by share none with the
+    calibration samples or with the held-out samples the rows are measured on (images and npz pools)."""
+    shared_path(MODEL)
+    monkeypatch.setattr(bench_distill, "N_SMALL_IMAGES", 12)
+    spec = bench_distill.cases(tmp_path, 1, 4)["cifar10-resnet20"]()["spec"]
+    model = onnx.load(str(MODEL))
+    select = bench_real.selection_spec(spec, tmp_path / "select")
+    assert (select.limit, select.holdout_limit) == (6, 0)  # 12 crops: 2 held out (every fifth), 4 calibration
+    data, judged = load_calib(spec, model), load_calib(select, model)
+    assert len(judged.calib) == 6 and len(judged.heldout) == 0
+
+    def rows(samples):
+        return {samples.feed(i)[next(iter(samples.feed(i)))].tobytes() for i in range(len(samples))}
+
+    seen = rows(data.calib) | rows(data.heldout)
+    assert len(seen) == 6 and not rows(judged.calib) & seen
+
+    sentences = shared_path(bench_distill.REAL / "minilm" / "sentences.npz")
+    text = replace(as_calib_spec(f"npz:{sentences}"), limit=64)
+    select = bench_real.selection_spec(text, tmp_path / "select-text")
+    with np.load(sentences) as z:
+        every = list(z["text"])
+    with np.load(select.path) as z:
+        picked = set(z["text"])
+    calib, held = split_indices(len(every), text)
+    assert len(picked) == select.limit == len(every) - len(calib) - len(held) > 0
+    assert not picked & {every[i] for i in np.concatenate([calib, held])}
+    # a pool with nothing left over (every sample calibration or held out): None, the caller judges on held-out
+    assert bench_real.selection_spec(replace(text, limit=len(every)), tmp_path / "none") is None

@@ -392,13 +392,14 @@ def _one_input(spec: CalibSpec, inputs: tuple[InputInfo, ...]) -> InputInfo:
 
 def _split_pool(pool: Samples, inputs: tuple[InputInfo, ...], spec: CalibSpec) -> CalibData:
     sample_bytes = sum(4 * int(np.prod(a.shape[1:])) for a in pool.arrays.values())
-    calib, held = _split_indices(len(pool), spec, sample_bytes)
+    calib, held = split_indices(len(pool), spec, sample_bytes)
     return CalibData(pool.take(calib), pool.take(held), inputs, str(spec), spec)
 
 
-def _split_indices(n: int, spec: CalibSpec, sample_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(n: int, spec: CalibSpec, sample_bytes: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(calibration, held-out) indices of a pool of ``n`` samples of ``sample_bytes`` each (the split of the
-    module docstring)."""
+    module docstring; ``sample_bytes`` only sets the calibration count when ``spec.limit`` is None). The pool
+    of ``images:DIR`` is :func:`image_files`' order, of ``npz:FILE`` its arrays' first axis."""
     held = np.arange(HOLDOUT_EVERY - 1, n, HOLDOUT_EVERY)
     if held.size == 0 and n >= 2:
         held = np.array([n - 1])
@@ -432,6 +433,11 @@ their laid-out copy; measured 2.02 with tracemalloc on 100 RGB images at 352x352
 half of the free memory."""
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files of ``images:DIR``, in the order its samples are numbered."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
 def _image_calib(spec: CalibSpec, inputs: tuple[InputInfo, ...]) -> CalibData:
     """Check the folder, the model input, the size and the memory the samples will take, then read the images
     the split uses (calibration ones first, then held-out ones) and nothing else."""
@@ -439,7 +445,7 @@ def _image_calib(spec: CalibSpec, inputs: tuple[InputInfo, ...]) -> CalibData:
     folder = Path(spec.path)
     if not folder.is_dir():
         raise DataError(f"{spec}: {folder} is not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = image_files(folder)
     if not files:
         raise DataError(f"{spec}: no images in {folder} (looked for {', '.join(IMAGE_SUFFIXES)})")
     if len(inp.shape) != 4:
@@ -452,7 +458,7 @@ def _image_calib(spec: CalibSpec, inputs: tuple[InputInfo, ...]) -> CalibData:
         raise DataError(f"{spec}: model input {inp.name!r} expects {want_c} channel(s) ({inp.describe()}, "
                         f"{spec.layout}) but --channels {channels.value} gives {got_c}; check --channels and --layout")
     h, w = _sample_size(spec, inp, (want_h, want_w), files[0])
-    calib, held = _split_indices(len(files), spec, 4 * got_c * h * w)
+    calib, held = split_indices(len(files), spec, 4 * got_c * h * w)
     _check_memory(spec, len(calib), len(held), (got_c, h, w))
     pool = _image_pool(spec, inp, [files[i] for i in np.concatenate([calib, held])], channels, (want_h, want_w))
     return CalibData(pool.take(slice(0, len(calib))), pool.take(slice(len(calib), None)), inputs, str(spec), spec)
