@@ -20,7 +20,9 @@ Methods built today:
 * data-aware + label-free fine-tuning (compress(calib=..., epochs=N)), with --finetune only (slow);
 * data-aware + size target: not the uniform settings above but ``compress --calib --target-ratio R``
   with R the target (4, 8, 12, 16): per layer the sparse_ratio / class_num (or dense) of a sensitivity
-  sweep on the same samples (SWEEP_GRID, every layer alone at every setting), chosen by a knapsack over
+  sweep on the same samples (SWEEP_GRID, every layer alone at every setting; as compress does, the model
+  run at 2 settings per layer and the other points estimated from the layer's own output error,
+  onnx_dc/analysis/estimate.py; --no-sweep-estimate measures every point), chosen by a knapsack over
   bytes and measured on the packed file (onnx_dc/analysis/target.py). The sweep's output errors and the
   rounds are judged on the pool's samples that are neither calibration nor held-out ones
   (selection_spec), so that the row's held-out fidelity is measured on samples nothing was chosen by;
@@ -47,7 +49,7 @@ Seconds: compress + pack (data-aware: including compress's own held-out check), 
 
     python scripts/bench_real.py [--models cifar10-resnet20,minilm] [--targets 4,8,12,16] [--limit 64]
         [--sweep-ratios 0.3,0.5,0.7] [--sweep-class-nums 4,8,16,32,64]
-        [--sweep-codebooks layer,channel] [--sweeps DIR]
+        [--sweep-codebooks layer,channel] [--no-sweep-estimate] [--sweeps DIR]
         [--finetune [--epochs 2]] [--no-peers] [--json out/bench_real.json] [--plot out/bench_real.png]
         [--keep DIR] [--update]
 """
@@ -139,10 +141,11 @@ METHODS: dict[str, Callable[[Path, dict, object, Path], Path]] = {
 FINETUNED = "data-aware + label-free ft"
 
 # the size target's sweep: pruned float32 alone, shared alone and every pair (curves.settings_grid)
-DEFAULT_SWEEP_GRID = {"ratios": (0.3, 0.5, 0.7), "class_nums": (4, 8, 16, 32, 64), "codebooks": ("layer",)}
+DEFAULT_SWEEP_GRID = {"ratios": (0.3, 0.5, 0.7), "class_nums": (4, 8, 16, 32, 64), "codebooks": ("layer",),
+                      "estimated": True}
 SWEEP_GRID = dict(DEFAULT_SWEEP_GRID)  # this run's (main sets it from --sweep-ratios / -class-nums / -codebooks)
 SWEEP_WORKERS = 2
-_SWEEPS: dict[tuple, tuple] = {}  # (model path, grid) -> (Sensitivity, metric), once per run
+_SWEEPS: dict[tuple, tuple] = {}  # (model path, grid) -> (Sensitivity, metric, judged words), once per run
 SWEEP_DIR: list[Path] = []  # --sweeps DIR: each model's sweep is saved there and read again when its grid matches
 
 
@@ -151,7 +154,6 @@ def data_aware_sized(model: Path, target: int, calib, out: Path) -> tuple[Path, 
     Returns the output and the row's extra fields (sweep seconds the first time, the rounds, the settings chosen)."""
     from collections import Counter
 
-    from onnx_dc.analysis.curves import load_sensitivity
     from onnx_dc.analysis.metrics import Agreement
     from onnx_dc.analysis.sensitivity import run_sensitivity
     from onnx_dc.analysis.sweep import Runner
@@ -159,37 +161,25 @@ def data_aware_sized(model: Path, target: int, calib, out: Path) -> tuple[Path, 
 
     extra: dict = {}
     key = (str(model), repr(sorted(SWEEP_GRID.items())))
-    limit = getattr(calib, "limit", None)
-    select = selection_spec(calib, out.parent / f"select-{model.stem}")
-    judged = (f"judged on {select.limit} samples neither calibration nor held out" if select is not None
-              else "judged on the held-out samples (the pool has no others)")
-    select = select if select is not None else calib
-    codebooks = "" if SWEEP_GRID["codebooks"] == ("layer",) else "-" + "-".join(SWEEP_GRID["codebooks"])
-    tag = "-select" if select is not calib else ""
-    saved = (SWEEP_DIR[0] / f"{model.parent.name}-{model.stem}-{limit}{codebooks}{tag}.sweep.json"
-             if SWEEP_DIR else None)
-    if key not in _SWEEPS and saved is not None and saved.is_file():
-        sens = load_sensitivity(saved)
-        if ({*sens.ratios} - {0.0}, {*sens.class_nums}, {*sens.codebooks}) == (
-                {*SWEEP_GRID["ratios"]} - {0.0}, {*SWEEP_GRID["class_nums"]}, {*SWEEP_GRID["codebooks"]}):
-            _SWEEPS[key] = (sens, Agreement(select, model.read_bytes()))
-            extra["sweep_read"] = f"{saved.name} ({sens.seconds:.0f} s when measured)"
     if key not in _SWEEPS:
+        select, judged = _selection(calib, out.parent / f"select-{model.stem}")
         metric = Agreement(select, model.read_bytes())
-        start = time.perf_counter()
-        sens = run_sensitivity(str(model), metric, runner=Runner(workers=SWEEP_WORKERS), calib=calib, **SWEEP_GRID)
-        _SWEEPS[key] = (sens, metric)
-        extra["sweep_seconds"] = round(time.perf_counter() - start, 1)
-        if saved is not None:
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            tmp = saved.with_suffix(".tmp")
-            tmp.write_text(json.dumps(sens.to_dict(), indent=1))
-            tmp.replace(saved)
-    sens, metric = _SWEEPS[key]
+        sens = _saved_sweep(model, calib, select is not calib)
+        if sens is not None:
+            extra["sweep_read"] = f"{sens[1].name} ({sens[0].seconds:.0f} s when measured)"
+            sens = sens[0]
+        else:
+            start = time.perf_counter()
+            sens = run_sensitivity(str(model), metric, runner=Runner(workers=SWEEP_WORKERS), calib=calib, **SWEEP_GRID)
+            extra["sweep_seconds"] = round(time.perf_counter() - start, 1)
+            _save_sweep(sens, model, calib, select is not calib)
+        _SWEEPS[key] = (sens, metric, judged)
+    sens, metric, judged = _SWEEPS[key]
     _, chosen = compress_for_ratio(str(model), str(out), metric, float(target), sens, None, calib)
     kinds = Counter("dense" if "skip" in n else f"{n['sparse_ratio']:g}/{n.get('class_num', 'f32')}"
                     + (f" {n['codebook']}" if "codebook" in n else "") for n in chosen.chosen.config["nodes"])
-    sweep = (f"sweep {extra['sweep_seconds']:.0f} s; " if "sweep_seconds" in extra
+    how = " (estimated: the model run at 2 settings per layer)" if SWEEP_GRID["estimated"] else ""
+    sweep = (f"sweep {extra['sweep_seconds']:.0f} s{how}; " if "sweep_seconds" in extra
              else f"sweep read from {extra['sweep_read']}; " if "sweep_read" in extra else "")
     kind = "" if chosen.chosen.kind == "knapsack" else f"{chosen.chosen.kind} (measured better than the knapsack's); "
     extra.update(rounds=len(chosen.rounds), chosen=dict(kinds.most_common()), chosen_round=chosen.chosen.kind,
@@ -197,6 +187,46 @@ def data_aware_sized(model: Path, target: int, calib, out: Path) -> tuple[Path, 
                  judged=judged, note=sweep + kind + "per layer: " + ", ".join(f"{k} x{v}" for k, v in kinds.most_common())
                  + f"; {judged}")
     return out, extra
+
+
+def _selection(calib, folder: Path):
+    """The spec the size target judges by (:func:`selection_spec`, else ``calib`` itself) and the row's words for it."""
+    select = selection_spec(calib, folder)
+    if select is None:
+        return calib, "judged on the held-out samples (the pool has no others)"
+    return select, f"judged on {select.limit} samples neither calibration nor held out"
+
+
+def _sweep_file(model: Path, calib, selected: bool) -> Path | None:
+    """Where --sweeps keeps a model's sweep of this run's grid (None without --sweeps)."""
+    if not SWEEP_DIR:
+        return None
+    codebooks = "" if SWEEP_GRID["codebooks"] == ("layer",) else "-" + "-".join(SWEEP_GRID["codebooks"])
+    tags = codebooks + ("-est" if SWEEP_GRID["estimated"] else "") + ("-select" if selected else "")
+    return SWEEP_DIR[0] / f"{model.parent.name}-{model.stem}-{getattr(calib, 'limit', None)}{tags}.sweep.json"
+
+
+def _saved_sweep(model: Path, calib, selected: bool):
+    """(the sweep, its file) saved by an earlier run with this run's grid, else None."""
+    from onnx_dc.analysis.curves import load_sensitivity
+
+    saved = _sweep_file(model, calib, selected)
+    if saved is None or not saved.is_file():
+        return None
+    sens = load_sensitivity(saved)
+    grid = ({*sens.ratios} - {0.0}, {*sens.class_nums}, {*sens.codebooks}, any(p.estimated for p in sens.points))
+    wanted = ({*SWEEP_GRID["ratios"]} - {0.0}, {*SWEEP_GRID["class_nums"]}, {*SWEEP_GRID["codebooks"]},
+              SWEEP_GRID["estimated"])
+    return (sens, saved) if grid == wanted else None
+
+
+def _save_sweep(sens, model: Path, calib, selected: bool) -> None:
+    saved = _sweep_file(model, calib, selected)
+    if saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        tmp = saved.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sens.to_dict(), indent=1))
+        tmp.replace(saved)
 
 
 def selection_spec(spec, folder: Path):
@@ -468,6 +498,10 @@ def main() -> int:
                         f"{','.join(map(str, DEFAULT_SWEEP_GRID['class_nums']))})")
     parser.add_argument("--sweep-codebooks", help="the size target's sweep: codebooks, layer and / or channel "
                         "(default layer)")
+    parser.add_argument("--sweep-estimate", action=argparse.BooleanOptionalAction, default=True,
+                        help="the size target's sweep measures the model at 2 settings per layer and estimates the "
+                        "rest (onnx_dc.analysis.estimate), as compress --calib --target-ratio does (default); "
+                        "--no-sweep-estimate measures every point")
     parser.add_argument("--sweeps", help="save each model's size-target sweep in this folder (MODEL.sweep.json) "
                         "and read it from there when its grid matches this run's")
     parser.add_argument("--finetune", action="store_true", help="add data-aware + label-free fine-tuning (slow)")
@@ -487,6 +521,7 @@ def main() -> int:
         SWEEP_GRID["class_nums"] = tuple(int(k) for k in args.sweep_class_nums.split(","))
     if args.sweep_codebooks:
         SWEEP_GRID["codebooks"] = tuple(args.sweep_codebooks.split(","))
+    SWEEP_GRID["estimated"] = args.sweep_estimate
     SWEEP_DIR[:] = [Path(args.sweeps)] if args.sweeps else []
     _SWEEPS.clear()
     if unknown := [t for t in targets if t not in TARGETS]:

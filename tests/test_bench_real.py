@@ -35,8 +35,10 @@ def test_bench_real_rows_measure_the_written_files(tmp_path, monkeypatch):
         [(m, "~4x") for m in bench_real.METHODS] + [(bench_real.SIZED, ">=4x")]
         + [(p, "peer") for p in bench_real.PEERS])
     sized = rows[len(bench_real.METHODS)]  # the size target: the settings it swept, what it chose, >= 4x
-    assert sized["settings"] == {"target_ratio": 4, "ratios": [0.5], "class_nums": [16], "codebooks": ["layer"]}
+    assert sized["settings"] == {"target_ratio": 4, "ratios": [0.5], "class_nums": [16], "codebooks": ["layer"],
+                                 "estimated": True}
     assert sized["rounds"] >= 1 and sized["sweep_seconds"] > 0 and sized["note"].startswith("sweep ")
+    assert "(estimated: the model run at 2 settings per layer)" in sized["note"]  # as compress --calib does
     assert sum(sized["chosen"].values()) == 22 and set(sized["chosen"]) <= {"dense", "0/16", "0.5/16", "0.5/f32"}
     assert sized["ratio"] >= 4
     # judged on the 6 crops of 12 that are neither the 4 calibration nor the 2 held-out ones (selection_spec)
@@ -57,16 +59,27 @@ def test_bench_real_rows_measure_the_written_files(tmp_path, monkeypatch):
         assert "error" not in r and r["file"].endswith(".dcz")
     assert (tmp_path / "p.png").stat().st_size > 0
 
-    # --sweeps: the sweep was saved, and a second run of the size target reads it instead of sweeping again
+    # --sweeps: the sweep was saved, and a second run of the size target reads it instead of sweeping again; the
+    # samples it is judged by are written once per model, not once per target
     (saved,) = sweeps.glob("*.sweep.json")
     assert json.loads(saved.read_text())["class_nums"] == [16]
-    monkeypatch.setattr(sys, "argv", ["bench_real.py", "--models", "cifar10-resnet20", "--targets", "4", "--limit",
-                                      "4", "--json", str(out), "--plot", "", "--methods", bench_real.SIZED,
-                                      "--no-peers", "--update"] + grid)
+    selections = []
+    monkeypatch.setattr(bench_real, "selection_spec",
+                        lambda *a, f=bench_real.selection_spec: selections.append(a) or f(*a))
+    sized_only = ["--models", "cifar10-resnet20", "--limit", "4", "--json", str(out), "--plot", "", "--methods",
+                  bench_real.SIZED, "--no-peers", "--update"] + grid
+    monkeypatch.setattr(sys, "argv", ["bench_real.py", "--targets", "4,8"] + sized_only)
     assert bench_real.main() == 0
     again = [r for r in json.loads(out.read_text())["rows"] if r["method"] == bench_real.SIZED]
-    assert len(again) == 1 and "sweep_seconds" not in again[0]
+    assert [r["target"] for r in again] == [">=4x", ">=8x"] and len(selections) == 1
+    assert "sweep_seconds" not in again[0] and again[1]["ratio"] >= 8
     assert again[0]["note"].startswith(f"sweep read from {saved.name}") and again[0]["ratio"] >= 4
+    # --no-sweep-estimate: every point measured, a sweep of its own (saved beside the other)
+    monkeypatch.setattr(sys, "argv", ["bench_real.py", "--targets", "4", "--no-sweep-estimate"] + sized_only)
+    assert bench_real.main() == 0
+    (full,) = [r for r in json.loads(out.read_text())["rows"] if r["method"] == bench_real.SIZED and r["target"] == ">=4x"]
+    assert not full["settings"]["estimated"] and "estimated" not in full["note"] and full["sweep_seconds"] > 0
+    assert sorted(p.name for p in sweeps.glob("*.sweep.json")) == sorted([saved.name, saved.name.replace("-est", "")])
 
 
 def test_size_target_judges_on_samples_neither_calibration_nor_held_out(tmp_path, monkeypatch):

@@ -88,6 +88,8 @@ class Point:
     passes: tuple[str, ...] = ()  # the passes that changed the layer, in order
     codebook: str = "layer"
     error: float | None = None  # the metric's smooth output error, when it measures one (metrics.score_and_error)
+    own_error: float | None = None  # the layer's own output error (analysis.estimate), when the sweep measured it
+    estimated: bool = False  # score, drop and error estimated from own_error (analysis.estimate), not measured
 
     @property
     def setting(self) -> Setting:
@@ -121,6 +123,13 @@ class Sensitivity:
     def smooth(self) -> bool:
         """Whether every point carries the metric's smooth output error (sweeps on --calib samples)."""
         return bool(self.points) and all(p.error is not None for p in self.points)
+
+    def evaluations_line(self) -> str:
+        """How many points were measured (and estimated), in how long, where."""
+        estimated = sum(p.estimated for p in self.points)
+        done = (f"{len(self.points) - estimated} evaluations and {estimated} points estimated from the layers' own "
+                "errors" if estimated else f"{len(self.points)} evaluations")
+        return f"{done} in {self.seconds:.1f} s ({self.runner})"
 
     def layer(self, weight: str) -> LayerInfo:
         """A layer by weight name."""
@@ -183,10 +192,12 @@ class Sensitivity:
         for info in self.layers:
             drops = [self.point(info.weight, Setting(r, None)) for r in self.ratios if r > 0]
             drops += [self.point(info.weight, Setting(0.0, k)) for k in self.class_nums]
-            rows.append([info.node, info.op_type, str(info.weights)] + [f"{p.drop:+.2f}" if p else "-" for p in drops])
+            rows.append([info.node, info.op_type, str(info.weights)] + [(("~" if p.estimated else "") + f"{p.drop:+.2f}") if p else "-"
+                                                                   for p in drops])
         lines = [f"{self.model}: {self.metric} baseline {self.baseline:.2f}{self.unit}; drop in points when only "
                  "that layer is pruned to rN (no sharing) or shared with kN values (no pruning), no retraining; "
-                 f"passes: {', '.join(self.passes) or 'none'}"]
+                 f"passes: {', '.join(self.passes) or 'none'}"
+                 + ("; ~: estimated from the layer's own output error" if any(p.estimated for p in self.points) else "")]
         lines += _aligned(rows, left=2)
         if max_drop is not None:
             lines.append(f"suggested (per layer the fewest bytes within a drop of {max_drop:g}):")

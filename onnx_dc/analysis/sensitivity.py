@@ -34,10 +34,14 @@ import onnx
 
 from onnx_dc import progress
 from onnx_dc.analysis.curves import LayerInfo, Point, Sensitivity, Setting, settings_grid
+from onnx_dc.analysis.estimate import anchor_indices, estimate
 from onnx_dc.analysis.metrics import Metric, score_and_error
 from onnx_dc.analysis.sweep import Runner, run_jobs
 from onnx_dc.calibrate import CalibStats, collect_calib_stats
+from onnx_dc.errors import ConfigError
 from onnx_dc.graph.io import serialize
+from onnx_dc.passes.bias_correct import residual_error
+from onnx_dc.passes.data_aware import original_weights
 from onnx_dc.passes.lower import encode_layer
 from onnx_dc.passes.prune import prune
 from onnx_dc.passes.share import share
@@ -62,12 +66,47 @@ def measure(ctx: _Context, job: tuple[str, Setting]) -> tuple[float, int, tuple[
     """Score, stored bytes, passes run and smooth error (None when the metric has none) of the model with one
     layer compressed by one setting (a sweep job)."""
     name, setting = job
+    state, passes = _compressed(ctx, name, setting)
+    score, error = score_and_error(ctx.metric, state.dense_model())
+    return score, stored_bytes(state.layers[name]), passes, error
+
+
+def measure_layer(ctx: _Context, job: tuple[str, tuple[Setting, ...], float]) -> list[tuple]:
+    """Every setting of one layer, the model measured at the anchors only (:mod:`onnx_dc.analysis.estimate`):
+    per setting (score, stored bytes, passes run, smooth error, own error, estimated)."""
+    name, grid, baseline = job
+    own, nbytes, passes = [], [], []
+    for setting in grid:
+        state, ran = _compressed(ctx, name, setting)
+        own.append(own_error(ctx, state, name))
+        nbytes.append(stored_bytes(state.layers[name]))
+        passes.append(ran)
+        del state
+    measured = {}
+    for i in anchor_indices(own):
+        state, _ = _compressed(ctx, name, grid[i])  # compressed again: seeded, the same weights
+        measured[i] = score_and_error(ctx.metric, state.dense_model())
+    return [(score, nbytes[i], passes[i], error, own[i], estimated)
+            for i, (score, error, estimated) in enumerate(estimate(own, measured, baseline))]
+
+
+def _compressed(ctx: _Context, name: str, setting: Setting) -> tuple[CompressionState, tuple[str, ...]]:
+    """A state of the model with only ``name`` compressed by ``setting``, and the passes that changed it."""
     entry = setting.apply(ctx.entries[name])
     state = CompressionState.start(onnx.load_model_from_string(ctx.model), Plan((entry,), ()))
     with progress.quieted():
         passes = _compress_layer(state, name, setting, ctx.calib)
-    score, error = score_and_error(ctx.metric, state.dense_model())
-    return score, stored_bytes(state.layers[name]), passes, error
+    return state, passes
+
+
+def own_error(ctx: _Context, state: CompressionState, name: str) -> float | None:
+    """The compressed layer's own output error on the calibration samples, left after bias correction
+    (:func:`onnx_dc.passes.bias_correct.residual_error`); None without its statistics."""
+    st = ctx.calib.stats.get(name) if ctx.calib is not None else None
+    if st is None:
+        return None
+    return residual_error(state.layers[name].weights, original_weights(state, name), st,
+                          ctx.calib.settings.bias_correction)
 
 
 def _compress_layer(state: CompressionState, name: str, setting: Setting, calib: CalibStats | None) -> tuple[str, ...]:
@@ -95,6 +134,7 @@ def run_sensitivity(
     codebooks: Sequence[str] = DEFAULT_CODEBOOKS,
     config: Any = None,
     calib: Any = None,
+    estimated: bool = False,
 ) -> Sensitivity:
     """Sweep every compressible layer alone over ``settings_grid(ratios, class_nums)``.
 
@@ -112,6 +152,9 @@ def run_sensitivity(
         calib: calibration samples (``mnist:DIR``, ``images:DIR``, a CalibSpec, ...): when given,
             each point runs the data-aware passes on statistics from the calibration part,
             collected once here (:func:`collect_calib_stats`).
+        estimated: measure the model at a few anchor settings per layer and estimate the other points
+            from the layer's own output error (:mod:`onnx_dc.analysis.estimate`); needs ``calib`` and a
+            metric that measures a smooth error (:class:`~onnx_dc.analysis.metrics.Agreement`).
 
     Returns:
         A :class:`Sensitivity` with one point per (layer, setting), in that order.
@@ -124,13 +167,23 @@ def run_sensitivity(
     stats = collect_calib_stats(base, calib, config) if calib is not None else None
     ctx = _Context(serialize(original), {e.site.name: e for e in base.plan.entries}, metric, stats)
     grid = settings_grid(ratios, class_nums, codebooks)
-    jobs = [(name, s) for name in ctx.entries for s in grid]
     start = time.perf_counter()
     with progress.quieted():
         baseline = metric(original)
-    results = run_jobs(measure, ctx, jobs, runner, desc="sensitivity")
+    if estimated:
+        if stats is None or not hasattr(metric, "score_and_error"):
+            raise ConfigError("an estimated sweep needs calibration samples (--calib) and a metric with a smooth "
+                              "output error; measure every point instead (leave out --estimate)")
+        per_layer = run_jobs(measure_layer, ctx, [(name, grid, baseline) for name in ctx.entries], runner,
+                             desc="sensitivity (estimated)")
+        results = [r for layer in per_layer for r in layer]
+    else:
+        results = [r + (None, False) for r in run_jobs(measure, ctx, [(n, s) for n in ctx.entries for s in grid],
+                                                       runner, desc="sensitivity")]
+    jobs = [(name, s) for name in ctx.entries for s in grid]
     points = tuple(Point(name, s.sparse_ratio, s.class_num, score, baseline - score, nbytes, passes, s.codebook,
-                         error) for (name, s), (score, nbytes, passes, error) in zip(jobs, results))
+                         error, own, est)
+                   for (name, s), (score, nbytes, passes, error, own, est) in zip(jobs, results))
     layers = tuple(LayerInfo(e.site.name, e.site.node, e.site.op_type, tuple(e.site.shape), e.site.numel)
                    for e in base.plan.entries)
     name = str(model) if isinstance(model, (str, os.PathLike)) else "model"

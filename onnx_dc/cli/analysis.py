@@ -61,7 +61,7 @@ def _write_sensitivity(args: argparse.Namespace, sens, measured) -> None:
         print(sens.to_table(args.max_drop))
         if measured is not None:
             print("\n".join(_measured_lines(args, sens, measured)))
-        print(f"{len(sens.points)} evaluations in {sens.seconds:.1f} s ({sens.runner})")
+        print(sens.evaluations_line())
         written = [p for p in (args.json, args.plot, args.config_out) if p is not None]
         if written:
             print("wrote " + ", ".join(written))
@@ -83,7 +83,7 @@ def _measured_lines(args: argparse.Namespace, sens, measured) -> list[str]:
 
 # The flags of a sensitivity run that say what is scored and on what, as compress --target-drop takes them.
 SAME_DATA_FLAGS = ("data", "calib", "limit", "scale", "mean", "std", "layout", "size", "channels", "calib_limit", "seed",
-                   "ratios", "class_nums", "codebooks")
+                   "ratios", "class_nums", "codebooks", "estimate")
 
 
 def _same_data_flags(args: argparse.Namespace) -> str:
@@ -92,7 +92,9 @@ def _same_data_flags(args: argparse.Namespace) -> str:
     out = ""
     for dest in SAME_DATA_FLAGS + (("json",) if args.json is not None else ()):
         value = getattr(args, dest, None)
-        if value is not None:
+        if isinstance(value, bool):  # a switch, on or off
+            out += f" --{'' if value else 'no-'}{dest.replace('_', '-')}"
+        elif value is not None:
             text = ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
             out += f" --{'sensitivity' if dest == 'json' else dest.replace('_', '-')} {text}"
     return out

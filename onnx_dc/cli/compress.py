@@ -264,6 +264,8 @@ def compress_target(args: argparse.Namespace) -> int | None:
         print(json.dumps(json.loads(result.report.to_json()) | {"target": chosen.to_dict()}, indent=2))
     elif progress.level() > progress.Level.QUIET:
         print(result.report.to_table(verbose=progress.verbose()))
+        print(("sweep read from " + args.sensitivity + ": " if args.sensitivity is not None else "sweep: ")
+              + sens.evaluations_line())
         print(chosen.summary())
         last = chosen.chosen
         if args.target_ratio is not None:

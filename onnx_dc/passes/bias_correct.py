@@ -59,3 +59,30 @@ def correct_bias(state: CompressionState, name: str, original: np.ndarray, stats
     after[view.bias_index()] += shift
     init.CopyFrom(numpy_helper.from_array(after.reshape(before.shape).astype(before.dtype), view.bias))
     return before
+
+
+def residual_error(weights: np.ndarray, original: np.ndarray, stats: WeightStats, corrected: bool = True) -> float:
+    """The summed squared output error of a layer holding ``weights`` instead of ``original`` on the statistics'
+    samples, per input row, left after bias correction: ``sum_i d_i^T (E[x x^T] - E[x] E[x]^T) d_i`` with
+    ``d_i = w_i - wq_i`` (``corrected=False``, or a layer whose bias cannot move: ``E[x x^T]`` alone). Where only
+    the diagonal of ``E[x x^T]`` was kept, ``E[x_j^2]`` stands for it. Statistics of the original model
+    (no sequential cross moment): what a layer compressed alone does to its own output."""
+    flat_w, flat_q = original.ravel(), weights.ravel()
+    centre = corrected and stats.view.bias is not None and len(stats.views) <= 1
+    total = 0.0
+    for p in stats.pieces():
+        index, groups = p.view.index, p.view.group_of_rows()
+        hessian, mean, moment = p.stats.hessian(), p.stats.mean(), p.stats.second_moment()
+        step = max(1, _CHUNK // max(1, index.shape[1]))
+        for s in range(0, index.shape[0], step):
+            rows, g = index[s : s + step], groups[s : s + step]
+            d = flat_w[rows].astype(np.float64) - flat_q[rows].astype(np.float64)
+            if hessian is None:
+                total += float(np.einsum("ij,ij->", d * d, moment[g]))
+            else:
+                for k in np.unique(g):
+                    dk = d[g == k]
+                    total += float(np.sum((dk @ hessian[k]) * dk))
+            if centre:
+                total -= float(np.sum(np.einsum("ij,ij->i", d, mean[g]) ** 2))
+    return max(total, 0.0)
