@@ -3,6 +3,7 @@ output error (onnx_dc/analysis/estimate.py), on a real model against the sweep t
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -123,9 +124,13 @@ def test_a_size_target_from_the_estimated_sweep_is_as_close_as_from_the_measured
 def test_estimate_flag(capsys, tmp_path):
     calib = f"mnist:{MNIST_DIR}"
     grid = ("--ratios", "0.5", "--class-nums", "4,16")
-    code, text, err = cli(capsys, "sensitivity", shared_path(MNIST8), "--calib", calib, *grid, "--estimate")
+    code, text, err = cli(capsys, "sensitivity", shared_path(MNIST8), "--calib", calib, *grid, "--estimate",
+                          "--plot", tmp_path / "e.png", "--json", tmp_path / "e.json")
     assert code == 0, err
     assert "~" in text and "6 evaluations and 9 points estimated from the layers' own errors" in text
+    assert (tmp_path / "e.png").stat().st_size > 0  # estimated points drawn hollow
+    saved = json.loads((tmp_path / "e.json").read_text())["points"]
+    assert sum(p["estimated"] for p in saved) == 9 and all(p["own_error"] > 0 for p in saved)
     code, text, err = cli(capsys, "sensitivity", MNIST8, "--calib", calib, *grid)  # a table: measured by default
     assert code == 0, err
     assert "~" not in text and "15 evaluations in" in text

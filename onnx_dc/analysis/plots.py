@@ -52,11 +52,18 @@ def plot_sensitivity(sens, path: str | os.PathLike) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for info in sens.layers:
         xs, ys = zip(*sens.prune_curve(info.weight))
-        left.plot(xs, ys, marker="o", label=f"{info.node} ({info.weights} w)")
+        (line,) = left.plot(xs, ys, marker="o", label=f"{info.node} ({info.weights} w)")
         share = sens.share_curve(info.weight)
         if share:
             ks, ss = zip(*share)
-            right.plot(ks, ss, marker="s", label=info.node)
+            right.plot(ks, ss, marker="s", label=info.node, color=line.get_color())
+        # estimated points (analysis.estimate) hollow, over the line's filled markers
+        guessed = [p for p in sens.options(info.weight) if p.estimated and p.codebook == "layer"]
+        for ax, pts, x, mark in ((left, [p for p in guessed if p.class_num is None], "sparse_ratio", "o"),
+                                 (right, [p for p in guessed if p.sparse_ratio == 0 and p.class_num], "class_num", "s")):
+            if pts:
+                ax.scatter([getattr(p, x) for p in pts], [p.score for p in pts], marker=mark, facecolors="white",
+                           edgecolors=line.get_color(), zorder=3)
     what, _, data = sens.metric.partition(" on ")  # "top-1 accuracy (%) on mnist:DIR test"
     left.set(xlabel="sparse ratio (fraction pruned), this layer only", ylabel=what,
              title="pruned, no retraining")
@@ -69,7 +76,8 @@ def plot_sensitivity(sens, path: str | os.PathLike) -> Path:
         ax.grid(alpha=0.3)
     left.legend(fontsize=8, loc="lower left")
     fig.suptitle(f"sensitivity of {Path(sens.model).name}" + (f" on {Path(data).name}" if data else "")
-                 + " (dashed: uncompressed)", fontsize=11)
+                 + " (dashed: uncompressed" + ("; hollow: estimated from the layer's own output error"
+                                                   if any(p.estimated for p in sens.points) else "") + ")", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
 
