@@ -143,3 +143,19 @@ def test_estimate_flag(capsys, tmp_path):
                       contains="--estimate needs --calib")
     expect_user_error(capsys, "compress", MNIST8, "-o", tmp_path / "x.dc.onnx", "--estimate",
                       contains="--target-drop")
+
+
+@needs_shared
+def test_estimated_sweep_gives_the_same_points_in_worker_processes():
+    """One job per layer (its settings compressed, its anchors measured): worker processes give the same numbers."""
+    from onnx_dc.analysis.metrics import Agreement
+    from onnx_dc.analysis.sweep import Runner
+    from onnx_dc.graph.io import serialize
+    from onnx_dc.formats.models import load_model
+
+    calib = f"mnist:{MNIST_DIR}"
+    metric = Agreement(calib, serialize(load_model(shared_path(MNIST8))))
+    grid = dict(ratios=(0.5,), class_nums=(4, 16), calib=calib, estimated=True)
+    serial = run_sensitivity(MNIST8, metric, **grid)
+    assert sum(p.estimated for p in serial.points) == 9
+    assert run_sensitivity(MNIST8, metric, runner=Runner(workers=2), **grid).points == serial.points
