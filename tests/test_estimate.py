@@ -13,6 +13,7 @@ from test_cli import cli, expect_user_error
 
 from onnx_dc.analysis.estimate import P_MAX, anchor_indices, estimate
 from onnx_dc.analysis.sensitivity import run_sensitivity
+from onnx_dc.errors import ConfigError
 
 
 def test_anchors_are_at_the_quantiles_of_the_own_errors():
@@ -159,3 +160,5 @@ def test_estimated_sweep_gives_the_same_points_in_worker_processes():
     serial = run_sensitivity(MNIST8, metric, **grid)
     assert sum(p.estimated for p in serial.points) == 9
     assert run_sensitivity(MNIST8, metric, runner=Runner(workers=2), **grid).points == serial.points
+    with pytest.raises(ConfigError, match="needs calibration samples"):  # nothing to estimate from
+        run_sensitivity(MNIST8, metric, ratios=(0.5,), class_nums=(4,), estimated=True)

@@ -162,6 +162,9 @@ def run_sensitivity(
     from onnx_dc.api import prepare
 
     ratios, class_nums, codebooks = parse_ratios(ratios), parse_class_nums(class_nums), parse_codebooks(codebooks)
+    if estimated and (calib is None or not hasattr(metric, "score_and_error")):
+        raise ConfigError("an estimated sweep needs calibration samples (--calib) and a metric with a smooth "
+                          "output error; measure every point instead (--no-estimate)")
     base = prepare(model, config)
     original = base.dense_model()  # nothing is compressed yet: the normalized model with every weight in it
     stats = collect_calib_stats(base, calib, config) if calib is not None else None
@@ -171,9 +174,6 @@ def run_sensitivity(
     with progress.quieted():
         baseline = metric(original)
     if estimated:
-        if stats is None or not hasattr(metric, "score_and_error"):
-            raise ConfigError("an estimated sweep needs calibration samples (--calib) and a metric with a smooth "
-                              "output error; measure every point instead (leave out --estimate)")
         per_layer = run_jobs(measure_layer, ctx, [(name, grid, baseline) for name in ctx.entries], runner,
                              desc="sensitivity (estimated)")
         results = [r for layer in per_layer for r in layer]
