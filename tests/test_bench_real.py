@@ -77,7 +77,8 @@ def test_bench_real_rows_measure_the_written_files(tmp_path, monkeypatch):
     # --no-sweep-estimate: every point measured, a sweep of its own (saved beside the other)
     monkeypatch.setattr(sys, "argv", ["bench_real.py", "--targets", "4", "--no-sweep-estimate"] + sized_only)
     assert bench_real.main() == 0
-    (full,) = [r for r in json.loads(out.read_text())["rows"] if r["method"] == bench_real.SIZED and r["target"] == ">=4x"]
+    (full,) = [r for r in json.loads(out.read_text())["rows"]
+               if r["method"] == bench_real.SIZED and r["target"] == ">=4x"]
     assert not full["settings"]["estimated"] and "estimated" not in full["note"] and full["sweep_seconds"] > 0
     assert sorted(p.name for p in sweeps.glob("*.sweep.json")) == sorted([saved.name, saved.name.replace("-est", "")])
 

@@ -136,7 +136,8 @@ def test_estimate_flag(capsys, tmp_path):
     assert code == 0, err
     assert "~" not in text and "15 evaluations in" in text
     # compress --calib --target-ratio estimates by default, and says so; --no-estimate measures every point
-    for flags, line in (((), "sweep: 6 evaluations and 9 points estimated"), (("--no-estimate",), "sweep: 15 evaluations in")):
+    for flags, line in (((), "sweep: 6 evaluations and 9 points estimated"),
+                        (("--no-estimate",), "sweep: 15 evaluations in")):
         code, text, err = cli(capsys, "compress", MNIST8, "-o", tmp_path / "r.dc.onnx", "--calib", calib, *grid,
                               "--target-ratio", "4", *flags)
         assert code == 0 and line in text, err + text

@@ -192,12 +192,12 @@ class Sensitivity:
         for info in self.layers:
             drops = [self.point(info.weight, Setting(r, None)) for r in self.ratios if r > 0]
             drops += [self.point(info.weight, Setting(0.0, k)) for k in self.class_nums]
-            rows.append([info.node, info.op_type, str(info.weights)] + [(("~" if p.estimated else "") + f"{p.drop:+.2f}") if p else "-"
-                                                                   for p in drops])
+            rows.append([info.node, info.op_type, str(info.weights)] + [_drop_cell(p) for p in drops])
         lines = [f"{self.model}: {self.metric} baseline {self.baseline:.2f}{self.unit}; drop in points when only "
                  "that layer is pruned to rN (no sharing) or shared with kN values (no pruning), no retraining; "
                  f"passes: {', '.join(self.passes) or 'none'}"
-                 + ("; ~: estimated from the layer's own output error" if any(p.estimated for p in self.points) else "")]
+                 + ("; ~: estimated from the layer's own output error" if any(p.estimated for p in self.points)
+                    else "")]
         lines += _aligned(rows, left=2)
         if max_drop is not None:
             lines.append(f"suggested (per layer the fewest bytes within a drop of {max_drop:g}):")
@@ -215,6 +215,11 @@ class Sensitivity:
                              else "-", str(p.bytes),
                              f"{info.dense_bytes / p.bytes:.1f}x", f"{p.drop:+.2f}"])
         return rows
+
+
+def _drop_cell(p: Point | None) -> str:
+    """A table cell: the point's drop, ``~`` before an estimated one, ``-`` where the point was not swept."""
+    return "-" if p is None else ("~" if p.estimated else "") + f"{p.drop:+.2f}"
 
 
 def _aligned(rows: list[list[str]], left: int) -> list[str]:

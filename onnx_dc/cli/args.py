@@ -265,7 +265,8 @@ def grid_from(args: argparse.Namespace) -> dict:
 
     return {"ratios": argcheck.ratio_list(args.ratios) or DEFAULT_RATIOS,
             "class_nums": argcheck.class_num_list(args.class_nums) or DEFAULT_CLASS_NUMS,
-            "codebooks": argcheck.codebook_list(args.codebooks) or DEFAULT_CODEBOOKS, "estimated": estimated(args)}
+            "codebooks": argcheck.codebook_list(args.codebooks) or DEFAULT_CODEBOOKS,
+            "estimated": estimated(args)}
 
 
 def estimated(args: argparse.Namespace) -> bool:

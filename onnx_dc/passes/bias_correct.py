@@ -45,10 +45,15 @@ def bias_shift(layer: LayerState, original: np.ndarray, stats: WeightStats) -> n
     return out
 
 
+def movable_bias(stats: WeightStats) -> bool:
+    """Whether the layer has one bias the correction can move (not a weight read through several views)."""
+    return stats.view.bias is not None and len(stats.views) <= 1
+
+
 def correct_bias(state: CompressionState, name: str, original: np.ndarray, stats: WeightStats) -> np.ndarray | None:
     """Apply the correction to the bias initializer in ``state.model``; returns the bias before, or None."""
     view = stats.view
-    if view.bias is None or len(stats.views) > 1:
+    if not movable_bias(stats):
         return None
     init = next((t for t in state.model.graph.initializer if t.name == view.bias), None)
     if init is None:
@@ -68,7 +73,7 @@ def residual_error(weights: np.ndarray, original: np.ndarray, stats: WeightStats
     the diagonal of ``E[x x^T]`` was kept, ``E[x_j^2]`` stands for it. Statistics of the original model
     (no sequential cross moment): what a layer compressed alone does to its own output."""
     flat_w, flat_q = original.ravel(), weights.ravel()
-    centre = corrected and stats.view.bias is not None and len(stats.views) <= 1
+    centre = corrected and movable_bias(stats)
     total = 0.0
     for p in stats.pieces():
         index, groups = p.view.index, p.view.group_of_rows()
