@@ -52,6 +52,7 @@ class Codebook(str, enum.Enum):
 
     LAYER = "layer"  # one codebook for the whole layer (the paper)
     CHANNEL = "channel"  # the layer's codebook times a float16 scale per output channel
+    GROUP = "group"  # one codebook per group of group_rows output channels
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Settings:
     skip: bool = False
     bias: BiasType = BiasType.FLOAT32
     codebook: Codebook = Codebook.LAYER
+    group_rows: int = 8  # output channels per codebook with codebook: group (``codebook: group:G`` sets both)
 
     @property
     def prunes(self) -> bool:
@@ -81,9 +83,30 @@ class Settings:
         out["centroid_init"] = self.centroid_init.value
         out["form"] = self.form.value
         out["bias"] = self.bias.value
-        out["codebook"] = self.codebook.value
+        out["codebook"] = codebook_text(self)
         out["index_bits"] = "auto" if self.index_bits is None else self.index_bits
         return out
+
+
+def parse_codebook(value: Any) -> tuple[Codebook, int | None]:
+    """A ``codebook`` setting: ``layer``, ``channel``, ``group`` or ``group:G`` (G output channels per codebook).
+
+    Returns the kind and G (None when not given). Raises ValueError("must be ...") otherwise.
+    """
+    text = value.value if isinstance(value, Codebook) else value
+    if isinstance(text, str):
+        kind, _, rows = text.strip().lower().partition(":")
+        if kind in {c.value for c in Codebook} and (not rows or kind == Codebook.GROUP.value):
+            if not rows:
+                return Codebook(kind), None
+            if rows.isdigit() and int(rows) >= 1:
+                return Codebook.GROUP, int(rows)
+    raise ValueError("must be layer, channel, group or group:G with G >= 1 (output channels per codebook)")
+
+
+def codebook_text(s: Settings) -> str:
+    """The ``codebook`` setting as written in configs: ``layer``, ``channel`` or ``group:G``."""
+    return f"group:{s.group_rows}" if s.codebook == Codebook.GROUP else s.codebook.value
 
 
 SETTING_KEYS = tuple(f.name for f in dataclasses.fields(Settings))
@@ -100,13 +123,19 @@ SETTINGS_SECTION = Section(
     Field("seed", int, low=0),
     Field("skip", bool),
     Field("bias", BiasType),
-    Field("codebook", Codebook, note="channel: a float16 scale per output channel times the layer's codebook"),
+    Field("codebook", parse_codebook, note="channel: a float16 scale per output channel times the layer's "
+          "codebook; group:G: one codebook per G output channels"),
+    Field("group_rows", int, low=1, note="output channels per codebook with codebook: group"),
 )
 
 
 def parse_settings(raw: Mapping[str, Any], where: str, problems: list[str]) -> dict[str, Any]:
     """Validate a mapping of settings; append problems (prefixed by ``where``) instead of raising."""
     out = SETTINGS_SECTION.check(raw, where, problems)
+    if "codebook" in out:  # (kind, G): ``group:G`` sets group_rows too
+        out["codebook"], rows = out["codebook"]
+        if rows is not None:
+            out["group_rows"] = rows
     if "sparse_ratio" in out and out.get("prune_quality") is not None:
         problems.append(f"{where}: give sparse_ratio or prune_quality, not both")
     return out

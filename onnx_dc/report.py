@@ -50,7 +50,8 @@ class LayerRow:
     positions_model: str | None = None  # .dcz: the position model chosen, and the entropy under the models
     codes_entropy_bytes: float | None = None
     positions_entropy_bytes: float | None = None
-    codebook: str = "layer"  # codebook: layer, or channel (the layer's codebook times a scale per channel)
+    codebook: str = "layer"  # layer, channel (the layer's codebook times a scale per channel), or group:G (one
+    # codebook per G output channels; codebook_bytes counts every group's)
     scale_bytes: int = 0  # of codebook_bytes, the channel scales'
 
     @property
@@ -195,9 +196,11 @@ class Report:
 
 
 def _k(row: LayerRow) -> str:
-    """The K column: class_num, marked ``/ch`` with channel scales."""
+    """The K column: class_num, marked ``/ch`` with channel scales, ``/gG`` with a codebook per G channels."""
     if not row.class_num:
         return "-"
+    if row.codebook.startswith("group:"):
+        return f"{row.class_num}/g{row.codebook.partition(':')[2]}"
     return f"{row.class_num}/ch" if row.codebook == "channel" else str(row.class_num)
 
 
@@ -260,7 +263,7 @@ def layer_rows(model: onnx.ModelProto) -> tuple[LayerRow, ...]:
             codes_bytes=codes_b,
             index_bytes=size.get(layout.GAPS, 0),
             codebook_bytes=book_b,
-            codebook="channel" if dec.scaled else "layer",
+            codebook="channel" if dec.scaled else f"group:{dec.groups[0]}" if dec.groups else "layer",
             scale_bytes=size.get(layout.SCALE, 0),
         ))
     return tuple(rows)

@@ -13,7 +13,7 @@ from onnx_dc.errors import ArgumentError
 DEFAULT_RATIOS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 DEFAULT_CLASS_NUMS = (256, 64, 32, 16)
 DEFAULT_CODEBOOKS = ("layer",)
-CODEBOOKS = ("layer", "channel")  # the codebook settings a sweep may try (onnx_dc.config.Codebook)
+CODEBOOKS = ("layer", "channel")  # the codebook settings a sweep may try besides group:G (onnx_dc.config.Codebook)
 DEFAULT_MAX_DROP = 1.0  # points of the score a suggested per-layer setting may lose
 
 
@@ -36,13 +36,16 @@ def parse_class_nums(text: str | Sequence[int], flag: str = "--class-nums") -> t
 
 
 def parse_codebooks(text: str | Sequence[str], flag: str = "--codebooks") -> tuple[str, ...]:
-    """codebook settings (layer, channel), at least one; in that order, without repeats."""
-    items = [p.strip() for p in text.split(",") if p.strip()] if isinstance(text, str) else list(text)
-    bad = [v for v in items if v not in CODEBOOKS]
+    """codebook settings (layer, channel, group:G), at least one; layer, channel, then the groups from the
+    most channels per codebook to the fewest, without repeats."""
+    items = [p.strip().lower() for p in text.split(",") if p.strip()] if isinstance(text, str) else list(text)
+    groups = {int(v[6:]) for v in items if v.startswith("group:") and v[6:].isdigit() and int(v[6:]) >= 1}
+    bad = [v for v in items if v not in CODEBOOKS and not (v.startswith("group:") and v[6:].isdigit() and int(v[6:]) >= 1)]
     if not items or bad:
         raise ArgumentError(f"{flag}: {bad[0] if bad else 'empty list'!r} is not a codebook setting; give "
-                            f"comma-separated values among {','.join(CODEBOOKS)}")
-    return tuple(c for c in CODEBOOKS if c in items)
+                            f"comma-separated values among {','.join(CODEBOOKS)},group:G (G output channels "
+                            "per codebook, e.g. group:8)")
+    return tuple(c for c in CODEBOOKS if c in items) + tuple(f"group:{g}" for g in sorted(groups, reverse=True))
 
 
 def _numbers(text: str | Sequence, flag: str, kind: type) -> list:

@@ -15,6 +15,8 @@ Methods built today:
   codes GPTQ's way from the re-solved weights: onnx_dc/passes/joint.py);
 * data-aware + channel: the same with ``codebook: channel`` (the layer's codebook times a float16 scale
   per output channel, codebook and scales refit in turn: onnx_dc/passes/share.py, refit.py);
+* data-aware + group: the same with ``codebook: group:G`` (G = GROUP_ROWS output channels per codebook,
+  each group's k values refit on its rows: onnx_dc/passes/share.py, refit.py);
 * data-aware + blocks: the same with ``calib: blocks`` (each block trained alone in onnxruntime-training
   to reproduce the original block's output: onnx_dc/train/blocks.py);
 * data-aware + label-free fine-tuning (compress(calib=..., epochs=N)), with --finetune only (slow);
@@ -118,6 +120,15 @@ def data_aware_channel(model: Path, settings: dict, calib, out: Path) -> Path:
     return out
 
 
+GROUP_ROWS = 8  # output channels per codebook of "data-aware + group" (--group-rows)
+
+
+def data_aware_group(model: Path, settings: dict, calib, out: Path) -> Path:
+    """The data-aware passes with a codebook per GROUP_ROWS output channels (setting ``codebook: group:G``)."""
+    onnx_dc.compress(str(model), out, calib=calib, codebook=f"group:{GROUP_ROWS}", **settings)
+    return out
+
+
 def data_aware_blocks(model: Path, settings: dict, calib, out: Path) -> Path:
     """The data-aware passes, then block reconstruction (config ``calib: blocks: true``)."""
     onnx_dc.compress(str(model), out, config={"version": 1, "calib": {"blocks": True}}, calib=calib, **settings)
@@ -136,6 +147,7 @@ METHODS: dict[str, Callable[[Path, dict, object, Path], Path]] = {
     "data-aware": data_aware,
     "data-aware + joint": data_aware_joint,
     "data-aware + channel": data_aware_channel,
+    "data-aware + group": data_aware_group,
     "data-aware + blocks": data_aware_blocks,
 }
 FINETUNED = "data-aware + label-free ft"
@@ -487,6 +499,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> int:
+    global GROUP_ROWS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", help="comma-separated subset (default: every model of ../shared/data/real)")
     parser.add_argument("--targets", default="4,8,12,16", help=f"comma-separated subset of {sorted(TARGETS)}")
@@ -496,8 +509,10 @@ def main() -> int:
                         f"{','.join(map(str, DEFAULT_SWEEP_GRID['ratios']))})")
     parser.add_argument("--sweep-class-nums", help="the size target's sweep: class_nums (default "
                         f"{','.join(map(str, DEFAULT_SWEEP_GRID['class_nums']))})")
-    parser.add_argument("--sweep-codebooks", help="the size target's sweep: codebooks, layer and / or channel "
-                        "(default layer)")
+    parser.add_argument("--sweep-codebooks", help="the size target's sweep: codebooks, layer, channel and / or "
+                        "group:G (default layer)")
+    parser.add_argument("--group-rows", type=int, default=GROUP_ROWS,
+                        help=f"output channels per codebook of data-aware + group (default {GROUP_ROWS})")
     parser.add_argument("--sweep-estimate", action=argparse.BooleanOptionalAction, default=True,
                         help="the size target's sweep measures the model at 2 settings per layer and estimates the "
                         "rest (onnx_dc.analysis.estimate), as compress --calib --target-ratio does (default); "
@@ -522,6 +537,7 @@ def main() -> int:
     if args.sweep_codebooks:
         SWEEP_GRID["codebooks"] = tuple(args.sweep_codebooks.split(","))
     SWEEP_GRID["estimated"] = args.sweep_estimate
+    GROUP_ROWS = args.group_rows
     SWEEP_DIR[:] = [Path(args.sweeps)] if args.sweeps else []
     _SWEEPS.clear()
     if unknown := [t for t in targets if t not in TARGETS]:

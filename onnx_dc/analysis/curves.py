@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from onnx_dc.config import Codebook
+from onnx_dc.config import Codebook, parse_codebook
 from onnx_dc.plan import PlanEntry
 
 
@@ -36,7 +36,7 @@ class Setting:
         s = dataclasses.replace(entry.settings, sparse_ratio=self.sparse_ratio, prune_quality=None,
                                 quantize_term=self.class_num is not None,
                                 class_num=self.class_num or entry.settings.class_num, skip=False,
-                                codebook=Codebook(self.codebook))
+                                **codebook_settings(self.codebook, entry.settings.group_rows))
         return dataclasses.replace(entry, settings=s, origin="sensitivity")
 
     def label(self) -> str:
@@ -46,8 +46,16 @@ class Setting:
         return "+".join(parts)
 
     def marker(self) -> str:
-        """``/ch`` for channel scales, else nothing."""
-        return "/ch" if self.codebook == Codebook.CHANNEL.value and self.class_num else ""
+        """``/ch`` for channel scales, ``/gG`` for a codebook per G channels, else nothing."""
+        if not self.class_num or self.codebook == Codebook.LAYER.value:
+            return ""
+        return "/ch" if self.codebook == Codebook.CHANNEL.value else "/g" + self.codebook.partition(":")[2]
+
+
+def codebook_settings(text: str, group_rows: int) -> dict:
+    """The Settings fields of a sweep's codebook setting (``layer``, ``channel``, ``group:G``)."""
+    kind, rows = parse_codebook(text)
+    return {"codebook": kind, "group_rows": rows or group_rows}
 
 
 def settings_grid(ratios: Sequence[float], class_nums: Sequence[int],

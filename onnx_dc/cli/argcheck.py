@@ -9,6 +9,7 @@ only move the failure to the front.
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 from typing import Iterable
@@ -99,8 +100,19 @@ def ratio_list(text: str | None, flag: str = "--ratios") -> tuple[float, ...] | 
     return None if text is None else parse_ratios(text, flag)
 
 
+def codebook(text: str) -> str:
+    """An argparse ``type``: one codebook setting (layer, channel, group:G), as written in configs."""
+    from onnx_dc.config import parse_codebook
+
+    try:
+        kind, rows = parse_codebook(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
+    return kind.value if rows is None else f"{kind.value}:{rows}"
+
+
 def codebook_list(text: str | None, flag: str = "--codebooks") -> tuple[str, ...] | None:
-    """Comma-separated codebook settings (layer, channel), at least one (None: not given)."""
+    """Comma-separated codebook settings (layer, channel, group:G), at least one (None: not given)."""
     from onnx_dc.sweep_grid import parse_codebooks
 
     return None if text is None else parse_codebooks(text, flag)

@@ -105,9 +105,10 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
                                                        "(default: the config's, else none: --sparse-ratio decides)")
     g.add_argument("--class-num", type=int, help="shared values per layer (k-means clusters), 2..256 "
                                                  "(default: the config's, else 32)")
-    g.add_argument("--codebook", choices=("layer", "channel"),
+    g.add_argument("--codebook", type=argcheck.codebook, metavar="{layer,channel,group:G}",
                    help="layer: one codebook per layer; channel: the layer's codebook times a float16 scale per "
-                        "output channel (finer, 2 bytes a channel) (default: the config's, else layer)")
+                        "output channel (finer, 2 bytes a channel); group:G: one codebook per G output channels "
+                        "(default: the config's, else layer)")
     g.add_argument("--no-quantize", action="store_true", help="prune only, keep float32 values (quantize_term: false)")
     g.add_argument("--centroid-init", choices=("linear", "density", "random", "kmeans++"),
                    help="where the k-means centroids start (default: the config's, else linear)")
@@ -228,7 +229,7 @@ def add_sweep_args(p: argparse.ArgumentParser, title: str) -> None:
                    f"{','.join(f'{r:g}' for r in DEFAULT_RATIOS)})")
     g.add_argument("--class-nums", help=f"class_num values to try, 2..256 (default {','.join(map(str, DEFAULT_CLASS_NUMS))})")
     g.add_argument("--codebooks", help="codebook settings to try with each class_num: layer, channel (a scale per "
-                   "output channel) or layer,channel (default layer)")
+                   "output channel), group:G (a codebook per G output channels), comma-separated (default layer)")
     g.add_argument("--estimate", action=argparse.BooleanOptionalAction, default=None,
                    help="with --calib: run the model at 2 settings per layer and estimate the other points' output "
                         "errors from the layer's own (3-13x faster on real models; the points say estimated). The "

@@ -22,6 +22,9 @@ onnx_dc/graph/layout.py) and works in the narrowest integer type. Symbol ``i`` o
                         DecodeDense:  W = W * Cast(scale, float32)   (broadcast)
                         DecodeSparse: the kept values times Cast(scale, float32).flat[(pos div scale_stride) mod C]
                                       before the scatter, so no second weight-sized tensor is folded
+    ``_r`` (a codebook per group of rows): the lookup reads codebook[code + group_size * ((pos div group_stride)
+                        mod channels) div group_rows] (the offset times min(code + 1 - reserves_zero, 1), so a
+                        reserved zero stays 0), pos = Range(numel) for DecodeDense, the entries' positions otherwise
 
 The generic functions (``DecodeSparse_g``, for weights of at most layout.GENERIC_MAX_NUMEL
 elements) read the widths b from the node's ``code_bits`` / ``index_bits`` and unpack any b in 1..16:
@@ -210,11 +213,9 @@ def _scaled_values(values: str) -> tuple[list[onnx.NodeProto], str]:
     ], "vsc"
 
 
-def _scatter(gaps: str, values: str, index_bits: int, with_scale: bool = False) -> list[onnx.NodeProto]:
+def _positions(gaps: str, index_bits: int | None) -> list[onnx.NodeProto]:
+    """``pos`` (int32): the flat positions of the stored entries, ``cumsum(gaps + 1) - 1``."""
     cast, gaps32 = _as_int32(gaps, index_bits, "g32")
-    scaled = []
-    if with_scale:
-        scaled, values = _scaled_values(values)
     return [
         *cast,
         _const("one32", np.array(1, np.int32)),
@@ -222,7 +223,12 @@ def _scatter(gaps: str, values: str, index_bits: int, with_scale: bool = False) 
         oh.make_node("Add", [gaps32, "one32"], ["steps"]),
         oh.make_node("CumSum", ["steps", "ax0"], ["pos1"]),
         oh.make_node("Sub", ["pos1", "one32"], ["pos"]),
-        *scaled,
+    ]
+
+
+def _scatter_at(values: str) -> list[onnx.NodeProto]:
+    """``W``: ``values`` at the flat positions ``pos`` of a zero weight, reshaped."""
+    return [
         _ref("numel", "numel", "int"),
         _const("one64", np.array([1], np.int64)),
         oh.make_node("Reshape", ["numel", "one64"], ["numel1"]),
@@ -232,6 +238,56 @@ def _scatter(gaps: str, values: str, index_bits: int, with_scale: bool = False) 
         _ref("shape", "shape", "ints"),
         oh.make_node("Reshape", ["flat", "shape"], ["W"]),
     ]
+
+
+def _scatter(gaps: str, values: str, index_bits: int, with_scale: bool = False) -> list[onnx.NodeProto]:
+    scaled = []
+    if with_scale:
+        scaled, values = _scaled_values(values)
+    return [*_positions(gaps, index_bits), *scaled, *_scatter_at(values)]
+
+
+def _int32_attr(name: str, attr: str) -> list[onnx.NodeProto]:
+    """``name`` = the calling node's int attribute ``attr`` as an int32 scalar."""
+    return [_ref(f"{name}64", attr, "int"), oh.make_node("Cast", [f"{name}64"], [name], to=TensorProto.INT32)]
+
+
+def _grouped_lookup(codes: str) -> list[onnx.NodeProto]:
+    """``vals`` = codebook[codes + group_size * ((pos div group_stride) mod channels) div group_rows]: each stored
+    code (int32) read in its group's codebook; a reserved zero (code 0 when reserves_zero) stays entry 0."""
+    return [
+        *_int32_attr("gst", "group_stride"), *_int32_attr("gch", "channels"), *_int32_attr("grw", "group_rows"),
+        *_int32_attr("gsz", "group_size"), *_int32_attr("grz", "reserves_zero"),
+        _const("one32", np.array(1, np.int32)),
+        oh.make_node("Div", ["pos", "gst"], ["gpd"]),
+        oh.make_node("Mod", ["gpd", "gch"], ["gpc"]),
+        oh.make_node("Div", ["gpc", "grw"], ["gpg"]),
+        oh.make_node("Mul", ["gpg", "gsz"], ["goff"]),
+        # 1 where the code moves (every code, or every code but a reserved zero), else 0
+        oh.make_node("Sub", ["one32", "grz"], ["gnz"]),
+        oh.make_node("Add", [codes, "gnz"], ["gcn"]),
+        oh.make_node("Min", ["gcn", "one32"], ["gmv"]),
+        oh.make_node("Mul", ["goff", "gmv"], ["gmo"]),
+        oh.make_node("Add", [codes, "gmo"], ["gidx"]),
+        oh.make_node("Gather", ["codebook", "gidx"], ["vals"], axis=0),
+    ]
+
+
+def _grouped_body(kind: str, bits: dict) -> list[onnx.NodeProto]:
+    """The body of a decoder with a codebook per group of rows (``_r``): codes, their positions, the lookup, W."""
+    nodes, codes = _unpack("codes", bits["c"], "code_bits", "codes_u", "k")
+    cast, codes32 = _as_int32(codes, bits["c"], "ci")
+    body = nodes + cast
+    if kind == layout.DENSE:  # every position, in order
+        body += [*_int32_attr("n32", "numel"), _const("zero32", np.array(0, np.int32)),
+                 _const("step32", np.array(1, np.int32)), oh.make_node("Range", ["zero32", "n32", "step32"], ["pos"])]
+    else:
+        nodes, gaps = _unpack("gaps", bits["i"], "index_bits", "gaps_u", "g")
+        body += nodes + _positions(gaps, bits["i"])
+    body += _grouped_lookup(codes32)
+    if kind == layout.DENSE:
+        return body + [_ref("shape", "shape", "ints"), oh.make_node("Reshape", ["vals", "shape"], ["W"])]
+    return body + _scatter_at("vals")
 
 
 def _unpack(packed: str, bits: int | None, attr: str, out: str, p: str) -> tuple[list[onnx.NodeProto], str]:
@@ -245,14 +301,16 @@ def make_function(op_type: str, opset: int) -> FunctionProto:
     """The decoder function named ``op_type`` (see :func:`onnx_dc.graph.layout.op_type`) at ai.onnx ``opset``."""
     kind, *widths = op_type.split("_")
     with_scale = layout.scaled(op_type)
-    widths = [w for w in widths if w != layout.SCALED]
+    widths = [w for w in widths if w not in (layout.SCALED, layout.GROUPED)]
     generic = widths == [layout.GENERIC]
     bits = {"c": None, "i": None} if generic else {w[0]: int(w[1:]) for w in widths}
     body = []
-    if kind != layout.SPARSE_VALUES:
+    if layout.grouped(op_type):
+        body = _grouped_body(kind, bits)
+    elif kind != layout.SPARSE_VALUES:
         nodes, codes = _unpack("codes", bits["c"], "code_bits", "codes_u", "k")
         body += nodes + _lookup(codes, bits["c"], "W" if kind == layout.DENSE else "vals", shaped=kind == layout.DENSE)
-    if kind != layout.DENSE:
+    if kind != layout.DENSE and not layout.grouped(op_type):
         nodes, gaps = _unpack("gaps", bits["i"], "index_bits", "gaps_u", "g")
         body += nodes + _scatter(gaps, "vals" if kind == layout.SPARSE else "values", bits["i"], with_scale)
     if with_scale and kind == layout.DENSE:

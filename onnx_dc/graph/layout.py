@@ -14,7 +14,12 @@ scales (``codebook: channel``) has a fourth input ``scale``, float16 in the weig
 axis but the channel axis, and its op name ends in ``_s``: ``W = decoded * float32(scale)`` (broadcast;
 the sparse kind scales the kept values before the scatter, reading the channel of position ``p`` as
 ``(p div scale_stride) mod C``, ``scale_stride`` a node attribute).
-Files holding such a decoder say format :data:`SCALED_FORMAT_VERSION`. A weight of at most
+Files holding such a decoder say format :data:`SCALED_FORMAT_VERSION`. A shared weight with one codebook
+per group of output channels (``codebook: group:G``) has an op name ending in ``_r``; its codebook holds
+the groups' codebooks one after another (``group_size`` values each, after a pruned layer's reserved
+zero) and a stored code ``q`` of position ``p`` reads entry ``q + group_size * ((p div group_stride) mod
+channels) div group_rows`` (``q`` = 0, the reserved zero, stays 0). Files holding one say format
+:data:`GROUPED_FORMAT_VERSION`. A weight of at most
 :data:`GENERIC_MAX_NUMEL` elements calls the one generic function of its kind
 (``DecodeSparse_g``), which reads the widths from the node's attributes; a larger one names
 the kind and the widths (``DecodeSparse_c5_i5``), so that each width gets a decoder function
@@ -42,6 +47,7 @@ DOMAIN = "onnx_dc"
 DOMAIN_VERSION = 1
 FORMAT_VERSION = "3"
 SCALED_FORMAT_VERSION = "4"  # format 3 plus decoders with channel scales (``_s``)
+GROUPED_FORMAT_VERSION = "5"  # format 4 plus decoders with a codebook per group of channels (``_r``)
 
 DENSE = "DecodeDense"
 SPARSE = "DecodeSparse"
@@ -52,16 +58,19 @@ FORM_NAMES = {DENSE: "dense", SPARSE: "sparse", SPARSE_VALUES: "sparse-f32"}
 CODES, GAPS = "codes", "gaps"
 SCALE = "scale"
 SCALED = "s"  # the op-name part of a decoder with channel scales
+GROUPED = "r"  # the op-name part of a decoder with a codebook per group of rows (output channels)
+GROUP_ATTRIBUTES = ("group_rows", "group_size", "group_stride", "channels")
 
 # Every attribute a decoder node carries (the functions declare them all).
 ATTRIBUTES = ("code_bits", "index_bits", "count", "numel", "shape", "sparse_ratio", "prune_quality", "class_num",
               "quantize_term", "centroid_init", "form", "fixed_index_bits", "seed", "reserves_zero", "bias",
-              "codebook", "scale_stride")
+              "codebook", "scale_stride") + GROUP_ATTRIBUTES
 
 # Value of a settings attribute when the node does not carry it (old files carry them all).
 ABSENT = {"sparse_ratio": -1.0, "prune_quality": -1.0, "class_num": Settings.class_num, "quantize_term": 1,
           "centroid_init": CentroidInit.LINEAR.value, "form": Form.AUTO.value, "fixed_index_bits": 0, "seed": 0,
-          "reserves_zero": 1, "bias": BiasType.FLOAT32.value, "codebook": Codebook.LAYER.value}
+          "reserves_zero": 1, "bias": BiasType.FLOAT32.value, "codebook": Codebook.LAYER.value,
+          "group_rows": 0, "group_size": 0, "group_stride": 1, "channels": 1}
 # Weights of at most this many elements use the generic decoder functions (one per kind, widths read from
 # the node). Folding a generic body holds a uint8 bit vector and an int32 [count, width] matrix besides the
 # weight. Measured (scripts/bench_small_files.py, onnxruntime 1.19, one sparse weight, 10% kept): no peak
@@ -77,9 +86,10 @@ META_SOURCE_WEIGHT_BYTES = "onnx_dc.source_weight_bytes"
 META_NOTES = "onnx_dc.notes"  # whole-model remarks (an already-quantized model), a JSON list
 
 
-def op_type(kind: str, code_bits: int, index_bits: int, generic: bool = False, scaled: bool = False) -> str:
+def op_type(kind: str, code_bits: int, index_bits: int, generic: bool = False, scaled: bool = False,
+            grouped: bool = False) -> str:
     """The op (and function) name of a decoder of ``kind`` at these widths, or of its generic function;
-    ``scaled``: with channel scales (a ``_s`` suffix)."""
+    ``scaled``: with channel scales (a ``_s`` suffix); ``grouped``: a codebook per group of rows (``_r``)."""
     parts = [kind]
     if generic:
         parts.append(GENERIC)
@@ -90,12 +100,26 @@ def op_type(kind: str, code_bits: int, index_bits: int, generic: bool = False, s
             parts.append(f"i{index_bits}")
     if scaled:
         parts.append(SCALED)
+    if grouped:
+        parts.append(GROUPED)
     return "_".join(parts)
 
 
 def scaled(op: str) -> bool:
     """Whether a decoder op name says it multiplies by channel scales."""
     return SCALED in op.split("_")[1:]
+
+
+def grouped(op: str) -> bool:
+    """Whether a decoder op name says its codebook is one per group of rows."""
+    return GROUPED in op.split("_")[1:]
+
+
+def format_version(op_types: set[str] | list[str]) -> str:
+    """The format a file with decoders of these op types says it is."""
+    if any(grouped(op) for op in op_types):
+        return GROUPED_FORMAT_VERSION
+    return SCALED_FORMAT_VERSION if any(scaled(op) for op in op_types) else FORMAT_VERSION
 
 
 def inputs_of(kind: str, with_scale: bool) -> tuple[str, ...]:
@@ -129,6 +153,7 @@ class Decoder:
         settings: the compression settings, every field (form, fixed index bits, seed included).
         reserves_zero: whether code 0 means a pruned weight (codebook entry 0 is 0.0).
         scaled: whether the node multiplies by channel scales (its ``scale`` input).
+        groups: a grouped codebook's ``(group_rows, group_size, group_stride, channels)``, or None.
     """
 
     kind: str
@@ -142,13 +167,16 @@ class Decoder:
     settings: Settings
     reserves_zero: bool
     scaled: bool = False
+    groups: tuple[int, int, int, int] | None = None
 
 
 def make_decoder_node(weight: str, kind: str, code_bits: int, index_bits: int, count: int, shape: tuple[int, ...],
                       settings: Settings, shared: bool, reserves_zero: bool,
-                      generic: bool | None = None, with_scale: bool = False, scale_axis: int = 0) -> onnx.NodeProto:
+                      generic: bool | None = None, with_scale: bool = False, scale_axis: int = 0,
+                      groups: tuple[int, int] | None = None) -> onnx.NodeProto:
     """The decoder node rebuilding ``weight`` from initializers ``weight/dc/<role>`` (``with_scale``: and
-    ``weight/dc/scale``, channel scales along ``scale_axis``).
+    ``weight/dc/scale``, channel scales along ``scale_axis``; ``groups``: ``(group_rows, group_size)`` of a
+    codebook per group of channels along ``scale_axis``).
 
     ``generic`` (default: whether the weight has at most :data:`GENERIC_MAX_NUMEL` elements)
     picks the generic decoder function of the kind over the one specialised to the widths.
@@ -163,16 +191,24 @@ def make_decoder_node(weight: str, kind: str, code_bits: int, index_bits: int, c
         class_num=int(s.class_num), quantize_term=int(shared), centroid_init=s.centroid_init.value,
         form=s.form.value, fixed_index_bits=int(s.index_bits or 0), seed=int(s.seed), reserves_zero=int(reserves_zero),
         bias=s.bias.value, codebook=s.codebook.value,
+        group_rows=int(s.group_rows) if s.codebook == Codebook.GROUP else 0,
     )
     extra = {}
-    if with_scale:  # elements per step along the channel axis: the sparse kind's channel of a flat position
-        extra["scale_stride"] = int(np.prod(shape[scale_axis + 1:], dtype=np.int64))
+    stride = int(np.prod(shape[scale_axis + 1:], dtype=np.int64))  # elements per step along the channel axis
+    if with_scale:  # the sparse kind's channel of a flat position
+        extra["scale_stride"] = stride
+    if groups is not None:
+        extra.update(group_size=int(groups[1]), group_stride=stride,
+                     channels=int(shape[scale_axis]))
+    if groups is not None:  # the grouped functions read reserves_zero: always written
+        extra["reserves_zero"] = int(reserves_zero)
+    written = {**{k: v for k, v in attrs.items() if v != ABSENT[k]}, **extra}
     return oh.make_node(
-        op_type(kind, code_bits, index_bits, generic, with_scale),
+        op_type(kind, code_bits, index_bits, generic, with_scale, groups is not None),
         [f"{weight}/dc/{x}" for x in inputs_of(kind, with_scale)], [weight],
         name=f"{weight}/dc/decode", domain=DOMAIN,
         code_bits=code_bits, index_bits=index_bits, count=count, numel=numel, shape=[int(d) for d in shape],
-        **{k: v for k, v in attrs.items() if v != ABSENT[k]}, **extra,
+        **written,
     )
 
 
@@ -184,11 +220,12 @@ def read_decoder(node: onnx.NodeProto) -> Decoder:
     # Format 1 files have no reserves_zero: there code 0 was always the reserved zero (ABSENT).
     reserves = bool(int(attrs["reserves_zero"]))
     with_scale = scaled(node.op_type)
+    groups = tuple(int(attrs[a]) for a in GROUP_ATTRIBUTES) if grouped(node.op_type) else None
     return Decoder(
         kind=kind, weight=node.output[0], inputs=dict(zip(inputs_of(kind, with_scale), node.input)),
         code_bits=int(attrs.get("code_bits", 0)), index_bits=int(attrs.get("index_bits", 0)),
         count=int(attrs.get("count", 0)), numel=int(attrs.get("numel", 0)), shape=shape,
-        settings=_settings(attrs), reserves_zero=reserves, scaled=with_scale,
+        settings=_settings(attrs), reserves_zero=reserves, scaled=with_scale, groups=groups,
     )
 
 
@@ -223,6 +260,7 @@ def _settings(attrs: dict) -> Settings:
         seed=max(0, int(attrs["seed"])),
         bias=BiasType(bias) if bias in {b.value for b in BiasType} else BiasType.FLOAT32,
         codebook=Codebook(book) if book in {b.value for b in Codebook} else Codebook.LAYER,
+        group_rows=int(attrs["group_rows"]) if int(attrs["group_rows"]) >= 1 else Settings.group_rows,
     )
 
 
@@ -251,6 +289,27 @@ def scale_vector(scale: np.ndarray) -> tuple[np.ndarray, int]:
     return scale.astype(np.float32).ravel(), (longer[0] if longer else 0)
 
 
+def _global_codes(dec: Decoder, stored: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
+    """Stored codes as indices into the whole codebook: a grouped decoder's codes of position ``p`` move past the
+    codebooks of the groups before ``p``'s (the reserved zero stays 0); other decoders' codes are that already."""
+    if dec.groups is None:
+        return stored
+    rows, size, stride, channels = dec.groups
+    pos = np.arange(stored.size, dtype=np.int64) if positions is None else np.asarray(positions, np.int64)
+    offset = (pos // stride % channels // rows) * size
+    codes = stored.astype(np.int64)
+    return codes + (offset * (codes > 0) if dec.reserves_zero else offset)
+
+
+def group_axis(dec: Decoder) -> int:
+    """The channel axis of a grouped decoder's groups: the one with its ``channels`` and ``group_stride``."""
+    _, _, stride, channels = dec.groups
+    for axis in range(len(dec.shape) - 1, -1, -1):
+        if dec.shape[axis] == channels and int(np.prod(dec.shape[axis + 1:], dtype=np.int64)) == stride:
+            return axis
+    return 0
+
+
 def decode(dec: Decoder, arrays: dict[str, np.ndarray]) -> Decoded:
     """Rebuild one weight from its initializer arrays (name -> array), exactly as the ONNX decoder does."""
     positions = None
@@ -264,8 +323,8 @@ def decode(dec: Decoder, arrays: dict[str, np.ndarray]) -> Decoded:
         mask[positions[values != 0]] = True
         return Decoded(flat.reshape(dec.shape), None, None, mask.reshape(dec.shape))
     codebook = arrays[dec.inputs["codebook"]].astype(np.float32).ravel()
-    stored = unpack_bits(arrays[dec.inputs[CODES]], dec.code_bits, dec.count)
-    codes = np.zeros(dec.numel, np.uint16)
+    stored = _global_codes(dec, unpack_bits(arrays[dec.inputs[CODES]], dec.code_bits, dec.count), positions)
+    codes = np.zeros(dec.numel, np.uint16 if codebook.size <= 65536 else np.uint32)
     if positions is None:
         codes[:] = stored
     else:
@@ -281,12 +340,12 @@ def decode_weight(dec: Decoder, arrays: dict[str, np.ndarray]) -> np.ndarray:
     """Only the weight of :func:`decode`, without per-element codes and mask (less memory)."""
     scale = _scale(dec, arrays)
     if dec.kind == DENSE:
-        codes = unpack_bits(arrays[dec.inputs[CODES]], dec.code_bits, dec.count)
+        codes = _global_codes(dec, unpack_bits(arrays[dec.inputs[CODES]], dec.code_bits, dec.count), None)
         weights = arrays[dec.inputs["codebook"]].astype(np.float32).ravel()[codes].reshape(dec.shape)
         return weights if scale is None else weights * scale
     positions = decode_positions(unpack_bits(arrays[dec.inputs[GAPS]], dec.index_bits, dec.count))
     if dec.kind == SPARSE:
-        codes = unpack_bits(arrays[dec.inputs[CODES]], dec.code_bits, dec.count)
+        codes = _global_codes(dec, unpack_bits(arrays[dec.inputs[CODES]], dec.code_bits, dec.count), positions)
         values = arrays[dec.inputs["codebook"]].astype(np.float32).ravel()[codes]
     else:
         values = arrays[dec.inputs["values"]].astype(np.float32).ravel()

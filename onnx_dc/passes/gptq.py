@@ -13,7 +13,8 @@ which is the optimal update of the not-yet-assigned weights for the error made o
 codebook (from k-means) and the mask stay; only the codes change. It replaces the plain
 nearest-centroid codes, so it runs after sharing and before the codebook refit. With
 channel scales (``codebook: channel``) row ``i``'s entries are ``s_i c_k``: the nearest to
-``w_ij / s_i`` is chosen and ``q_j = s_i c``.
+``w_ij / s_i`` is chosen and ``q_j = s_i c``. With a codebook per group of rows (``codebook: group``)
+each weight's nearest entry is sought in its own group's codebook.
 """
 
 from __future__ import annotations
@@ -53,13 +54,19 @@ def _gptq_view(layer: LayerState, original: np.ndarray, stats: WeightStats) -> b
     centroids = layer.codebook[z:][order].astype(np.float64)
     codes2 = np.zeros(index.shape, layer.codes.dtype)
     scale2 = layer.scale_at(index).astype(np.float64)  # codebook: channel (1.0 without)
+    book2 = layer.group_of(index)  # codebook: group (all 0 without)
+    table = layer.codebook[z:].astype(np.float64).reshape(layer.groups(), -1)
     for g in np.unique(groups):
         rows = np.flatnonzero(groups == g)
         u = upper_inverse_cholesky(hessian[g])
         w = original.ravel()[index[rows]].astype(np.float64)
         s = scale2[rows]
         for j in range(w.shape[1]):
-            nearest = order[assign(w[:, j] / s[:, j], centroids)] + z
+            if layer.group_rows:  # each weight's own group's values (k per group)
+                book = book2[rows, j]
+                nearest = book * table.shape[1] + np.abs(w[:, j, None] - table[book]).argmin(axis=1) + z
+            else:
+                nearest = order[assign(w[:, j] / s[:, j], centroids)] + z
             code = np.where(keep2[rows, j], nearest, 0)
             err = (w[:, j] - s[:, j] * layer.codebook[code]) / u[j, j]
             w[:, j + 1 :] -= np.outer(err, u[j, j + 1 :])

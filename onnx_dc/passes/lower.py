@@ -7,7 +7,9 @@ pruned, code 0 being the reserved zero, else k) the candidates are
     sparse:  bytes = ceil(M c / 8) + ceil(M b / 8),  M = kept + fillers(b)   (b minimises bytes)
 
 and for a pruned, unshared layer ``4 M + ceil(M b / 8)``; channel scales (``codebook: channel``) add
-2 bytes per channel (float16, the decoder's ``scale`` input). The smallest wins unless the
+2 bytes per channel (float16, the decoder's ``scale`` input). A grouped layer (``codebook: group``)
+stores each code within its group's codebook (``c = ceil(log2(k + z))`` for k values a group), the
+codebook holding every group's values. The smallest wins unless the
 config fixes the form or the index width; a layer whose best form is not smaller than
 float32 stays a float32 initializer holding its pruned / shared values. With ``bias: float16``
 the biases of a compressed layer become float16 plus a Cast (onnx_dc/graph/biases.py). docs/DCONNX.md
@@ -68,8 +70,9 @@ def encode_layer(layer: LayerState) -> Encoding:
 
 
 def _encode_shared(layer: LayerState, form: Form, fixed_index_bits: int | None) -> Encoding:
-    codes = layer.codes.ravel()
-    code_bits = max(1, math.ceil(math.log2(layer.codebook.size)))
+    codes = layer.local_codes(layer.codes.ravel(), np.arange(layer.codes.size)) if layer.group_rows else layer.codes.ravel()
+    entries = layer.group_size() + int(layer.reserves_zero) if layer.group_rows else layer.codebook.size
+    code_bits = max(1, math.ceil(math.log2(entries)))
     dense_bytes = packed_size(codes.size, code_bits)
     positions = np.flatnonzero(layer.mask.ravel()) if layer.mask is not None else np.arange(codes.size)
     gaps = kept_gaps(positions)
@@ -104,7 +107,8 @@ def _decoder_node(layer: LayerState, enc: Encoding) -> onnx.NodeProto:
     return layout.make_decoder_node(layer.name, enc.op, enc.code_bits, enc.index_bits, enc.count, layer.weights.shape,
                                     layer.entry.settings, shared=layer.codebook is not None,
                                     reserves_zero=layer.mask is not None, with_scale=layout.SCALE in enc.tensors,
-                                    scale_axis=layer.scale_axis)
+                                    scale_axis=layer.scale_axis,
+                                    groups=(layer.group_rows, layer.group_size()) if layer.group_rows and layer.codebook is not None else None)
 
 
 def lower(state: CompressionState, extra_skipped: tuple[Skipped, ...] = ()) -> onnx.ModelProto:
@@ -141,8 +145,7 @@ def lower(state: CompressionState, extra_skipped: tuple[Skipped, ...] = ()) -> o
     _halve_biases(out, [n.output[0] for n in decoder_nodes
                         if state.layers[n.output[0]].entry.settings.bias == BiasType.FLOAT16])
     derived = {(e[0], e[2]) for e in layout.bias_entries(graph)}
-    _set_metadata(out, state, [s for s in skipped if (s.node, s.tensor) not in derived],
-                  any(layout.scaled(op) for op in used_ops))
+    _set_metadata(out, state, [s for s in skipped if (s.node, s.tensor) not in derived], used_ops)
     return out
 
 
@@ -159,9 +162,9 @@ def _add_functions(model: onnx.ModelProto, used_ops: set[str]) -> None:
     model.opset_import.append(oh.make_opsetid(layout.DOMAIN, layout.DOMAIN_VERSION))
 
 
-def _set_metadata(model: onnx.ModelProto, state: CompressionState, skipped: list[Skipped], scaled: bool) -> None:
+def _set_metadata(model: onnx.ModelProto, state: CompressionState, skipped: list[Skipped], used_ops: set[str]) -> None:
     entries = {
-        layout.META_VERSION: layout.SCALED_FORMAT_VERSION if scaled else layout.FORMAT_VERSION,
+        layout.META_VERSION: layout.format_version(used_ops),
         layout.META_SKIPPED: json.dumps([[s.node, s.op_type, s.tensor, s.reason] for s in skipped]),
         layout.META_SOURCE_WEIGHT_BYTES: str(float_parameter_bytes(state.model)),
     }

@@ -26,6 +26,10 @@ fixed, each channel's scale then has its own least-squares optimum: over the cha
 
 rounded to float16; codebook and scales are refit in turn (:data:`SCALE_ROUNDS` times), each
 round kept only when it lowers ``L``.
+
+With a codebook per group of rows (``codebook: group``) the unknowns of different groups never meet in a
+row, so ``M`` is block-diagonal: each group's k values are solved from its own rows (codes taken within
+the group), and kept when they lower that group's part of ``L``.
 """
 
 from __future__ import annotations
@@ -135,6 +139,8 @@ def _error(parts: list[tuple], codebook: np.ndarray) -> float:
 
 
 def _refit_codebook(layer: LayerState, original: np.ndarray, pieces) -> bool:
+    if layer.group_rows:
+        return _refit_groups(layer, original, pieces)
     k = layer.codebook.size
     parts = _parts(layer, original, pieces)
     before = _error(parts, layer.codebook)
@@ -143,19 +149,65 @@ def _refit_codebook(layer: LayerState, original: np.ndarray, pieces) -> bool:
         mp, rp = normal_equations(w2, q2, h, groups, k, cross, s2)
         m += mp
         r += rp
-    old = layer.codebook.astype(np.float64)
-    z = int(layer.reserves_zero)
-    m, r, old = m[z:, z:], r[z:], old[z:]  # a pruned layer's c_0 = 0 is fixed
+    fitted = _solve(m, r, layer.codebook.astype(np.float64), int(layer.reserves_zero))
+    if fitted is None:
+        return False
+    codebook = fitted.astype(np.float32)
+    if _error(parts, codebook) >= before:
+        return False
+    set_codebook(layer, codebook)
+    return True
+
+
+def _solve(m: np.ndarray, r: np.ndarray, old: np.ndarray, z: int) -> np.ndarray | None:
+    """The codebook solving ``M c = r`` with a pruned layer's ``c_0 = 0`` fixed and the ridge towards ``old``."""
+    m, r, old = m[z:, z:], r[z:], old[z:]
     lam = _RIDGE * max(float(np.trace(m)) / max(m.shape[0], 1), 1e-30)
     try:
         c = np.linalg.solve(m + lam * np.eye(m.shape[0]), r + lam * old)
     except np.linalg.LinAlgError:
-        return False
-    codebook = np.concatenate(([0.0] * z, c)).astype(np.float32)
-    if not np.all(np.isfinite(codebook)) or _error(parts, codebook) >= before:
-        return False
-    set_codebook(layer, codebook)
-    return True
+        return None
+    return np.concatenate(([0.0] * z, c)) if np.all(np.isfinite(c)) else None
+
+
+def _refit_groups(layer: LayerState, original: np.ndarray, pieces) -> bool:
+    """Each group's values for the present codes (module docstring); whether any group's changed.
+
+    Only when every row of every view lies in one group (the groups' axis is the views' output axis).
+    """
+    k, z = layer.group_size(), int(layer.reserves_zero)
+    parts, books = _parts(layer, original, pieces), []
+    for p in pieces:
+        book = layer.group_of(p.view.index)
+        if not np.all(book == book[:, :1]):
+            return False
+        books.append(book[:, 0])
+    codebook = layer.codebook.astype(np.float64)
+    changed = False
+    for b in np.unique(np.concatenate(books)):
+        span = slice(z + b * k, z + (b + 1) * k)
+        mine = []  # this group's rows of each view, codes within the group
+        for (w2, q2, h, groups, cross, _), book in zip(parts, books):
+            sel = np.flatnonzero(book == b)
+            if sel.size:
+                q = q2[sel] - b * k * ((q2[sel] > 0) if z else 1)
+                mine.append((w2[sel], q, h, groups[sel], cross))
+        local = np.concatenate((codebook[:z], codebook[span]))
+        m, r = np.zeros((z + k, z + k)), np.zeros(z + k)
+        for w2, q, h, groups, cross in mine:
+            mp, rp = normal_equations(w2, q, h, groups, z + k, cross)
+            m += mp
+            r += rp
+        fitted = _solve(m, r, local, z)
+        if fitted is None:
+            continue
+        before = sum(output_error(w2, local[q], h, groups, cross) for w2, q, h, groups, cross in mine)
+        if sum(output_error(w2, fitted[q], h, groups, cross) for w2, q, h, groups, cross in mine) < before:
+            codebook[span] = fitted[z:]
+            changed = True
+    if changed:
+        set_codebook(layer, codebook)
+    return changed
 
 
 def _refit_scales(layer: LayerState, original: np.ndarray, pieces) -> bool:

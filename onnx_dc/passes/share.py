@@ -18,6 +18,12 @@ finite), and the codebook is shared by the channels' normalised weights:
 
 which is the same weighted error sum_i h_i (W_i - W'_i)^2, so a channel of small weights gets
 codebook values its own size instead of the few near zero a layer codebook spends on it.
+
+With ``codebook: group`` (``group:G``) each group of G output channels clusters its own kept weights
+into class_num values; the layer's codebook is the groups' codebooks one after another (a group
+with fewer distinct weights repeats its last value, an all-pruned group holds zeros), and a
+weight's code indexes it globally (:class:`~onnx_dc.passes.state.LayerState`), so every pass that
+reads ``codebook[codes]`` reads the right group's value.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ def share_layer(layer: LayerState, importance: np.ndarray | None = None) -> bool
     if not s.quantize_term:
         return False
     layer.scale = None
+    layer.group_rows = 0
     w = layer.weights.ravel()
     keep = None if layer.mask is None else layer.mask.ravel()
     kept = w if keep is None else w[keep]
@@ -58,22 +65,51 @@ def share_layer(layer: LayerState, importance: np.ndarray | None = None) -> bool
         squared = per_element * per_element
         h = squared if h is None else h * squared
         del per_element, squared
-    result = kmeans_1d(kept, s.class_num, s.centroid_init.value, seed=s.seed, weights=h)
-    if layer.mask is None:
-        codebook = np.asarray(result.centroids, np.float32)
-        codes = result.labels.astype(_code_dtype(codebook))
+    if s.codebook == Codebook.GROUP and layer.weights.ndim >= 1:
+        layer.scale_axis = min(layer.entry.site.channel_axis, layer.weights.ndim - 1)
+        layer.group_rows = s.group_rows
+        where = np.arange(w.size) if keep is None else np.flatnonzero(keep)
+        centroids, labels, inertia = _group_kmeans(kept, h, layer.group_of(where), layer.groups(), s)
     else:
-        codebook = np.concatenate(([0.0], result.centroids)).astype(np.float32)
+        result = kmeans_1d(kept, s.class_num, s.centroid_init.value, seed=s.seed, weights=h)
+        centroids, labels, inertia = result.centroids, result.labels, result.inertia
+    if layer.mask is None:
+        codebook = np.asarray(centroids, np.float32)
+        codes = labels.astype(_code_dtype(codebook))
+    else:
+        codebook = np.concatenate(([0.0], centroids)).astype(np.float32)
         codes = np.zeros(w.size, _code_dtype(codebook))
-        codes[layer.mask.ravel()] = result.labels + 1
+        codes[layer.mask.ravel()] = labels + 1
     shape = layer.weights.shape
     del w, kept
     layer.weights = None  # freed before its shared values are built: one float copy of the layer at a time
     layer.codebook = codebook
     layer.codes = codes.reshape(shape)
     layer.weights = layer.shared_values()
-    layer.inertia = result.inertia
+    layer.inertia = inertia
     return True
+
+
+def _group_kmeans(kept: np.ndarray, h: np.ndarray | None, group: np.ndarray, groups: int, s) -> tuple:
+    """k-means per group: ``(centroids [groups * k], global labels, summed inertia)``, k = ``s.class_num``."""
+    k = s.class_num
+    centroids = np.zeros((groups, k))
+    labels = np.zeros(kept.size, np.int64)
+    inertia = 0.0
+    order = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[order], np.arange(groups + 1))
+    for g in range(groups):
+        members = order[bounds[g]:bounds[g + 1]]
+        if members.size == 0:
+            continue  # an all-pruned group: its values stay 0.0 and no weight reads them
+        result = kmeans_1d(kept[members], k, s.centroid_init.value, seed=s.seed,
+                           weights=None if h is None else h[members])
+        found = np.asarray(result.centroids, np.float64)
+        centroids[g, :found.size] = found
+        centroids[g, found.size:] = found[-1]  # fewer distinct weights than k: unused repeats
+        labels[members] = g * k + result.labels
+        inertia += result.inertia
+    return centroids.ravel(), labels, inertia
 
 
 def channel_scales(weights: np.ndarray, mask: np.ndarray | None, axis: int) -> np.ndarray:
@@ -96,7 +132,7 @@ def channel_scales(weights: np.ndarray, mask: np.ndarray | None, axis: int) -> n
 
 def _code_dtype(codebook: np.ndarray) -> type:
     """uint8 when the codebook allows: half the memory of the largest per-weight array."""
-    return np.uint8 if codebook.size <= 256 else np.uint16
+    return np.uint8 if codebook.size <= 256 else np.uint16 if codebook.size <= 65536 else np.uint32
 
 
 def share(state: CompressionState, importance: dict[str, np.ndarray] | None = None) -> int:

@@ -31,6 +31,11 @@ class LayerState:
             before sharing.
         scale: ``codebook: channel``: float32 ``[C]``, one float16-exact scale per output channel along
             :attr:`scale_axis` (``W = scale * codebook[codes]``), or None (one codebook for the layer).
+        scale_axis: the output-channel axis of :attr:`scale` and of the row groups.
+        group_rows: ``codebook: group``: output channels per codebook (0: one codebook for the layer). The
+            codebook then holds the groups' codebooks one after another, ``k`` values each, after a pruned
+            layer's reserved zero: channel ``r``'s weights take codes ``z + (r div group_rows) k + j``
+            (``z`` = 1 when pruned, else 0), so ``W = codebook[codes]`` still holds.
     """
 
     entry: PlanEntry
@@ -42,6 +47,7 @@ class LayerState:
     inertia: float | None = None
     scale: np.ndarray | None = None
     scale_axis: int = 0
+    group_rows: int = 0
 
     @property
     def name(self) -> str:
@@ -76,6 +82,31 @@ class LayerState:
         if self.scale is None:
             return np.ones(np.shape(flat_index), np.float32)
         return self.scale[self.channel_of(flat_index)]
+
+    def groups(self) -> int:
+        """Number of codebooks of a grouped layer (``ceil(C / group_rows)``); 1 without groups."""
+        if not self.group_rows:
+            return 1
+        full = (self.codes if self.codes is not None else self.weights).shape
+        return -(-full[self.scale_axis] // self.group_rows)
+
+    def group_size(self) -> int:
+        """Values per codebook (``k``): the codebook's entries after the reserved zero, over :meth:`groups`."""
+        return (self.codebook.size - int(self.reserves_zero)) // self.groups()
+
+    def group_of(self, flat_index: np.ndarray) -> np.ndarray:
+        """The codebook group of each weight at ``flat_index`` (all 0 without groups)."""
+        if not self.group_rows:
+            return np.zeros(np.shape(flat_index), np.int64)
+        return self.channel_of(flat_index) // self.group_rows
+
+    def local_codes(self, codes: np.ndarray, flat_index: np.ndarray) -> np.ndarray:
+        """The codes as stored in the file: within their group's codebook (``z + j``; 0 stays the reserved zero)."""
+        codes = np.asarray(codes, np.int64)
+        if not self.group_rows:
+            return codes
+        offset = self.group_of(flat_index) * self.group_size()
+        return codes - (offset * (codes > 0) if self.reserves_zero else offset)
 
     def shared_values(self, codebook: np.ndarray | None = None) -> np.ndarray:
         """The weights the codes stand for: ``codebook[codes]``, times the channel scales when there are some."""

@@ -17,7 +17,8 @@ layer also keeps latent float values ``v`` of its kept weights, starting at
 the forward pass sees ``codebook[codes]``, the gradient goes to ``v``); after every step each
 kept weight takes the code of the centroid nearest its ``v``, so a weight whose value wants
 to move past the midpoint between two centroids changes cluster, which Eq. 3 alone never
-lets it do. With channel scales (``codebook: channel``) ``W_i = s_i codebook[code_i]``: a centroid's
+lets it do (with a codebook per group of rows, ``codebook: group``, the nearest of its own group's
+centroids). With channel scales (``codebook: channel``) ``W_i = s_i codebook[code_i]``: a centroid's
 gradient sums ``s_i G_i``, the latent values live in the codebook's (normalised) domain and step
 by ``s_i G_i`` too. When a stage ends, :meth:`Trainer.commit`
 puts weights, codebooks and biases back into the :class:`CompressionState` by name.
@@ -60,6 +61,8 @@ class _Shared:
     weights: np.ndarray  # float32 dense W = codebook[codes], written to onnxruntime each step
     latent: np.ndarray | None = None  # float32 latent values of the kept weights (reassign_lr > 0)
     scale: np.ndarray | None = None  # float32 channel scale of each kept weight (codebook: channel)
+    group: np.ndarray | None = None  # codebook group of each kept weight (codebook: group), k values a group
+    group_size: int = 0
 
     def values(self) -> np.ndarray:
         """The kept weights the codes stand for: ``codebook[codes]`` (times the channel scales)."""
@@ -74,6 +77,9 @@ class _Shared:
         search on 69M weights).
         """
         first = 0 if self.index is None else 1
+        if self.group is not None:
+            self._reassign_groups(first)
+            return
         order = np.argsort(self.codebook[first:], kind="stable")
         ordered = self.codebook[first:][order]
         mids = (ordered[1:] + ordered[:-1]) / 2
@@ -85,6 +91,17 @@ class _Shared:
         moved = np.flatnonzero((self.latent > upper[rank]) | (self.latent <= lower[rank]))
         rank[moved] = np.searchsorted(mids, self.latent[moved])
         self.codes = order[rank] + first
+
+    def _reassign_groups(self, first: int) -> None:
+        """:meth:`reassign` with a codebook per group: each weight's nearest value within its own group's k."""
+        k = self.group_size
+        for b in np.unique(self.group):
+            members = np.flatnonzero(self.group == b)
+            values = self.codebook[first + b * k: first + (b + 1) * k]
+            order = np.argsort(values, kind="stable")
+            ordered = values[order]
+            rank = np.searchsorted((ordered[1:] + ordered[:-1]) / 2, self.latent[members])
+            self.codes[members] = first + b * k + order[rank]
 
 
 class Trainer:
@@ -124,6 +141,9 @@ class Trainer:
                     scale = layer.scale_at(index if index is not None else np.arange(flat.size))
                 sh = _Shared(layer.codebook.astype(np.float32, copy=True), codes, index, self.values[binding.parameter],
                              scale=scale)
+                if layer.group_rows:
+                    sh.group = layer.group_of(index if index is not None else np.arange(flat.size))
+                    sh.group_size = layer.group_size()
                 if reassign_lr > 0:
                     sh.latent = sh.codebook[codes]
                 self.shared[wname] = sh

@@ -5,6 +5,7 @@ Each decoder node is decoded in NumPy by onnx_dc/graph/layout.py (docs/DCONNX.md
     codes = unpack(codes, code_bits, count);  pos = cumsum(unpack(gaps, index_bits, count) + 1) - 1
     W.flat[pos] = codebook[codes]  (sparse)   or   W = codebook[codes]  (dense)
     W = W * scale  (channel scales, ``codebook: channel``)
+    codes of a grouped codebook (``codebook: group``) read back as indices into the whole codebook
 
 The decoder node, its initializers and the decoder functions are removed and ``W``
 becomes a float32 initializer again; the layer state gets the codebook, the per-element
@@ -48,6 +49,8 @@ def state_from_dc(model: onnx.ModelProto, name: str = "model") -> CompressionSta
                                    codebook=arrays.codebook, codes=arrays.codes)
         if arrays.scale is not None:
             layers[wname].scale, layers[wname].scale_axis = layout.scale_vector(arrays.scale)
+        if dec.groups is not None:
+            layers[wname].group_rows, layers[wname].scale_axis = dec.groups[0], layout.group_axis(dec)
     source = meta.get(layout.META_SOURCE_BYTES)
     return CompressionState(out, Plan(tuple(entries), skipped), layers,
                             int(source) if source and source.isdigit() else None)
