@@ -213,7 +213,7 @@ def _sweep_file(model: Path, calib, selected: bool) -> Path | None:
     """Where --sweeps keeps a model's sweep of this run's grid (None without --sweeps)."""
     if not SWEEP_DIR:
         return None
-    codebooks = "" if SWEEP_GRID["codebooks"] == ("layer",) else "-" + "-".join(SWEEP_GRID["codebooks"])
+    codebooks = "" if SWEEP_GRID["codebooks"] == ("layer",) else "-" + "-".join(c.replace(":", "") for c in SWEEP_GRID["codebooks"])
     tags = codebooks + ("-est" if SWEEP_GRID["estimated"] else "") + ("-select" if selected else "")
     return SWEEP_DIR[0] / f"{model.parent.name}-{model.stem}-{getattr(calib, 'limit', None)}{tags}.sweep.json"
 

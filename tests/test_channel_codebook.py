@@ -145,15 +145,22 @@ def test_layer_codebook_files_are_unchanged():
     assert all(layer.scale is None for layer in result.state.layers.values())
 
 
-def test_pack_unpack_and_report_from_the_dcz(tmp_path, capsys):
+def packed_round_trip(tmp_path, codebook: str):
+    """conv_model compressed (0.5 / 4, ``--codebook``), packed and unpacked by the CLI: (dc, dcz, back), the
+    unpacked file byte for byte the compressed one."""
     src = tmp_path / "m.onnx"
     write_model(conv_model(), src)
     dc, dcz, back = tmp_path / "m.dc.onnx", tmp_path / "m.dcz", tmp_path / "back.dc.onnx"
     assert main(["compress", str(src), "-o", str(dc), "--sparse-ratio", "0.5", "--class-num", "4",
-                 "--codebook", "channel", "-q"]) == 0
+                 "--codebook", codebook, "-q"]) == 0
     assert main(["pack", str(dc), "-o", str(dcz), "-q"]) == 0
     assert main(["unpack", str(dcz), "-o", str(back), "-q"]) == 0
     assert back.read_bytes() == dc.read_bytes()
+    return dc, dcz, back
+
+
+def test_pack_unpack_and_report_from_the_dcz(tmp_path, capsys):
+    dc, dcz, back = packed_round_trip(tmp_path, "channel")
     capsys.readouterr()
     assert main(["report", str(dcz)]) == 0
     table = capsys.readouterr().out
@@ -162,16 +169,21 @@ def test_pack_unpack_and_report_from_the_dcz(tmp_path, capsys):
     np.testing.assert_array_equal(run(str(dc), {"x": x})[0], run(str(back), {"x": x})[0])
 
 
-def test_bad_setting_is_one_line(tmp_path, capsys):
-    with pytest.raises(ConfigError, match="codebook"):
-        onnx_dc.compress(mlp_model(), None, {"defaults": {"codebook": "row"}})
+def cli_refuses_codebook(tmp_path, capsys, value: str) -> None:
+    """``compress --codebook VALUE`` exits 2 naming the flag, writing nothing."""
     src = tmp_path / "m.onnx"
     write_model(mlp_model(), src)
     with pytest.raises(SystemExit) as exc:
-        main(["compress", str(src), "-o", str(tmp_path / "o.dc.onnx"), "--codebook", "rows"])
+        main(["compress", str(src), "-o", str(tmp_path / "o.dc.onnx"), "--codebook", value])
     assert exc.value.code == 2
     assert "--codebook" in capsys.readouterr().err
     assert not (tmp_path / "o.dc.onnx").exists()
+
+
+def test_bad_setting_is_one_line(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="codebook"):
+        onnx_dc.compress(mlp_model(), None, {"defaults": {"codebook": "row"}})
+    cli_refuses_codebook(tmp_path, capsys, "rows")
 
 
 @needs_training

@@ -19,7 +19,7 @@ import pytest
 from calib_images import require, write_folder
 from conftest import SHARED_DATA, conv_model, mlp_model, needs_training
 from onnx import numpy_helper
-from test_channel_codebook import decoded_in_onnxruntime, matmul_model
+from test_channel_codebook import cli_refuses_codebook, decoded_in_onnxruntime, matmul_model, packed_round_trip
 
 import onnx_dc
 from onnx_dc.api import finish
@@ -28,7 +28,7 @@ from onnx_dc.config import Codebook, Settings, parse_config
 from onnx_dc.data.calib import parse_calib_spec
 from onnx_dc.errors import ConfigError
 from onnx_dc.graph import layout
-from onnx_dc.graph.io import serialize, write_model
+from onnx_dc.graph.io import serialize
 from onnx_dc.passes.share import share_layer
 from onnx_dc.passes.state import LayerState
 from onnx_dc.train.restore import state_from_dc
@@ -59,6 +59,7 @@ def check_groups(result, rows: int) -> None:
         np.testing.assert_array_equal(in_ort[dec.weight], got.weights)
         np.testing.assert_array_equal(got.weights, layer.weights)
         np.testing.assert_array_equal(got.codes, layer.codes)
+        np.testing.assert_array_equal(layout.decode_weight(dec, arrays), layer.weights)  # InferenceSession's path
         assert node.op_type.endswith("_r") and dec.settings.codebook == Codebook.GROUP
         channels = dec.shape[layer.scale_axis]
         groups, k, z = -(-channels // rows), layer.group_size(), int(layer.reserves_zero)
@@ -123,13 +124,7 @@ def test_the_setting_parses_and_bad_values_are_one_line(tmp_path, capsys):
         with pytest.raises(ConfigError, match="codebook") as exc:
             onnx_dc.compress(mlp_model(), None, {"defaults": {"codebook": bad}})
         assert "\n" not in str(exc.value)
-    src = tmp_path / "m.onnx"
-    write_model(mlp_model(), src)
-    with pytest.raises(SystemExit) as exc:
-        main(["compress", str(src), "-o", str(tmp_path / "o.dc.onnx"), "--codebook", "group:0"])
-    assert exc.value.code == 2
-    assert "--codebook" in capsys.readouterr().err
-    assert not (tmp_path / "o.dc.onnx").exists()
+    cli_refuses_codebook(tmp_path, capsys, "group:0")
 
 
 def test_restore_and_lower_again_give_the_same_bytes():
@@ -144,14 +139,7 @@ def test_restore_and_lower_again_give_the_same_bytes():
 
 
 def test_pack_unpack_and_report_from_the_dcz(tmp_path, capsys):
-    src = tmp_path / "m.onnx"
-    write_model(conv_model(), src)
-    dc, dcz, back = tmp_path / "m.dc.onnx", tmp_path / "m.dcz", tmp_path / "back.dc.onnx"
-    assert main(["compress", str(src), "-o", str(dc), "--sparse-ratio", "0.5", "--class-num", "4",
-                 "--codebook", "group:2", "-q"]) == 0
-    assert main(["pack", str(dc), "-o", str(dcz), "-q"]) == 0
-    assert main(["unpack", str(dcz), "-o", str(back), "-q"]) == 0
-    assert back.read_bytes() == dc.read_bytes()
+    _, dcz, _ = packed_round_trip(tmp_path, "group:2")
     capsys.readouterr()
     assert main(["report", str(dcz)]) == 0
     assert "4/g2" in capsys.readouterr().out
