@@ -248,3 +248,22 @@ def test_a_sweep_tries_groups_as_a_codebook_setting(capsys):
     settings = Setting(0.5, 16, "group:4").apply(entry).settings
     assert (settings.codebook, settings.group_rows, settings.class_num) == (Codebook.GROUP, 4, 16)
     assert Setting(0.5, 16, "layer").apply(entry).settings.codebook == Codebook.LAYER
+
+
+def test_sensitivity_cli_sweeps_groups(tmp_path):
+    """``onnx-dc sensitivity --codebooks layer,group:4`` on LeNet-300-100 (MNIST) measures each shared setting both
+    ways and keeps them in its JSON, which a size target reads."""
+    from conftest import MNIST_DIR, ROOT
+
+    from onnx_dc.analysis.curves import Sensitivity, Setting
+
+    lenet = ROOT / "models" / "lenet_300_100.onnx"
+    sens_json = tmp_path / "s.json"
+    assert main(["sensitivity", str(lenet), "--data", f"mnist:{require(MNIST_DIR)}", "--limit", "300", "--ratios",
+                 "0.9", "--class-nums", "4", "--codebooks", "layer,group:4", "--json", str(sens_json), "-q"]) == 0
+    sens = Sensitivity.from_dict(json.loads(sens_json.read_text()))
+    assert sens.codebooks == ("layer", "group:4")
+    options = {p.setting: p for p in sens.options("ip1.weight")}
+    assert Setting(0.9, 4, "group:4") in options and Setting(0.0, 4, "group:4") in options
+    # 4 values per 4 of ip1's 300 output channels cost bytes a layer codebook does not: more, measured
+    assert options[Setting(0.0, 4, "group:4")].bytes > options[Setting(0.0, 4, "layer")].bytes
