@@ -1,5 +1,6 @@
-"""Finer shared values, measured before the format carries them: one codebook per layer against a
-per-output-channel scale times the layer's codebook, and a codebook per group of rows.
+"""Finer shared values, layer by layer: one codebook per layer against a per-output-channel scale times the
+layer's codebook, and a codebook per group of rows (measured before the format carried them; it now carries
+both, ``codebook: channel`` and ``codebook: group:G``).
 
 For each real model (scripts/bench_distill.py's cases: the calibration samples, photo crops or
 tokenized sentences) and each compressed layer with input statistics ``H = E[x x^T]``, the

@@ -461,10 +461,17 @@ def main() -> None:
     parser.add_argument("--infer-runs", type=int, default=3, help="inferences per session (median reported)")
     parser.add_argument("--calib", type=int, default=0, metavar="N",
                         help="also compress with N random calibration samples, one pass and sequential (default: skip)")
-    parser.add_argument("--codebook", choices=("layer", "channel"), default="layer",
-                        help="the codebook setting of every layer (channel: a float16 scale per output channel)")
+    parser.add_argument("--codebook", default="layer",
+                        help="the codebook setting of every layer: layer, channel (a float16 scale per output "
+                             "channel) or group:G (one codebook per G output channels)")
     parser.add_argument("--child", nargs=2, metavar=("STAGE", "ARGS_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    try:
+        from onnx_dc.config import parse_codebook
+
+        parse_codebook(args.codebook)
+    except ValueError as exc:
+        parser.error(f"--codebook {args.codebook!r} {exc}")
     if args.child:
         child_main(*args.child)
         return
