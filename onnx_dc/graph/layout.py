@@ -289,16 +289,35 @@ def scale_vector(scale: np.ndarray) -> tuple[np.ndarray, int]:
     return scale.astype(np.float32).ravel(), (longer[0] if longer else 0)
 
 
+def shift_codes(codes: np.ndarray, groups: tuple[int, int, int, int], reserves_zero: bool, sign: int,
+                positions: np.ndarray | None = None) -> np.ndarray:
+    """Codes moved between their group's codebook and the whole one: ``codes + sign * group_size * g`` with ``g`` the
+    group of each code's channel (``groups`` = ``(group_rows, group_size, group_stride, channels)``); a reserved
+    zero stays 0. ``codes``: every position in flat order (``positions`` None), else the codes at ``positions``.
+
+    The offsets broadcast per channel, so no position-sized int64 array is made (VGG-16's fc6 has 10**8 codes);
+    the result is uint16, or uint32 when the whole codebook has more than 65536 entries.
+    """
+    rows, size, stride, channels = groups
+    offsets = (np.arange(channels, dtype=np.int64) // rows) * size
+    top = int(offsets[-1]) + size + 1 if channels else 1
+    dtype = np.uint16 if top <= 1 << 16 else np.uint32
+    flat = np.asarray(codes).ravel()
+    if positions is None:  # flat position = (outer * channels + c) * stride + inner
+        shaped = flat.astype(dtype).reshape(-1, channels, stride)
+        offset = offsets.astype(dtype).reshape(1, channels, 1)
+    else:
+        shaped = flat.astype(dtype)
+        offset = offsets.astype(dtype)[(np.asarray(positions) // stride) % channels]
+    moved = shaped + offset if sign > 0 else shaped - offset  # kept codes stay within range; pruned ones are reset
+    if reserves_zero:
+        moved = np.where(shaped > 0, moved, dtype(0))
+    return moved.ravel()
+
+
 def _global_codes(dec: Decoder, stored: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
-    """Stored codes as indices into the whole codebook: a grouped decoder's codes of position ``p`` move past the
-    codebooks of the groups before ``p``'s (the reserved zero stays 0); other decoders' codes are that already."""
-    if dec.groups is None:
-        return stored
-    rows, size, stride, channels = dec.groups
-    pos = np.arange(stored.size, dtype=np.int64) if positions is None else np.asarray(positions, np.int64)
-    offset = (pos // stride % channels // rows) * size
-    codes = stored.astype(np.int64)
-    return codes + (offset * (codes > 0) if dec.reserves_zero else offset)
+    """Stored codes as indices into the whole codebook (:func:`shift_codes`; other decoders' codes are that already)."""
+    return stored if dec.groups is None else shift_codes(stored, dec.groups, dec.reserves_zero, +1, positions)
 
 
 def group_axis(dec: Decoder) -> int:

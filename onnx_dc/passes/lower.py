@@ -70,7 +70,7 @@ def encode_layer(layer: LayerState) -> Encoding:
 
 
 def _encode_shared(layer: LayerState, form: Form, fixed_index_bits: int | None) -> Encoding:
-    codes = layer.local_codes(layer.codes.ravel(), np.arange(layer.codes.size)) if layer.group_rows else layer.codes.ravel()
+    codes = layer.stored_codes()
     entries = layer.group_size() + int(layer.reserves_zero) if layer.group_rows else layer.codebook.size
     code_bits = max(1, math.ceil(math.log2(entries)))
     dense_bytes = packed_size(codes.size, code_bits)
@@ -108,7 +108,7 @@ def _decoder_node(layer: LayerState, enc: Encoding) -> onnx.NodeProto:
                                     layer.entry.settings, shared=layer.codebook is not None,
                                     reserves_zero=layer.mask is not None, with_scale=layout.SCALE in enc.tensors,
                                     scale_axis=layer.scale_axis,
-                                    groups=(layer.group_rows, layer.group_size()) if layer.group_rows and layer.codebook is not None else None)
+                                    groups=layer.group_layout()[:2] if layer.group_rows and layer.codebook is not None else None)
 
 
 def lower(state: CompressionState, extra_skipped: tuple[Skipped, ...] = ()) -> onnx.ModelProto:

@@ -46,6 +46,9 @@ def share_layer(layer: LayerState, importance: np.ndarray | None = None) -> bool
         return False
     layer.scale = None
     layer.group_rows = 0
+    if s.codebook == Codebook.GROUP and layer.weights.ndim >= 1:
+        _share_groups(layer, importance)
+        return True
     w = layer.weights.ravel()
     keep = None if layer.mask is None else layer.mask.ravel()
     kept = w if keep is None else w[keep]
@@ -65,20 +68,14 @@ def share_layer(layer: LayerState, importance: np.ndarray | None = None) -> bool
         squared = per_element * per_element
         h = squared if h is None else h * squared
         del per_element, squared
-    if s.codebook == Codebook.GROUP and layer.weights.ndim >= 1:
-        layer.scale_axis = min(layer.entry.site.channel_axis, layer.weights.ndim - 1)
-        layer.group_rows = s.group_rows
-        where = np.arange(w.size) if keep is None else np.flatnonzero(keep)
-        centroids, labels, inertia = _group_kmeans(kept, h, layer.group_of(where), layer.groups(), s)
-    else:
-        result = kmeans_1d(kept, s.class_num, s.centroid_init.value, seed=s.seed, weights=h)
-        centroids, labels, inertia = result.centroids, result.labels, result.inertia
+    result = kmeans_1d(kept, s.class_num, s.centroid_init.value, seed=s.seed, weights=h)
+    centroids, labels, inertia = result.centroids, result.labels, result.inertia
     if layer.mask is None:
         codebook = np.asarray(centroids, np.float32)
-        codes = labels.astype(_code_dtype(codebook))
+        codes = labels.astype(_code_dtype(codebook.size))
     else:
         codebook = np.concatenate(([0.0], centroids)).astype(np.float32)
-        codes = np.zeros(w.size, _code_dtype(codebook))
+        codes = np.zeros(w.size, _code_dtype(codebook.size))
         codes[layer.mask.ravel()] = labels + 1
     shape = layer.weights.shape
     del w, kept
@@ -90,26 +87,52 @@ def share_layer(layer: LayerState, importance: np.ndarray | None = None) -> bool
     return True
 
 
-def _group_kmeans(kept: np.ndarray, h: np.ndarray | None, group: np.ndarray, groups: int, s) -> tuple:
-    """k-means per group: ``(centroids [groups * k], global labels, summed inertia)``, k = ``s.class_num``."""
-    k = s.class_num
+def _share_groups(layer: LayerState, importance: np.ndarray | None) -> None:
+    """k-means per group of ``group_rows`` output channels, class_num values each (module docstring).
+
+    Each group's weights are taken from a view with the channel axis first, so only one group's values are
+    copied at a time (no weight-sized index array, whatever the axis).
+    """
+    s = layer.entry.settings
+    k, z = s.class_num, int(layer.reserves_zero)
+    layer.scale_axis = min(layer.entry.site.channel_axis, layer.weights.ndim - 1)
+    layer.group_rows = s.group_rows
+    channels = layer.weights.shape[layer.scale_axis]
+    groups = -(-channels // s.group_rows)
     centroids = np.zeros((groups, k))
-    labels = np.zeros(kept.size, np.int64)
+    codes = np.zeros(layer.weights.shape, _code_dtype(z + groups * k))
+    if importance is not None:
+        importance = importance.reshape(layer.weights.shape)
+    weights, keep, h, out = (None if a is None else np.moveaxis(a, layer.scale_axis, 0)
+                             for a in (layer.weights, layer.mask, importance, codes))
     inertia = 0.0
-    order = np.argsort(group, kind="stable")
-    bounds = np.searchsorted(group[order], np.arange(groups + 1))
     for g in range(groups):
-        members = order[bounds[g]:bounds[g + 1]]
-        if members.size == 0:
+        rows = slice(g * s.group_rows, (g + 1) * s.group_rows)
+        values = _kept_rows(weights, keep, rows)
+        if values.size == 0:
             continue  # an all-pruned group: its values stay 0.0 and no weight reads them
-        result = kmeans_1d(kept[members], k, s.centroid_init.value, seed=s.seed,
-                           weights=None if h is None else h[members])
+        result = kmeans_1d(values, k, s.centroid_init.value, seed=s.seed,
+                           weights=None if h is None else _kept_rows(h, keep, rows))
         found = np.asarray(result.centroids, np.float64)
         centroids[g, :found.size] = found
         centroids[g, found.size:] = found[-1]  # fewer distinct weights than k: unused repeats
-        labels[members] = g * k + result.labels
+        labels = (z + g * k + result.labels).astype(codes.dtype)
+        if keep is None:
+            out[rows] = labels.reshape(out[rows].shape)
+        else:
+            out[rows][keep[rows]] = labels
         inertia += result.inertia
-    return centroids.ravel(), labels, inertia
+    codebook = np.concatenate(([0.0] * z, centroids.ravel())).astype(np.float32)
+    layer.weights = None  # freed before its shared values are built: one float copy of the layer at a time
+    layer.codebook = codebook
+    layer.codes = codes
+    layer.weights = layer.shared_values()
+    layer.inertia = inertia
+
+
+def _kept_rows(a: np.ndarray, keep: np.ndarray | None, rows: slice) -> np.ndarray:
+    """The kept elements of channels ``rows`` of ``a`` (channel axis first), in flat order of the view."""
+    return a[rows].ravel() if keep is None else a[rows][keep[rows]]
 
 
 def channel_scales(weights: np.ndarray, mask: np.ndarray | None, axis: int) -> np.ndarray:
@@ -130,9 +153,10 @@ def channel_scales(weights: np.ndarray, mask: np.ndarray | None, axis: int) -> n
     return np.where((half > 0) & np.isfinite(half), half, np.float32(1.0)).astype(np.float32)
 
 
-def _code_dtype(codebook: np.ndarray) -> type:
-    """uint8 when the codebook allows: half the memory of the largest per-weight array."""
-    return np.uint8 if codebook.size <= 256 else np.uint16 if codebook.size <= 65536 else np.uint32
+def _code_dtype(entries: int) -> type:
+    """The narrowest codes for a codebook of ``entries`` values: uint8 when it allows, half the memory of the
+    largest per-weight array."""
+    return np.uint8 if entries <= 256 else np.uint16 if entries <= 65536 else np.uint32
 
 
 def share(state: CompressionState, importance: dict[str, np.ndarray] | None = None) -> int:

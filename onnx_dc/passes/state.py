@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnx_dc.graph import external
+from onnx_dc.graph import external, layout
 from onnx_dc.plan import Plan, PlanEntry
 
 
@@ -100,13 +100,17 @@ class LayerState:
             return np.zeros(np.shape(flat_index), np.int64)
         return self.channel_of(flat_index) // self.group_rows
 
-    def local_codes(self, codes: np.ndarray, flat_index: np.ndarray) -> np.ndarray:
-        """The codes as stored in the file: within their group's codebook (``z + j``; 0 stays the reserved zero)."""
-        codes = np.asarray(codes, np.int64)
+    def group_layout(self) -> tuple[int, int, int, int]:
+        """``(group_rows, group_size, stride, channels)`` of a grouped layer: what its decoder node records."""
+        full = self.codes.shape
+        stride = int(np.prod(full[self.scale_axis + 1:], dtype=np.int64))
+        return self.group_rows, self.group_size(), stride, int(full[self.scale_axis])
+
+    def stored_codes(self) -> np.ndarray:
+        """The codes in flat order as the file stores them: a grouped layer's within their group's codebook."""
         if not self.group_rows:
-            return codes
-        offset = self.group_of(flat_index) * self.group_size()
-        return codes - (offset * (codes > 0) if self.reserves_zero else offset)
+            return self.codes.ravel()
+        return layout.shift_codes(self.codes, self.group_layout(), self.reserves_zero, -1)
 
     def shared_values(self, codebook: np.ndarray | None = None) -> np.ndarray:
         """The weights the codes stand for: ``codebook[codes]``, times the channel scales when there are some."""
