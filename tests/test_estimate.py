@@ -166,3 +166,23 @@ def test_estimated_sweep_gives_the_same_points_in_worker_processes():
     assert run_sensitivity(MNIST8, metric, runner=Runner(workers=2), **grid).points == serial.points
     with pytest.raises(ConfigError, match="needs calibration samples"):  # nothing to estimate from
         run_sensitivity(MNIST8, metric, ratios=(0.5,), class_nums=(4,), estimated=True)
+
+
+@needs_shared
+def test_finer_codebooks_in_the_grid_leave_the_other_points_estimates_as_they_were():
+    """The anchors are taken among the one-codebook-a-layer settings (mnist-8, real digits): a sweep that also tries
+    ``group:4`` and ``channel`` gives the layer codebook's points exactly as the sweep without them, and its new
+    points are estimated from the same anchors."""
+    from onnx_dc.analysis.metrics import Agreement
+    from onnx_dc.graph.io import serialize
+    from onnx_dc.formats.models import load_model
+
+    calib = f"mnist:{MNIST_DIR}"
+    metric = Agreement(calib, serialize(load_model(shared_path(MNIST8))))
+    grid = dict(ratios=(0.5,), class_nums=(4, 16), calib=calib, estimated=True)
+    plain = run_sensitivity(MNIST8, metric, **grid)
+    wider = run_sensitivity(MNIST8, metric, codebooks=("layer", "channel", "group:4"), **grid)
+    assert wider.points and len(wider.points) > len(plain.points)
+    assert [p for p in wider.points if p.codebook == "layer"] == list(plain.points)
+    finer = [p for p in wider.points if p.codebook != "layer"]
+    assert {p.codebook for p in finer} == {"channel", "group:4"} and all(p.estimated for p in finer)

@@ -15,7 +15,9 @@ a few anchor settings only and the rest follow a power law through them:
 
 with p_l the slope between the layer's two anchors (1 with one anchor, kept within [P_MIN, P_MAX]).
 The anchors are the settings at the QUANTILES of the layer's own errors, smallest to largest, so they
-bracket the settings a size target picks from. A point's drop (the score lost) is its anchor's drop
+bracket the settings a size target picks from; with finer codebooks in the grid (``channel``, ``group:G``)
+they are taken among the one-codebook-a-layer settings only, so adding those options to a sweep leaves
+the other points' estimates as they were (the new points follow the same power law). A point's drop (the score lost) is its anchor's drop
 scaled by E / E(a), 0 where the anchor lost nothing; where every anchor left the outputs exactly as
 they were (E = 0), so are the other settings estimated. Settings whose own error is not known (a layer
 without statistics) are all measured. Estimated points say so (``Point.estimated``); the size target
@@ -31,14 +33,17 @@ QUANTILES = (0.2, 0.6)
 P_MIN, P_MAX = 0.5, 2.0
 
 
-def anchor_indices(own: Sequence[float | None], quantiles: Sequence[float] = QUANTILES) -> list[int]:
+def anchor_indices(own: Sequence[float | None], quantiles: Sequence[float] = QUANTILES,
+                   among: Sequence[int] | None = None) -> list[int]:
     """Which settings of one layer to measure: every one when some own error is unknown, else those at the
-    ``quantiles`` of the own errors (positive ones; the smallest with none positive), in setting order."""
+    ``quantiles`` of the own errors (positive ones; the smallest with none positive), in setting order.
+    ``among``: the settings anchors may be chosen from (None or empty: all)."""
     if any(e is None for e in own):
         return list(range(len(own)))
-    ranked = sorted((i for i, e in enumerate(own) if e > 0), key=lambda i: (own[i], i))
+    eligible = set(among or range(len(own)))
+    ranked = sorted((i for i, e in enumerate(own) if e > 0 and i in eligible), key=lambda i: (own[i], i))
     if not ranked:
-        return [0] if own else []
+        return [min(eligible)] if own else []
     picks = {ranked[round(q * (len(ranked) - 1))] for q in quantiles}
     return sorted(picks)
 

@@ -38,6 +38,7 @@ from onnx_dc.analysis.estimate import anchor_indices, estimate
 from onnx_dc.analysis.metrics import Metric, score_and_error
 from onnx_dc.analysis.sweep import Runner, run_jobs
 from onnx_dc.calibrate import CalibStats, collect_calib_stats
+from onnx_dc.config import Codebook
 from onnx_dc.errors import ConfigError
 from onnx_dc.graph.io import serialize
 from onnx_dc.passes.bias_correct import residual_error
@@ -83,7 +84,8 @@ def measure_layer(ctx: _Context, job: tuple[str, tuple[Setting, ...], float]) ->
         passes.append(ran)
         del state
     measured = {}
-    for i in anchor_indices(own):
+    one_codebook = [i for i, s in enumerate(grid) if s.codebook == Codebook.LAYER.value]  # the anchors' settings
+    for i in anchor_indices(own, among=one_codebook):
         state, _ = _compressed(ctx, name, grid[i])  # compressed again: seeded, the same weights
         measured[i] = score_and_error(ctx.metric, state.dense_model())
     return [(score, nbytes[i], passes[i], error, own[i], estimated)
