@@ -19,6 +19,7 @@ from typing import Any, Mapping
 from onnx_dc.errors import ConfigError
 from onnx_dc.graph.ops import compressible as compressible_ops
 from onnx_dc.sections import Field, Section
+from onnx_dc.sweep_grid import split_codebook
 
 CONFIG_VERSION = 1
 
@@ -93,15 +94,8 @@ def parse_codebook(value: Any) -> tuple[Codebook, int | None]:
 
     Returns the kind and G (None when not given). Raises ValueError("must be ...") otherwise.
     """
-    text = value.value if isinstance(value, Codebook) else value
-    if isinstance(text, str):
-        kind, _, rows = text.strip().lower().partition(":")
-        if kind in {c.value for c in Codebook} and (not rows or kind == Codebook.GROUP.value):
-            if not rows:
-                return Codebook(kind), None
-            if rows.isdigit() and int(rows) >= 1:
-                return Codebook.GROUP, int(rows)
-    raise ValueError("must be layer, channel, group or group:G with G >= 1 (output channels per codebook)")
+    kind, rows = split_codebook(value.value if isinstance(value, Codebook) else value)
+    return Codebook(kind), rows
 
 
 def codebook_text(s: Settings) -> str:

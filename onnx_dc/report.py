@@ -24,6 +24,7 @@ from onnx_dc.graph.walk import all_nodes
 from onnx_dc.graph.weights import layer_name
 from onnx_dc.graph.ops import PASS_THROUGH
 from onnx_dc.numerics.bitpack import unpack_bits
+from onnx_dc.sweep_grid import codebook_marker
 
 
 @dataclass(frozen=True)
@@ -197,11 +198,7 @@ class Report:
 
 def _k(row: LayerRow) -> str:
     """The K column: class_num, marked ``/ch`` with channel scales, ``/gG`` with a codebook per G channels."""
-    if not row.class_num:
-        return "-"
-    if row.codebook.startswith("group:"):
-        return f"{row.class_num}/g{row.codebook.partition(':')[2]}"
-    return f"{row.class_num}/ch" if row.codebook == "channel" else str(row.class_num)
+    return f"{row.class_num}{codebook_marker(row.codebook)}" if row.class_num else "-"
 
 
 # The config rule that skipped a tensor, e.g. " (nodes[conv1])": one group for all such tensors.

@@ -16,6 +16,7 @@ from typing import Any
 
 from onnx_dc.config import Codebook, parse_codebook
 from onnx_dc.plan import PlanEntry
+from onnx_dc.sweep_grid import codebook_marker
 
 
 PASS_ORDER = ("prune", "prune_by_activation", "reconstruct", "share", "weighted_kmeans", "gptq", "joint", "refit",
@@ -47,9 +48,7 @@ class Setting:
 
     def marker(self) -> str:
         """``/ch`` for channel scales, ``/gG`` for a codebook per G channels, else nothing."""
-        if not self.class_num or self.codebook == Codebook.LAYER.value:
-            return ""
-        return "/ch" if self.codebook == Codebook.CHANNEL.value else "/g" + self.codebook.partition(":")[2]
+        return codebook_marker(self.codebook) if self.class_num else ""
 
 
 def codebook_settings(text: str, group_rows: int) -> dict:

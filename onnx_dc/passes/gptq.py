@@ -54,15 +54,16 @@ def _gptq_view(layer: LayerState, original: np.ndarray, stats: WeightStats) -> b
     centroids = layer.codebook[z:][order].astype(np.float64)
     codes2 = np.zeros(index.shape, layer.codes.dtype)
     scale2 = layer.scale_at(index).astype(np.float64)  # codebook: channel (1.0 without)
-    book2 = layer.group_of(index)  # codebook: group (all 0 without)
-    table = layer.codebook[z:].astype(np.float64).reshape(layer.groups(), -1)
+    if layer.group_rows:  # codebook: group: each weight's group, and the groups' values [groups, k]
+        book2 = layer.group_of(index)
+        table = layer.codebook[z:].astype(np.float64).reshape(layer.groups(), -1)
     for g in np.unique(groups):
         rows = np.flatnonzero(groups == g)
         u = upper_inverse_cholesky(hessian[g])
         w = original.ravel()[index[rows]].astype(np.float64)
         s = scale2[rows]
         for j in range(w.shape[1]):
-            if layer.group_rows:  # each weight's own group's values (k per group)
+            if layer.group_rows:  # the nearest of the weight's own group's values
                 book = book2[rows, j]
                 nearest = book * table.shape[1] + np.abs(w[:, j, None] - table[book]).argmin(axis=1) + z
             else:
